@@ -1,0 +1,24 @@
+"""The 64-bit broker: routing core, socket loop, supervisor, configuration, ``Pool``."""
+
+from .config import PoolConfig, ServiceConfig, default_config_path, load_config
+from .core import Action, BrokerCore, KillWorker, ServicePolicy, ToClient, ToWorker
+from .loop import BrokerLoop
+from .pool import Pool
+from .supervisor import Exit, Supervisor
+
+__all__ = [
+    "Action",
+    "BrokerCore",
+    "BrokerLoop",
+    "Exit",
+    "KillWorker",
+    "Pool",
+    "PoolConfig",
+    "ServiceConfig",
+    "ServicePolicy",
+    "Supervisor",
+    "ToClient",
+    "ToWorker",
+    "default_config_path",
+    "load_config",
+]

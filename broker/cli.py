@@ -1,0 +1,169 @@
+"""The ``dllpool`` command: run a pool, call it, show the demo, manage the 32-bit runtime.
+
+Exit codes: 0 success, 1 a call or the pool failed, 2 bad usage or
+configuration (argparse's convention), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from protocol import CallError, ConfigError, DllPoolError
+
+from . import runtime32
+from .config import default_config_path
+from .pool import Pool
+
+log = logging.getLogger("dllpool")
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c", "--config", type=Path, default=None, help=f"pool configuration (default: {default_config_path()})"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dllpool", description="Call 32-bit shared libraries from 64-bit Python through a worker pool."
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", help="run a pool in the foreground until Ctrl-C or SIGTERM")
+    _config_arg(up)
+    up.add_argument("--grace", type=float, default=5.0, help="seconds running calls get to finish at shutdown")
+
+    call = commands.add_parser("call", help="call one function and print its result as JSON")
+    _config_arg(call)
+    call.add_argument("--address", help="a running pool's frontend endpoint (instead of starting one)")
+    call.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer (default 30)")
+    call.add_argument("service")
+    call.add_argument("method")
+    call.add_argument("args", nargs="*", metavar="ARG", help="JSON literals: 1, 2.5, '\"text\"', '[1, 2]'")
+
+    demo = commands.add_parser("demo", help="start the default pool and show concurrent calls to 32-bit workers")
+    _config_arg(demo)
+    demo.add_argument("--json", action="store_true", help="print a JSON report instead of text")
+
+    rt = commands.add_parser("runtime32", help="provision or inspect the 32-bit Python runtime")
+    rt_commands = rt.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rt_setup = rt_commands.add_parser("setup", help="install a 32-bit CPython with pyzmq and msgpack (idempotent)")
+    rt_setup.add_argument("--prefix", type=Path, help=f"where to put it (default: {runtime32.default_prefix()})")
+    rt_info = rt_commands.add_parser("info", help="print the interpreter, its version and pointer size")
+    rt_info.add_argument("--prefix", type=Path)
+    rt_info.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = _parser().parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(options.verbose, 2)]
+    if options.command in ("up", "runtime32"):
+        level = min(level, logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        handler = {"up": _up, "call": _call, "demo": _demo, "runtime32": _runtime32}[options.command]
+        return handler(options)
+    except ConfigError as exc:
+        print(f"dllpool: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except DllPoolError as exc:
+        print(f"dllpool: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _up(options: argparse.Namespace) -> int:
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("%s received; shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    with Pool.from_config(options.config) as pool:
+        print(f"dllpool: serving at {pool.address}", flush=True)
+        while not stop.wait(0.5):
+            pass
+        pool.stop(grace=options.grace)
+    return EXIT_OK
+
+
+def _call(options: argparse.Namespace) -> int:
+    from client import Client
+
+    try:
+        args = [json.loads(a) for a in options.args]
+    except json.JSONDecodeError as exc:
+        print(f"dllpool: arguments must be JSON literals: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if options.address:
+            with Client(options.address, timeout=options.timeout) as client:
+                result = client.call(options.service, options.method, *args)
+        else:
+            with Pool.from_config(options.config) as pool, pool.client(timeout=options.timeout) as client:
+                result = client.call(options.service, options.method, *args)
+    except CallError as exc:
+        print(f"dllpool: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(result, default=_jsonable))
+    return EXIT_OK
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _demo(options: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    report = run_demo(options.config)
+    if options.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(report["text"])
+    return EXIT_OK if report["ok"] else EXIT_FAILED
+
+
+def _runtime32(options: argparse.Namespace) -> int:
+    if options.action == "setup":
+        started = time.monotonic()
+        result = runtime32.provision(options.prefix)
+        info = runtime32.describe(result.interpreter)
+        what = "installed" if result.actions else "already in place"
+        print(f"32-bit runtime {what}: Python {info['version']} ({info['bits']}-bit) at {info['executable']}")
+        print(f"took {time.monotonic() - started:.1f} s")
+        return EXIT_OK
+    info = runtime32.describe(runtime32.load(options.prefix))
+    if options.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            print(f"{key:>12}: {value}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""Pool configuration: TOML file or dict in, validated dataclasses out.
+
+Unknown keys are errors, not ignored: a typo such as ``worker = 4`` must not
+silently give a pool of one. Relative paths are resolved against the
+configuration file's folder (the working directory for a dict), and
+``{bits}`` in a library path becomes 32 or 64, so one file can describe both
+builds of a library.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protocol import ConfigError
+from workers32.signatures import check_type
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = ["PoolConfig", "ServiceConfig", "default_config_path", "load_config"]
+
+_POOL_KEYS = {
+    "frontend",
+    "backend",
+    "heartbeat_interval",
+    "heartbeat_liveness",
+    "kill_grace",
+    "ready_timeout",
+    "insecure",
+}
+_SERVICE_KEYS = {
+    "bits",
+    "workers",
+    "threads",
+    "python",
+    "library",
+    "kind",
+    "functions",
+    "module",
+    "class",
+    "options",
+    "path",
+    "idempotent",
+    "queue_limit",
+}
+_FUNCTION_KEYS = {"args", "returns", "symbol", "idempotent", "doc"}
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """One service: what its workers host and how many of them run."""
+
+    name: str
+    bits: int = 32
+    workers: int = 1
+    threads: int = 1
+    python: str | None = None
+    idempotent: frozenset[str] = frozenset()
+    queue_limit: int | None = None
+    hosting: dict[str, Any] = field(default_factory=dict)
+    """What the worker gets: ``library``/``kind``/``functions`` or ``module``/``class``/``options``/``path``."""
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    services: tuple[ServiceConfig, ...]
+    frontend: str | None = None
+    """``None``: an ``ipc://`` endpoint in a per-run folder (loopback TCP where ipc is unavailable)."""
+    backend: str | None = None
+    heartbeat_interval: float = 1.0
+    heartbeat_liveness: int = 3
+    kill_grace: float = 1.0
+    ready_timeout: float = 60.0
+    python32: str | None = None
+    insecure: bool = False
+
+    def service(self, name: str) -> ServiceConfig:
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise KeyError(name)
+
+
+def default_config_path() -> Path:
+    """The embedded default configuration, ``config/pool.toml`` beside the packages."""
+    return Path(__file__).resolve().parent.parent / "config" / "pool.toml"
+
+
+def load_config(source: str | Path | Mapping[str, Any] | None = None) -> PoolConfig:
+    """Read a configuration file (default: the embedded one) or take a dict."""
+    if source is None:
+        source = default_config_path()
+    if isinstance(source, Mapping):
+        return _parse(source, Path.cwd(), "<dict>")
+    path = Path(source)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return _parse(data, path.resolve().parent, str(path))
+
+
+def _unknown(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    extra = sorted(set(table) - allowed)
+    if extra:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(extra)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _get(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any, where: str) -> Any:
+    value = table.get(key, default)
+    if value is default:
+        return value
+    if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise ConfigError(f"{where}.{key} must be {_kind_name(kind)}, not a boolean")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where}.{key} must be {_kind_name(kind)}, not {type(value).__name__} {value!r}")
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(
+        {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(k, k.__name__) for k in kinds
+    )
+
+
+def _positive(value: Any, where: str) -> Any:
+    if value is not None and value <= 0:
+        raise ConfigError(f"{where} must be greater than 0, got {value}")
+    return value
+
+
+def _path(value: str, base: Path, bits: int) -> str:
+    return str((base / value.replace("{bits}", str(bits))).resolve())
+
+
+def _parse(data: Mapping[str, Any], base: Path, origin: str) -> PoolConfig:
+    _unknown(data, {"pool", "runtime32", "services"}, origin)
+    pool = data.get("pool", {})
+    runtime = data.get("runtime32", {})
+    services = data.get("services")
+    if not isinstance(pool, Mapping) or not isinstance(runtime, Mapping):
+        raise ConfigError(f"{origin}: [pool] and [runtime32] must be tables")
+    if not isinstance(services, Mapping) or not services:
+        raise ConfigError(f"{origin}: at least one [services.NAME] table is required")
+    _unknown(pool, _POOL_KEYS, f"{origin} [pool]")
+    _unknown(runtime, {"python"}, f"{origin} [runtime32]")
+    where = f"{origin} [pool]"
+    return PoolConfig(
+        services=tuple(_service(str(name), table, base, origin) for name, table in services.items()),
+        frontend=_get(pool, "frontend", str, None, where),
+        backend=_get(pool, "backend", str, None, where),
+        heartbeat_interval=float(
+            _positive(_get(pool, "heartbeat_interval", (int, float), 1.0, where), f"{where}.heartbeat_interval")
+        ),
+        heartbeat_liveness=_positive(_get(pool, "heartbeat_liveness", int, 3, where), f"{where}.heartbeat_liveness"),
+        kill_grace=float(_get(pool, "kill_grace", (int, float), 1.0, where)),
+        ready_timeout=float(
+            _positive(_get(pool, "ready_timeout", (int, float), 60.0, where), f"{where}.ready_timeout")
+        ),
+        python32=_get(runtime, "python", str, None, f"{origin} [runtime32]"),
+        insecure=_get(pool, "insecure", bool, False, where),
+    )
+
+
+def _service(name: str, table: Any, base: Path, origin: str) -> ServiceConfig:
+    where = f"{origin} [services.{name}]"
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where} must be a table")
+    if not name or len(name.encode("utf-8")) > 255:
+        raise ConfigError(f"{where}: a service name must be 1-255 bytes")
+    _unknown(table, _SERVICE_KEYS, where)
+    bits = _get(table, "bits", int, 32, where)
+    if bits not in (32, 64):
+        raise ConfigError(f"{where}.bits must be 32 or 64, got {bits}")
+    hosting: dict[str, Any]
+    idempotent = set(_get(table, "idempotent", list, [], where))
+    if "library" in table and "module" in table:
+        raise ConfigError(f"{where}: give either 'library' or 'module', not both")
+    if "library" in table:
+        functions = _get(table, "functions", Mapping, None, where)
+        if not functions:
+            raise ConfigError(f"{where}: a declared library needs a [services.{name}.functions] table")
+        hosting = {
+            "library": _path(_get(table, "library", str, None, where), base, bits),
+            "kind": _get(table, "kind", str, "cdll", where),
+            "functions": {fn: _function(fn, decl, f"{where}.functions") for fn, decl in functions.items()},
+        }
+        idempotent |= {fn for fn, decl in functions.items() if decl.get("idempotent")}
+    elif "module" in table:
+        module = _get(table, "module", str, None, where)
+        if "class" not in table:
+            raise ConfigError(f"{where}: a wrapper service needs 'class', the Server32-style class in {module!r}")
+        hosting = {
+            "module": _path(module, base, bits) if module.endswith(".py") else module,
+            "class": _get(table, "class", str, None, where),
+            "options": dict(_get(table, "options", Mapping, {}, where)),
+            "path": [_path(p, base, bits) for p in _get(table, "path", list, [], where)],
+        }
+    else:
+        raise ConfigError(f"{where}: give 'library' (a declared library) or 'module' and 'class' (a wrapper)")
+    queue_limit = _get(table, "queue_limit", int, None, where)
+    return ServiceConfig(
+        name=name,
+        bits=bits,
+        workers=_positive(_get(table, "workers", int, 1, where), f"{where}.workers"),
+        threads=_positive(_get(table, "threads", int, 1, where), f"{where}.threads"),
+        python=_get(table, "python", str, None, where),
+        idempotent=frozenset(str(m) for m in idempotent),
+        queue_limit=_positive(queue_limit, f"{where}.queue_limit"),
+        hosting=hosting,
+    )
+
+
+def _function(name: str, decl: Any, where: str) -> dict[str, Any]:
+    where = f"{where}.{name}"
+    if not isinstance(decl, Mapping):
+        raise ConfigError(f'{where} must be a table such as {{ args = ["int"], returns = "int" }}')
+    _unknown(decl, _FUNCTION_KEYS, where)
+    args = _get(decl, "args", list, [], where)
+    returns = _get(decl, "returns", str, "int", where)
+    try:
+        for arg in args:
+            check_type(str(arg))
+        check_type(returns, returns=True)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return {"args": list(args), "returns": returns, "symbol": _get(decl, "symbol", str, None, where)}

@@ -1,0 +1,110 @@
+"""``dllpool demo``: the default pool doing its job, with proof that the workers are 32-bit."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from protocol import UnknownMethod
+
+from .pool import Pool
+from .runtime32 import check_elf_bits
+
+__all__ = ["run_demo"]
+
+
+def _process_bits(pid: int) -> int | None:
+    """What the kernel says the process runs, not what the process says."""
+    if not sys.platform.startswith("linux"):
+        return None
+    return check_elf_bits(f"/proc/{pid}/exe")
+
+
+def run_demo(config: str | Path | None = None) -> dict[str, Any]:
+    """Start the pool, make concurrent calls from several threads, and report what happened."""
+    lines: list[str] = []
+    checks: dict[str, bool] = {}
+    started = time.perf_counter()
+    with Pool.from_config(config) as pool, pool.client(timeout=30) as client:
+        ready = time.perf_counter() - started
+        lines.append(f"pool ready in {ready:.2f} s at {pool.address}")
+        workers = pool.workers()
+        lines.append("workers:")
+        for info in workers:
+            bits = _process_bits(info["pid"])
+            shown = f"{bits}-bit ELF" if bits else f"{8 * info['pointer_size']}-bit"
+            lines.append(
+                f"  {info['service']:<14} pid {info['pid']:<7} {shown}, Python {info['python']}, "
+                f"{info['threads']} thread(s)"
+            )
+            checks[f"worker {info['pid']} is 32-bit"] = info["pointer_size"] == 4 and bits in (32, None)
+
+        demo = client.service("demo")
+        values = [1.0, 2.0, 3.0, 4.5]
+        results = {
+            "demo.add(2, 3)": demo.add(2, 3),
+            "demo.version()": demo.version(),
+            "demo.pointer_size()": demo.pointer_size(),
+            f"demo.scale_sum({values}, 4, 2.0)": demo.scale_sum(values, 4, 2.0),
+            "demo.greet()": demo.greet(),
+            "cpp.cpp_mean([1, 2, 3, 4], 4)": client.call("cpp", "cpp_mean", [1, 2, 3, 4], 4),
+            "fortran.f_sum([1.5, 2.5], 2)": client.call("fortran", "f_sum", [1.5, 2.5], 2),
+            "wrapped.greet()": client.call("wrapped", "greet"),
+        }
+        lines.append("calls:")
+        lines += [f"  {call} -> {value!r}" for call, value in results.items()]
+        checks["pointer size is 4"] = results["demo.pointer_size()"] == 4
+        checks["add is right"] = results["demo.add(2, 3)"] == 5
+
+        n = len(pool.worker_pids("demo"))
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(n) as executor:
+            list(executor.map(lambda _: demo.sleep_ms(200), range(n)))
+        parallel = time.perf_counter() - t0
+        lines.append(
+            f"{n} threads x sleep_ms(200) on {n} workers: {parallel * 1000:.0f} ms (serial would be {n * 200} ms)"
+        )
+        checks["sleeps ran in parallel"] = parallel < n * 0.2 * 0.75
+
+        threads, per_thread = 8, 250
+        wrong = []
+        lock = threading.Lock()
+
+        def hammer(t: int) -> None:
+            for i in range(per_thread):
+                if demo.add(t, i) != t + i:
+                    with lock:
+                        wrong.append((t, i))
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(threads) as executor:
+            list(executor.map(hammer, range(threads)))
+        elapsed = time.perf_counter() - t0
+        total = threads * per_thread
+        lines.append(
+            f"{threads} threads x {per_thread} demo.add calls: "
+            f"{total - len(wrong)}/{total} right, {total / elapsed:,.0f} calls/s"
+        )
+        checks["every add answer right"] = not wrong
+
+        try:
+            client.call("demo", "no_such_function")
+        except UnknownMethod as exc:
+            lines.append(f"an unknown method gives UnknownMethod: {exc}")
+    lines.append(
+        f"done in {time.perf_counter() - started:.2f} s; all workers stopped (pid {os.getpid()} has no children left)"
+    )
+    ok = all(checks.values())
+    lines.append("OK" if ok else "FAILED: " + ", ".join(k for k, v in checks.items() if not v))
+    return {
+        "ok": ok,
+        "checks": checks,
+        "workers": workers,
+        "results": {k: v for k, v in results.items()},
+        "text": "\n".join(lines),
+    }

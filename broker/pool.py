@@ -1,0 +1,229 @@
+"""``Pool``: a broker and its supervised workers, running in the background.
+
+``with Pool.from_config("config/pool.toml") as pool:`` binds the sockets,
+starts every worker, and returns once all of them are ready, so the first
+call never waits for a cold start. Leaving the block stops the workers and
+removes the per-run folder that holds the ipc sockets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import zmq
+
+from protocol import ConfigError, PoolStartError
+
+from .config import PoolConfig, load_config
+from .core import BrokerCore, ServicePolicy
+from .loop import BrokerLoop
+from .supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from client import Client
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Pool"]
+
+_HWM = 100_000
+_WORKER_PACKAGES = ("workers32", "protocol")
+
+
+class Pool:
+    """A running broker with its worker pool; see the module docstring."""
+
+    def __init__(self, config: PoolConfig) -> None:
+        self.config = config
+        self._context: zmq.Context[Any] | None = None
+        self._loop: BrokerLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._run_dir: Path | None = None
+        self.address = ""
+        """The frontend endpoint clients connect to."""
+        self.backend_address = ""
+
+    @classmethod
+    def from_config(cls, source: str | Path | Mapping[str, Any] | None = None, *, start: bool = True) -> Pool:
+        """A pool for a TOML file, a dict, or (None) the embedded default; started unless ``start=False``."""
+        pool = cls(load_config(source))
+        return pool.start() if start else pool
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> Pool:
+        if self._thread is not None:
+            raise RuntimeError("the pool is already started")
+        self._run_dir = Path(tempfile.mkdtemp(prefix="dllpool-"))
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        assert self._run_dir is not None
+        self._context = zmq.Context()
+        frontend = self._router(self.config.frontend, "frontend")
+        backend = self._router(self.config.backend, "backend")
+        self.address = frontend.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.backend_address = backend.getsockopt_string(zmq.LAST_ENDPOINT)
+        supervisor = Supervisor(self.config, self.backend_address, self._worker_source())
+        supervisor.check_interpreters()
+        core = BrokerCore(
+            [ServicePolicy(s.name, s.workers, s.idempotent, s.queue_limit) for s in self.config.services],
+            heartbeat_interval=self.config.heartbeat_interval,
+            heartbeat_liveness=self.config.heartbeat_liveness,
+            kill_grace=self.config.kill_grace,
+        )
+        self._loop = BrokerLoop(core, supervisor, frontend, backend)
+        supervisor.start_all()
+        self._thread = threading.Thread(target=self._loop.run, name="dllpool-broker", daemon=True)
+        self._thread.start()
+        self.wait_ready(self.config.ready_timeout)
+        log.info(
+            "pool ready at %s: %s", self.address, ", ".join(f"{s.name} x{s.workers}" for s in self.config.services)
+        )
+
+    def _router(self, endpoint: str | None, name: str) -> zmq.Socket[Any]:
+        assert self._context is not None and self._run_dir is not None
+        if endpoint is None:
+            endpoint = f"ipc://{self._run_dir}/{name}" if os.name == "posix" else "tcp://127.0.0.1:*"
+        self._check_exposure(endpoint)
+        sock = self._context.socket(zmq.ROUTER)
+        sock.router_mandatory = True
+        sock.linger = 0
+        sock.sndhwm = sock.rcvhwm = _HWM
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close()
+            raise ConfigError(f"cannot bind the {name} to {endpoint}: {exc}") from None
+        return sock
+
+    def _check_exposure(self, endpoint: str) -> None:
+        """Refuse to listen beyond this host without authentication."""
+        parts = urlsplit(endpoint)
+        if parts.scheme != "tcp" or self.config.insecure:
+            return
+        host = (parts.hostname or "").strip("[]")
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ConfigError(
+                f"{endpoint} is reachable from other hosts and would accept any caller; bind 127.0.0.1 "
+                "(or an ipc:// endpoint), or set insecure = true under [pool] if the network is trusted"
+            )
+
+    def _worker_source(self) -> Path:
+        """A folder holding only the packages a worker imports, so no 64-bit package is visible to it."""
+        assert self._run_dir is not None
+        source = self._run_dir / "src"
+        source.mkdir()
+        root = Path(__file__).resolve().parent.parent
+        for package in _WORKER_PACKAGES:
+            if sys.platform == "win32":
+                shutil.copytree(root / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                (source / package).symlink_to(root / package, target_is_directory=True)
+        return source
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Let running calls finish within ``grace`` seconds, answer the rest, stop every worker."""
+        if self._loop is not None and self._thread is not None:
+            self._loop.grace = grace
+            self._loop.stop_requested.set()
+            self._thread.join()
+        elif self._loop is not None:
+            self._loop.supervisor.stop_all()
+        if self._loop is not None:
+            self._loop.frontend.close(linger=0)
+            self._loop.backend.close(linger=0)
+        if self._context is not None:
+            self._context.destroy(linger=0)
+        if self._run_dir is not None:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+        self._loop = self._thread = self._context = self._run_dir = None
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # --- use ------------------------------------------------------------------------
+
+    def client(self, timeout: float | None = None, **options: Any) -> Client:
+        """A Client connected to this pool's frontend."""
+        from client import Client
+
+        return Client(self.address, timeout, **options)
+
+    def worker_pids(self, service: str | None = None) -> list[int]:
+        """PIDs of the workers that are registered and ready."""
+        loop = self._require_loop()
+        with loop.lock:
+            return loop.core.worker_pids(service)
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Each ready worker's READY report: service, pid, pointer_size, python, threads, methods."""
+        loop = self._require_loop()
+        with loop.lock:
+            return loop.core.workers()
+
+    def stats(self) -> dict[str, int]:
+        loop = self._require_loop()
+        with loop.lock:
+            return dict(loop.core.stats)
+
+    def kill_worker(self, pid: int) -> None:
+        """Kill one worker process (for tests and chaos drills); the supervisor replaces it."""
+        loop = self._require_loop()
+        with loop.lock:
+            loop.supervisor.kill(pid, "asked to by the pool's owner")
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until every service has all its workers ready (at start, or after crashes)."""
+        loop = self._require_loop()
+        timeout = self.config.ready_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        wanted = {s.name: s.workers for s in self.config.services}
+        while True:
+            with loop.lock:
+                ready = {name: loop.core.ready_workers(name) for name in wanted}
+                failure = loop.supervisor.startup_failure()
+            if all(ready[name] >= count for name, count in wanted.items()):
+                return
+            if failure:
+                raise PoolStartError(failure)
+            if loop.stopped.is_set():
+                raise PoolStartError("the broker loop stopped while workers were starting; see the log")
+            if time.monotonic() >= deadline:
+                missing = ", ".join(f"{n}: {ready[n]}/{c}" for n, c in wanted.items() if ready[n] < c)
+                raise PoolStartError(
+                    f"workers not ready after {timeout:.1f} s ({missing} ready); "
+                    "raise [pool] ready_timeout if the library is slow to load"
+                )
+            time.sleep(0.01)
+
+    def _require_loop(self) -> BrokerLoop:
+        if self._loop is None:
+            raise RuntimeError("the pool is not running; use start() or a with block")
+        return self._loop

@@ -1,0 +1,833 @@
+"""Find, provision and describe the 32-bit CPython that runs the workers.
+
+On a 64-bit Debian/Ubuntu machine no 32-bit Python can be installed beside
+the system one (the interpreter packages conflict across architectures), so
+:func:`setup` builds a private one under a prefix folder:
+
+* the i386 shared libraries the interpreter needs, installed with apt (they
+  are ``Multi-Arch: same`` and sit beside the 64-bit ones);
+* Debian's i386 interpreter packages, downloaded and unpacked, not installed;
+* i686 wheels of pyzmq and msgpack, downloaded by the 64-bit pip and
+  unpacked into a site folder that only the 32-bit interpreter sees.
+
+A JSON manifest written last records the result; :func:`load` trusts only
+that.  On other systems (Windows with a python.org 32-bit install, say) the
+user names the interpreter and :func:`from_executable` wraps it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from protocol.errors import RuntimeMissing
+
+__all__ = [
+    "Interpreter",
+    "SetupResult",
+    "check_elf_bits",
+    "command_env",
+    "default_prefix",
+    "describe",
+    "from_executable",
+    "load",
+    "project_root",
+    "provision",
+    "setup",
+]
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "runtime32.json"
+MANIFEST_FORMAT = 1
+ENV_PREFIX = "DLLPOOL_RUNTIME32"
+SETUP_HINT = "run `dllpool runtime32 setup` (or `make setup`)"
+CONFIG_HINT = 'or name a 32-bit interpreter in the configuration: [runtime32] python = "/path/to/python"'
+
+#: Variables of the 64-bit side that must not leak into the 32-bit process:
+#: each one can make it import the 64-bit venv's compiled extensions.
+_SCRUBBED_ENV = (
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "PYTHONUSERBASE",
+    "PYTHONEXECUTABLE",
+    "PYTHONPLATLIBDIR",
+    "VIRTUAL_ENV",
+    "__PYVENV_LAUNCHER__",
+)
+
+#: Beyond the interpreter's own dependencies: pyzmq's bundled libzmq is C++.
+_EXTRA_I386_PACKAGES = ("libstdc++6",)
+
+_WHEEL_PLATFORMS = (
+    "manylinux_2_28_i686",
+    "manylinux2014_i686",
+    "manylinux_2_17_i686",
+    "manylinux_2_5_i686",
+    "manylinux1_i686",
+)
+_WHEELS = ("pyzmq", "msgpack")
+
+_ROOT_DIR = "root"
+_SITE_DIR = "site"
+_SITE_MARKER = ".dllpool-wheels.json"
+
+_APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}
+#: Wait for another apt/dpkg run (unattended upgrades, a colleague) instead of failing.
+_APT_OPTIONS = ("-o", "DPkg::Lock::Timeout=600")
+
+# Run inside the candidate interpreter; it must work on Python 3.9+ and print
+# one JSON line even when pyzmq or msgpack is missing, so the caller can say what.
+_PROBE = r"""
+import json, platform, struct, sys, sysconfig
+plat = sysconfig.get_platform()
+if struct.calcsize("P") == 4 and plat.endswith("-x86_64"):  # a 32-bit build on a 64-bit kernel
+    plat = plat[: -len("x86_64")] + "i686"
+info = {
+    "executable": sys.executable,
+    "version": platform.python_version(),
+    "pointer_size": struct.calcsize("P"),
+    "bits": 8 * struct.calcsize("P"),
+    "platform": plat,
+    "pyzmq": None, "libzmq": None, "msgpack": None, "errors": [],
+}
+try:
+    import zmq
+    info["pyzmq"] = zmq.pyzmq_version()
+    info["libzmq"] = zmq.zmq_version()
+except Exception as exc:
+    info["errors"].append("import zmq: %s: %s" % (type(exc).__name__, exc))
+try:
+    import msgpack
+    info["msgpack"] = ".".join(str(p) for p in msgpack.version)
+except Exception as exc:
+    info["errors"].append("import msgpack: %s: %s" % (type(exc).__name__, exc))
+print(json.dumps(info))
+"""
+
+# The setup's acceptance test: everything a worker relies on, exercised once.
+_SELFTEST = r"""
+import asyncio, ctypes, json, struct, sys, threading
+import multiprocessing.shared_memory
+import msgpack, zmq
+assert struct.calcsize("P") == 4, "not a 32-bit interpreter"
+assert ctypes.sizeof(ctypes.c_void_p) == 4
+assert ctypes.CDLL(None).strlen(b"dllpool") == 7, "ctypes cannot call libc"
+assert msgpack.unpackb(msgpack.packb({"a": [1, 2.5, b"x"]})) == {"a": [1, 2.5, b"x"]}
+ctx = zmq.Context()
+router = ctx.socket(zmq.ROUTER)
+dealer = ctx.socket(zmq.DEALER)
+port = router.bind_to_random_port("tcp://127.0.0.1")
+dealer.connect("tcp://127.0.0.1:%d" % port)
+dealer.send(b"ping")
+assert router.poll(5000), "no message through a DEALER socket"
+ident, body = router.recv_multipart()
+router.send_multipart([ident, body + b"-pong"])
+assert dealer.poll(5000) and dealer.recv() == b"ping-pong"
+dealer.close(0); router.close(0); ctx.term()
+print(json.dumps({"zmq_file": zmq.__file__, "msgpack_file": msgpack.__file__}))
+"""
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    """How to start a 32-bit (or any) Python that has pyzmq and msgpack."""
+
+    executable: str
+    """Absolute path of the python binary (symlinks kept: a venv needs its own)."""
+    env: dict[str, str] = field(default_factory=dict, hash=False)
+    """Extra environment variables: PYTHONHOME for the unpacked Debian one."""
+    path: tuple[str, ...] = ()
+    """``sys.path`` entries to put first: the folder holding the i686 wheels."""
+
+
+@dataclass(frozen=True)
+class SetupResult:
+    """What :func:`provision` did, so callers and tests can tell a no-op from work."""
+
+    interpreter: Interpreter
+    actions: tuple[str, ...]
+    """The steps that changed something (empty when everything was in place)."""
+    seconds: float
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def project_root() -> Path:
+    """The repository root: the parent of the ``broker`` package folder."""
+    return Path(__file__).resolve().parent.parent
+
+
+def default_prefix() -> Path:
+    """``$DLLPOOL_RUNTIME32`` if set, else ``<project root>/.runtime32``."""
+    value = os.environ.get(ENV_PREFIX, "").strip()
+    return Path(value).expanduser().resolve() if value else project_root() / ".runtime32"
+
+
+# --------------------------------------------------------------------------- binaries
+
+
+def check_elf_bits(path: str | os.PathLike[str]) -> int:
+    """32 or 64, read from an ELF or PE header, to prove what a process really runs.
+
+    Reading the header (e.g. of ``/proc/<pid>/exe``) cannot be fooled by what
+    the program says about itself.  Raises :class:`ValueError` for anything else.
+    """
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if head[:4] == b"\x7fELF":
+            if len(head) > 4 and head[4] in (1, 2):
+                return 32 if head[4] == 1 else 64
+            raise ValueError(f"{os.fspath(path)}: ELF file with unknown class {head[4:5]!r}")
+        if head[:2] == b"MZ" and len(head) >= 64:
+            (pe_offset,) = struct.unpack_from("<I", head, 0x3C)
+            f.seek(pe_offset)
+            pe = f.read(6)
+            if len(pe) == 6 and pe[:4] == b"PE\0\0":
+                (machine,) = struct.unpack_from("<H", pe, 4)
+                bits = {0x14C: 32, 0x1C4: 32, 0x8664: 64, 0xAA64: 64}.get(machine)
+                if bits is not None:
+                    return bits
+                raise ValueError(f"{os.fspath(path)}: PE file for unknown machine {machine:#x}")
+    raise ValueError(f"{os.fspath(path)}: neither an ELF nor a PE executable")
+
+
+# --------------------------------------------------------------------------- interpreters
+
+
+def from_executable(executable: str) -> Interpreter:
+    """Wrap an interpreter the user named (a path, or a command found on PATH).
+
+    Symlinks are not resolved: a venv's python finds its ``pyvenv.cfg`` through them.
+    """
+    candidate = os.path.expanduser(executable)
+    if not os.path.isfile(candidate):
+        found = shutil.which(candidate)
+        if found is None:
+            raise RuntimeMissing(f"32-bit Python {executable!r} not found: give the full path of the interpreter")
+        candidate = found
+    return Interpreter(executable=os.path.abspath(candidate))
+
+
+def command_env(interp: Interpreter, extra_path: Sequence[str]) -> dict[str, str]:
+    """The full environment to start ``interp`` with ``extra_path`` importable.
+
+    The 64-bit side's Python variables are dropped so the 32-bit process can
+    never pick up the 64-bit venv's compiled pyzmq; ``interp.path`` comes
+    first, then ``extra_path`` (the project's own source folder).  An
+    ``extra_path`` folder holding a ``zmq`` or ``msgpack`` package would shadow
+    the interpreter's own and is refused with :class:`ValueError`.
+    """
+    for entry in extra_path:
+        for pkg in ("zmq", "msgpack"):
+            if os.path.isdir(os.path.join(entry, pkg)):
+                raise ValueError(
+                    f"{entry!r} holds a {pkg!r} package (a 64-bit site-packages?): it must not be on the "
+                    "32-bit worker's path; pass only the project's source folder"
+                )
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+    env.update(interp.env)
+    env["PYTHONNOUSERSITE"] = "1"
+    entries = [*interp.path, *extra_path]
+    if entries:
+        env["PYTHONPATH"] = os.pathsep.join(entries)
+    else:
+        env.pop("PYTHONPATH", None)
+    return env
+
+
+def describe(interp: Interpreter, timeout: float = 30) -> dict[str, object]:
+    """Run ``interp`` and report its version, pointer size, platform, pyzmq and msgpack.
+
+    Raises :class:`RuntimeMissing` if it does not start or lacks pyzmq/msgpack.
+    """
+    info = _run_python(interp, _PROBE, timeout)
+    raw_errors = info.pop("errors", None)
+    errors = [str(e) for e in raw_errors] if isinstance(raw_errors, list) else []
+    if errors or not info.get("pyzmq") or not info.get("msgpack"):
+        raise RuntimeMissing(
+            f"{interp.executable} cannot import what a worker needs: {'; '.join(errors)}. "
+            f"For the managed runtime, {SETUP_HINT}; for your own interpreter, "
+            "install pyzmq and msgpack into it (`python -m pip install pyzmq msgpack`)"
+        )
+    return info
+
+
+def _run_python(interp: Interpreter, code: str, timeout: float) -> dict[str, object]:
+    """Run ``code`` in ``interp`` (from its own folder, away from stray packages) and parse its JSON line."""
+    cwd = os.path.dirname(interp.executable) or None
+    try:
+        proc = subprocess.run(
+            [interp.executable, "-c", code],
+            env=command_env(interp, ()),
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeMissing(f"32-bit Python {interp.executable} did not start: {exc}") from exc
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeMissing(
+            f"32-bit Python {interp.executable} failed (exit code {proc.returncode}): {_tail(proc.stderr)}"
+        )
+    try:
+        data = json.loads(lines[-1])
+    except ValueError as exc:
+        raise RuntimeMissing(f"32-bit Python {interp.executable} printed no report: {_tail(proc.stdout)}") from exc
+    if not isinstance(data, dict):
+        raise RuntimeMissing(f"32-bit Python {interp.executable} printed an odd report: {data!r:.200}")
+    return data
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def load(prefix: Path | None = None) -> Interpreter:
+    """The interpreter recorded by a finished :func:`setup`; :class:`RuntimeMissing` if none."""
+    prefix = default_prefix() if prefix is None else prefix
+    manifest = prefix / MANIFEST
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RuntimeMissing(f"no 32-bit Python runtime in {prefix}: {SETUP_HINT}") from None
+    except (OSError, ValueError) as exc:
+        raise RuntimeMissing(f"unreadable 32-bit runtime manifest {manifest} ({exc}): {SETUP_HINT}") from exc
+    try:
+        interp = _interpreter_from_manifest(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RuntimeMissing(f"broken 32-bit runtime manifest {manifest} ({exc}): {SETUP_HINT}") from exc
+    missing = [p for p in (interp.executable, *interp.path) if not os.path.exists(p)]
+    if missing:
+        raise RuntimeMissing(
+            f"the 32-bit runtime in {prefix} is incomplete ({', '.join(missing)} missing): {SETUP_HINT}"
+        )
+    return interp
+
+
+def _interpreter_from_manifest(data: object) -> Interpreter:
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"not a format-{MANIFEST_FORMAT} manifest")
+    executable, env, path = data["executable"], data["env"], data["path"]
+    if not isinstance(executable, str) or not os.path.isabs(executable):
+        raise ValueError("executable must be an absolute path")
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise ValueError("env must map strings to strings")
+    if not isinstance(path, list) or not all(isinstance(p, str) for p in path):
+        raise ValueError("path must be a list of strings")
+    return Interpreter(executable=executable, env=dict(env), path=tuple(path))
+
+
+def _write_manifest(prefix: Path, interp: Interpreter, info: Mapping[str, object]) -> None:
+    data = {
+        "format": MANIFEST_FORMAT,
+        "executable": interp.executable,
+        "env": interp.env,
+        "path": list(interp.path),
+        "version": info.get("version"),
+        "platform": info.get("platform"),
+        "pyzmq": info.get("pyzmq"),
+        "libzmq": info.get("libzmq"),
+        "msgpack": info.get("msgpack"),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    tmp = prefix / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, prefix / MANIFEST)
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def setup(prefix: Path | None = None) -> Interpreter:
+    """Provision the 32-bit runtime under ``prefix`` if needed; see :func:`provision`."""
+    return provision(prefix).interpreter
+
+
+def provision(prefix: Path | None = None) -> SetupResult:
+    """Make the 32-bit runtime ready and say what had to be done.
+
+    Idempotent: when the manifest exists and the interpreter passes its
+    self-test, nothing else runs (no apt, no network; well under a second).
+    Otherwise each missing step is done, and the manifest is written last so
+    an interrupted setup is redone rather than trusted.
+    """
+    started = time.monotonic()
+    prefix = (default_prefix() if prefix is None else prefix).absolute()
+    ready = _ready(prefix)
+    if ready is not None:
+        return SetupResult(ready, (), time.monotonic() - started)
+
+    _check_platform()
+    prefix.mkdir(parents=True, exist_ok=True)
+    gitignore = prefix / ".gitignore"
+    if not gitignore.exists():
+        gitignore.write_text("# created by dllpool: the 32-bit runtime is machine-specific\n*\n", encoding="utf-8")
+    with _locked(prefix / ".setup.lock"):
+        ready = _ready(prefix)  # another process may have finished it while we waited
+        if ready is not None:
+            return SetupResult(ready, (), time.monotonic() - started)
+        (prefix / MANIFEST).unlink(missing_ok=True)
+        actions: list[str] = []
+        apt = _Apt()
+        minor = _debian_python_minor()
+        log.info("Debian ships Python 3.%d; building its 32-bit runtime in %s", minor, prefix)
+        actions += _ensure_i386_libraries(apt, minor)
+        actions += _ensure_interpreter(apt, prefix, minor)
+        actions += _ensure_wheels(prefix, minor)
+        interp = Interpreter(
+            executable=str(prefix / _ROOT_DIR / "usr" / "bin" / f"python3.{minor}"),
+            env={"PYTHONHOME": str(prefix / _ROOT_DIR / "usr")},
+            path=(str(prefix / _SITE_DIR),),
+        )
+        log.info("verifying the 32-bit interpreter (pointer size, ctypes, pyzmq DEALER socket, msgpack)")
+        _selftest(interp)
+        info = describe(interp)
+        _write_manifest(prefix, interp, info)
+        actions.append("manifest")
+    log.info(
+        "32-bit runtime ready: Python %s (%s), pyzmq %s (libzmq %s), msgpack %s",
+        info["version"],
+        info["platform"],
+        info["pyzmq"],
+        info["libzmq"],
+        info["msgpack"],
+    )
+    return SetupResult(interp, tuple(actions), time.monotonic() - started)
+
+
+def _ready(prefix: Path) -> Interpreter | None:
+    """The recorded interpreter if it still passes its self-test, else None."""
+    try:
+        interp = load(prefix)
+        _selftest(interp)
+    except RuntimeMissing as exc:
+        log.debug("32-bit runtime not ready: %s", exc)
+        return None
+    log.info("32-bit runtime already set up: %s", interp.executable)
+    return interp
+
+
+def _selftest(interp: Interpreter) -> None:
+    """Raise :class:`RuntimeMissing` unless ``interp`` runs everything a worker needs."""
+    result = _run_python(interp, _SELFTEST, timeout=60)
+    zmq_file = str(result.get("zmq_file", ""))
+    if interp.path and not any(zmq_file.startswith(p + os.sep) for p in interp.path):
+        raise RuntimeMissing(f"{interp.executable} imported zmq from {zmq_file}, not from its own site folder")
+
+
+def _check_platform() -> None:
+    """Fail early, with directions, where this recipe cannot work."""
+    if not sys.platform.startswith("linux"):
+        raise RuntimeMissing(
+            f"automatic 32-bit runtime setup works on Debian/Ubuntu x86_64 only, not {sys.platform}: "
+            "install a 32-bit Python with pyzmq and msgpack (e.g. python.org's 32-bit installer, then "
+            f"`python -m pip install pyzmq msgpack`), {CONFIG_HINT}"
+        )
+    machine = os.uname().machine
+    if machine not in ("x86_64", "amd64"):
+        raise RuntimeMissing(
+            f"automatic 32-bit runtime setup needs an x86_64 machine, this is {machine}; {CONFIG_HINT}"
+        )
+    missing = [tool for tool in ("dpkg", "dpkg-query", "apt-get", "apt-cache") if shutil.which(tool) is None]
+    if missing:
+        raise RuntimeMissing(
+            f"automatic 32-bit runtime setup needs a Debian-like system ({', '.join(missing)} not found): "
+            f"install a 32-bit Python with pyzmq and msgpack, {CONFIG_HINT}"
+        )
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Serialize concurrent setups of one prefix (e.g. parallel test sessions)."""
+    import fcntl  # Unix only, like the rest of setup
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _run(cmd: Sequence[str], *, timeout: float, cwd: Path | None = None, what: str = "") -> str:
+    """Run a setup command; its output goes to DEBUG, its failure into a RuntimeMissing."""
+    log.debug("running %s", " ".join(cmd))
+    try:
+        proc = subprocess.run(
+            list(cmd),
+            env={**os.environ, **_APT_ENV},
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeMissing(f"{what or cmd[0]} failed: {exc}") from exc
+    if proc.stdout.strip():
+        log.debug("%s", proc.stdout.rstrip())
+    if proc.returncode != 0:
+        raise RuntimeMissing(
+            f"{what or cmd[0]} failed (`{' '.join(cmd)}`, exit code {proc.returncode}): "
+            f"{_tail(proc.stderr or proc.stdout)}"
+        )
+    return proc.stdout
+
+
+def _tail(text: str, lines: int = 8) -> str:
+    return " | ".join(text.strip().splitlines()[-lines:]) or "(no output)"
+
+
+class _Apt:
+    """apt operations that need root, with ``apt-get update`` run at most once per setup."""
+
+    def __init__(self) -> None:
+        self.updated = False
+        self.update_error = ""
+
+    def require_root(self, doing: str, commands: str) -> None:
+        if os.geteuid() != 0:
+            raise RuntimeMissing(
+                f"setting up the 32-bit runtime needs root to {doing}: run `sudo dllpool runtime32 setup`, "
+                f"or have an administrator run `{commands}` first, {CONFIG_HINT}"
+            )
+
+    def update(self) -> list[str]:
+        """Refresh the package lists once; a partly failed refresh is only a warning.
+
+        A mirror in mid-sync or one unreachable extra repository makes
+        ``apt-get update`` fail while the lists it did get are fine; what is
+        really missing shows up, with this note, when apt is used.
+        """
+        if self.updated:
+            return []
+        self.require_root("refresh the package lists", "apt-get update")
+        log.info("apt-get update")
+        try:
+            _run(["apt-get", "update", *_APT_OPTIONS], timeout=900, what="apt-get update")
+        except RuntimeMissing as exc:
+            self.update_error = str(exc)
+            log.warning("%s; carrying on with the package lists apt has", exc)
+        self.updated = True
+        return ["apt-get update"]
+
+    def note(self) -> str:
+        return f" (after a failed refresh: {self.update_error})" if self.update_error else ""
+
+
+def _debian_python_minor() -> int:
+    """The Python 3 minor version this release ships, from ``python3-minimal``'s dependency."""
+    out = _run(["apt-cache", "depends", "python3-minimal"], timeout=120, what="apt-cache depends python3-minimal")
+    match = re.search(r"Depends:\s*python3\.(\d+)-minimal\b", out)
+    if match is None:
+        raise RuntimeMissing(
+            "cannot tell which Python version this Debian/Ubuntu release ships "
+            f"(`apt-cache depends python3-minimal` names no python3.N-minimal); {CONFIG_HINT}"
+        )
+    return int(match.group(1))
+
+
+def _interpreter_packages(minor: int) -> list[str]:
+    return [f"python3.{minor}-minimal:i386", f"libpython3.{minor}-minimal:i386", f"libpython3.{minor}-stdlib:i386"]
+
+
+def _ensure_i386_libraries(apt: _Apt, minor: int) -> list[str]:
+    """Step 1: the i386 architecture and the shared libraries the interpreter links to."""
+    actions: list[str] = []
+    foreign = _run(["dpkg", "--print-foreign-architectures"], timeout=60).split()
+    if "i386" not in foreign:
+        apt.require_root("enable the i386 architecture", "dpkg --add-architecture i386 && apt-get update")
+        log.info("enabling the i386 architecture (dpkg --add-architecture i386)")
+        _run(["dpkg", "--add-architecture", "i386"], timeout=60, what="dpkg --add-architecture i386")
+        actions.append("dpkg --add-architecture i386")
+    packages = _interpreter_packages(minor)
+    depends = ["apt-cache", "depends", "--no-recommends", "--no-suggests", *packages]
+    try:
+        out = _run(depends, timeout=120)
+    except RuntimeMissing:  # no i386 package lists yet
+        actions += apt.update()
+        out = _run(depends, timeout=120, what="apt-cache depends" + apt.note())
+    needed = _library_dependencies(out, minor) + [f"{name}:i386" for name in _EXTRA_I386_PACKAGES]
+    missing = [pkg for pkg in dict.fromkeys(needed) if not _is_installed(pkg)]
+    if not missing:
+        log.info("i386 libraries already installed (%d packages)", len(needed))
+        return actions
+    command = "apt-get install -y --no-install-recommends " + " ".join(missing)
+    apt.require_root("install the 32-bit libraries", command)
+    actions += apt.update()
+    pins = _version_pins(missing)
+    log.info("installing i386 libraries: %s", " ".join(missing))
+    with tempfile.NamedTemporaryFile("w", prefix="dllpool-apt-", suffix=".pref") as prefs:
+        system_prefs = Path("/etc/apt/preferences")
+        if system_prefs.is_file():  # our file replaces it for this one command
+            prefs.write(system_prefs.read_text(encoding="utf-8", errors="replace") + "\n\n")
+        prefs.write(pins)
+        prefs.flush()
+        os.chmod(prefs.name, 0o644)
+        _run(
+            [
+                "apt-get",
+                "install",
+                "-y",
+                "--no-install-recommends",
+                *_APT_OPTIONS,
+                "-o",
+                f"Dir::Etc::preferences={prefs.name}",
+                *missing,
+            ],
+            timeout=1800,
+            what="apt-get install" + apt.note(),
+        )
+    actions.append("apt-get install " + " ".join(missing))
+    return actions
+
+
+def _version_pins(packages: Sequence[str]) -> str:
+    """apt preferences that give each i386 library the version of its installed 64-bit twin.
+
+    ``Multi-Arch: same`` packages must have identical versions on both
+    architectures.  The mirror may no longer offer the i386 build of the
+    installed 64-bit version (an image built from an older snapshot, or an
+    index that failed to download); then both sides move to the newest
+    version offered for both, together with the installed packages built
+    from the same source at the same version (``libssl-dev`` with ``libssl3``).
+    Never a downgrade: where no such version exists apt is left to explain.
+    """
+    native = _run(["dpkg", "--print-architecture"], timeout=60).strip()
+    out = _run(
+        [
+            "apt-cache",
+            "depends",
+            "--recurse",
+            "--no-recommends",
+            "--no-suggests",
+            "--no-conflicts",
+            "--no-breaks",
+            "--no-replaces",
+            "--no-enhances",
+            *packages,
+        ],
+        timeout=300,
+        what="apt-cache depends --recurse",
+    )
+    closure = {line[: -len(":i386")] for line in out.splitlines() if re.fullmatch(r"[a-z0-9][^\s:<>]*:i386", line)}
+    installed = _installed_packages()
+    # Only "Multi-Arch: same" packages must match; others (dpkg, tar) stay single-architecture.
+    twins = {
+        name: installed[(name, native)]
+        for name in sorted(closure)
+        if installed.get((name, native), ("", "", ""))[2] == "same"
+    }
+    available = _available_versions([f"{name}:i386" for name in twins] + list(twins))
+    pins: dict[str, str] = {}
+    moves: dict[tuple[str, str], str] = {}  # (source, installed version) -> version for both architectures
+    for name, (version, source, _) in twins.items():
+        i386_versions = available.get(f"{name}:i386", [])
+        if version in i386_versions:
+            pins[f"{name}:i386"] = version
+            continue
+        common = [v for v in i386_versions if v in available.get(name, []) and _version_gt(v, version)]
+        if not common:
+            log.warning("no i386 build of %s %s or newer on the mirror; apt may refuse to install it", name, version)
+            continue
+        pins[f"{name}:i386"] = common[0]  # apt lists versions newest first
+        moves.setdefault((source, version), common[0])
+    siblings = {
+        (pkg if arch in (native, "all") else f"{pkg}:{arch}"): moves[(src, v)]
+        for (pkg, arch), (v, src, _) in installed.items()
+        if (src, v) in moves
+    }
+    sibling_versions = _available_versions(list(siblings))
+    for (source, version), target in moves.items():
+        moved = sorted(s for s, t in siblings.items() if t == target and target in sibling_versions.get(s, []))
+        log.info(
+            "the mirror has no i386 build of %s %s: moving %s to %s on both architectures",
+            source,
+            version,
+            ", ".join(moved),
+            target,
+        )
+        pins.update(dict.fromkeys(moved, target))
+    return "".join(f"Package: {pkg}\nPin: version {v}\nPin-Priority: 1001\n\n" for pkg, v in pins.items())
+
+
+def _installed_packages() -> dict[tuple[str, str], tuple[str, str, str]]:
+    """``(name, arch) -> (version, source, multi-arch)`` of every installed package."""
+    fields = ("Package", "Architecture", "Version", "source:Package", "Multi-Arch", "db:Status-Abbrev")
+    out = _run(["dpkg-query", "-W", "-f=" + "\t".join(f"${{{f}}}" for f in fields) + "\n"], timeout=120)
+    result: dict[tuple[str, str], tuple[str, str, str]] = {}
+    for line in out.splitlines():
+        name, arch, version, source, multi_arch, status = (line.split("\t") + [""] * 6)[:6]
+        if status.startswith("ii"):
+            result[(name, arch)] = (version, source, multi_arch)
+    return result
+
+
+def _available_versions(names: Sequence[str]) -> dict[str, list[str]]:
+    """Downloadable versions of each package (as named: ``pkg`` or ``pkg:arch``), newest first."""
+    if not names:
+        return {}
+    out = _run(["apt-cache", "policy", *names], timeout=300, what="apt-cache policy")
+    result: dict[str, list[str]] = {}
+    current: list[str] = []
+    version = ""
+    for line in out.splitlines():
+        if re.fullmatch(r"\S+:", line):
+            current = result.setdefault(line[:-1], [])
+        elif match := re.fullmatch(r"\s+(?:\*\*\* )?(\S+) -?\d+", line):
+            version = match.group(1)
+        elif (
+            re.fullmatch(r"\s+-?\d+ \S+.*", line)
+            and not line.rstrip().endswith("/var/lib/dpkg/status")
+            and version
+            and version not in current
+        ):
+            current.append(version)
+    return result
+
+
+def _version_gt(a: str, b: str) -> bool:
+    return subprocess.run(["dpkg", "--compare-versions", a, "gt", b], check=False, timeout=60).returncode == 0
+
+
+def _library_dependencies(apt_cache_depends: str, minor: int) -> list[str]:
+    """The i386 (Pre)Depends of the interpreter packages, minus those packages themselves.
+
+    Taking the names from the packages (libffi8 or libffi7, libssl3 or
+    libssl1.1, ...) keeps this right on every Debian and Ubuntu release.
+    Architecture-independent dependencies (media-types, tzdata) are not needed
+    by an unpacked interpreter; of a ``|`` alternative group the first is taken.
+    """
+    ours = {p.split(":")[0] for p in _interpreter_packages(minor)}
+    found: list[str] = []
+    in_alternatives = False
+    for line in apt_cache_depends.splitlines():
+        match = re.match(r"\s*(\|?)(?:Pre)?Depends:\s*(\S+)", line)
+        if match is None:
+            in_alternatives = False
+            continue
+        taken = in_alternatives
+        in_alternatives = bool(match.group(1))
+        name = match.group(2)
+        if taken or name.startswith("<") or not name.endswith(":i386") or name.split(":")[0] in ours:
+            continue
+        found.append(name)
+    return found
+
+
+def _is_installed(package: str) -> bool:
+    proc = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True, check=False, timeout=60
+    )
+    return proc.returncode == 0 and proc.stdout.strip().endswith(" installed")
+
+
+def _ensure_interpreter(apt: _Apt, prefix: Path, minor: int) -> list[str]:
+    """Step 2: Debian's i386 interpreter packages, downloaded and unpacked into ``<prefix>/root``."""
+    root = prefix / _ROOT_DIR
+    if (root / "usr" / "bin" / f"python3.{minor}").is_file():
+        log.info("32-bit Python 3.%d already unpacked in %s", minor, root)
+        return []
+    staging = prefix / (_ROOT_DIR + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(root, ignore_errors=True)  # another Python version, or damaged
+    packages = _interpreter_packages(minor)
+    with tempfile.TemporaryDirectory(prefix="dllpool-debs-") as tmp:
+        _let_apt_write(Path(tmp))
+        log.info("downloading %s", " ".join(packages))
+        try:
+            _run(["apt-get", "download", *packages], cwd=Path(tmp), timeout=900, what="apt-get download")
+        except RuntimeMissing:
+            if apt.updated or os.geteuid() != 0:
+                raise
+            log.info("download failed; refreshing the package lists and retrying")
+            apt.update()
+            _run(["apt-get", "download", *packages], cwd=Path(tmp), timeout=900, what="apt-get download" + apt.note())
+        debs = sorted(Path(tmp).glob("*.deb"))
+        if len(debs) != len(packages):
+            raise RuntimeMissing(f"apt-get download fetched {[d.name for d in debs]}, expected {packages}")
+        for deb in debs:
+            log.info("unpacking %s", deb.name)
+            _run(["dpkg", "-x", str(deb), str(staging)], timeout=300, what=f"dpkg -x {deb.name}")
+    os.replace(staging, root)
+    return [f"unpacked {' '.join(packages)}"]
+
+
+def _let_apt_write(folder: Path) -> None:
+    """Give the download folder to the ``_apt`` user, so apt need not download unsandboxed as root."""
+    if os.geteuid() != 0:
+        return
+    try:
+        import pwd
+
+        os.chown(folder, pwd.getpwnam("_apt").pw_uid, -1)
+    except (KeyError, OSError):
+        pass  # apt then only warns
+
+
+def _ensure_wheels(prefix: Path, minor: int) -> list[str]:
+    """Step 3: i686 pyzmq and msgpack wheels, fetched by the 64-bit pip and unzipped into ``<prefix>/site``."""
+    site = prefix / _SITE_DIR
+    marker = site / _SITE_MARKER
+    try:
+        recorded = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        recorded = None
+    if isinstance(recorded, dict) and recorded.get("python") == f"3.{minor}":
+        log.info("i686 wheels already unpacked in %s: %s", site, ", ".join(recorded.get("wheels", [])))
+        return []
+    staging = prefix / (_SITE_DIR + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="dllpool-wheels-") as tmp:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--implementation",
+            "cp",
+            "--python-version",
+            f"3.{minor}",
+            *(arg for platform in _WHEEL_PLATFORMS for arg in ("--platform", platform)),
+            "--dest",
+            tmp,
+            *_WHEELS,
+        ]
+        log.info("downloading i686 wheels for Python 3.%d: %s", minor, " ".join(_WHEELS))
+        _run(cmd, timeout=900, what="pip download of the i686 wheels")
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        names = {w.name.split("-")[0].lower() for w in wheels}
+        if names != set(_WHEELS):
+            raise RuntimeMissing(f"pip found no i686 wheel for {sorted(set(_WHEELS) - names)} on Python 3.{minor}")
+        for wheel in wheels:
+            log.info("unpacking %s", wheel.name)
+            with zipfile.ZipFile(wheel) as archive:
+                archive.extractall(staging)
+    (staging / _SITE_MARKER).write_text(
+        json.dumps({"python": f"3.{minor}", "wheels": [w.name for w in wheels]}, indent=2) + "\n", encoding="utf-8"
+    )
+    shutil.rmtree(site, ignore_errors=True)
+    os.replace(staging, site)
+    return [f"unpacked {', '.join(w.name for w in wheels)}"]

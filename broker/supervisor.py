@@ -1,0 +1,257 @@
+"""Starts, watches, restarts and stops the worker processes of a pool.
+
+Each service has ``workers`` slots; each slot holds at most one process. The
+broker loop calls :meth:`Supervisor.poll` on every tick: it reaps processes
+that ended, reports them (so the broker can answer the calls they held), and
+starts replacements. A worker that dies before it ever got ready is
+restarted with a growing back-off, so a library that cannot load does not
+become a fork bomb; one that served and then crashed is replaced at once.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from protocol import RuntimeMissing
+from workers32 import EXIT_STARTUP_FAILED
+
+from . import runtime32
+from .config import PoolConfig, ServiceConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Exit", "Supervisor"]
+
+_STDERR_TAIL = 30
+_BACKOFF_FIRST = 0.5
+_BACKOFF_MAX = 10.0
+
+
+@dataclass(frozen=True)
+class Exit:
+    """A worker process that ended."""
+
+    service: str
+    pid: int
+    returncode: int
+
+
+@dataclass(eq=False)
+class _Slot:
+    service: ServiceConfig
+    index: int
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    ready: bool = False
+    failures: int = 0
+    next_start: float = 0.0
+    stderr_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=_STDERR_TAIL))
+    stderr_reader: threading.Thread | None = None
+    last_failure: str | None = None
+
+
+class Supervisor:
+    """The worker processes of one pool."""
+
+    def __init__(self, config: PoolConfig, backend: str, source_dir: Path, curve: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.backend = backend
+        self.source_dir = source_dir
+        self.curve = curve
+        self._slots = [_Slot(s, i) for s in config.services for i in range(s.workers)]
+        self._interpreters: dict[str, runtime32.Interpreter] = {}
+        self._stopping = False
+
+    # --- interpreters ---------------------------------------------------------------
+
+    def _interpreter(self, service: ServiceConfig) -> runtime32.Interpreter:
+        if service.name not in self._interpreters:
+            if service.python:
+                interp = runtime32.from_executable(service.python)
+            elif service.bits == 64:
+                interp = runtime32.Interpreter(sys.executable, {}, ())
+            elif self.config.python32:
+                interp = runtime32.from_executable(self.config.python32)
+            else:
+                interp = runtime32.load()
+            self._interpreters[service.name] = interp
+        return self._interpreters[service.name]
+
+    def check_interpreters(self) -> None:
+        """Fail before anything starts when a service's interpreter is missing."""
+        for service in self.config.services:
+            interp = self._interpreter(service)
+            if not Path(interp.executable).exists():
+                raise RuntimeMissing(
+                    f"service {service.name!r} needs the interpreter {interp.executable}, which does not exist"
+                )
+
+    # --- processes --------------------------------------------------------------------
+
+    def _spec(self, service: ServiceConfig) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "service": service.name,
+            "threads": service.threads,
+            "heartbeat_interval": self.config.heartbeat_interval,
+            "heartbeat_liveness": self.config.heartbeat_liveness,
+            **service.hosting,
+        }
+        if self.curve:
+            spec["curve"] = self.curve
+        return spec
+
+    def _start(self, slot: _Slot, now: float) -> None:
+        interp = self._interpreter(slot.service)
+        command = [
+            interp.executable,
+            "-s",
+            "-m",
+            "workers32",
+            "--connect",
+            self.backend,
+            "--spec",
+            json.dumps(self._spec(slot.service)),
+            "--parent-pid",
+            str(os.getpid()),
+            "--log-level",
+            logging.getLevelName(min(logging.getLogger().getEffectiveLevel(), logging.INFO)),
+        ]
+        slot.process = subprocess.Popen(
+            command,
+            cwd=self.source_dir,
+            env=runtime32.command_env(interp, [str(self.source_dir)]),
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        slot.started_at = now
+        slot.ready = False
+        slot.stderr_tail.clear()
+        name = f"{slot.service.name}[{slot.index}] pid {slot.process.pid}"
+        slot.stderr_reader = threading.Thread(
+            target=_forward_stderr,
+            args=(slot.process.stderr, slot.stderr_tail, name),
+            name=f"stderr {name}",
+            daemon=True,
+        )
+        slot.stderr_reader.start()
+        log.debug("started worker %s: %s", name, interp.executable)
+
+    def start_all(self) -> None:
+        now = time.monotonic()
+        for slot in self._slots:
+            self._start(slot, now)
+
+    def mark_ready(self, pids: set[int]) -> None:
+        """Record which workers reached READY, which decides how a later exit is handled."""
+        for slot in self._slots:
+            if slot.process is not None and slot.process.pid in pids and not slot.ready:
+                slot.ready = True
+                slot.failures = 0
+                slot.last_failure = None
+
+    def poll(self, now: float) -> list[Exit]:
+        """Reap ended workers and start replacements that are due."""
+        exits: list[Exit] = []
+        for slot in self._slots:
+            process = slot.process
+            if process is not None:
+                code = process.poll()
+                if code is None:
+                    continue
+                exits.append(Exit(slot.service.name, process.pid, code))
+                slot.process = None
+                self._after_exit(slot, code, now)
+            if not self._stopping and slot.process is None and now >= slot.next_start:
+                self._start(slot, now)
+        return exits
+
+    def _after_exit(self, slot: _Slot, code: int, now: float) -> None:
+        if self._stopping:
+            return
+        if slot.ready:
+            log.warning("worker %s[%d] ended (%s); starting a replacement", slot.service.name, slot.index, _how(code))
+            slot.next_start = now
+            return
+        slot.failures += 1
+        if slot.stderr_reader is not None:
+            slot.stderr_reader.join(timeout=1.0)
+        tail = "\n".join(slot.stderr_tail) or "(it printed nothing)"
+        slot.last_failure = (
+            f"a worker of service {slot.service.name!r} ended before it was ready ({_how(code)}); "
+            f"its last output:\n{tail}"
+        )
+        delay = min(_BACKOFF_FIRST * 2 ** (slot.failures - 1), _BACKOFF_MAX)
+        slot.next_start = now + delay
+        log.error(
+            "worker %s[%d] ended before it was ready (%s); retrying in %.1f s",
+            slot.service.name,
+            slot.index,
+            _how(code),
+            delay,
+        )
+
+    def startup_failure(self) -> str | None:
+        """Why the pool cannot get ready, if a worker failed to start: its exit and last stderr lines."""
+        return next((slot.last_failure for slot in self._slots if slot.last_failure and not slot.ready), None)
+
+    def kill(self, pid: int, reason: str) -> None:
+        for process in self._processes():
+            if process.pid == pid and process.poll() is None:
+                log.warning("killing worker pid %d: %s", pid, reason)
+                process.kill()
+
+    def pids(self) -> list[int]:
+        return sorted(p.pid for p in self._processes() if p.poll() is None)
+
+    def _processes(self) -> Iterator[subprocess.Popen[bytes]]:
+        return (slot.process for slot in self._slots if slot.process is not None)
+
+    def stop_all(self, timeout: float = 5.0) -> None:
+        """Ask every worker to stop, then kill what is left: no orphans."""
+        self._stopping = True
+        for process in self._processes():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for process in self._processes():
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("worker pid %d did not stop in %.1f s; killing it", process.pid, timeout)
+                process.kill()
+                process.wait()
+        for slot in self._slots:
+            slot.process = None
+
+
+def _how(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return "failed to load its library" if code == EXIT_STARTUP_FAILED else f"exit code {code}"
+
+
+def _forward_stderr(stream: IO[bytes] | None, tail: collections.deque[str], name: str) -> None:
+    """Relay a worker's stderr into this process's logging, keeping the last lines for error messages."""
+    if stream is None:
+        return
+    worker_log = logging.getLogger("dllpool.worker")
+    with stream:
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip()
+            tail.append(line)
+            worker_log.info("[%s] %s", name, line)

@@ -1,0 +1,115 @@
+/*
+ * demo.c - a small C99 library used by the dllpool examples and tests.
+ *
+ * It is built twice by examples/Makefile: as a 32-bit library (hosted by the
+ * 32-bit worker processes) and as a 64-bit library (loaded directly by the
+ * tests, to check the functions themselves).
+ *
+ * Builds on Linux/macOS (gcc/clang) and on Windows (MSVC or MinGW) as a DLL.
+ */
+#if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
+#define _POSIX_C_SOURCE 199309L /* nanosleep */
+#endif
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifdef _WIN32
+#include <windows.h>
+#define DEMO_EXPORT __declspec(dllexport)
+#else
+#include <errno.h>
+#include <time.h>
+#include <unistd.h>
+#define DEMO_EXPORT __attribute__((visibility("default")))
+#endif
+
+/* Library version encoded as major*10000 + minor*100 + patch: 10203 = 1.2.3. */
+#define DEMO_VERSION 10203
+
+/* Per-process call counter (each worker process has its own copy). */
+static int demo_call_count = 0;
+
+DEMO_EXPORT int add(int a, int b) { return a + b; }
+
+/* Returns major*10000 + minor*100 + patch, e.g. 10203 means version 1.2.3. */
+DEMO_EXPORT int version(void) { return DEMO_VERSION; }
+
+/* 4 in a 32-bit process, 8 in a 64-bit process. */
+DEMO_EXPORT int pointer_size(void) { return (int)sizeof(void *); }
+
+/* Really blocks the calling thread for `ms` milliseconds (no busy wait). */
+DEMO_EXPORT void sleep_ms(int ms) {
+    if (ms <= 0) {
+        return;
+    }
+#ifdef _WIN32
+    Sleep((DWORD)ms);
+#else
+    struct timespec req, rem;
+    req.tv_sec = ms / 1000;
+    req.tv_nsec = (long)(ms % 1000) * 1000000L;
+    while (nanosleep(&req, &rem) == -1 && errno == EINTR) {
+        req = rem;
+    }
+#endif
+}
+
+/* Returns factor * (values[0] + ... + values[n-1]); 0 if n <= 0 or values is NULL. */
+DEMO_EXPORT double scale_sum(const double *values, int n, double factor) {
+    double total = 0.0;
+    int i;
+    if (values == NULL) {
+        return 0.0;
+    }
+    for (i = 0; i < n; ++i) {
+        total += values[i];
+    }
+    return factor * total;
+}
+
+/* Deliberately crashes the process (segmentation fault / access violation),
+ * so tests can prove that a crashing library only takes down its worker. */
+DEMO_EXPORT int crash(void) {
+    volatile int *volatile p = NULL;
+    *p = 42;
+    return *p;
+}
+
+DEMO_EXPORT int64_t add_i64(int64_t a, int64_t b) { return a + b; }
+
+DEMO_EXPORT unsigned char echo_u8(unsigned char value) { return value; }
+
+DEMO_EXPORT float half(float value) { return value / 2.0f; }
+
+/* C99 _Bool argument: returns 1 for true, 0 for false. */
+DEMO_EXPORT int is_true(bool value) { return value ? 1 : 0; }
+
+/* strlen of a NUL-terminated string; -1 for NULL. */
+DEMO_EXPORT int str_len(const char *s) {
+    if (s == NULL) {
+        return -1;
+    }
+    return (int)strlen(s);
+}
+
+/* Returns a pointer to a static string; the caller must not free it. */
+DEMO_EXPORT const char *greet(void) {
+    return sizeof(void *) == 4 ? "hello from 32-bit C" : "hello from 64-bit C";
+}
+
+/* Increments and returns the per-process counter: 1 on the first call in a
+ * process, 2 on the second... Tests use it to prove a request never ran. */
+DEMO_EXPORT int count_calls(void) { return ++demo_call_count; }
+
+/* The id of the process the library is loaded in: tests use it to tie an
+ * answer to the worker process that computed it. */
+DEMO_EXPORT int worker_pid(void) {
+#ifdef _WIN32
+    return (int)GetCurrentProcessId();
+#else
+    return (int)getpid();
+#endif
+}

@@ -1,0 +1,156 @@
+"""Call payloads: arguments and results as msgpack, big buffers out of band.
+
+A payload is a list of frames: a msgpack body, then one frame per large
+bytes-like value or array. The body refers to those frames by index through
+ext types, so a megabyte array crosses the sockets as its own zero-copy frame
+and is never embedded in (or scanned by) the msgpack body.
+
+Unpacking takes untrusted input: every length is bounded, nesting is bounded
+by msgpack's own stack limit, and the only ext types are the ones below. No
+pickle, marshal or eval.
+"""
+
+import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from .errors import ProtocolError
+from .frames import Buffer
+
+__all__ = ["Limits", "DEFAULT_LIMITS", "pack_call", "unpack_call", "pack_value", "unpack_value"]
+
+EXT_BUFFER = 1
+"""Out-of-band bytes: ext data is the msgpack index of the frame that holds them."""
+EXT_ARRAY = 2
+"""An ``array.array``: ext data is msgpack ``[typecode, frame index or inline bytes]``."""
+
+OUT_OF_BAND_MIN = 16 * 1024
+"""Values this big or bigger travel as frames of their own."""
+
+_TYPECODES = "bBhHiIqQfd"
+_WIDE = {"l": {4: "i", 8: "q"}, "L": {4: "I", 8: "Q"}}
+"""C long differs between 32- and 64-bit Linux; send it as the fixed-width code."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one payload may unpack to."""
+
+    max_body: int = 16 * 1024 * 1024
+    max_items: int = 1_000_000
+    max_frames: int = 1024
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class _Packer:
+    """Replaces big buffers and arrays by ext references to frames of their own."""
+
+    def __init__(self) -> None:
+        self.frames: list[Buffer] = []
+
+    def _ref(self, data: memoryview) -> Any:
+        if len(data) < OUT_OF_BAND_MIN:
+            return data.tobytes()
+        self.frames.append(data)
+        return len(self.frames)
+
+    def prepare(self, value: Any) -> Any:
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            if len(value) < OUT_OF_BAND_MIN:
+                return value
+            return msgpack.ExtType(EXT_BUFFER, msgpack.packb(self._ref(memoryview(value).cast("B"))))
+        if isinstance(value, array.array):
+            code = _WIDE.get(value.typecode, {}).get(value.itemsize, value.typecode)
+            if code not in _TYPECODES:
+                raise TypeError(f"array typecode {value.typecode!r} cannot be sent")
+            ref = self._ref(memoryview(value).cast("B"))
+            return msgpack.ExtType(EXT_ARRAY, msgpack.packb([code, ref], use_bin_type=True))
+        if isinstance(value, (list, tuple)):
+            return [self.prepare(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.prepare(v) for k, v in value.items()}
+        if isinstance(value, (set, frozenset)):
+            return [self.prepare(v) for v in value]
+        return value
+
+    def pack(self, value: Any) -> list[Buffer]:
+        body = msgpack.packb(self.prepare(value), use_bin_type=True)
+        return [body, *self.frames]
+
+
+def pack_value(value: Any) -> list[Buffer]:
+    """Frames for one value (a call's result)."""
+    return _Packer().pack(value)
+
+
+def pack_call(args: Sequence[Any], kwargs: dict[str, Any]) -> list[Buffer]:
+    """Frames for a call's arguments."""
+    return pack_value([list(args), kwargs])
+
+
+def unpack_value(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> Any:
+    """Rebuild a value from frames sent by an untrusted peer."""
+    if not frames:
+        raise ProtocolError("payload has no body frame")
+    if len(frames) > limits.max_frames:
+        raise ProtocolError(f"payload has {len(frames)} frames; the limit is {limits.max_frames}")
+    body = frames[0]
+    if len(body) > limits.max_body:
+        raise ProtocolError(f"payload body is {len(body)} bytes; the limit is {limits.max_body}")
+
+    def frame(index: Any) -> Buffer:
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 < index < len(frames):
+            raise ProtocolError(f"payload refers to frame {index!r}, which does not exist")
+        return frames[index]
+
+    def ext_hook(code: int, data: bytes) -> Any:
+        ref = msgpack.unpackb(data, raw=False, max_array_len=2, max_map_len=0, max_ext_len=0)
+        if code == EXT_BUFFER:
+            return bytes(frame(ref))
+        if code == EXT_ARRAY:
+            if not isinstance(ref, list) or len(ref) != 2 or ref[0] not in _TYPECODES:
+                raise ProtocolError("malformed array in payload")
+            typecode, where = ref
+            raw = where if isinstance(where, bytes) else frame(where)
+            result = array.array(typecode)
+            if len(raw) % result.itemsize:
+                raise ProtocolError(f"array data of {len(raw)} bytes is not a whole number of {typecode!r} items")
+            result.frombytes(raw)
+            return result
+        raise ProtocolError(f"unknown ext type {code} in payload")
+
+    try:
+        return msgpack.unpackb(
+            body,
+            raw=False,
+            ext_hook=ext_hook,
+            strict_map_key=False,
+            max_str_len=limits.max_body,
+            max_bin_len=limits.max_body,
+            max_array_len=limits.max_items,
+            max_map_len=limits.max_items,
+            max_ext_len=limits.max_body,
+        )
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise ProtocolError(f"payload is not valid msgpack: {exc or type(exc).__name__}") from None
+
+
+def unpack_call(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> tuple[list[Any], dict[str, Any]]:
+    """Rebuild ``(args, kwargs)``; anything else is a ProtocolError."""
+    value = unpack_value(frames, limits)
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not isinstance(value[0], list)
+        or not isinstance(value[1], dict)
+        or not all(isinstance(k, str) for k in value[1])
+    ):
+        raise ProtocolError("call payload must be [args list, kwargs map with string keys]")
+    return value[0], value[1]

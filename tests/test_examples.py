@@ -1,0 +1,297 @@
+"""Tests for the demo libraries under examples/ (C, C++, Fortran; 32 and 64 bit).
+
+A session fixture runs ``make -C examples`` (which installs the multilib
+compilers once, if needed and possible). The 64-bit builds are loaded with
+ctypes in this (64-bit) test process; the 32-bit builds are checked for their
+ELF class here and exercised for real through a 32-bit interpreter when the
+project's 32-bit runtime (.runtime32/runtime32.json) is present. The worker
+tests exercise them through the real 32-bit workers.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+BUILD = EXAMPLES / "build"
+LIB_NAMES = ("libdemo.so", "libdemo_cpp.so", "libdemo_f.so")
+RUNTIME32_MANIFEST = ROOT / ".runtime32" / "runtime32.json"
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="examples/Makefile builds Linux .so files"
+)
+
+
+@pytest.fixture(scope="session")
+def built() -> Path:
+    """Runs `make -C examples` once per session (serialised with a file lock,
+    so parallel pytest workers do not build at the same time)."""
+    import fcntl
+
+    BUILD.mkdir(parents=True, exist_ok=True)
+    with open(BUILD / ".make.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            proc = subprocess.run(
+                ["make", "-C", str(EXAMPLES)],
+                cwd=str(ROOT),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=1800,
+            )
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    if proc.returncode != 0:
+        pytest.fail(f"make -C examples failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
+    return BUILD
+
+
+def elf_class(path: Path) -> int:
+    """EI_CLASS of an ELF file: 1 = 32-bit, 2 = 64-bit."""
+    with open(path, "rb") as f:
+        header = f.read(5)
+    assert header[:4] == b"\x7fELF", f"{path} is not an ELF file"
+    return header[4]
+
+
+# ---------------------------------------------------------------- build output
+
+
+@pytest.mark.parametrize("name", LIB_NAMES)
+def test_32bit_builds_are_elf32(built: Path, name: str) -> None:
+    assert elf_class(built / "32" / name) == 1
+
+
+@pytest.mark.parametrize("name", LIB_NAMES)
+def test_64bit_builds_are_elf64(built: Path, name: str) -> None:
+    assert elf_class(built / "64" / name) == 2
+
+
+def test_second_make_is_a_no_op(built: Path) -> None:
+    proc = subprocess.run(
+        ["make", "-C", str(EXAMPLES), "-q"], cwd=str(ROOT),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, f"make -q says something is out of date:\n{proc.stdout}"
+
+
+# ------------------------------------------------- 64-bit builds, in process
+
+
+@pytest.fixture(scope="module")
+def libs64(built: Path):
+    if struct.calcsize("P") != 8:
+        pytest.skip("the test process is not 64-bit")
+    c = ctypes.CDLL(str(built / "64" / "libdemo.so"))
+    cpp = ctypes.CDLL(str(built / "64" / "libdemo_cpp.so"))
+    f = ctypes.CDLL(str(built / "64" / "libdemo_f.so"))
+
+    c.add.argtypes = [ctypes.c_int, ctypes.c_int]
+    c.add.restype = ctypes.c_int
+    c.version.restype = ctypes.c_int
+    c.pointer_size.restype = ctypes.c_int
+    c.scale_sum.argtypes = [ctypes.POINTER(ctypes.c_double), ctypes.c_int, ctypes.c_double]
+    c.scale_sum.restype = ctypes.c_double
+    c.greet.restype = ctypes.c_char_p
+    c.str_len.argtypes = [ctypes.c_char_p]
+    c.str_len.restype = ctypes.c_int
+    c.add_i64.argtypes = [ctypes.c_int64, ctypes.c_int64]
+    c.add_i64.restype = ctypes.c_int64
+    c.echo_u8.argtypes = [ctypes.c_ubyte]
+    c.echo_u8.restype = ctypes.c_ubyte
+    c.half.argtypes = [ctypes.c_float]
+    c.half.restype = ctypes.c_float
+    c.is_true.argtypes = [ctypes.c_bool]
+    c.is_true.restype = ctypes.c_int
+    c.count_calls.restype = ctypes.c_int
+    c.sleep_ms.argtypes = [ctypes.c_int]
+    c.sleep_ms.restype = None
+
+    cpp.cpp_add.argtypes = [ctypes.c_int, ctypes.c_int]
+    cpp.cpp_add.restype = ctypes.c_int
+    cpp.cpp_mean.argtypes = [ctypes.POINTER(ctypes.c_double), ctypes.c_int]
+    cpp.cpp_mean.restype = ctypes.c_double
+    cpp.cpp_pointer_size.restype = ctypes.c_int
+
+    f.f_add.argtypes = [ctypes.c_int, ctypes.c_int]
+    f.f_add.restype = ctypes.c_int
+    f.f_sum.argtypes = [ctypes.POINTER(ctypes.c_double), ctypes.c_int]
+    f.f_sum.restype = ctypes.c_double
+    f.f_pointer_size.restype = ctypes.c_int
+    return c, cpp, f
+
+
+def doubles(*values: float):
+    return (ctypes.c_double * len(values))(*values)
+
+
+def test_c_library_64(libs64) -> None:
+    c, _, _ = libs64
+    assert c.add(2, 3) == 5
+    assert c.add(-7, 2) == -5
+    assert c.version() == 10203
+    assert c.pointer_size() == 8
+    assert c.scale_sum(doubles(1.0, 2.0, 3.5), 3, 2.0) == pytest.approx(13.0)
+    assert c.scale_sum(doubles(), 0, 5.0) == 0.0
+    assert c.greet().decode() == "hello from 64-bit C"
+    assert c.str_len(b"hello") == 5
+    assert c.str_len(b"") == 0
+    assert c.str_len(None) == -1
+
+
+def test_c_library_64_types(libs64) -> None:
+    c, _, _ = libs64
+    big = 2**40
+    assert c.add_i64(big, big + 1) == 2 * big + 1
+    assert c.echo_u8(255) == 255
+    assert c.half(3.0) == pytest.approx(1.5)
+    assert c.is_true(True) == 1
+    assert c.is_true(False) == 0
+    first = c.count_calls()
+    assert c.count_calls() == first + 1
+
+
+def test_c_sleep_ms_really_sleeps(libs64) -> None:
+    c, _, _ = libs64
+    start = time.perf_counter()
+    c.sleep_ms(50)
+    assert time.perf_counter() - start >= 0.045
+
+
+def test_cpp_library_64(libs64) -> None:
+    _, cpp, _ = libs64
+    assert cpp.cpp_add(40, 2) == 42
+    assert cpp.cpp_mean(doubles(1.0, 2.0, 3.0, 4.0), 4) == pytest.approx(2.5)
+    assert cpp.cpp_mean(doubles(), 0) == 0.0
+    assert cpp.cpp_pointer_size() == 8
+
+
+def test_fortran_library_64(libs64) -> None:
+    _, _, f = libs64
+    assert f.f_add(2, 3) == 5
+    assert f.f_sum(doubles(1.0, 2.0, 3.5), 3) == pytest.approx(6.5)
+    assert f.f_sum(doubles(1.0, 2.0, 3.5), 2) == pytest.approx(3.0)
+    assert f.f_sum(doubles(), 0) == 0.0
+    assert f.f_pointer_size() == 8
+
+
+def test_crash_kills_only_its_process(built: Path) -> None:
+    code = (
+        "import ctypes, sys; lib = ctypes.CDLL(sys.argv[1]); lib.crash(); print('survived')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(built / "64" / "libdemo.so")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60,
+    )
+    assert proc.returncode == -signal.SIGSEGV, (proc.returncode, proc.stdout, proc.stderr)
+    assert "survived" not in proc.stdout
+
+
+def test_wrapper_in_process(built: Path, monkeypatch) -> None:
+    """DemoWrapper against the 64-bit library, with the project's Server32
+    (the real 32-bit use goes through the workers)."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    workers32 = pytest.importorskip("workers32")
+    if not hasattr(workers32, "Server32"):
+        pytest.skip("workers32.Server32 is not available")
+    monkeypatch.syspath_prepend(str(EXAMPLES / "wrappers"))
+    import demo_wrapper
+
+    w = demo_wrapper.DemoWrapper()
+    bits = struct.calcsize("P") * 8
+    assert Path(w.path) == built / str(bits) / "libdemo.so"
+    assert w.add(2, 3) == 5
+    assert w.pointer_size() == struct.calcsize("P")
+    assert w.scale_sum([1.0, 2.0, 3.5], 2.0) == pytest.approx(13.0)
+    assert w.greet() == f"hello from {bits}-bit C"
+    first = w.count_calls()
+    assert w.count_calls() == first + 1
+    with pytest.raises(ValueError, match="boom"):
+        w.fail("boom")
+
+
+# --------------------------------------- 32-bit builds in a real 32-bit process
+
+
+def _runtime32():
+    """(executable, env) of the project's 32-bit Python, or skip."""
+    if not RUNTIME32_MANIFEST.is_file():
+        pytest.skip("no 32-bit runtime (.runtime32/runtime32.json)")
+    manifest = json.loads(RUNTIME32_MANIFEST.read_text())
+    executable = Path(manifest["executable"])
+    if not executable.is_absolute():
+        executable = (RUNTIME32_MANIFEST.parent / executable).resolve()
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    env.pop("PYTHONHOME", None)
+    env.update({str(k): str(v) for k, v in (manifest.get("env") or {}).items()})
+    return str(executable), env
+
+
+CHECK32 = textwrap.dedent(
+    """
+    import ctypes, struct, sys
+    d = sys.argv[1]
+    assert struct.calcsize("P") == 4, struct.calcsize("P")
+    c = ctypes.CDLL(d + "/libdemo.so")
+    cpp = ctypes.CDLL(d + "/libdemo_cpp.so")
+    f = ctypes.CDLL(d + "/libdemo_f.so")
+    arr = (ctypes.c_double * 3)(1.0, 2.0, 3.5)
+    c.scale_sum.argtypes = [ctypes.POINTER(ctypes.c_double), ctypes.c_int, ctypes.c_double]
+    c.scale_sum.restype = ctypes.c_double
+    c.greet.restype = ctypes.c_char_p
+    c.add_i64.argtypes = [ctypes.c_int64, ctypes.c_int64]
+    c.add_i64.restype = ctypes.c_int64
+    cpp.cpp_mean.argtypes = [ctypes.POINTER(ctypes.c_double), ctypes.c_int]
+    cpp.cpp_mean.restype = ctypes.c_double
+    f.f_sum.argtypes = [ctypes.POINTER(ctypes.c_double), ctypes.c_int]
+    f.f_sum.restype = ctypes.c_double
+    out = {
+        "pointer_size": c.pointer_size(),
+        "cpp_pointer_size": cpp.cpp_pointer_size(),
+        "f_pointer_size": f.f_pointer_size(),
+        "add": c.add(2, 3),
+        "add_i64": c.add_i64(2**40, 1),
+        "scale_sum": c.scale_sum(arr, 3, 2.0),
+        "greet": c.greet().decode(),
+        "cpp_mean": cpp.cpp_mean(arr, 3),
+        "f_add": f.f_add(2, 3),
+        "f_sum": f.f_sum(arr, 3),
+    }
+    print(repr(out))
+    """
+)
+
+
+def test_32bit_builds_in_32bit_python(built: Path) -> None:
+    executable, env = _runtime32()
+    proc = subprocess.run(
+        [executable, "-c", CHECK32, str(built / "32")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    import ast
+
+    out = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+    assert out["pointer_size"] == 4
+    assert out["cpp_pointer_size"] == 4
+    assert out["f_pointer_size"] == 4
+    assert out["add"] == 5
+    assert out["add_i64"] == 2**40 + 1
+    assert out["scale_sum"] == pytest.approx(13.0)
+    assert out["greet"] == "hello from 32-bit C"
+    assert out["cpp_mean"] == pytest.approx(6.5 / 3)
+    assert out["f_add"] == 5
+    assert out["f_sum"] == pytest.approx(6.5)

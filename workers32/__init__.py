@@ -1,0 +1,19 @@
+"""The 32-bit worker: hosts a library through ctypes and serves its calls.
+
+Runs under a bare CPython 3.9+ (32- or 64-bit) with only pyzmq and msgpack.
+"""
+
+from .hosting import Server32, build_methods, load_library
+from .signatures import CFunction, type_names
+from .worker import EXIT_STARTUP_FAILED, Worker, run
+
+__all__ = [
+    "CFunction",
+    "EXIT_STARTUP_FAILED",
+    "Server32",
+    "Worker",
+    "build_methods",
+    "load_library",
+    "run",
+    "type_names",
+]

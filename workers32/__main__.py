@@ -1,0 +1,32 @@
+"""``python -m workers32 --connect ENDPOINT --spec JSON``: started by the broker's supervisor."""
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from .worker import run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m workers32", description="A dllpool worker process.")
+    parser.add_argument("--connect", required=True, help="the broker's backend endpoint")
+    parser.add_argument("--spec", required=True, help="the service spec as JSON (written by the broker)")
+    parser.add_argument("--parent-pid", type=int, help="exit when this process (the broker) is gone")
+    parser.add_argument("--log-level", default="INFO")
+    options = parser.parse_args()
+    logging.basicConfig(
+        level=options.log_level.upper(),
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    code = run(options.connect, json.loads(options.spec), options.parent_pid)
+    logging.shutdown()
+    sys.stderr.flush()
+    # A call stuck in the library would block the interpreter's exit-time thread join.
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

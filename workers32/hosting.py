@@ -1,0 +1,115 @@
+"""What a worker hosts: a declared library, or a user's Server32-style class.
+
+Both forms end up as a fixed table of callables built once at start-up.
+A request names an entry of that table and nothing else, so it can never
+reach a library path, a private attribute or a dunder.
+"""
+
+import ctypes
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any, Callable
+
+from protocol.errors import ArgumentError, ConfigError
+
+from .signatures import CFunction
+
+__all__ = ["Server32", "load_library", "build_methods", "call"]
+
+_KINDS = ("cdll", "windll", "oledll")
+
+
+def load_library(path: str, kind: str = "cdll") -> Any:
+    """Load a shared library the way msl-loadlib's ``libtype`` names it."""
+    if kind not in _KINDS:
+        raise ConfigError(f"library kind {kind!r} is not one of {', '.join(_KINDS)}")
+    if kind != "cdll" and sys.platform != "win32":
+        raise ConfigError(f"library kind {kind!r} exists only on Windows; use 'cdll'")
+    if not os.path.exists(path):
+        raise ConfigError(f"library {path!r} does not exist")
+    loader = getattr(ctypes, kind.upper() if kind != "cdll" else "CDLL")
+    try:
+        return loader(path)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot load {path!r} in this {8 * ctypes.sizeof(ctypes.c_void_p)}-bit process: {exc}"
+        ) from None
+
+
+class Server32:
+    """Base class for wrapper modules, shaped like msl-loadlib's ``Server32``.
+
+    Subclass it, call ``super().__init__(path, libtype)`` from the constructor,
+    and give the subclass public methods: those are what clients can call.
+    """
+
+    def __init__(self, path: str, libtype: str = "cdll", **kwargs: Any) -> None:
+        self.path = path
+        self.lib = load_library(path, libtype)
+
+
+def _import_module(spec: Mapping[str, Any]) -> Any:
+    module = str(spec["module"])
+    for extra in spec.get("path", []):
+        if extra not in sys.path:
+            sys.path.insert(0, extra)
+    if module.endswith(".py"):
+        name = "_dllpool_wrapper_" + os.path.splitext(os.path.basename(module))[0]
+        file_spec = importlib.util.spec_from_file_location(name, module)
+        if file_spec is None or file_spec.loader is None:
+            raise ConfigError(f"cannot import wrapper module {module!r}")
+        loaded = importlib.util.module_from_spec(file_spec)
+        sys.modules[name] = loaded
+        file_spec.loader.exec_module(loaded)
+        return loaded
+    return importlib.import_module(module)
+
+
+def _wrapper_methods(spec: Mapping[str, Any]) -> dict[str, Callable[..., Any]]:
+    module = _import_module(spec)
+    class_name = str(spec["class"])
+    cls = getattr(module, class_name, None)
+    if not inspect.isclass(cls):
+        raise ConfigError(f"wrapper module {spec['module']!r} has no class {class_name!r}")
+    instance = cls(**dict(spec.get("options", {})))
+    methods: dict[str, Callable[..., Any]] = {}
+    for name in dir(cls):
+        if name.startswith("_"):
+            continue
+        attr = inspect.getattr_static(cls, name)
+        if isinstance(attr, (staticmethod, classmethod)) or inspect.isfunction(attr):
+            methods[name] = getattr(instance, name)
+    return methods
+
+
+def _declared_methods(spec: Mapping[str, Any]) -> dict[str, Callable[..., Any]]:
+    library = load_library(str(spec["library"]), str(spec.get("kind", "cdll")))
+    return {
+        name: CFunction(library, name, list(decl.get("args", [])), str(decl.get("returns", "int")), decl.get("symbol"))
+        for name, decl in dict(spec.get("functions", {})).items()
+    }
+
+
+def build_methods(spec: Mapping[str, Any]) -> dict[str, Callable[..., Any]]:
+    """The table of callables a worker exposes, from its service spec."""
+    if "module" in spec:
+        return _wrapper_methods(spec)
+    if "library" in spec:
+        return _declared_methods(spec)
+    raise ConfigError("a service needs either 'library' (with 'functions') or 'module' and 'class'")
+
+
+def call(function: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """Call a wrapper method or declared function; a signature mismatch is an ArgumentError."""
+    if not isinstance(function, CFunction):
+        try:
+            inspect.signature(function).bind(*args, **kwargs)
+        except TypeError as exc:
+            raise ArgumentError(f"{getattr(function, '__name__', 'method')}(): {exc}") from None
+        except ValueError:
+            pass  # no introspectable signature (a builtin); let the call itself decide
+    return function(*args, **kwargs)
