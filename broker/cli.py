@@ -141,7 +141,7 @@ def _demo(options: argparse.Namespace) -> int:
 
     report = run_demo(options.config)
     if options.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2, default=_jsonable))
     else:
         print(report["text"])
     return EXIT_OK if report["ok"] else EXIT_FAILED

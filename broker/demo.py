@@ -25,6 +25,14 @@ def _process_bits(pid: int) -> int | None:
     return check_elf_bits(f"/proc/{pid}/exe")
 
 
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def run_demo(config: str | Path | None = None) -> dict[str, Any]:
     """Start the pool, make concurrent calls from several threads, and report what happened."""
     lines: list[str] = []

@@ -376,10 +376,15 @@ def provision(prefix: Path | None = None) -> SetupResult:
         return SetupResult(ready, (), time.monotonic() - started)
 
     _check_platform()
-    prefix.mkdir(parents=True, exist_ok=True)
-    gitignore = prefix / ".gitignore"
-    if not gitignore.exists():
-        gitignore.write_text("# created by dllpool: the 32-bit runtime is machine-specific\n*\n", encoding="utf-8")
+    try:
+        prefix.mkdir(parents=True, exist_ok=True)
+        gitignore = prefix / ".gitignore"  # keeps the runtime out of git wherever the prefix is
+        if not gitignore.exists():
+            gitignore.write_text("# created by dllpool: the 32-bit runtime is machine-specific\n*\n", encoding="utf-8")
+    except OSError as exc:
+        raise RuntimeMissing(
+            f"cannot create the 32-bit runtime folder {prefix} ({exc}): set {ENV_PREFIX} to a writable folder"
+        ) from exc
     with _locked(prefix / ".setup.lock"):
         ready = _ready(prefix)  # another process may have finished it while we waited
         if ready is not None:
@@ -485,11 +490,20 @@ def _run(cmd: Sequence[str], *, timeout: float, cwd: Path | None = None, what: s
     if proc.stdout.strip():
         log.debug("%s", proc.stdout.rstrip())
     if proc.returncode != 0:
-        raise RuntimeMissing(
+        raise _CommandFailed(
             f"{what or cmd[0]} failed (`{' '.join(cmd)}`, exit code {proc.returncode}): "
-            f"{_tail(proc.stderr or proc.stdout)}"
+            f"{_tail(proc.stderr or proc.stdout)}",
+            proc.stdout + proc.stderr,
         )
     return proc.stdout
+
+
+class _CommandFailed(RuntimeMissing):
+    """A setup command failed; ``output`` keeps all it printed, for the callers that parse it."""
+
+    def __init__(self, message: str, output: str) -> None:
+        super().__init__(message)
+        self.output = output
 
 
 def _tail(text: str, lines: int = 8) -> str:
@@ -575,6 +589,20 @@ def _ensure_i386_libraries(apt: _Apt, minor: int) -> list[str]:
     actions += apt.update()
     pins = _version_pins(missing)
     log.info("installing i386 libraries: %s", " ".join(missing))
+    installed = _apt_install(missing, pins, what="apt-get install" + apt.note())
+    actions.append("apt-get install " + " ".join(installed))
+    return actions
+
+
+def _apt_install(packages: Sequence[str], pins: str, *, what: str, simulate: bool = False) -> list[str]:
+    """``apt-get install`` with ``pins`` as preferences; returns the packages it was given in the end.
+
+    apt's resolver does not pull in an i386 dependency whose candidate clashes
+    with its installed 64-bit twin; named on the command line (with the pins)
+    it does.  So an i386 package apt reports as "not going to be installed"
+    is added and the install retried, a few times at most.
+    """
+    wanted = list(packages)
     with tempfile.NamedTemporaryFile("w", prefix="dllpool-apt-", suffix=".pref") as prefs:
         system_prefs = Path("/etc/apt/preferences")
         if system_prefs.is_file():  # our file replaces it for this one command
@@ -582,22 +610,21 @@ def _ensure_i386_libraries(apt: _Apt, minor: int) -> list[str]:
         prefs.write(pins)
         prefs.flush()
         os.chmod(prefs.name, 0o644)
-        _run(
-            [
-                "apt-get",
-                "install",
-                "-y",
-                "--no-install-recommends",
-                *_APT_OPTIONS,
-                "-o",
-                f"Dir::Etc::preferences={prefs.name}",
-                *missing,
-            ],
-            timeout=1800,
-            what="apt-get install" + apt.note(),
-        )
-    actions.append("apt-get install " + " ".join(missing))
-    return actions
+        options = ["-s"] if simulate else ["-y"]
+        for _attempt in range(6):
+            cmd = ["apt-get", "install", *options, "--no-install-recommends", *_APT_OPTIONS]
+            cmd += ["-o", f"Dir::Etc::preferences={prefs.name}", *wanted]
+            try:
+                _run(cmd, timeout=1800, what=what)
+                return wanted
+            except _CommandFailed as exc:
+                held = re.findall(r"Depends: (\S+:i386) [^\n]*?but it is not going to be installed", exc.output)
+                extra = [pkg for pkg in dict.fromkeys(held) if pkg not in wanted]
+                if not extra:
+                    raise
+                log.info("naming held-back i386 dependencies too: %s", " ".join(extra))
+                wanted += extra
+    raise RuntimeMissing(f"{what} failed: apt kept holding back i386 dependencies of {' '.join(packages)}")
 
 
 def _version_pins(packages: Sequence[str]) -> str:

@@ -7,11 +7,10 @@ ELF class here and exercised for real through a 32-bit interpreter when the
 project's 32-bit runtime (.runtime32/runtime32.json) is present. The worker
 tests exercise them through the real 32-bit workers.
 """
+
 from __future__ import annotations
 
 import ctypes
-import json
-import os
 import signal
 import struct
 import subprocess
@@ -22,15 +21,14 @@ from pathlib import Path
 
 import pytest
 
+from broker import runtime32
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 BUILD = EXAMPLES / "build"
 LIB_NAMES = ("libdemo.so", "libdemo_cpp.so", "libdemo_f.so")
-RUNTIME32_MANIFEST = ROOT / ".runtime32" / "runtime32.json"
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="examples/Makefile builds Linux .so files"
-)
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="examples/Makefile builds Linux .so files")
 
 
 @pytest.fixture(scope="session")
@@ -81,8 +79,12 @@ def test_64bit_builds_are_elf64(built: Path, name: str) -> None:
 
 def test_second_make_is_a_no_op(built: Path) -> None:
     proc = subprocess.run(
-        ["make", "-C", str(EXAMPLES), "-q"], cwd=str(ROOT),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60,
+        ["make", "-C", str(EXAMPLES), "-q"],
+        cwd=str(ROOT),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, f"make -q says something is out of date:\n{proc.stdout}"
 
@@ -188,12 +190,12 @@ def test_fortran_library_64(libs64) -> None:
 
 
 def test_crash_kills_only_its_process(built: Path) -> None:
-    code = (
-        "import ctypes, sys; lib = ctypes.CDLL(sys.argv[1]); lib.crash(); print('survived')"
-    )
+    code = "import ctypes, sys; lib = ctypes.CDLL(sys.argv[1]); lib.crash(); print('survived')"
     proc = subprocess.run(
         [sys.executable, "-c", code, str(built / "64" / "libdemo.so")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == -signal.SIGSEGV, (proc.returncode, proc.stdout, proc.stderr)
     assert "survived" not in proc.stdout
@@ -202,10 +204,6 @@ def test_crash_kills_only_its_process(built: Path) -> None:
 def test_wrapper_in_process(built: Path, monkeypatch) -> None:
     """DemoWrapper against the 64-bit library, with the project's Server32
     (the real 32-bit use goes through the workers)."""
-    monkeypatch.syspath_prepend(str(ROOT))
-    workers32 = pytest.importorskip("workers32")
-    if not hasattr(workers32, "Server32"):
-        pytest.skip("workers32.Server32 is not available")
     monkeypatch.syspath_prepend(str(EXAMPLES / "wrappers"))
     import demo_wrapper
 
@@ -226,18 +224,9 @@ def test_wrapper_in_process(built: Path, monkeypatch) -> None:
 
 
 def _runtime32():
-    """(executable, env) of the project's 32-bit Python, or skip."""
-    if not RUNTIME32_MANIFEST.is_file():
-        pytest.skip("no 32-bit runtime (.runtime32/runtime32.json)")
-    manifest = json.loads(RUNTIME32_MANIFEST.read_text())
-    executable = Path(manifest["executable"])
-    if not executable.is_absolute():
-        executable = (RUNTIME32_MANIFEST.parent / executable).resolve()
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    env.pop("PYTHONHOME", None)
-    env.update({str(k): str(v) for k, v in (manifest.get("env") or {}).items()})
-    return str(executable), env
+    """(executable, env) of the project's 32-bit Python; a missing one fails the test."""
+    interp = runtime32.load()
+    return interp.executable, runtime32.command_env(interp, [])
 
 
 CHECK32 = textwrap.dedent(
@@ -279,7 +268,10 @@ def test_32bit_builds_in_32bit_python(built: Path) -> None:
     executable, env = _runtime32()
     proc = subprocess.run(
         [executable, "-c", CHECK32, str(built / "32")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     import ast

@@ -1,0 +1,44 @@
+"""The 64-bit caller's side of dllpool: ``from client import Client, Timeout``.
+
+Errors are re-exported from :mod:`protocol.errors`, so one import gives a
+caller everything it needs to call and to catch.
+"""
+
+from protocol.errors import (
+    ArgumentError,
+    BadRequest,
+    BrokerUnavailable,
+    Busy,
+    CallError,
+    ConfigError,
+    DllPoolError,
+    ProtocolError,
+    RemoteError,
+    Timeout,
+    UnknownMethod,
+    UnknownService,
+    WorkerCrashed,
+)
+
+from .client import Client, CurveKeys
+from .proxy import RemoteMethod, ServiceProxy
+
+__all__ = [
+    "ArgumentError",
+    "BadRequest",
+    "BrokerUnavailable",
+    "Busy",
+    "CallError",
+    "Client",
+    "ConfigError",
+    "CurveKeys",
+    "DllPoolError",
+    "ProtocolError",
+    "RemoteError",
+    "RemoteMethod",
+    "ServiceProxy",
+    "Timeout",
+    "UnknownMethod",
+    "UnknownService",
+    "WorkerCrashed",
+]

@@ -1,0 +1,57 @@
+"""Attribute-style calls: ``client.service("math").add(1, 2)``.
+
+The proxy turns attribute access into remote calls, so it must never do that
+for names Python itself probes (``__reduce_ex__``, ``_ipython_display_``,
+``__wrapped__`` ...): every name starting with ``_`` is an AttributeError.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .client import Client
+
+__all__ = ["RemoteMethod", "ServiceProxy"]
+
+
+class ServiceProxy:
+    """Stands for one service of the pool; ``proxy.name(...)`` calls ``name`` in a worker.
+
+    ``timeout=`` is taken by the client (per-call timeout), not passed on.
+    """
+
+    __slots__ = ("_client", "_service")
+
+    def __init__(self, client: Client, service: str) -> None:
+        self._client = client
+        self._service = service
+
+    def __getattr__(self, name: str) -> RemoteMethod:
+        if name.startswith("_"):
+            raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r} (private names are never remote)")
+        return RemoteMethod(self._client, self._service, name)
+
+    def __repr__(self) -> str:
+        return f"<ServiceProxy {self._service!r} via {self._client.address}>"
+
+
+class RemoteMethod:
+    """One remote function; call it, or ``.submit()`` it for a Future."""
+
+    __slots__ = ("_client", "_method", "_service")
+
+    def __init__(self, client: Client, service: str, method: str) -> None:
+        self._client = client
+        self._service = service
+        self._method = method
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._client.call(self._service, self._method, *args, **kwargs)
+
+    def submit(self, *args: Any, **kwargs: Any) -> Future[Any]:
+        return self._client.submit(self._service, self._method, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<RemoteMethod {self._service}.{self._method} via {self._client.address}>"

@@ -1,0 +1,71 @@
+"""Shared fixtures: one real pool of real 32-bit workers for the integration tests.
+
+A missing 32-bit runtime makes these fixtures fail, never skip: CI must not
+pass without the thing this project exists for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker import Pool
+from client import Client
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "build"
+
+
+def pid_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def library(bits: int, name: str = "libdemo.so") -> str:
+    path = EXAMPLES / str(bits) / name
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run `make -C examples` (make test does)")
+    return str(path)
+
+
+def demo_service(bits: int = 32, workers: int = 1, threads: int = 1, **extra: object) -> dict[str, object]:
+    """A declared service on the C demo library, for dict configurations."""
+    return {
+        "bits": bits,
+        "workers": workers,
+        "threads": threads,
+        "library": library(bits),
+        "functions": {
+            "add": {"args": ["int", "int"], "returns": "int"},
+            "sleep_ms": {"args": ["int"], "returns": "void"},
+            "pointer_size": {"returns": "int"},
+            "worker_pid": {"returns": "int"},
+            "count_calls": {"returns": "int"},
+            "crash": {"returns": "int"},
+        },
+        **extra,
+    }
+
+
+@pytest.fixture(scope="session")
+def pool() -> Iterator[Pool]:
+    """The embedded default configuration, as `make demo` runs it."""
+    with Pool.from_config() as running:
+        yield running
+
+
+@pytest.fixture()
+def client(pool: Pool) -> Iterator[Client]:
+    with pool.client(timeout=30) as c:
+        yield c
+
+
+def assert_no_children_left(pids: list[int]) -> None:
+    left = [pid for pid in pids if pid_alive(pid)]
+    assert not left, f"worker processes left behind: {left}"

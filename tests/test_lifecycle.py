@@ -1,0 +1,70 @@
+"""Starting and stopping pools: readiness, start-up failures, no orphans."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from broker import Pool
+from broker.runtime32 import check_elf_bits
+from protocol import ConfigError, PoolStartError
+
+from .conftest import assert_no_children_left, demo_service, pid_alive
+
+
+def test_from_config_returns_when_every_worker_is_ready_and_stop_leaves_nothing() -> None:
+    config = {"services": {"a": demo_service(workers=3), "b": demo_service(workers=1, threads=2)}}
+    with Pool.from_config(config) as pool:
+        pids = pool.worker_pids()
+        assert len(pids) == 4 and all(pid_alive(p) for p in pids)
+        run_dir = Path(pool.address.removeprefix("ipc://")).parent
+        assert run_dir.is_dir()
+    assert_no_children_left(pids)
+    assert not run_dir.exists(), "the per-run folder with the ipc sockets was left behind"
+
+
+def test_a_64bit_service_runs_beside_32bit_ones() -> None:
+    config = {"services": {"w32": demo_service(bits=32), "w64": demo_service(bits=64)}}
+    with Pool.from_config(config) as pool, pool.client(timeout=10) as client:
+        assert client.call("w32", "pointer_size") == 4
+        assert client.call("w64", "pointer_size") == 8
+        (pid64,) = pool.worker_pids("w64")
+        assert check_elf_bits(f"/proc/{pid64}/exe") == 64
+
+
+def test_a_library_that_does_not_exist_fails_the_start_with_its_path(tmp_path: Path) -> None:
+    missing = tmp_path / "libnothere.so"
+    config = {
+        "pool": {"ready_timeout": 20},
+        "services": {"bad": {"library": str(missing), "functions": {"f": {"returns": "int"}}}},
+    }
+    started = time.monotonic()
+    with pytest.raises(PoolStartError) as info:
+        Pool.from_config(config)
+    assert str(missing) in str(info.value)
+    assert time.monotonic() - started < 15, "a worker that cannot start should fail the pool fast"
+
+
+def test_a_function_the_library_does_not_have_fails_the_start() -> None:
+    service = demo_service()
+    service["functions"] = {"not_in_the_library": {"returns": "int"}}
+    with pytest.raises(PoolStartError, match="not_in_the_library"):
+        Pool.from_config({"services": {"bad": service}})
+
+
+def test_binding_beyond_loopback_without_keys_is_refused() -> None:
+    config = {"pool": {"frontend": "tcp://0.0.0.0:5999"}, "services": {"s": demo_service()}}
+    with pytest.raises(ConfigError, match="127.0.0.1"):
+        Pool.from_config(config)
+
+
+def test_loopback_tcp_endpoints_work() -> None:
+    config = {
+        "pool": {"frontend": "tcp://127.0.0.1:*", "backend": "tcp://127.0.0.1:*"},
+        "services": {"s": demo_service()},
+    }
+    with Pool.from_config(config) as pool, pool.client(timeout=10) as client:
+        assert pool.address.startswith("tcp://127.0.0.1:")
+        assert client.call("s", "add", 1, 2) == 3
