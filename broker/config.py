@@ -103,6 +103,8 @@ def load_config(source: str | Path | Mapping[str, Any] | None = None) -> PoolCon
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"configuration file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     return _parse(data, path.resolve().parent, str(path))
@@ -194,7 +196,7 @@ def _service(name: str, table: Any, base: Path, origin: str) -> ServiceConfig:
             "kind": _get(table, "kind", str, "cdll", where),
             "functions": {fn: _function(fn, decl, f"{where}.functions") for fn, decl in functions.items()},
         }
-        idempotent |= {fn for fn, decl in functions.items() if decl.get("idempotent")}
+        idempotent |= {fn for fn, decl in functions.items() if decl.get("idempotent") is True}
     elif "module" in table:
         module = _get(table, "module", str, None, where)
         if "class" not in table:
@@ -233,4 +235,5 @@ def _function(name: str, decl: Any, where: str) -> dict[str, Any]:
         check_type(returns, returns=True)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    _get(decl, "idempotent", bool, False, where)
     return {"args": list(args), "returns": returns, "symbol": _get(decl, "symbol", str, None, where)}

@@ -237,6 +237,15 @@ class BrokerCore:
                     ),
                 )
             ]
+        if (ident, req.corr) in self._jobs:
+            self.stats["bad_client_messages"] += 1
+            return [
+                self._error_to(
+                    ident,
+                    req.corr,
+                    BadRequest(f"correlation ID {req.corr.hex()} is already in use by a pending request"),
+                )
+            ]
         timeout = req.timeout
         job = _Job(
             job_id=struct.pack(">Q", next(self._job_ids)),
@@ -308,7 +317,7 @@ class BrokerCore:
             "worker pid %d ready for %r (%d-bit, %d thread(s))",
             worker.pid,
             worker.service,
-            8 * int(ready.info.get("pointer_size", 0)),
+            8 * (pointer_size if isinstance(pointer_size := ready.info.get("pointer_size"), int) else 0),
             worker.capacity,
         )
         return actions + self._dispatch(service, now)
@@ -446,7 +455,7 @@ class BrokerCore:
 
     def abort_all(self, reason: str, now: float) -> list[Action]:
         """Answer every request still pending with BrokerUnavailable; the broker is going away."""
-        actions = [
+        actions: list[Action] = [
             self._error_to(
                 job.client,
                 job.corr,
@@ -469,6 +478,11 @@ class BrokerCore:
         actions: list[Action] = []
         while service.queue and service.idle:
             job = service.queue.popleft()
+            if job.deadline is not None and now >= job.deadline:
+                self.stats["expired_in_queue"] += 1
+                del self._jobs[(job.client, job.corr)]
+                actions.append(self._timeout(job, "it was still queued; it never ran"))
+                continue
             worker = self._workers[service.idle.popleft()]
             job.attempts += 1
             job.worker = worker.ident

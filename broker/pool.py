@@ -103,7 +103,7 @@ class Pool:
         if endpoint is None:
             endpoint = f"ipc://{self._run_dir}/{name}" if os.name == "posix" else "tcp://127.0.0.1:*"
         self._check_exposure(endpoint)
-        sock = self._context.socket(zmq.ROUTER)
+        sock: zmq.Socket[Any] = self._context.socket(zmq.ROUTER)
         sock.router_mandatory = True
         sock.linger = 0
         sock.sndhwm = sock.rcvhwm = _HWM

@@ -71,8 +71,8 @@ _HANDSHAKE_FAILED = {
 _MONITOR_EVENTS = _CONNECTED | zmq.EVENT_DISCONNECTED
 for _event in _HANDSHAKE_FAILED:
     _MONITOR_EVENTS |= _event
-_STOP = b"stop"
-"""Single-frame wake-up on the inproc pipe: tells the I/O thread to look at ``_closed``."""
+_WAKE = b""
+"""The one-byte-less wake-up the inproc PUSH carries: 'look at the outbox (and ``_closed``)'."""
 _instances = itertools.count()
 
 
@@ -242,14 +242,24 @@ class Client:
         self._handshake_problem = ""
         self._pollout = False
 
+        # Callers append frames to the outbox and wake the I/O thread through an
+        # inproc PUSH, both under one lock; only the first append after the I/O
+        # thread emptied the outbox sends a wake-up. Moving the frames through
+        # the inproc pipe too would cost ~15 us more per call (7 frames copied
+        # in and out); this way a busy client sends few wake-ups for many calls.
         inbox = f"inproc://dllpool-client-{next(_instances)}-{id(self):x}"
+        self._push_lock = threading.Lock()
+        """Guards ``_push``, ``_outbox`` and ``_woken``."""
+        self._outbox: deque[list[Any]] = deque()
+        self._woken = False
+        self._inbox: deque[list[Any]] = deque()
+        """The I/O thread's own copy of the outbox, worked off ``_BATCH`` at a time."""
         # Unbounded on purpose: a caller must never block here, least of all a
         # Future callback running in the I/O thread, which is the only reader.
         self._pull = self._ctx.socket(zmq.PULL)
         self._pull.rcvhwm = 0
         self._pull.linger = 0
         self._pull.bind(inbox)
-        self._push_lock = threading.Lock()
         self._push = self._ctx.socket(zmq.PUSH)
         self._push.sndhwm = 0
         self._push.linger = 0
@@ -312,10 +322,9 @@ class Client:
             corr = next(self._corr_ids).to_bytes(8, "big")
             self._pending[corr] = call  # registered before it is sent: the answer cannot outrun it
         future.corr = corr
-        frames = wire.client_request(corr, service, method, {} if seconds is None else {"timeout": seconds}, payload)
-        with self._push_lock:
-            if not self._push.closed:  # else close() has already failed the Future
-                self._push.send_multipart(frames, copy=False)
+        self._to_io(
+            wire.client_request(corr, service, method, {} if seconds is None else {"timeout": seconds}, payload)
+        )
         return future
 
     def service(self, name: str) -> ServiceProxy:
@@ -336,7 +345,7 @@ class Client:
         if first:
             for call in calls:
                 _settle(call.future, error=self._unavailable("client closed", call))
-            self._send_inbox([_STOP])
+            self._to_io(None)
         if threading.get_ident() != self._thread.ident:
             self._thread.join()
             self._close_push()
@@ -359,12 +368,18 @@ class Client:
         """A caller cancelled a Future: forget the call and tell the broker."""
         with self._lock:
             self._pending.pop(corr, None)
-        self._send_inbox(wire.client_cancel(corr))
+        self._to_io(wire.client_cancel(corr))
 
-    def _send_inbox(self, frames: list[Any]) -> None:
+    def _to_io(self, frames: list[Any] | None) -> None:
+        """Hand frames (None: just a wake-up) to the I/O thread; any thread may call this."""
         with self._push_lock:
-            if not self._push.closed:
-                self._push.send_multipart(frames)
+            if self._push.closed:
+                return  # the I/O thread is gone; close() has already failed every Future
+            if frames is not None:
+                self._outbox.append(frames)
+            if not self._woken:
+                self._woken = True
+                self._push.send(_WAKE)
 
     def _close_push(self) -> None:
         with self._push_lock:
@@ -451,7 +466,9 @@ class Client:
         while not self._closed:
             now = time.monotonic()
             wait = _MAX_WAIT
-            if self._deadlines:
+            if self._inbox:
+                wait = 0.0
+            elif self._deadlines:
                 wait = min(wait, self._deadlines[0][0] - now)
             want_out = bool(self._backlog) and self._connected
             if want_out != self._pollout:
@@ -462,7 +479,7 @@ class Client:
                 self._drain_dealer()
             if self._monitor in events:
                 self._drain_monitor()
-            if self._pull in events:
+            if self._pull in events or self._inbox:
                 self._drain_inbox()
             if self._backlog and self._connected:
                 self._flush_backlog()
@@ -470,16 +487,22 @@ class Client:
 
     def _drain_inbox(self) -> None:
         """Forward what callers handed over: requests still wanted, and cancels."""
-        pending = self._pending
-        for _ in range(_BATCH):
+        while True:
             try:
-                msg = self._pull.recv_multipart(zmq.NOBLOCK, copy=False)
+                self._pull.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return
-            if len(msg) < 3:
-                continue  # a wake-up
-            corr = msg[2].bytes
-            if msg[1].bytes == wire.REQUEST:
+                break
+        inbox = self._inbox
+        with self._push_lock:
+            self._woken = False  # from here on, the next append sends a new wake-up
+            if self._outbox:
+                inbox.extend(self._outbox)
+                self._outbox.clear()
+        pending = self._pending
+        for _ in range(min(len(inbox), _BATCH)):
+            msg = inbox.popleft()
+            corr = msg[2]
+            if msg[1] == wire.REQUEST:
                 call = pending.get(corr)
                 if call is None:
                     continue  # cancelled or failed before it left: never send it

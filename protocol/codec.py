@@ -109,6 +109,8 @@ def unpack_value(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> A
         return frames[index]
 
     def ext_hook(code: int, data: bytes) -> Any:
+        if code not in (EXT_BUFFER, EXT_ARRAY):
+            raise ProtocolError(f"unknown ext type {code} in payload")
         ref = msgpack.unpackb(data, raw=False, max_array_len=2, max_map_len=0, max_ext_len=0)
         if code == EXT_BUFFER:
             return bytes(frame(ref))
@@ -139,7 +141,7 @@ def unpack_value(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> A
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises several unrelated types on bad input
-        raise ProtocolError(f"payload is not valid msgpack: {exc or type(exc).__name__}") from None
+        raise ProtocolError(f"payload is not valid msgpack: {str(exc) or type(exc).__name__}") from None
 
 
 def unpack_call(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> tuple[list[Any], dict[str, Any]]:

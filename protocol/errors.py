@@ -57,7 +57,7 @@ class CallError(DllPoolError):
     the message states for people.
     """
 
-    def __init__(self, message: str, **details: Any) -> None:
+    def __init__(self, message: str, /, **details: Any) -> None:
         super().__init__(message)
         self.message = message
         self.details: dict[str, Any] = details

@@ -39,7 +39,7 @@ given. ``meta``, ``info`` and ``error`` are small msgpack maps.
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Optional, Union, cast
 
 import msgpack
 
@@ -119,7 +119,7 @@ MAX_ERROR_LEN = 65536
 
 def pack_header(data: dict[str, Any]) -> bytes:
     """Pack a small header map (meta, info, error)."""
-    return msgpack.packb(data, use_bin_type=True)
+    return cast(bytes, msgpack.packb(data, use_bin_type=True))
 
 
 def unpack_header(frame: Buffer, what: str, limit: int = MAX_HEADER_LEN) -> dict[str, Any]:
@@ -138,7 +138,7 @@ def unpack_header(frame: Buffer, what: str, limit: int = MAX_HEADER_LEN) -> dict
             max_ext_len=0,
         )
     except Exception as exc:  # msgpack raises several unrelated types on bad input
-        raise ProtocolError(f"{what} is not valid msgpack: {exc or type(exc).__name__}") from None
+        raise ProtocolError(f"{what} is not valid msgpack: {str(exc) or type(exc).__name__}") from None
     if not isinstance(data, dict):
         raise ProtocolError(f"{what} must be a msgpack map, not {type(data).__name__}")
     return data

@@ -139,7 +139,7 @@ def _argument(name: str) -> tuple[Any, _Converter]:
     raise ConfigError(f"unknown argument type {name!r}; known types: {', '.join(type_names())}")
 
 
-def _restype(name: str) -> Optional[type[Any]]:
+def _restype(name: str) -> Any:
     canonical = _canonical(name)
     if canonical == "void":
         return None

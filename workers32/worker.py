@@ -19,7 +19,7 @@ import time
 import traceback
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import zmq
 
@@ -208,11 +208,11 @@ class Worker:
                 if sock in events:
                     broker_deadline = now + self.interval * self.liveness
                     backoff = self.interval
-                    while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                        self._on_broker(sock, sock.recv_multipart(copy=False), executor)
+                    for frames in _drain(sock):
+                        self._on_broker(sock, frames, executor)
                 if results in events:
-                    while results.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                        sock.send_multipart(results.recv_multipart(copy=False), copy=False)
+                    for frames in _drain(results):
+                        sock.send_multipart(frames, copy=False)
                 if now >= next_heartbeat:
                     sock.send_multipart(wire.worker_heartbeat())
                     next_heartbeat = now + self.interval
@@ -249,6 +249,15 @@ class Worker:
         elif isinstance(message, DisconnectToWorker):
             log.info("the broker does not know this worker; registering again")
             sock.send_multipart(wire.worker_ready(self._info()))
+
+
+def _drain(sock: "zmq.Socket[Any]") -> Iterator[list[zmq.Frame]]:
+    """Every message waiting on ``sock``, without blocking."""
+    while True:
+        try:
+            yield sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
 
 
 def _remote_error(exc: BaseException, service: str, method: str) -> RemoteError:

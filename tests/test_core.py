@@ -1,0 +1,955 @@
+"""Unit tests of the sans-io broker core: events in, actions out, explicit clock, no sockets."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from broker.core import Action, BrokerCore, KillWorker, ServicePolicy, ToClient, ToWorker
+from protocol import frames as wire
+from protocol.errors import (
+    BadRequest,
+    BrokerUnavailable,
+    Busy,
+    CallError,
+    RemoteError,
+    Timeout,
+    UnknownService,
+    WorkerCrashed,
+    error_from_wire,
+)
+
+# ============================================================ helpers
+
+
+def make_core(*policies: ServicePolicy, **kwargs: Any) -> BrokerCore:
+    return BrokerCore(list(policies) or [ServicePolicy("s")], **kwargs)
+
+
+def ready(
+    core: BrokerCore, ident: bytes, pid: int, now: float = 0.0, service: str = "s", threads: int = 1
+) -> list[Action]:
+    info = {"service": service, "threads": threads, "pid": pid, "pointer_size": 4}
+    return core.worker_message(ident, wire.worker_ready(info), now)
+
+
+def request(
+    core: BrokerCore,
+    client: bytes,
+    corr: bytes,
+    now: float = 0.0,
+    service: str = "s",
+    method: str = "m",
+    meta: dict[str, Any] | None = None,
+    body: bytes | None = None,
+) -> list[Action]:
+    payload = [body if body is not None else client + b"/" + corr]
+    return core.client_message(client, wire.client_request(corr, service, method, meta or {}, payload), now)
+
+
+def reply(core: BrokerCore, worker: bytes, job: bytes, now: float = 0.0, body: bytes = b"result") -> list[Action]:
+    return core.worker_message(worker, wire.worker_reply(job, [body]), now)
+
+
+def work(actions: list[Action]) -> list[tuple[bytes, wire.WorkerRequest]]:
+    """The requests dispatched to workers, as (worker ident, parsed request)."""
+    out = []
+    for action in actions:
+        if isinstance(action, ToWorker):
+            msg = wire.parse_for_worker(action.frames)
+            if isinstance(msg, wire.WorkerRequest):
+                out.append((action.ident, msg))
+    return out
+
+
+def answers(actions: list[Action]) -> list[tuple[bytes, wire.ReplyToClient]]:
+    """Replies and errors sent to clients, as (client ident, parsed answer)."""
+    out = []
+    for action in actions:
+        if isinstance(action, ToClient):
+            msg = wire.parse_for_client(action.frames)
+            if isinstance(msg, wire.ReplyToClient):
+                out.append((action.ident, msg))
+    return out
+
+
+def only_work(actions: list[Action]) -> tuple[bytes, wire.WorkerRequest]:
+    dispatched = work(actions)
+    assert len(dispatched) == 1, f"expected one dispatch, got {dispatched}"
+    return dispatched[0]
+
+
+def only_answer(actions: list[Action]) -> tuple[bytes, wire.ReplyToClient]:
+    sent = answers(actions)
+    assert len(sent) == 1, f"expected one answer, got {sent}"
+    return sent[0]
+
+
+def only_error(actions: list[Action], client: bytes, corr: bytes) -> CallError:
+    ident, msg = only_answer(actions)
+    assert (ident, msg.corr) == (client, corr)
+    assert msg.error is not None, f"expected an error, got a result {msg.payload}"
+    return error_from_wire(msg.error)
+
+
+def worker_commands(actions: list[Action], ident: bytes) -> list[type]:
+    return [type(wire.parse_for_worker(a.frames)) for a in actions if isinstance(a, ToWorker) and a.ident == ident]
+
+
+def kills(actions: list[Action]) -> list[int]:
+    return [a.pid for a in actions if isinstance(a, KillWorker)]
+
+
+# ============================================================ routing
+
+
+def test_unknown_service_names_the_existing_services() -> None:
+    core = make_core(ServicePolicy("alpha"), ServicePolicy("beta"))
+    error = only_error(request(core, b"c", b"1", service="gamma"), b"c", b"1")
+    assert isinstance(error, UnknownService)
+    assert "gamma" in error.message
+    assert "alpha" in error.message
+    assert "beta" in error.message
+    assert error.details["services"] == ["alpha", "beta"]
+    assert core.pending() == 0
+
+
+def test_client_heartbeat_is_answered() -> None:
+    core = make_core()
+    actions = core.client_message(b"c", wire.client_heartbeat(), 0.0)
+    assert len(actions) == 1
+    action = actions[0]
+    assert isinstance(action, ToClient)
+    assert action.ident == b"c"
+    assert isinstance(wire.parse_for_client(action.frames), wire.HeartbeatToClient)
+
+
+def test_request_is_queued_until_a_worker_is_ready_and_reply_goes_back() -> None:
+    core = make_core()
+    assert request(core, b"client-1", b"\x01\x02", method="add", meta={"x": 1}, body=b"args") == []
+    assert core.pending() == 1
+
+    ident, job = only_work(ready(core, b"w1", 101, now=0.5))
+    assert ident == b"w1"
+    assert job.method == "add"
+    assert job.meta == {"x": 1}
+    assert [bytes(p) for p in job.payload] == [b"args"]
+    assert core.ready_workers("s") == 1
+    assert core.worker_pids("s") == [101]
+
+    client, answer = only_answer(reply(core, b"w1", job.job, now=0.6, body=b"42"))
+    assert client == b"client-1"
+    assert answer.corr == b"\x01\x02"
+    assert answer.error is None
+    assert [bytes(p) for p in answer.payload] == [b"42"]
+    assert core.pending() == 0
+    assert core.stats["replies"] == 1
+
+
+def test_worker_error_is_forwarded_to_the_caller() -> None:
+    core = make_core()
+    ready(core, b"w1", 1)
+    _, job = only_work(request(core, b"c", b"1"))
+    error = {"type": "RemoteError", "message": "boom", "details": {"remote_traceback": "tb"}}
+    actions = core.worker_message(b"w1", wire.worker_error(job.job, error), 0.1)
+    err = only_error(actions, b"c", b"1")
+    assert isinstance(err, RemoteError)
+    assert err.message == "boom"
+    assert core.stats["errors"] == 1
+
+
+def test_request_with_timeout_tells_the_worker_the_time_left() -> None:
+    core = make_core()
+    request(core, b"c", b"1", now=10.0, meta={"timeout": 2.0})
+    _, job = only_work(ready(core, b"w", 1, now=10.5))
+    assert job.meta["timeout"] == pytest.approx(1.5)
+
+
+def test_lru_least_recently_used_worker_gets_the_next_request() -> None:
+    core = make_core()
+    for n, ident in enumerate((b"w1", b"w2", b"w3")):
+        assert ready(core, ident, 100 + n, now=0.0) == []
+    first = [only_work(request(core, b"c", bytes([i]))) for i in range(3)]
+    assert [ident for ident, _ in first] == [b"w1", b"w2", b"w3"], "idle workers are used in the order they came"
+    jobs = {ident: job.job for ident, job in first}
+    # they become idle again in the order w2, w3, w1
+    for now, ident in ((1.0, b"w2"), (2.0, b"w3"), (3.0, b"w1")):
+        only_answer(reply(core, ident, jobs[ident], now=now))
+    second = [only_work(request(core, b"c", bytes([10 + i]), now=4.0))[0] for i in range(3)]
+    assert second == [b"w2", b"w3", b"w1"]
+
+
+def test_worker_with_three_threads_runs_three_requests_at_once() -> None:
+    core = make_core()
+    ready(core, b"w", 7, threads=3)
+    running = [only_work(request(core, b"c", bytes([i])))[1] for i in range(3)]
+    assert len({job.job for job in running}) == 3
+    assert request(core, b"c", b"\x03") == [], "the fourth request waits"
+    assert core.pending() == 4
+    actions = reply(core, b"w", running[1].job, now=1.0)
+    assert only_answer(actions)[1].corr == b"\x01"
+    ident, fourth = only_work(actions)
+    assert ident == b"w"
+    assert [bytes(p) for p in fourth.payload] == [b"c/\x03"]
+
+
+def test_slots_of_a_threaded_worker_and_a_single_worker_are_shared_lru() -> None:
+    core = make_core()
+    ready(core, b"a", 1, threads=2)
+    ready(core, b"b", 2, threads=1)
+    targets = [only_work(request(core, b"c", bytes([i])))[0] for i in range(3)]
+    assert sorted(targets) == [b"a", b"a", b"b"]
+    assert request(core, b"c", b"\x09") == []
+
+
+def test_same_corr_from_many_clients_gets_each_its_own_reply() -> None:
+    core = make_core()
+    ready(core, b"w", 1, threads=4)
+    clients = [b"alice", b"bob", b"carol", b"dave"]
+    jobs = {}
+    for client in clients:
+        _, job = only_work(request(core, client, b"\x00\x01", body=b"from " + client))
+        jobs[client] = job
+    for client in reversed(clients):
+        job = jobs[client]
+        ident, answer = only_answer(reply(core, b"w", job.job, body=bytes(job.payload[0])))
+        assert ident == client
+        assert answer.corr == b"\x00\x01"
+        assert [bytes(p) for p in answer.payload] == [b"from " + client]
+    assert core.pending() == 0
+
+
+def test_reply_for_a_job_the_worker_does_not_hold_is_dropped() -> None:
+    core = make_core()
+    ready(core, b"w1", 1)
+    ready(core, b"w2", 2)
+    ident, job = only_work(request(core, b"c", b"1"))
+    assert ident == b"w1"
+    # from another worker
+    assert reply(core, b"w2", job.job, body=b"forged") == []
+    assert core.stats["bad_worker_messages"] == 1
+    # an unknown job ID from the right worker
+    assert reply(core, b"w1", b"no-such-job", body=b"forged") == []
+    assert core.stats["bad_worker_messages"] == 2
+    assert core.pending() == 1
+    # w2's slot was not freed twice: one request only gets one worker
+    client, answer = only_answer(reply(core, b"w1", job.job, body=b"real"))
+    assert client == b"c"
+    assert [bytes(p) for p in answer.payload] == [b"real"]
+    # the job is gone: a duplicate reply is dropped
+    assert reply(core, b"w1", job.job, body=b"again") == []
+    assert core.stats["bad_worker_messages"] == 3
+    assert core.stats["replies"] == 1
+
+
+def test_forged_reply_does_not_free_a_slot() -> None:
+    core = make_core()
+    ready(core, b"w1", 1)
+    only_work(request(core, b"c", b"1"))
+    reply(core, b"w1", b"bogus")
+    assert request(core, b"c", b"2") == [], "w1 is still busy with the real job"
+
+
+# ============================================================ crashes
+
+
+def test_worker_crash_answers_its_jobs_and_queued_requests_go_elsewhere() -> None:
+    core = make_core()
+    ready(core, b"w1", 111, threads=2)
+    ready(core, b"w2", 222)
+    sent = [only_work(request(core, b"c", bytes([i]), method="compute")) for i in range(3)]
+    on_w1 = [job for ident, job in sent if ident == b"w1"]
+    on_w2 = [job for ident, job in sent if ident == b"w2"]
+    assert len(on_w1) == 2
+    assert len(on_w2) == 1
+    assert request(core, b"c", b"\x0a") == []
+    assert request(core, b"c", b"\x0b") == []
+
+    actions = core.worker_exited(111, -11, now=1.0)
+    assert work(actions) == [], "no worker is free yet"
+    crashed = answers(actions)
+    assert len(crashed) == 2
+    corrs = set()
+    for client, answer in crashed:
+        assert client == b"c"
+        corrs.add(answer.corr)
+        error = error_from_wire(answer.error)
+        assert isinstance(error, WorkerCrashed)
+        assert "s.compute" in error.message
+        assert "111" in error.message
+        assert "signal 11" in error.message
+        assert error.details["pid"] == 111
+        assert error.details["service"] == "s"
+        assert error.details["method"] == "compute"
+        assert error.details["returncode"] == -11
+    assert len(corrs) == 2
+    assert core.worker_pids() == [222]
+    assert core.stats["workers_lost"] == 1
+
+    # the queued requests go to the remaining worker, in order
+    actions = reply(core, b"w2", on_w2[0].job, now=2.0)
+    ident, job = only_work(actions)
+    assert ident == b"w2"
+    assert [bytes(p) for p in job.payload] == [b"c/\x0a"]
+    ident, job = only_work(reply(core, b"w2", job.job, now=3.0))
+    assert (ident, bytes(job.payload[0])) == (b"w2", b"c/\x0b")
+    # a late message from the dead worker is not trusted
+    assert reply(core, b"w1", on_w1[0].job) == [ToWorker(b"w1", wire.disconnect_to_worker())]
+
+
+def test_worker_exit_code_is_reported() -> None:
+    core = make_core()
+    ready(core, b"w", 5)
+    request(core, b"c", b"1")
+    error = only_error(core.worker_exited(5, 3, 1.0), b"c", b"1")
+    assert "exit code 3" in error.message
+    assert error.details["returncode"] == 3
+
+
+def test_exit_of_an_unknown_pid_is_ignored() -> None:
+    core = make_core()
+    ready(core, b"w", 5)
+    assert core.worker_exited(99, 0, 1.0) == []
+    assert core.worker_pids() == [5]
+
+
+def test_idempotent_method_is_redispatched_once_then_crashes() -> None:
+    core = make_core(ServicePolicy("s", idempotent=frozenset({"safe"})))
+    ready(core, b"w1", 1)
+    only_work(request(core, b"c", b"1", method="safe", body=b"args"))
+    ready(core, b"w2", 2, now=0.5)
+
+    actions = core.worker_exited(1, -9, now=1.0)
+    assert answers(actions) == [], "an idempotent call is retried, not answered"
+    ident, second = only_work(actions)
+    assert ident == b"w2"
+    assert second.method == "safe"
+    assert [bytes(p) for p in second.payload] == [b"args"]
+    assert core.stats["retried"] == 1
+
+    ready(core, b"w3", 3, now=1.5)
+    actions = core.worker_exited(2, -9, now=2.0)
+    assert work(actions) == [], "a call is retried once only"
+    error = only_error(actions, b"c", b"1")
+    assert isinstance(error, WorkerCrashed)
+    assert error.details["pid"] == 2
+    assert core.pending() == 0
+
+
+def test_idempotent_retry_waits_in_queue_front_when_no_worker_is_free() -> None:
+    core = make_core(ServicePolicy("s", idempotent=frozenset({"safe"})))
+    ready(core, b"w1", 1)
+    only_work(request(core, b"c", b"1", method="safe"))
+    request(core, b"c", b"2", method="other")
+    assert core.worker_exited(1, -9, now=1.0) == []
+    ident, job = only_work(ready(core, b"w2", 2, now=2.0))
+    assert ident == b"w2"
+    assert job.method == "safe", "the retried call goes first"
+
+
+def test_non_idempotent_method_is_never_retried() -> None:
+    core = make_core(ServicePolicy("s", idempotent=frozenset({"safe"})))
+    ready(core, b"w1", 1)
+    only_work(request(core, b"c", b"1", method="unsafe"))
+    ready(core, b"w2", 2)
+    actions = core.worker_exited(1, -9, now=1.0)
+    assert work(actions) == []
+    assert isinstance(only_error(actions, b"c", b"1"), WorkerCrashed)
+
+
+def test_worker_disconnect_is_a_loss() -> None:
+    core = make_core()
+    ready(core, b"w", 9)
+    request(core, b"c", b"1")
+    error = only_error(core.worker_message(b"w", wire.worker_disconnect(), 1.0), b"c", b"1")
+    assert isinstance(error, WorkerCrashed)
+    assert "disconnected" in error.message
+    assert core.worker_pids() == []
+
+
+def test_worker_unreachable_is_a_loss() -> None:
+    core = make_core()
+    ready(core, b"w", 9)
+    request(core, b"c", b"1")
+    assert isinstance(only_error(core.worker_unreachable(b"w", 1.0), b"c", b"1"), WorkerCrashed)
+    assert core.worker_unreachable(b"w", 1.0) == []
+
+
+def test_worker_registering_again_loses_its_old_jobs() -> None:
+    core = make_core()
+    ready(core, b"w", 9)
+    request(core, b"c", b"1")
+    actions = ready(core, b"w", 10, now=1.0)
+    assert isinstance(only_error(actions, b"c", b"1"), WorkerCrashed)
+    assert core.worker_pids() == [10]
+    assert only_work(request(core, b"c", b"2"))[0] == b"w"
+
+
+# ============================================================ time
+
+
+def test_heartbeats_are_sent_after_the_interval() -> None:
+    core = make_core(heartbeat_interval=1.0, heartbeat_liveness=3)
+    ready(core, b"w1", 1, now=0.0)
+    ready(core, b"w2", 2, now=0.2)
+    assert core.tick(0.5) == []
+    actions = core.tick(1.0)
+    assert worker_commands(actions, b"w1") == [wire.HeartbeatToWorker]
+    assert worker_commands(actions, b"w2") == []
+    actions = core.tick(1.2)
+    assert worker_commands(actions, b"w2") == [wire.HeartbeatToWorker]
+    assert worker_commands(actions, b"w1") == []
+    assert core.tick(1.5) == []
+    assert worker_commands(core.tick(2.0), b"w1") == [wire.HeartbeatToWorker]
+
+
+def test_silent_worker_is_lost_after_interval_times_liveness() -> None:
+    core = make_core(heartbeat_interval=1.0, heartbeat_liveness=3)
+    ready(core, b"w", 77, now=0.0)
+    request(core, b"c", b"1", now=0.0)
+    assert kills(core.tick(2.9)) == []
+    assert core.worker_message(b"w", wire.worker_heartbeat(), 2.9) == []  # any traffic counts
+    assert kills(core.tick(5.8)) == []
+    actions = core.tick(5.9)
+    assert kills(actions) == [77]
+    error = only_error(actions, b"c", b"1")
+    assert isinstance(error, WorkerCrashed)
+    assert "heartbeats" in error.message
+    assert core.worker_pids() == []
+    assert core.stats["workers_lost"] == 1
+    # the worker is forgotten: a late heartbeat asks it to register again
+    assert worker_commands(core.worker_message(b"w", wire.worker_heartbeat(), 6.0), b"w") == [wire.DisconnectToWorker]
+
+
+def test_queued_request_past_deadline_gets_timeout_and_never_runs() -> None:
+    core = make_core()
+    assert request(core, b"c", b"1", now=0.0, method="slow", meta={"timeout": 0.05}) == []
+    assert core.tick(0.04) == []
+    error = only_error(core.tick(0.06), b"c", b"1")
+    assert isinstance(error, Timeout)
+    assert isinstance(error, TimeoutError)
+    assert "s.slow" in error.message
+    assert "never ran" in error.message
+    assert core.stats["expired_in_queue"] == 1
+    assert core.pending() == 0
+    assert work(ready(core, b"w", 1, now=0.07)) == []
+    assert core.tick(0.2) == []
+
+
+def test_expired_queued_request_is_not_dispatched_even_before_the_next_tick() -> None:
+    """A worker becoming ready between two ticks must not be handed a request whose deadline passed."""
+    core = make_core()
+    request(core, b"c", b"1", now=0.0, meta={"timeout": 0.05})
+    actions = ready(core, b"w", 1, now=0.07)
+    assert work(actions) == [], "the request's deadline passed while it was queued"
+    error = only_error(actions + core.tick(0.07), b"c", b"1")
+    assert isinstance(error, Timeout)
+
+
+def test_running_request_past_deadline_gets_timeout_then_its_worker_is_killed() -> None:
+    core = make_core(kill_grace=1.0)
+    ready(core, b"w", 55, now=0.0)
+    _, job = only_work(request(core, b"c", b"1", now=0.0, method="hang", meta={"timeout": 0.05}))
+    assert job.meta["timeout"] == pytest.approx(0.05)
+    assert answers(core.tick(0.04)) == []
+    actions = core.tick(0.06)
+    error = only_error(actions, b"c", b"1")
+    assert isinstance(error, Timeout)
+    assert "s.hang" in error.message
+    assert "still running" in error.message
+    assert kills(actions) == []
+    assert core.stats["timed_out_running"] == 1
+    assert core.pending() == 0
+
+    assert kills(core.tick(0.5)) == [], "the call gets kill_grace to finish"
+    assert kills(core.tick(1.07)) == [55]
+    assert kills(core.tick(1.5)) == [], "killed once"
+    # the doomed worker gets no more work
+    assert request(core, b"c", b"2", now=1.5) == []
+    # its late reply is discarded, never delivered, and frees no slot
+    late = reply(core, b"w", job.job, now=1.6, body=b"too late")
+    assert answers(late) == []
+    assert work(late) == []
+    assert core.stats["late_replies"] == 1
+    # the exit of the killed worker answers nothing twice
+    assert answers(core.worker_exited(55, -9, now=1.7)) == []
+    # a fresh worker takes the queued request
+    ident, job2 = only_work(ready(core, b"w2", 56, now=1.8))
+    assert ident == b"w2"
+    assert bytes(job2.payload[0]) == b"c/2"
+
+
+def test_late_reply_within_grace_is_discarded_and_worker_reused() -> None:
+    core = make_core(kill_grace=1.0)
+    ready(core, b"w", 55)
+    _, job = only_work(request(core, b"c", b"1", meta={"timeout": 0.05}))
+    only_error(core.tick(0.06), b"c", b"1")
+    request(core, b"c", b"2", now=0.1)
+    actions = reply(core, b"w", job.job, now=0.2)
+    assert answers(actions) == []
+    assert core.stats["late_replies"] == 1
+    assert only_work(actions)[0] == b"w"
+    assert kills(core.tick(2.0)) == []
+
+
+def test_client_may_reuse_corr_after_a_timeout() -> None:
+    core = make_core()
+    ready(core, b"w", 1, threads=2)
+    _, old = only_work(request(core, b"c", b"1", meta={"timeout": 0.05}, body=b"old"))
+    only_error(core.tick(0.06), b"c", b"1")
+    _, new = only_work(request(core, b"c", b"1", now=0.1, body=b"new"))
+    assert answers(reply(core, b"w", old.job, now=0.2, body=b"old result")) == []
+    client, answer = only_answer(reply(core, b"w", new.job, now=0.3, body=b"new result"))
+    assert (client, answer.corr) == (b"c", b"1")
+    assert [bytes(p) for p in answer.payload] == [b"new result"]
+
+
+# ============================================================ admission
+
+
+def test_queue_limit_refuses_with_busy() -> None:
+    core = make_core(ServicePolicy("s", queue_limit=2))
+    ready(core, b"w", 1)
+    only_work(request(core, b"c", b"1"))
+    assert request(core, b"c", b"2") == []
+    assert request(core, b"c", b"3") == []
+    error = only_error(request(core, b"c", b"4", method="add"), b"c", b"4")
+    assert isinstance(error, Busy)
+    assert error.details["queue_limit"] == 2
+    assert error.details["service"] == "s"
+    assert error.details["method"] == "add"
+    assert core.stats["busy"] == 1
+    assert core.pending() == 3
+
+
+def test_cancel_removes_a_queued_request() -> None:
+    core = make_core()
+    ready(core, b"w", 1)
+    _, running = only_work(request(core, b"c", b"1"))
+    request(core, b"c", b"2")
+    request(core, b"c", b"3")
+    assert core.client_message(b"c", wire.client_cancel(b"2"), 0.1) == []
+    assert core.pending() == 2
+    # cancelling another client's corr, or an unknown one, does nothing
+    assert core.client_message(b"other", wire.client_cancel(b"3"), 0.1) == []
+    assert core.client_message(b"c", wire.client_cancel(b"9"), 0.1) == []
+    assert core.pending() == 2
+    actions = reply(core, b"w", running.job, now=0.2)
+    _, nxt = only_work(actions)
+    assert bytes(nxt.payload[0]) == b"c/3", "the cancelled request is skipped"
+    only_answer(reply(core, b"w", nxt.job, now=0.3))
+    assert core.pending() == 0
+
+
+def test_cancel_of_a_running_request_does_not_stop_its_answer() -> None:
+    core = make_core()
+    ready(core, b"w", 1)
+    _, running = only_work(request(core, b"c", b"1"))
+    assert core.client_message(b"c", wire.client_cancel(b"1"), 0.1) == []
+    client, answer = only_answer(reply(core, b"w", running.job))
+    assert (client, answer.corr) == (b"c", b"1")
+
+
+def test_cancelled_request_never_times_out() -> None:
+    core = make_core()
+    request(core, b"c", b"1", meta={"timeout": 0.05})
+    core.client_message(b"c", wire.client_cancel(b"1"), 0.01)
+    assert core.tick(1.0) == []
+
+
+# ============================================================ unknown and malformed peers
+
+
+def test_message_from_unknown_worker_asks_it_to_register() -> None:
+    core = make_core()
+    for frames in (wire.worker_heartbeat(), wire.worker_reply(b"job", [b"x"])):
+        actions = core.worker_message(b"stranger", frames, 0.0)
+        assert actions == [ToWorker(b"stranger", wire.disconnect_to_worker())]
+    assert core.worker_pids() == []
+
+
+def test_ready_for_unknown_service_is_refused() -> None:
+    core = make_core()
+    request(core, b"c", b"1")
+    actions = ready(core, b"w", 5, service="nope")
+    assert worker_commands(actions, b"w") == [wire.DisconnectToWorker]
+    assert work(actions) == []
+    assert core.ready_workers("nope") == 0
+    assert core.worker_pids() == []
+    assert core.workers() == []
+
+
+def test_ready_info_is_reported() -> None:
+    core = make_core(ServicePolicy("a"), ServicePolicy("b"))
+    ready(core, b"w2", 20, service="b")
+    ready(core, b"w1", 10, service="a", threads=2)
+    assert [(i["service"], i["pid"], i["threads"]) for i in core.workers()] == [("a", 10, 2), ("b", 20, 1)]
+    assert core.ready_workers("a") == 1
+    assert core.service_names == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "info",
+    [
+        {"pointer_size": "four"},
+        {"pointer_size": None},
+        {"pointer_size": [4]},
+    ],
+)
+def test_ready_with_odd_optional_info_does_not_raise(info: dict[str, Any]) -> None:
+    """READY comes from an untrusted peer: extra keys it reports must not crash the core."""
+    core = make_core()
+    request(core, b"c", b"1")
+    full = {"service": "s", "threads": 1, "pid": 5, **info}
+    actions = core.worker_message(b"w", wire.worker_ready(full), 0.0)
+    if core.ready_workers("s"):
+        assert only_work(actions)[0] == b"w", "a registered worker takes the queued request"
+    else:
+        assert worker_commands(actions, b"w") == [wire.DisconnectToWorker]
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [],
+        [b"junk"],
+        [b"junk", b"more"],
+        [wire.CLIENT_PROTOCOL],
+        [b"DPC\x02", wire.HEARTBEAT],
+        [wire.CLIENT_PROTOCOL, b"\x99"],
+        [wire.CLIENT_PROTOCOL, wire.CANCEL],
+        [wire.CLIENT_PROTOCOL, wire.REQUEST],
+        [wire.CLIENT_PROTOCOL, wire.REQUEST, b""],
+        [wire.CLIENT_PROTOCOL, wire.REQUEST, b"x" * 17, b"s", b"m", b"\x80", b"b"],
+        [wire.WORKER_PROTOCOL, wire.READY, wire.pack_header({"service": "s", "threads": 1, "pid": 1})],
+    ],
+)
+def test_bad_client_frames_are_counted_and_dropped(frames: list[Any]) -> None:
+    core = make_core()
+    assert core.client_message(b"c", frames, 0.0) == []
+    assert core.stats["bad_client_messages"] == 1
+    assert core.pending() == 0
+
+
+@pytest.mark.parametrize(
+    ("frames", "needle"),
+    [
+        ([wire.CLIENT_PROTOCOL, wire.REQUEST, b"k1"], "frames"),
+        ([wire.CLIENT_PROTOCOL, wire.REQUEST, b"k1", b"s", b"m", wire.pack_header({"timeout": -1}), b"b"], "timeout"),
+        ([wire.CLIENT_PROTOCOL, wire.REQUEST, b"k1", b"\xff", b"m", b"\x80", b"b"], "UTF-8"),
+        ([wire.CLIENT_PROTOCOL, wire.REQUEST, b"k1", b"s", b"m", b"\x91" * 5000, b"b"], "meta"),
+    ],
+)
+def test_malformed_request_with_a_corr_gets_bad_request(frames: list[Any], needle: str) -> None:
+    core = make_core()
+    error = only_error(core.client_message(b"c", frames, 0.0), b"c", b"k1")
+    assert isinstance(error, BadRequest)
+    assert needle in error.message
+    assert core.stats["bad_client_messages"] == 1
+    assert core.stats["requests"] == 0
+    assert core.pending() == 0
+
+
+def test_bad_worker_frames_are_counted_and_dropped() -> None:
+    core = make_core()
+    ready(core, b"w", 1)
+    bad: list[list[Any]] = [[b"junk"], [wire.WORKER_PROTOCOL, b"\x99"], [wire.WORKER_PROTOCOL, wire.REPLY, b""]]
+    for frames in bad:
+        assert core.worker_message(b"w", frames, 0.0) == []
+    assert core.stats["bad_worker_messages"] == 3
+    assert core.worker_pids() == [1]
+
+
+def test_duplicate_corr_while_pending_does_not_break_the_core() -> None:
+    """A client (buggy or hostile) reuses a corr that is still pending.
+
+    Whatever the core decides (refuse the second with BadRequest, or serve
+    both), it must not raise, and each of the two requests gets one answer.
+    """
+    core = make_core()
+    sent = request(core, b"c", b"dup", body=b"first") + request(core, b"c", b"dup", body=b"second")
+    sent += ready(core, b"w", 1)
+    answered = len(answers(sent))
+    queue = work(sent)
+    while queue:
+        _, job = queue.pop(0)
+        actions = reply(core, b"w", job.job, body=bytes(job.payload[0]))
+        answered += len(answers(actions))
+        queue += work(actions)
+    answered += len(answers(core.abort_all("test over", 10.0)))
+    assert answered == 2
+    assert core.pending() == 0
+
+
+# ============================================================ shutdown
+
+
+def test_stop_accepting_refuses_new_requests() -> None:
+    core = make_core()
+    ready(core, b"w", 1)
+    _, job = only_work(request(core, b"c", b"1"))
+    core.stop_accepting()
+    error = only_error(request(core, b"c", b"2"), b"c", b"2")
+    assert isinstance(error, BrokerUnavailable)
+    assert "shutting down" in error.message
+    # what was accepted still completes
+    assert only_answer(reply(core, b"w", job.job))[1].error is None
+
+
+def test_abort_all_answers_every_pending_request_once() -> None:
+    core = make_core(ServicePolicy("a"), ServicePolicy("b"))
+    ready(core, b"w", 1, service="a", threads=2)
+    running = [only_work(request(core, b"c1", bytes([i]), service="a"))[1] for i in range(2)]
+    request(core, b"c1", b"\x05", service="a")
+    request(core, b"c2", b"\x05", service="a")
+    request(core, b"c2", b"\x06", service="b")
+    assert core.pending() == 5
+    core.stop_accepting()
+    actions = core.abort_all("the pool shut down first", 2.0)
+    got = Counter((client, answer.corr) for client, answer in answers(actions))
+    assert got == Counter(
+        {(b"c1", b"\x00"): 1, (b"c1", b"\x01"): 1, (b"c1", b"\x05"): 1, (b"c2", b"\x05"): 1, (b"c2", b"\x06"): 1}
+    )
+    for _, answer in answers(actions):
+        error = error_from_wire(answer.error)
+        assert isinstance(error, BrokerUnavailable)
+        assert "the pool shut down first" in error.message
+    assert core.pending() == 0
+    assert core.abort_all("again", 3.0) == []
+    # replies still running are discarded, not answered twice
+    for job in running:
+        assert answers(reply(core, b"w", job.job, now=3.0)) == []
+    assert core.stats["late_replies"] == 2
+    assert answers(core.worker_exited(1, 0, 4.0)) == []
+    assert answers(core.tick(100.0)) == []
+
+
+# ============================================================ state machine: exactly one answer
+
+
+class CoreMachine(RuleBasedStateMachine):
+    """Random interleavings of requests, replies, crashes, cancels and ticks.
+
+    The fake workers echo the request body (which names the client and corr)
+    back, so every answer can be checked against the request it belongs to.
+    """
+
+    CLIENTS = (b"c0", b"c1", b"c2")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.core = BrokerCore(
+            [
+                ServicePolicy("s", idempotent=frozenset({"safe"})),
+                ServicePolicy("q", queue_limit=2),
+            ],
+            heartbeat_interval=1.0,
+            heartbeat_liveness=3,
+            kill_grace=0.5,
+        )
+        self.now = 0.0
+        self.next_corr: dict[bytes, int] = defaultdict(int)
+        self.sent: dict[tuple[bytes, bytes], str] = {}  # (client, corr) -> method
+        self.answered: Counter[tuple[bytes, bytes]] = Counter()
+        self.cancelled: set[tuple[bytes, bytes]] = set()
+        self.dispatches: Counter[tuple[bytes, bytes]] = Counter()
+        self.workers: dict[bytes, dict[str, Any]] = {}  # ident -> {"pid", "threads", "service", "jobs"}
+        self.next_pid = 100
+        self.gone: dict[bytes, int] = {}  # ident -> pid of killed workers
+
+    # --- plumbing -------------------------------------------------------------------
+
+    def handle(self, actions: list[Action]) -> None:
+        killed: list[int] = []
+        for action in actions:
+            if isinstance(action, ToClient):
+                msg = wire.parse_for_client(action.frames)
+                if isinstance(msg, wire.HeartbeatToClient):
+                    continue
+                key = (action.ident, msg.corr)
+                assert key in self.sent, f"answer to a request never sent: {key}"
+                assert key not in self.cancelled, f"answer to a cancelled queued request: {key}"
+                self.answered[key] += 1
+                assert self.answered[key] == 1, f"{key} answered {self.answered[key]} times"
+                if msg.error is None:
+                    assert [bytes(p) for p in msg.payload] == [action.ident + b"/" + msg.corr]
+                else:
+                    assert isinstance(error_from_wire(msg.error), CallError)
+            elif isinstance(action, ToWorker):
+                command = wire.parse_for_worker(action.frames)
+                if action.ident not in self.workers:
+                    # only a worker killed in this very batch may still get a heartbeat
+                    assert self.gone.get(action.ident) in killed, "frames sent to a worker that is not registered"
+                    assert isinstance(command, wire.HeartbeatToWorker)
+                    continue
+                if isinstance(command, wire.WorkerRequest):
+                    body = bytes(command.payload[0])
+                    client, corr = body.split(b"/", 1)
+                    key = (client, corr)
+                    assert self.answered[key] == 0, f"{key} dispatched after it was answered"
+                    assert key not in self.cancelled
+                    self.dispatches[key] += 1
+                    limit = 2 if self.sent[key] == "safe" else 1
+                    assert self.dispatches[key] <= limit, f"{key} ran {self.dispatches[key]} times"
+                    worker = self.workers[action.ident]
+                    worker["jobs"][command.job] = body
+                    assert len(worker["jobs"]) <= worker["threads"], "worker over capacity"
+                elif isinstance(command, wire.DisconnectToWorker):
+                    self.workers.pop(action.ident, None)
+            elif isinstance(action, KillWorker):
+                ident = next((i for i, w in self.workers.items() if w["pid"] == action.pid), None)
+                if ident is not None:
+                    del self.workers[ident]
+                    self.gone[ident] = action.pid
+                killed.append(action.pid)
+        for pid in killed:  # the supervisor reports the exit of a killed worker later
+            self.handle(self.core.worker_exited(pid, -9, self.now))
+
+    # --- rules ----------------------------------------------------------------------
+
+    @rule(
+        client=st.sampled_from(CLIENTS),
+        service=st.sampled_from(["s", "s", "q", "missing"]),
+        method=st.sampled_from(["m", "safe"]),
+        timeout=st.none() | st.floats(min_value=0.0, max_value=3.0),
+    )
+    def send_request(self, client: bytes, service: str, method: str, timeout: float | None) -> None:
+        self.next_corr[client] += 1
+        corr = self.next_corr[client].to_bytes(2, "big")  # the same corrs are used by every client
+        key = (client, corr)
+        self.sent[key] = method
+        meta = {} if timeout is None else {"timeout": timeout}
+        frames = wire.client_request(corr, service, method, meta, [client + b"/" + corr])
+        self.handle(self.core.client_message(client, frames, self.now))
+        if service == "missing":
+            assert self.answered[key] == 1
+
+    @rule(service=st.sampled_from(["s", "q"]), threads=st.integers(1, 3))
+    def worker_ready(self, service: str, threads: int) -> None:
+        self.next_pid += 1
+        ident = b"w%d" % self.next_pid
+        self.workers[ident] = {"pid": self.next_pid, "threads": threads, "service": service, "jobs": {}}
+        info = {"service": service, "threads": threads, "pid": self.next_pid}
+        self.handle(self.core.worker_message(ident, wire.worker_ready(info), self.now))
+
+    def busy_workers(self) -> list[bytes]:
+        return sorted(i for i, w in self.workers.items() if w["jobs"])
+
+    @precondition(lambda self: any(w["jobs"] for w in self.workers.values()))
+    @rule(data=st.data(), error=st.booleans())
+    def worker_answers(self, data: st.DataObject, error: bool) -> None:
+        ident = data.draw(st.sampled_from(self.busy_workers()))
+        jobs = self.workers[ident]["jobs"]
+        job = data.draw(st.sampled_from(sorted(jobs)))
+        body = jobs.pop(job)
+        if error:
+            frames = wire.worker_error(job, {"type": "RemoteError", "message": body.decode("latin-1")})
+        else:
+            frames = wire.worker_reply(job, [body])
+        self.handle(self.core.worker_message(ident, frames, self.now))
+
+    @precondition(lambda self: self.workers)
+    @rule(data=st.data(), how=st.sampled_from(["exit", "disconnect", "unreachable"]))
+    def worker_dies(self, data: st.DataObject, how: str) -> None:
+        ident = data.draw(st.sampled_from(sorted(self.workers)))
+        worker = self.workers.pop(ident)
+        if how == "exit":
+            self.handle(self.core.worker_exited(worker["pid"], -11, self.now))
+        elif how == "disconnect":
+            self.handle(self.core.worker_message(ident, wire.worker_disconnect(), self.now))
+        else:
+            self.handle(self.core.worker_unreachable(ident, self.now))
+
+    @precondition(lambda self: self.workers)
+    @rule(data=st.data())
+    def worker_heartbeat(self, data: st.DataObject) -> None:
+        ident = data.draw(st.sampled_from(sorted(self.workers)))
+        self.handle(self.core.worker_message(ident, wire.worker_heartbeat(), self.now))
+
+    @precondition(lambda self: self.workers)
+    @rule(data=st.data(), job=st.binary(min_size=1, max_size=8))
+    def worker_sends_bogus_reply(self, data: st.DataObject, job: bytes) -> None:
+        ident = data.draw(st.sampled_from(sorted(self.workers)))
+        if job in self.workers[ident]["jobs"]:
+            return
+        self.handle(self.core.worker_message(ident, wire.worker_reply(job, [b"forged"]), self.now))
+
+    @precondition(lambda self: self.sent)
+    @rule(data=st.data())
+    def client_cancels(self, data: st.DataObject) -> None:
+        key = data.draw(st.sampled_from(sorted(self.sent)))
+        running = any(key == tuple(b.split(b"/", 1)) for w in self.workers.values() for b in w["jobs"].values())
+        before = self.core.pending()
+        self.handle(self.core.client_message(key[0], wire.client_cancel(key[1]), self.now))
+        if not running and self.answered[key] == 0 and key not in self.cancelled:
+            self.cancelled.add(key)
+            assert self.core.pending() == before - 1
+        else:
+            assert self.core.pending() == before
+
+    @rule(dt=st.floats(min_value=0.0, max_value=2.0))
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        self.handle(self.core.tick(self.now))
+
+    # --- invariants -----------------------------------------------------------------
+
+    @invariant()
+    def pending_matches_unanswered_requests(self) -> None:
+        unanswered = [k for k in self.sent if self.answered[k] == 0 and k not in self.cancelled]
+        assert self.core.pending() == len(unanswered)
+
+    @invariant()
+    def registered_workers_match(self) -> None:
+        assert sorted(self.core.worker_pids()) == sorted(w["pid"] for w in self.workers.values())
+
+    def teardown(self) -> None:
+        self.core.stop_accepting()
+        self.handle(self.core.abort_all("test over", self.now))
+        assert self.core.pending() == 0
+        for key in self.sent:
+            expected = 0 if key in self.cancelled else 1
+            assert self.answered[key] == expected, f"{key} answered {self.answered[key]} times, expected {expected}"
+
+
+CoreMachine.TestCase.settings = settings(
+    max_examples=150,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+test_core_state_machine = CoreMachine.TestCase
+
+
+def test_stats_counters_are_all_present() -> None:
+    core = make_core()
+    assert set(core.stats) >= {
+        "requests",
+        "replies",
+        "errors",
+        "busy",
+        "expired_in_queue",
+        "timed_out_running",
+        "late_replies",
+        "bad_client_messages",
+        "bad_worker_messages",
+        "workers_lost",
+        "retried",
+    }
+    request(core, b"c", b"1")
+    request(core, b"c", b"2", service="nope")
+    assert core.stats["requests"] == 2
+
+
+def test_header_frames_sent_are_valid_msgpack() -> None:
+    core = make_core()
+    (action,) = request(core, b"c", b"1", service="nope")
+    assert isinstance(action, ToClient)
+    error = msgpack.unpackb(action.frames[3])
+    assert set(error) == {"type", "message", "details"}
