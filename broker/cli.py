@@ -23,6 +23,7 @@ from protocol import CallError, ConfigError, DllPoolError
 from . import runtime32
 from .config import default_config_path
 from .pool import Pool
+from .security import create_keys, load_public_keys
 
 log = logging.getLogger("dllpool")
 
@@ -60,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     _config_arg(demo)
     demo.add_argument("--json", action="store_true", help="print a JSON report instead of text")
 
+    keys = commands.add_parser("keys", help="create a CURVE key pair for a pool or a client")
+    keys.add_argument("name", help="file name stem: writes NAME.key (public) and NAME.key_secret (private)")
+    keys.add_argument("--dir", type=Path, default=Path("keys"), help="folder to write them to (default: ./keys)")
+    keys.add_argument("--json", action="store_true", help="machine-readable output")
+
     rt = commands.add_parser("runtime32", help="provision or inspect the 32-bit Python runtime")
     rt_commands = rt.add_subparsers(dest="action", required=True, metavar="ACTION")
     rt_setup = rt_commands.add_parser("setup", help="install a 32-bit CPython with pyzmq and msgpack (idempotent)")
@@ -77,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level = min(level, logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        handler = {"up": _up, "call": _call, "demo": _demo, "runtime32": _runtime32}[options.command]
+        handler = {"up": _up, "call": _call, "demo": _demo, "keys": _keys, "runtime32": _runtime32}[options.command]
         return handler(options)
     except ConfigError as exc:
         print(f"dllpool: configuration error: {exc}", file=sys.stderr)
@@ -145,6 +151,16 @@ def _demo(options: argparse.Namespace) -> int:
     else:
         print(report["text"])
     return EXIT_OK if report["ok"] else EXIT_FAILED
+
+
+def _keys(options: argparse.Namespace) -> int:
+    public, secret = create_keys(options.dir, options.name)
+    (key,) = (k.decode("ascii") for k in load_public_keys([public]))
+    if options.json:
+        print(json.dumps({"public_file": str(public), "secret_file": str(secret), "public_key": key}))
+    else:
+        print(f"public key {key}\n  {public} (share it)\n  {secret} (keep it private)")
+    return EXIT_OK
 
 
 def _runtime32(options: argparse.Namespace) -> int:

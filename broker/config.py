@@ -33,6 +33,9 @@ _POOL_KEYS = {
     "kill_grace",
     "ready_timeout",
     "insecure",
+    "max_message_size",
+    "curve_secret_key",
+    "curve_clients",
 }
 _SERVICE_KEYS = {
     "bits",
@@ -79,6 +82,13 @@ class PoolConfig:
     ready_timeout: float = 60.0
     python32: str | None = None
     insecure: bool = False
+    """Allow a non-loopback TCP endpoint without CURVE keys (a trusted network only)."""
+    max_message_size: int = 1 << 30
+    """Bytes one frame may have; a peer that sends more is disconnected (ZMQ_MAXMSGSIZE)."""
+    curve_secret_key: str | None = None
+    """The pool's ``*.key_secret`` file from ``dllpool keys``: enables CURVE on TCP endpoints."""
+    curve_clients: tuple[str, ...] = ()
+    """Public ``*.key`` files (or folders of them) of the clients allowed to connect."""
 
     def service(self, name: str) -> ServiceConfig:
         for service in self.services:
@@ -140,6 +150,10 @@ def _positive(value: Any, where: str) -> Any:
     return value
 
 
+def _resolve(value: Any, base: Path) -> Any:
+    return None if value is None else str((base / str(value)).resolve())
+
+
 def _path(value: str, base: Path, bits: int) -> str:
     return str((base / value.replace("{bits}", str(bits))).resolve())
 
@@ -170,6 +184,9 @@ def _parse(data: Mapping[str, Any], base: Path, origin: str) -> PoolConfig:
         ),
         python32=_get(runtime, "python", str, None, f"{origin} [runtime32]"),
         insecure=_get(pool, "insecure", bool, False, where),
+        max_message_size=_positive(_get(pool, "max_message_size", int, 1 << 30, where), f"{where}.max_message_size"),
+        curve_secret_key=_resolve(_get(pool, "curve_secret_key", str, None, where), base),
+        curve_clients=tuple(_resolve(p, base) for p in _get(pool, "curve_clients", list, [], where)),
     )
 
 

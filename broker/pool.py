@@ -23,12 +23,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from protocol import ConfigError, PoolStartError
 
 from .config import PoolConfig, load_config
 from .core import BrokerCore, ServicePolicy
 from .loop import BrokerLoop
+from .security import CurveServer, start_authenticator
 from .supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -51,6 +53,8 @@ class Pool:
         self._loop: BrokerLoop | None = None
         self._thread: threading.Thread | None = None
         self._run_dir: Path | None = None
+        self._auth: ThreadAuthenticator | None = None
+        self._curve: CurveServer | None = None
         self.address = ""
         """The frontend endpoint clients connect to."""
         self.backend_address = ""
@@ -77,11 +81,14 @@ class Pool:
     def _start(self) -> None:
         assert self._run_dir is not None
         self._context = zmq.Context()
+        worker_curve = self._start_curve()
         frontend = self._router(self.config.frontend, "frontend")
         backend = self._router(self.config.backend, "backend")
         self.address = frontend.getsockopt_string(zmq.LAST_ENDPOINT)
         self.backend_address = backend.getsockopt_string(zmq.LAST_ENDPOINT)
-        supervisor = Supervisor(self.config, self.backend_address, self._worker_source())
+        if not backend.curve_server:
+            worker_curve = None
+        supervisor = Supervisor(self.config, self.backend_address, self._worker_source(), worker_curve)
         supervisor.check_interpreters()
         core = BrokerCore(
             [ServicePolicy(s.name, s.workers, s.idempotent, s.queue_limit) for s in self.config.services],
@@ -98,6 +105,22 @@ class Pool:
             "pool ready at %s: %s", self.address, ", ".join(f"{s.name} x{s.workers}" for s in self.config.services)
         )
 
+    def _start_curve(self) -> dict[str, str] | None:
+        """Load the pool's keys and start the ZAP handler; the key pair this run's workers use."""
+        if self.config.curve_secret_key is None:
+            return None
+        assert self._context is not None
+        self._curve = CurveServer.from_files(
+            Path(self.config.curve_secret_key), [Path(p) for p in self.config.curve_clients]
+        )
+        worker_public, worker_secret = zmq.curve_keypair()
+        self._auth = start_authenticator(self._context, {*self._curve.allowed, worker_public})
+        return {
+            "server_public": self._curve.public.decode("ascii"),
+            "public": worker_public.decode("ascii"),
+            "secret": worker_secret.decode("ascii"),
+        }
+
     def _router(self, endpoint: str | None, name: str) -> zmq.Socket[Any]:
         assert self._context is not None and self._run_dir is not None
         if endpoint is None:
@@ -107,6 +130,9 @@ class Pool:
         sock.router_mandatory = True
         sock.linger = 0
         sock.sndhwm = sock.rcvhwm = _HWM
+        sock.maxmsgsize = self.config.max_message_size
+        if self._curve is not None and endpoint.startswith("tcp://"):
+            self._curve.apply(sock)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -117,7 +143,7 @@ class Pool:
     def _check_exposure(self, endpoint: str) -> None:
         """Refuse to listen beyond this host without authentication."""
         parts = urlsplit(endpoint)
-        if parts.scheme != "tcp" or self.config.insecure:
+        if parts.scheme != "tcp" or self.config.insecure or self._curve is not None:
             return
         host = (parts.hostname or "").strip("[]")
         try:
@@ -126,8 +152,9 @@ class Pool:
             loopback = False
         if not loopback:
             raise ConfigError(
-                f"{endpoint} is reachable from other hosts and would accept any caller; bind 127.0.0.1 "
-                "(or an ipc:// endpoint), or set insecure = true under [pool] if the network is trusted"
+                f"{endpoint} is reachable from other hosts and would accept any caller. Bind 127.0.0.1 "
+                "(or an ipc:// endpoint), or create keys with `dllpool keys` and set curve_secret_key and "
+                "curve_clients under [pool], or set insecure = true under [pool] if the network is trusted"
             )
 
     def _worker_source(self) -> Path:
@@ -154,11 +181,13 @@ class Pool:
         if self._loop is not None:
             self._loop.frontend.close(linger=0)
             self._loop.backend.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
         if self._context is not None:
             self._context.destroy(linger=0)
         if self._run_dir is not None:
             shutil.rmtree(self._run_dir, ignore_errors=True)
-        self._loop = self._thread = self._context = self._run_dir = None
+        self._loop = self._thread = self._context = self._run_dir = self._auth = None
 
     def __enter__(self) -> Pool:
         return self
