@@ -115,15 +115,12 @@ def main() -> int:
     if options.json:
         print(json.dumps(result, indent=2))
     else:
-        print(
-            f"start-up to {result['workers']} workers ready: best {min(startup):.3f} s, median {statistics.median(startup):.3f} s"
-        )
-        print(
-            f"demo.add round trip: p50 {result['latency_us']['p50']:.0f} us, p99 {result['latency_us']['p99']:.0f} us"
-        )
-        print(
-            f"demo.add with {options.threads} threads: {calls / elapsed:,.0f} calls/s ({calls} calls in {elapsed:.1f} s)"
-        )
+        best, median = min(startup), statistics.median(startup)
+        p50, p99 = result["latency_us"]["p50"], result["latency_us"]["p99"]
+        rate = calls / elapsed
+        print(f"start-up to {result['workers']} workers ready: best {best:.3f} s, median {median:.3f} s")
+        print(f"demo.add round trip: p50 {p50:.0f} us, p99 {p99:.0f} us")
+        print(f"demo.add with {options.threads} threads: {rate:,.0f} calls/s ({calls} calls in {elapsed:.1f} s)")
     return 0
 
 

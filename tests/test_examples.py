@@ -223,7 +223,7 @@ def test_wrapper_in_process(built: Path, monkeypatch) -> None:
 # --------------------------------------- 32-bit builds in a real 32-bit process
 
 
-def _runtime32():
+def _runtime32() -> tuple[str, dict[str, str]]:
     """(executable, env) of the project's 32-bit Python; a missing one fails the test."""
     interp = runtime32.load()
     return interp.executable, runtime32.command_env(interp, [])

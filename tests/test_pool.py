@@ -132,9 +132,15 @@ def test_private_and_dunder_names_are_not_callable(client: Client) -> None:
 
 
 def test_the_pool_keeps_serving_after_errors(client: Client) -> None:
-    for call in [("demo", "nope"), ("nope", "add"), ("demo", "add", "x", 1), ("wrapped", "fail", "x")]:
+    calls: list[tuple[str, str, tuple[object, ...]]] = [
+        ("demo", "nope", ()),
+        ("nope", "add", ()),
+        ("demo", "add", ("x", 1)),
+        ("wrapped", "fail", ("x",)),
+    ]
+    for service, method, args in calls:
         with pytest.raises((UnknownMethod, UnknownService, ArgumentError, RemoteError)):
-            client.call(*call)
+            client.call(service, method, *args)
     assert client.call("demo", "add", 40, 2) == 42
 
 

@@ -4,13 +4,15 @@ Runs inside a 32-bit worker process (Python 3.9+, standard library only). The
 worker creates one ``DemoWrapper`` and clients call its public methods by
 name; names starting with an underscore are never callable remotely.
 """
+
 from __future__ import annotations
 
 import ctypes
 import os
 import struct
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from workers32 import Server32
 
@@ -45,9 +47,7 @@ class DemoWrapper(Server32):
     def __init__(self, **options: Any) -> None:
         path = options.pop("path", None) or default_library_path()
         if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"demo library not found: {path} (build it with `make -C examples`)"
-            )
+            raise FileNotFoundError(f"demo library not found: {path} (build it with `make -C examples`)")
         super().__init__(path, "cdll", **options)
         lib = self.lib
 
