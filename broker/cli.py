@@ -7,6 +7,7 @@ configuration (argparse's convention), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
@@ -21,9 +22,10 @@ from typing import Any
 from protocol import CallError, ConfigError, DllPoolError
 
 from . import runtime32
-from .config import default_config_path
+from .config import default_config_path, load_config
 from .pool import Pool
-from .security import create_keys, load_public_keys
+from .security import create_keys, curve_client_keys, load_public_keys
+from .supervisor import serve_workers
 
 log = logging.getLogger("dllpool")
 
@@ -36,6 +38,19 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-c", "--config", type=Path, default=None, help=f"pool configuration (default: {default_config_path()})"
     )
+
+
+def _curve_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--curve-server-key", type=Path, help="the pool's public key file (CURVE over TCP)")
+    parser.add_argument("--curve-key", type=Path, help="this side's *.key_secret file (CURVE over TCP)")
+
+
+def _curve(options: argparse.Namespace) -> dict[str, str] | None:
+    if not (options.curve_server_key or options.curve_key):
+        return None
+    if not (options.curve_server_key and options.curve_key):
+        raise ConfigError("CURVE needs both --curve-server-key and --curve-key")
+    return curve_client_keys(options.curve_server_key, options.curve_key)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     _config_arg(call)
     call.add_argument("--address", help="a running pool's frontend endpoint (instead of starting one)")
     call.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer (default 30)")
+    _curve_args(call)
     call.add_argument("service")
     call.add_argument("method")
     call.add_argument("args", nargs="*", metavar="ARG", help="JSON literals: 1, 2.5, '\"text\"', '[1, 2]'")
@@ -65,6 +81,15 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("name", help="file name stem: writes NAME.key (public) and NAME.key_secret (private)")
     keys.add_argument("--dir", type=Path, default=Path("keys"), help="folder to write them to (default: ./keys)")
     keys.add_argument("--json", action="store_true", help="machine-readable output")
+
+    worker = commands.add_parser(
+        "worker", help="run a configuration's workers against a broker elsewhere (e.g. another host)"
+    )
+    _config_arg(worker)
+    worker.add_argument("--connect", required=True, help="the broker's backend endpoint")
+    worker.add_argument("--service", action="append", help="only this service (repeatable; default: all)")
+    worker.add_argument("--workers", type=int, help="processes per service (default: the configuration's)")
+    _curve_args(worker)
 
     rt = commands.add_parser("runtime32", help="provision or inspect the 32-bit Python runtime")
     rt_commands = rt.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -83,7 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level = min(level, logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        handler = {"up": _up, "call": _call, "demo": _demo, "keys": _keys, "runtime32": _runtime32}[options.command]
+        handler = {"up": _up, "call": _call, "demo": _demo, "keys": _keys, "worker": _worker, "runtime32": _runtime32}[
+            options.command
+        ]
         return handler(options)
     except ConfigError as exc:
         print(f"dllpool: configuration error: {exc}", file=sys.stderr)
@@ -96,14 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _up(options: argparse.Namespace) -> int:
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("%s received; shutting down", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = _stop_on_signals()
     with Pool.from_config(options.config) as pool:
         print(f"dllpool: serving at {pool.address}", flush=True)
         while not stop.wait(0.5):
@@ -122,7 +142,7 @@ def _call(options: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         if options.address:
-            with Client(options.address, timeout=options.timeout) as client:
+            with Client(options.address, timeout=options.timeout, curve=_curve(options)) as client:
                 result = client.call(options.service, options.method, *args)
         else:
             with Pool.from_config(options.config) as pool, pool.client(timeout=options.timeout) as client:
@@ -151,6 +171,33 @@ def _demo(options: argparse.Namespace) -> int:
     else:
         print(report["text"])
     return EXIT_OK if report["ok"] else EXIT_FAILED
+
+
+def _worker(options: argparse.Namespace) -> int:
+    config = load_config(options.config)
+    names = options.service or [s.name for s in config.services]
+    try:
+        services = tuple(config.service(name) for name in names)
+    except KeyError as exc:
+        raise ConfigError(f"no service {exc} in the configuration") from None
+    if options.workers is not None:
+        services = tuple(dataclasses.replace(s, workers=options.workers) for s in services)
+    stop = _stop_on_signals()
+    serve_workers(dataclasses.replace(config, services=services), options.connect, stop, _curve(options))
+    return EXIT_OK
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM: long-running commands shut down cleanly on either."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("%s received; shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return stop
 
 
 def _keys(options: argparse.Namespace) -> int:

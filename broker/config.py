@@ -62,6 +62,7 @@ class ServiceConfig:
     name: str
     bits: int = 32
     workers: int = 1
+    """Processes the pool starts; 0 for a service served only by workers started elsewhere (``dllpool worker``)."""
     threads: int = 1
     python: str | None = None
     idempotent: frozenset[str] = frozenset()
@@ -150,6 +151,12 @@ def _positive(value: Any, where: str) -> Any:
     return value
 
 
+def _not_negative(value: int, where: str) -> int:
+    if value < 0:
+        raise ConfigError(f"{where} must be 0 or more, got {value}")
+    return value
+
+
 def _resolve(value: Any, base: Path) -> Any:
     return None if value is None else str((base / str(value)).resolve())
 
@@ -230,7 +237,7 @@ def _service(name: str, table: Any, base: Path, origin: str) -> ServiceConfig:
     return ServiceConfig(
         name=name,
         bits=bits,
-        workers=_positive(_get(table, "workers", int, 1, where), f"{where}.workers"),
+        workers=_not_negative(_get(table, "workers", int, 1, where), f"{where}.workers"),
         threads=_positive(_get(table, "threads", int, 1, where), f"{where}.threads"),
         python=_get(table, "python", str, None, where),
         idempotent=frozenset(str(m) for m in idempotent),

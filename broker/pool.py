@@ -8,11 +8,11 @@ removes the per-run folder that holds the ipc sockets.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -31,7 +31,7 @@ from .config import PoolConfig, load_config
 from .core import BrokerCore, ServicePolicy
 from .loop import BrokerLoop
 from .security import CurveServer, start_authenticator
-from .supervisor import Supervisor
+from .supervisor import Supervisor, make_worker_source
 
 if TYPE_CHECKING:
     from client import Client
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 __all__ = ["Pool"]
 
 _HWM = 100_000
-_WORKER_PACKAGES = ("workers32", "protocol")
 
 
 class Pool:
@@ -88,7 +87,7 @@ class Pool:
         self.backend_address = backend.getsockopt_string(zmq.LAST_ENDPOINT)
         if not backend.curve_server:
             worker_curve = None
-        supervisor = Supervisor(self.config, self.backend_address, self._worker_source(), worker_curve)
+        supervisor = Supervisor(self.config, self.backend_address, make_worker_source(self._run_dir), worker_curve)
         supervisor.check_interpreters()
         core = BrokerCore(
             [ServicePolicy(s.name, s.workers, s.idempotent, s.queue_limit) for s in self.config.services],
@@ -157,19 +156,6 @@ class Pool:
                 "curve_clients under [pool], or set insecure = true under [pool] if the network is trusted"
             )
 
-    def _worker_source(self) -> Path:
-        """A folder holding only the packages a worker imports, so no 64-bit package is visible to it."""
-        assert self._run_dir is not None
-        source = self._run_dir / "src"
-        source.mkdir()
-        root = Path(__file__).resolve().parent.parent
-        for package in _WORKER_PACKAGES:
-            if sys.platform == "win32":
-                shutil.copytree(root / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
-            else:
-                (source / package).symlink_to(root / package, target_is_directory=True)
-        return source
-
     def stop(self, grace: float = 5.0) -> None:
         """Let running calls finish within ``grace`` seconds, answer the rest, stop every worker."""
         if self._loop is not None and self._thread is not None:
@@ -185,6 +171,10 @@ class Pool:
             self._auth.stop()
         if self._context is not None:
             self._context.destroy(linger=0)
+        for endpoint in (self.address, self.backend_address):
+            if endpoint.startswith("ipc://"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(endpoint.removeprefix("ipc://"))
         if self._run_dir is not None:
             shutil.rmtree(self._run_dir, ignore_errors=True)
         self._loop = self._thread = self._context = self._run_dir = self._auth = None

@@ -14,9 +14,11 @@ import collections
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -32,11 +34,14 @@ from .config import PoolConfig, ServiceConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Exit", "Supervisor"]
+__all__ = ["Exit", "Supervisor", "make_worker_source", "serve_workers"]
 
+_WORKER_PACKAGES = ("workers32", "protocol")
 _STDERR_TAIL = 30
 _BACKOFF_FIRST = 0.5
 _BACKOFF_MAX = 10.0
+_HEALTHY_AFTER = 5.0
+"""A worker that ran this long started fine, even if no broker saw it ready: restart it at once."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,19 @@ class _Slot:
     stderr_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=_STDERR_TAIL))
     stderr_reader: threading.Thread | None = None
     last_failure: str | None = None
+
+
+def make_worker_source(folder: Path) -> Path:
+    """A folder holding only the packages a worker imports, so no 64-bit package is visible to it."""
+    source = folder / "src"
+    source.mkdir()
+    root = Path(__file__).resolve().parent.parent
+    for package in _WORKER_PACKAGES:
+        if sys.platform == "win32":
+            shutil.copytree(root / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (source / package).symlink_to(root / package, target_is_directory=True)
+    return source
 
 
 class Supervisor:
@@ -180,7 +198,8 @@ class Supervisor:
     def _after_exit(self, slot: _Slot, code: int, now: float) -> None:
         if self._stopping:
             return
-        if slot.ready:
+        # SIGKILL comes from outside (us, a person, the OOM killer): it says nothing about the library.
+        if slot.ready or code == -signal.SIGKILL or now - slot.started_at >= _HEALTHY_AFTER:
             log.warning("worker %s[%d] ended (%s); starting a replacement", slot.service.name, slot.index, _how(code))
             slot.next_start = now
             return
@@ -207,10 +226,10 @@ class Supervisor:
         return next((slot.last_failure for slot in self._slots if slot.last_failure and not slot.ready), None)
 
     def kill(self, pid: int, reason: str) -> None:
-        for process in self._processes():
-            if process.pid == pid and process.poll() is None:
+        for slot in self._slots:
+            if slot.process is not None and slot.process.pid == pid and slot.process.poll() is None:
                 log.warning("killing worker pid %d: %s", pid, reason)
-                process.kill()
+                slot.process.kill()
 
     def pids(self) -> list[int]:
         return sorted(p.pid for p in self._processes() if p.poll() is None)
@@ -234,6 +253,19 @@ class Supervisor:
                 process.wait()
         for slot in self._slots:
             slot.process = None
+
+
+def serve_workers(config: PoolConfig, backend: str, stop: threading.Event, curve: dict[str, str] | None = None) -> None:
+    """Run ``config``'s workers against a broker elsewhere until ``stop`` is set, replacing any that die."""
+    with tempfile.TemporaryDirectory(prefix="dllpool-workers-") as folder:
+        supervisor = Supervisor(config, backend, make_worker_source(Path(folder)), curve)
+        supervisor.check_interpreters()
+        supervisor.start_all()
+        try:
+            while not stop.wait(0.1):
+                supervisor.poll(time.monotonic())
+        finally:
+            supervisor.stop_all()
 
 
 def _how(code: int) -> str:

@@ -77,7 +77,7 @@ def test_up_serves_until_sigterm_then_stops_its_workers() -> None:
         address = line.split()[-1]
         result = run("call", "--address", address, "demo", "add", "20", "22")
         assert json.loads(result.stdout) == 42
-        children = _children(process.pid)
+        children = children_of(process.pid)
         assert len(children) >= 4
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
@@ -89,7 +89,7 @@ def test_up_serves_until_sigterm_then_stops_its_workers() -> None:
             process.kill()
 
 
-def _children(pid: int) -> list[int]:
+def children_of(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit() and pid_alive(int(entry)):
