@@ -301,6 +301,10 @@ class BrokerCore:
         if service is None:
             log.warning("worker %s offers unknown service %r; dropped", ident.hex(), ready.service)
             return [*actions, ToWorker(ident, wire.disconnect_to_worker())]
+        previous = self._by_pid.get(ready.pid)
+        if previous is not None and previous != ident:
+            # The same process on a new socket (it reconnected): its old registration is dead.
+            actions += self._lose_worker(self._workers[previous], now, "it reconnected on a new socket")
         worker = _Worker(
             ident=ident,
             service=ready.service,

@@ -169,8 +169,7 @@ class = "Cls"
         (minimal(worker=4), ["[services.svc]", "worker", "allowed", "workers"]),
         (minimal(bits=16), ["bits", "32 or 64", "16"]),
         (minimal(bits="32"), ["bits", "integer"]),
-        (minimal(workers=0), ["workers", "greater than 0"]),
-        (minimal(workers=-2), ["workers", "greater than 0"]),
+        (minimal(workers=-2), ["workers", "0 or more"]),
         (minimal(workers="4"), ["workers", "integer", "'4'"]),
         (minimal(workers=True), ["workers", "boolean"]),
         (minimal(workers=2.5), ["workers", "integer"]),
@@ -405,3 +404,7 @@ def test_cfunction_refuses_unknown_types() -> None:
         CFunction(FakeLibrary(), "f", ["int33"], "int")
     with pytest.raises(ConfigError, match="unknown return type"):
         CFunction(FakeLibrary(), "f", [], "banana")
+
+
+def test_zero_workers_means_workers_started_elsewhere() -> None:
+    assert load_config(minimal(workers=0)).service("svc").workers == 0
