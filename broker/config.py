@@ -66,7 +66,8 @@ class ServiceConfig:
     threads: int = 1
     python: str | None = None
     idempotent: frozenset[str] = frozenset()
-    queue_limit: int | None = None
+    queue_limit: int = 10_000
+    """Requests that may wait for a worker; more are refused with Busy, so a flood cannot exhaust memory."""
     hosting: dict[str, Any] = field(default_factory=dict)
     """What the worker gets: ``library``/``kind``/``functions`` or ``module``/``class``/``options``/``path``."""
 
@@ -233,7 +234,7 @@ def _service(name: str, table: Any, base: Path, origin: str) -> ServiceConfig:
         }
     else:
         raise ConfigError(f"{where}: give 'library' (a declared library) or 'module' and 'class' (a wrapper)")
-    queue_limit = _get(table, "queue_limit", int, None, where)
+    queue_limit = _get(table, "queue_limit", int, ServiceConfig.queue_limit, where)
     return ServiceConfig(
         name=name,
         bits=bits,

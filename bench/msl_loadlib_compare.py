@@ -1,0 +1,59 @@
+"""The same measurement on msl-loadlib's Client64/Server32, for comparison.
+
+    pip install msl-loadlib   # into any 64-bit venv; not a dllpool dependency
+    python bench/msl_loadlib_compare.py [--calls N] [--json]
+
+Uses msl-loadlib's own example (``Cpp64().add``, a 32-bit C++ library behind
+its 32-bit server): start-up time, and p50/p99 of sequential calls from one
+client (its client is not thread-safe, so there is no multi-thread figure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    options = parser.parse_args()
+    try:
+        from msl.examples.loadlib import Cpp64
+    except ImportError:
+        print("msl-loadlib is not installed: pip install msl-loadlib", file=sys.stderr)
+        return 1
+    started = time.perf_counter()
+    cpp = Cpp64()
+    startup = time.perf_counter() - started
+    try:
+        for i in range(200):
+            cpp.add(i, 1)
+        samples = []
+        for i in range(options.calls):
+            t0 = time.perf_counter()
+            cpp.add(i, 1)
+            samples.append(time.perf_counter() - t0)
+    finally:
+        cpp.shutdown_server32()
+    samples.sort()
+    result = {
+        "startup_s": startup,
+        "p50_us": samples[len(samples) // 2] * 1e6,
+        "p99_us": samples[int(len(samples) * 0.99)] * 1e6,
+        "calls_per_s": len(samples) / sum(samples),
+    }
+    if options.json:
+        print(json.dumps(result, indent=2))
+    else:
+        p50, p99, rate = result["p50_us"], result["p99_us"], result["calls_per_s"]
+        print(f"msl-loadlib start-up {startup:.3f} s")
+        print(f"Cpp64().add round trip: p50 {p50:.0f} us, p99 {p99:.0f} us, {rate:,.0f} calls/s from one client")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
