@@ -19,12 +19,13 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
+from client import Client
 from protocol import ConfigError, PoolStartError
 
 from .config import PoolConfig, load_config
@@ -32,9 +33,6 @@ from .core import BrokerCore, ServicePolicy
 from .loop import BrokerLoop
 from .security import CurveServer, start_authenticator
 from .supervisor import Supervisor, make_worker_source
-
-if TYPE_CHECKING:
-    from client import Client
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +189,6 @@ class Pool:
 
     def client(self, timeout: float | None = None, **options: Any) -> Client:
         """A Client connected to this pool's frontend."""
-        from client import Client
-
         return Client(self.address, timeout, **options)
 
     def worker_pids(self, service: str | None = None) -> list[int]:
