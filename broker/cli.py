@@ -19,12 +19,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from client import CurveKeys
 from protocol import CallError, ConfigError, DllPoolError
 
 from . import runtime32
 from .config import default_config_path, load_config
 from .pool import Pool
-from .security import create_keys, curve_client_keys, load_public_keys
+from .security import create_keys, load_public_keys
 from .supervisor import serve_workers
 
 log = logging.getLogger("dllpool")
@@ -50,7 +51,7 @@ def _curve(options: argparse.Namespace) -> dict[str, str] | None:
         return None
     if not (options.curve_server_key and options.curve_key):
         raise ConfigError("CURVE needs both --curve-server-key and --curve-key")
-    return curve_client_keys(options.curve_server_key, options.curve_key)
+    return dataclasses.asdict(CurveKeys.from_files(options.curve_server_key, options.curve_key))
 
 
 def _parser() -> argparse.ArgumentParser:

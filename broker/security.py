@@ -22,7 +22,7 @@ from protocol import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CurveServer", "create_keys", "curve_client_keys", "load_public_keys", "start_authenticator"]
+__all__ = ["CurveServer", "create_keys", "load_public_keys", "start_authenticator"]
 
 
 @dataclass(frozen=True)
@@ -65,15 +65,6 @@ def load_public_keys(paths: list[Path]) -> set[bytes]:
             raise ConfigError(f"{path} holds no *.key public key files")
         keys.update(_load(f)[0] for f in files)
     return keys
-
-
-def curve_client_keys(server_public_file: Path, secret_file: Path) -> dict[str, str]:
-    """What a worker or client connecting to a CURVE pool needs, from key files."""
-    server_public = _load(server_public_file)[0]
-    public, secret = _load(secret_file)
-    if secret is None:
-        raise ConfigError(f"{secret_file} holds no secret key; give a *.key_secret file")
-    return {"server_public": server_public.decode(), "public": public.decode(), "secret": secret.decode()}
 
 
 def create_keys(directory: Path, name: str) -> tuple[Path, Path]:

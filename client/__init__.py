@@ -20,7 +20,8 @@ from protocol.errors import (
     WorkerCrashed,
 )
 
-from .client import Client, CurveKeys
+from .client import Client
+from .keys import CurveKeys
 from .proxy import RemoteMethod, ServiceProxy
 
 __all__ = [

@@ -22,7 +22,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass
 from typing import Any, Final
 
 import zmq
@@ -40,11 +39,12 @@ from protocol.errors import (
     error_from_wire,
 )
 
+from .keys import CurveKeys
 from .proxy import ServiceProxy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Client", "CurveKeys"]
+__all__ = ["Client"]
 
 
 class _Unset(enum.Enum):
@@ -101,34 +101,6 @@ def _recv_frames(sock: zmq.Socket[Any]) -> list[bytes]:
     while sock.getsockopt(_RCVMORE):
         frames.append(recv(_NOBLOCK))
     return frames
-
-
-@dataclass(frozen=True)
-class CurveKeys:
-    """CURVE keys (Z85 text, 40 characters each) for a broker reachable from other hosts."""
-
-    server_public: str
-    public: str
-    secret: str
-
-    def __post_init__(self) -> None:
-        for name in ("server_public", "public", "secret"):
-            key = getattr(self, name)
-            if not isinstance(key, str) or len(key) != 40:
-                raise ValueError(f"CURVE key {name!r} must be a 40-character Z85 string")
-
-    def __repr__(self) -> str:  # never print the secret key
-        return f"CurveKeys(server_public={self.server_public!r}, public={self.public!r}, secret=...)"
-
-    @classmethod
-    def coerce(cls, keys: CurveKeys | Mapping[str, str]) -> CurveKeys:
-        """Accept a mapping too, e.g. a table loaded from a TOML file."""
-        if isinstance(keys, CurveKeys):
-            return keys
-        try:
-            return cls(keys["server_public"], keys["public"], keys["secret"])
-        except KeyError as exc:
-            raise ValueError(f"CURVE keys need 'server_public', 'public' and 'secret'; {exc} is missing") from None
 
 
 class _Call:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
-from broker import Pool
+from broker import Pool, runtime32
 from broker.runtime32 import check_elf_bits
 from client import ArgumentError, Client, RemoteError, UnknownMethod, UnknownService
 
@@ -26,6 +28,17 @@ def test_every_demo_worker_is_a_32bit_process_answering_4(pool: Pool, client: Cl
         with open(f"/proc/{pid}/maps") as maps:
             assert "/examples/build/32/libdemo.so" in maps.read()
     assert {w["pointer_size"] for w in pool.workers()} == {4}
+
+
+def test_workers_load_the_32bit_runtimes_pyzmq_never_the_64bit_one(pool: Pool) -> None:
+    site = tuple(str(Path(p).resolve()) for p in runtime32.load().path)
+    for pid in pool.worker_pids():
+        with open(f"/proc/{pid}/maps") as f:
+            mapped = {line.split()[-1] for line in f if "/" in line}
+        zmq_libraries = {path for path in mapped if "zmq" in path}
+        assert zmq_libraries, f"worker {pid} has no zmq library loaded"
+        assert all(path.startswith(site) for path in zmq_libraries), zmq_libraries
+        assert not any(path.startswith(sys.prefix) for path in mapped), "a 64-bit venv file is mapped"
 
 
 def test_32_threads_x_200_calls_each_get_their_own_answers(client: Client) -> None:

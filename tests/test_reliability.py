@@ -49,7 +49,7 @@ def test_a_call_past_its_deadline_times_out_and_the_stuck_worker_is_replaced() -
         started = time.monotonic()
         with pytest.raises(Timeout):
             client.call("s", "sleep_ms", 1000, timeout=0.05)
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < 0.25
         deadline = time.monotonic() + 5
         while stuck in pool.worker_pids("s") or not pool.worker_pids("s"):
             assert time.monotonic() < deadline, "the stuck worker was not replaced"

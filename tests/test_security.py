@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from broker import Pool
-from broker.security import create_keys, curve_client_keys
+from broker.security import create_keys
 from client import BrokerUnavailable, Client, CurveKeys, Timeout
 from protocol import ConfigError
 
@@ -35,10 +35,10 @@ def curve_pool(keys: Path, backend: str | None = None) -> Pool:
 
 def test_an_allowed_key_gets_answers_and_others_do_not(keys: Path) -> None:
     with curve_pool(keys) as pool:
-        alice = CurveKeys.coerce(curve_client_keys(keys / "pool.key", keys / "alice.key_secret"))
+        alice = CurveKeys.from_files(keys / "pool.key", keys / "alice.key_secret")
         with Client(pool.address, timeout=10, curve=alice) as client:
             assert client.call("s", "add", 2, 3) == 5
-        mallory = CurveKeys.coerce(curve_client_keys(keys / "pool.key", keys / "mallory.key_secret"))
+        mallory = CurveKeys.from_files(keys / "pool.key", keys / "mallory.key_secret")
         for curve in (mallory, None):
             with (
                 Client(pool.address, timeout=1.0, curve=curve, heartbeat_interval=0.2) as client,
@@ -51,7 +51,7 @@ def test_an_allowed_key_gets_answers_and_others_do_not(keys: Path) -> None:
 def test_workers_authenticate_when_the_backend_is_tcp(keys: Path) -> None:
     with curve_pool(keys, backend="tcp://127.0.0.1:*") as pool:
         assert pool.backend_address.startswith("tcp://127.0.0.1:")
-        alice = CurveKeys.coerce(curve_client_keys(keys / "pool.key", keys / "alice.key_secret"))
+        alice = CurveKeys.from_files(keys / "pool.key", keys / "alice.key_secret")
         with Client(pool.address, timeout=10, curve=alice) as client:
             assert client.call("s", "pointer_size") == 4
 
