@@ -120,10 +120,13 @@ class Worker:
         return pipe
 
     def _run(self, request: WorkerRequest) -> None:
+        """Answer one request; whatever happens, the broker gets exactly one answer for it."""
         try:
             frames = wire.worker_reply(request.job, self._execute(request))
         except CallError as exc:
-            frames = wire.worker_error(request.job, error_to_wire(exc))
+            frames = _error_frames(request.job, exc)
+        except BaseException as exc:  # SystemExit from a wrapper, say: still an answer, not silence
+            frames = _error_frames(request.job, _remote_error(exc, self.service, request.method))
         self._pipe().send_multipart(frames, copy=False)
 
     def _execute(self, request: WorkerRequest) -> list[Buffer]:
@@ -258,6 +261,13 @@ def _drain(sock: "zmq.Socket[Any]") -> Iterator[list[zmq.Frame]]:
             yield sock.recv_multipart(zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return
+
+
+def _error_frames(job: bytes, error: CallError) -> list[Buffer]:
+    try:
+        return wire.worker_error(job, error_to_wire(error))
+    except (TypeError, ValueError, OverflowError):  # details a wrapper filled with unsendable values
+        return wire.worker_error(job, error_to_wire(type(error)(error.message)))
 
 
 def _remote_error(exc: BaseException, service: str, method: str) -> RemoteError:
