@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import struct
 import subprocess
@@ -153,6 +154,12 @@ class Interpreter:
     """Extra environment variables: PYTHONHOME for the unpacked Debian one."""
     path: tuple[str, ...] = ()
     """``sys.path`` entries to put first: the folder holding the i686 wheels."""
+    args: tuple[str, ...] = ()
+    """Arguments the interpreter needs before ours, e.g. ``-3.11-32`` for Windows' ``py`` launcher."""
+
+    @property
+    def command(self) -> list[str]:
+        return [self.executable, *self.args]
 
 
 @dataclass(frozen=True)
@@ -211,17 +218,20 @@ def check_elf_bits(path: str | os.PathLike[str]) -> int:
 
 
 def from_executable(executable: str) -> Interpreter:
-    """Wrap an interpreter the user named (a path, or a command found on PATH).
+    """Wrap an interpreter the user named: a path, a command on PATH, or a command line such as ``py -3.11-32``.
 
     Symlinks are not resolved: a venv's python finds its ``pyvenv.cfg`` through them.
     """
     candidate = os.path.expanduser(executable)
+    args: tuple[str, ...] = ()
+    if not os.path.isfile(candidate) and len(parts := shlex.split(executable, posix=os.name == "posix")) > 1:
+        candidate, args = os.path.expanduser(parts[0]), tuple(parts[1:])
     if not os.path.isfile(candidate):
         found = shutil.which(candidate)
         if found is None:
             raise RuntimeMissing(f"32-bit Python {executable!r} not found: give the full path of the interpreter")
         candidate = found
-    return Interpreter(executable=os.path.abspath(candidate))
+    return Interpreter(executable=os.path.abspath(candidate), args=args)
 
 
 def command_env(interp: Interpreter, extra_path: Sequence[str]) -> dict[str, str]:
@@ -273,7 +283,7 @@ def _run_python(interp: Interpreter, code: str, timeout: float) -> dict[str, obj
     cwd = os.path.dirname(interp.executable) or None
     try:
         proc = subprocess.run(
-            [interp.executable, "-c", code],
+            [*interp.command, "-c", code],
             env=command_env(interp, ()),
             cwd=cwd,
             capture_output=True,

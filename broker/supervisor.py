@@ -108,13 +108,20 @@ class Supervisor:
         return self._interpreters[service.name]
 
     def check_interpreters(self) -> None:
-        """Fail before anything starts when a service's interpreter is missing."""
+        """Fail before anything starts when a service's interpreter is missing or of the wrong bitness."""
         for service in self.config.services:
             interp = self._interpreter(service)
             if not Path(interp.executable).exists():
                 raise RuntimeMissing(
                     f"service {service.name!r} needs the interpreter {interp.executable}, which does not exist"
                 )
+            if service.python or (service.bits == 32 and self.config.python32):
+                bits = runtime32.describe(interp)["bits"]
+                if bits != service.bits:
+                    raise RuntimeMissing(
+                        f"service {service.name!r} has bits = {service.bits}, but {' '.join(interp.command)} "
+                        f"is a {bits}-bit Python; name a {service.bits}-bit interpreter"
+                    )
 
     # --- processes --------------------------------------------------------------------
 
@@ -133,7 +140,7 @@ class Supervisor:
     def _start(self, slot: _Slot, now: float) -> None:
         interp = self._interpreter(slot.service)
         command = [
-            interp.executable,
+            *interp.command,
             "-s",
             "-m",
             "workers32",

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from broker import Pool
+from broker import Pool, runtime32
 from broker.runtime32 import check_elf_bits
-from protocol import ConfigError, PoolStartError
+from protocol import ConfigError, PoolStartError, RuntimeMissing
 
 from .conftest import assert_no_children_left, demo_service, pid_alive
 
@@ -68,3 +70,22 @@ def test_loopback_tcp_endpoints_work() -> None:
     with Pool.from_config(config) as pool, pool.client(timeout=10) as client:
         assert pool.address.startswith("tcp://127.0.0.1:")
         assert client.call("s", "add", 1, 2) == 3
+
+
+def test_a_named_interpreter_of_the_wrong_bitness_is_refused() -> None:
+    config = {"runtime32": {"python": sys.executable}, "services": {"s": demo_service(bits=32)}}
+    with pytest.raises(RuntimeMissing, match="64-bit Python"):
+        Pool.from_config(config)
+
+
+def test_a_named_32bit_interpreter_with_launcher_arguments_serves(tmp_path: Path) -> None:
+    """Like `py -3.11-32` on Windows: a command line, not just a path, names the interpreter."""
+    interp = runtime32.load()
+    site = os.pathsep.join(interp.path)
+    exports = "".join(f"export {k}='{v}'\n" for k, v in interp.env.items())
+    launcher = tmp_path / "py32"
+    launcher.write_text(f'#!/bin/sh\n{exports}export PYTHONPATH="{site}:$PYTHONPATH"\nexec {interp.executable} "$@"\n')
+    launcher.chmod(0o755)
+    config = {"runtime32": {"python": f"{launcher} -X utf8"}, "services": {"s": demo_service(bits=32)}}
+    with Pool.from_config(config) as pool, pool.client(timeout=10) as client:
+        assert client.call("s", "pointer_size") == 4
