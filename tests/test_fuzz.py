@@ -190,7 +190,10 @@ def test_fuzzed_frames_at_both_sockets_do_not_disturb_a_real_client(broker: tupl
         caller.stop.set()
         caller.join(timeout=15)
         context.destroy(linger=0)
-    print(f"fuzz: {dict(sent)} messages, real client {dict(caller.outcomes)}, broker RSS grew {grown} KiB")
+    print(
+        f"fuzz: {sent['frontend']} messages to the frontend, {sent['backend']} to the backend, "
+        f"{sent['frames']} frames; real client {dict(caller.outcomes)}; broker RSS grew {grown} KiB"
+    )
     assert sent["frontend"] + sent["backend"] >= 2 * EXAMPLES_PER_SOCKET * 0.9
     assert set(caller.outcomes) == {"right"}, dict(caller.outcomes)
     assert grown < 20 * 1024, f"the broker grew by {grown} KiB while fuzzed"
