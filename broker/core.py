@@ -143,6 +143,7 @@ class BrokerCore:
         self.heartbeat_liveness = heartbeat_liveness
         self.kill_grace = kill_grace
         self.accepting = True
+        self._drops = _LogThrottle()
         self.stats: dict[str, int] = dict.fromkeys(
             (
                 "requests",
@@ -187,7 +188,7 @@ class BrokerCore:
             message = parse_client(frames)
         except ProtocolError as exc:
             self.stats["bad_client_messages"] += 1
-            log.warning("dropped a malformed message from client %s: %s", ident.hex(), exc)
+            self._drops.warn(now, "dropped a malformed message from client %s: %s", ident.hex(), exc)
             corr = _corr_if_any(frames)
             if corr is None:
                 return []
@@ -276,14 +277,14 @@ class BrokerCore:
             message = parse_worker(frames)
         except ProtocolError as exc:
             self.stats["bad_worker_messages"] += 1
-            log.warning("dropped a malformed message from worker %s: %s", ident.hex(), exc)
+            self._drops.warn(now, "dropped a malformed message from worker %s: %s", ident.hex(), exc)
             return []
         worker = self._workers.get(ident)
         if isinstance(message, WorkerReady):
             return self._ready(ident, message, now)
         if worker is None:
             # A worker this broker does not know (e.g. after a broker restart): ask it to register.
-            log.info("message from unregistered worker %s; asking it to register", ident.hex())
+            self._drops.warn(now, "message from unregistered worker %s; asking it to register", ident.hex())
             return [ToWorker(ident, wire.disconnect_to_worker())]
         worker.expires = now + self.heartbeat_interval * self.heartbeat_liveness
         if isinstance(message, WorkerHeartbeat):
@@ -299,7 +300,7 @@ class BrokerCore:
             actions += self._lose_worker(old, now, "it registered again")
         service = self._services.get(ready.service)
         if service is None:
-            log.warning("worker %s offers unknown service %r; dropped", ident.hex(), ready.service)
+            self._drops.warn(now, "worker %s offers unknown service %r; dropped", ident.hex(), ready.service)
             return [*actions, ToWorker(ident, wire.disconnect_to_worker())]
         previous = self._by_pid.get(ready.pid)
         if previous is not None and previous != ident:
@@ -330,7 +331,9 @@ class BrokerCore:
         job = worker.jobs.pop(reply.job, None)
         if job is None:
             self.stats["bad_worker_messages"] += 1
-            log.warning("worker pid %d answered job %s it does not hold; dropped", worker.pid, reply.job.hex())
+            self._drops.warn(
+                now, "worker pid %d answered job %s it does not hold; dropped", worker.pid, reply.job.hex()
+            )
             return []
         service = self._services[worker.service]
         if not worker.doomed:
@@ -405,7 +408,8 @@ class BrokerCore:
     # --- time ---------------------------------------------------------------------
 
     def tick(self, now: float) -> list[Action]:
-        """Heartbeats, lapsed workers, expired deadlines. Call at least every :meth:`next_wakeup`."""
+        """Heartbeats, lapsed workers, expired deadlines; the loop calls it every few tens of ms."""
+        self._drops.flush(now)
         actions: list[Action] = []
         for worker in list(self._workers.values()):
             if now >= worker.expires:
@@ -500,6 +504,32 @@ class BrokerCore:
 
     def _error_to(self, ident: bytes, corr: bytes, error: CallError) -> ToClient:
         return ToClient(ident, wire.error_to_client(corr, error_to_wire(error)))
+
+
+class _LogThrottle:
+    """One log line per dropped message, up to a burst; then a count, so a flood cannot flood the log."""
+
+    def __init__(self, burst: int = 20, window: float = 10.0) -> None:
+        self.burst = burst
+        self.window = window
+        self.window_start = float("-inf")
+        self.logged = 0
+        self.suppressed = 0
+
+    def warn(self, now: float, message: str, *args: object) -> None:
+        self.flush(now)
+        if self.logged < self.burst:
+            self.logged += 1
+            log.warning(message, *args)
+        else:
+            self.suppressed += 1
+
+    def flush(self, now: float) -> None:
+        if now - self.window_start < self.window:
+            return
+        if self.suppressed:
+            log.warning("... and %d more dropped messages in the last %.0f s", self.suppressed, self.window)
+        self.window_start, self.logged, self.suppressed = now, 0, 0
 
 
 def _corr_if_any(frames: list[Buffer]) -> bytes | None:

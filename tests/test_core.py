@@ -953,3 +953,16 @@ def test_header_frames_sent_are_valid_msgpack() -> None:
     assert isinstance(action, ToClient)
     error = msgpack.unpackb(action.frames[3])
     assert set(error) == {"type", "message", "details"}
+
+
+def test_a_flood_of_bad_messages_is_logged_as_a_count_not_line_by_line(caplog: pytest.LogCaptureFixture) -> None:
+    core = make_core(ServicePolicy("svc"))
+    with caplog.at_level("WARNING", logger="broker.core"):
+        for i in range(100):
+            core.client_message(b"C", [b"garbage", bytes([i])], 1.0)
+        lines = [r.getMessage() for r in caplog.records]
+        assert 0 < len(lines) <= 20
+        core.tick(12.0)
+    summary = caplog.records[-1].getMessage()
+    assert "and 80 more dropped messages" in summary
+    assert core.stats["bad_client_messages"] == 100
