@@ -117,8 +117,8 @@ class BrokerLoop:
     def _send(sock: zmq.Socket[Any], ident: bytes, frames: list[Any]) -> bool:
         try:
             sock.send_multipart([ident, *frames], zmq.NOBLOCK, copy=False)
-        except (zmq.Again, zmq.ZMQError) as exc:
-            if isinstance(exc, zmq.Again) or exc.errno == zmq.EHOSTUNREACH:
+        except zmq.ZMQError as exc:  # EAGAIN: its pipe is full; EHOSTUNREACH: the peer is gone
+            if exc.errno in (zmq.EAGAIN, zmq.EHOSTUNREACH):
                 return False
             raise
         return True

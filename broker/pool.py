@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -68,6 +69,8 @@ class Pool:
         if self._thread is not None:
             raise RuntimeError("the pool is already started")
         self._run_dir = Path(tempfile.mkdtemp(prefix="dllpool-"))
+        # A pool never stopped still leaves no folder behind when the interpreter exits.
+        weakref.finalize(self, shutil.rmtree, self._run_dir, ignore_errors=True)
         try:
             self._start()
         except BaseException:
