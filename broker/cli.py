@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="run a pool in the foreground until Ctrl-C or SIGTERM")
     _config_arg(up)
     up.add_argument("--grace", type=float, default=5.0, help="seconds running calls get to finish at shutdown")
+    up.add_argument("--json", action="store_true", help="announce the address and workers as one JSON line")
 
     call = commands.add_parser("call", help="call one function and print its result as JSON")
     _config_arg(call)
@@ -126,7 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _up(options: argparse.Namespace) -> int:
     stop = _stop_on_signals()
     with Pool.from_config(options.config) as pool:
-        print(f"dllpool: serving at {pool.address}", flush=True)
+        if options.json:
+            print(json.dumps({"address": pool.address, "workers": pool.workers()}), flush=True)
+        else:
+            print(f"dllpool: serving at {pool.address}", flush=True)
         while not stop.wait(0.5):
             pass
         pool.stop(grace=options.grace)

@@ -69,12 +69,14 @@ def test_demo_reports_32bit_workers() -> None:
 
 
 def test_up_serves_until_sigterm_then_stops_its_workers() -> None:
-    process = subprocess.Popen([*DLLPOOL, "up"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        [*DLLPOOL, "up", "--json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     try:
         assert process.stdout is not None
-        line = process.stdout.readline()
-        assert line.startswith("dllpool: serving at "), line
-        address = line.split()[-1]
+        announced = json.loads(process.stdout.readline())
+        address = announced["address"]
+        assert {w["pointer_size"] for w in announced["workers"]} == {4}
         result = run("call", "--address", address, "demo", "add", "20", "22")
         assert json.loads(result.stdout) == 42
         children = children_of(process.pid)
