@@ -158,3 +158,16 @@ def test_chaos_kill_a_worker_every_200ms_and_account_for_every_call() -> None:
     assert set(outcomes) <= {"right", "WorkerCrashed"}, dict(outcomes)
     assert outcomes["right"] > 0 and len(kills) > 5
     assert_no_children_left(pids + kills)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_call_longer_than_the_heartbeat_window_is_not_mistaken_for_a_dead_worker(threads: int) -> None:
+    config = {
+        "pool": {"heartbeat_interval": 0.1, "heartbeat_liveness": 3},
+        "services": {"s": demo_service(workers=1, threads=threads)},
+    }
+    with Pool.from_config(config) as pool, pool.client(timeout=10) as client:
+        (pid,) = pool.worker_pids("s")
+        assert client.call("s", "sleep_ms", 1200) is None  # four times the 0.3 s liveness window
+        assert pool.worker_pids("s") == [pid]
+        assert pool.stats()["workers_lost"] == 0

@@ -1,9 +1,15 @@
-"""The worker process: one DEALER socket to the broker, calls on a thread pool.
+"""The worker process: one DEALER socket to the broker, one or more call threads.
 
-The socket thread only moves frames and heartbeats; every library call runs
-on a pool thread, so heartbeats keep flowing while a call takes minutes.
-Finished calls come back to the socket thread over an inproc PUSH/PULL pipe
-(one PUSH socket per pool thread: ZeroMQ sockets are not thread-safe).
+With ``threads = 1`` (the default) a call runs on the socket thread itself:
+no hand-off between threads on the way in or out. While it is inside the
+library, a watchdog thread takes the socket (they share it under a lock;
+ZeroMQ allows a socket to move between threads behind a full memory
+barrier) to keep heartbeats and the broker's messages flowing, so a call may
+take minutes without the worker being declared dead.
+
+With ``threads = K > 1`` calls run on a pool of K threads; finished calls
+come back to the socket thread over an inproc PUSH/PULL pipe (one PUSH socket
+per pool thread: ZeroMQ sockets are not thread-safe).
 """
 
 import contextlib
@@ -17,6 +23,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
@@ -47,6 +54,8 @@ __all__ = ["Worker", "run"]
 
 EXIT_STARTUP_FAILED = 3
 """Exit code when the library or wrapper cannot be loaded: the supervisor must not respawn in a tight loop."""
+EXIT_BROKER_GONE = 4
+"""Exit code when the process that started the worker is gone."""
 
 _MAX_TRACEBACK = 16 * 1024
 
@@ -101,33 +110,43 @@ class Worker:
         self.parent_pid = parent_pid
         self.curve = curve
         self.context = zmq.Context()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        """Held by whichever thread uses the DEALER socket and the heartbeat clocks."""
+        self._sock: Optional[zmq.Socket[Any]] = None
+        self._poller = zmq.Poller()
+        self._next_heartbeat = 0.0
+        self._broker_deadline = 0.0
+        self._backoff = self.interval
+        self._inline: deque[WorkerRequest] = deque()
+        """Requests for the socket thread itself to run (threads = 1)."""
+        self._executor: Optional[ThreadPoolExecutor] = None
+        self._results: Optional[zmq.Socket[Any]] = None
+        self._results_address = f"inproc://results-{id(self)}"
         self._local = threading.local()
         self._pipes: list[zmq.Socket[Any]] = []
         self._pipes_lock = threading.Lock()
-        self._results_address = f"inproc://results-{id(self)}"
-        self._stop = threading.Event()
 
-    # --- call path (pool threads) -------------------------------------------------
+    # --- answering a request ------------------------------------------------------
 
-    def _pipe(self) -> "zmq.Socket[Any]":
+    def _answer(self, request: WorkerRequest) -> list[Buffer]:
+        """The reply frames; whatever happens, the broker gets exactly one answer for a request."""
+        try:
+            return wire.worker_reply(request.job, self._execute(request))
+        except CallError as exc:
+            return _error_frames(request.job, exc)
+        except BaseException as exc:  # SystemExit from a wrapper, say: still an answer, not silence
+            return _error_frames(request.job, _remote_error(exc, self.service, request.method))
+
+    def _run_pooled(self, request: WorkerRequest) -> None:
+        """On a pool thread: answer, and hand the reply to the socket thread."""
         pipe = getattr(self._local, "pipe", None)
         if pipe is None:
-            pipe = self.context.socket(zmq.PUSH)
+            pipe = self._local.pipe = self.context.socket(zmq.PUSH)
             pipe.connect(self._results_address)
-            self._local.pipe = pipe
             with self._pipes_lock:
                 self._pipes.append(pipe)
-        return pipe
-
-    def _run(self, request: WorkerRequest) -> None:
-        """Answer one request; whatever happens, the broker gets exactly one answer for it."""
-        try:
-            frames = wire.worker_reply(request.job, self._execute(request))
-        except CallError as exc:
-            frames = _error_frames(request.job, exc)
-        except BaseException as exc:  # SystemExit from a wrapper, say: still an answer, not silence
-            frames = _error_frames(request.job, _remote_error(exc, self.service, request.method))
-        self._pipe().send_multipart(frames, copy=False)
+        pipe.send_multipart(self._answer(request), copy=False)
 
     def _execute(self, request: WorkerRequest) -> list[Buffer]:
         function = self.methods.get(request.method)
@@ -165,18 +184,7 @@ class Worker:
                 remote_type=type(exc).__name__,
             ) from None
 
-    # --- socket thread ------------------------------------------------------------
-
-    def _connect(self) -> "zmq.Socket[Any]":
-        sock = self.context.socket(zmq.DEALER)
-        sock.linger = 0
-        if self.curve:
-            sock.curve_serverkey = self.curve["server_public"].encode()
-            sock.curve_publickey = self.curve["public"].encode()
-            sock.curve_secretkey = self.curve["secret"].encode()
-        sock.connect(self.endpoint)
-        sock.send_multipart(wire.worker_ready(self._info()))
-        return sock
+    # --- the socket ---------------------------------------------------------------
 
     def _info(self) -> dict[str, Any]:
         return {
@@ -189,69 +197,123 @@ class Worker:
             "methods": sorted(self.methods),
         }
 
+    def _connect(self) -> None:
+        """A fresh DEALER (a fresh identity) that registers with the broker. Caller holds the lock."""
+        sock = self.context.socket(zmq.DEALER)
+        sock.linger = 0
+        if self.curve:
+            sock.curve_serverkey = self.curve["server_public"].encode()
+            sock.curve_publickey = self.curve["public"].encode()
+            sock.curve_secretkey = self.curve["secret"].encode()
+        sock.connect(self.endpoint)
+        sock.send_multipart(wire.worker_ready(self._info()))
+        self._poller.register(sock, zmq.POLLIN)
+        self._sock = sock
+        now = time.monotonic()
+        self._next_heartbeat = now + self.interval
+        self._broker_deadline = now + self.interval * self.liveness
+
+    def _reconnect(self) -> None:
+        assert self._sock is not None
+        log.warning("no word from the broker for %.1f s; reconnecting", self.interval * self.liveness)
+        self._poller.unregister(self._sock)
+        self._sock.close()
+        time.sleep(self._backoff * random.uniform(0.5, 1.0))
+        self._backoff = min(self._backoff * 2, 30.0)
+        self._connect()
+
     def stop(self) -> None:
         self._stop.set()
 
     def serve(self) -> None:
-        results = self.context.socket(zmq.PULL)
-        results.bind(self._results_address)
-        executor = ThreadPoolExecutor(self.threads, thread_name_prefix="call")
-        sock = self._connect()
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(results, zmq.POLLIN)
-        broker_deadline = time.monotonic() + self.interval * self.liveness
-        next_heartbeat = time.monotonic() + self.interval
-        backoff = self.interval
+        """Run until stopped. With one thread, calls run right here on the socket thread (no hand-off),
+        and a watchdog thread takes over the socket for heartbeats while a call is in the library."""
+        if self.threads > 1:
+            self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="call")
+            self._results = self.context.socket(zmq.PULL)
+            self._results.bind(self._results_address)
+            self._poller.register(self._results, zmq.POLLIN)
+        with self._lock:
+            self._connect()
+        if self._executor is None:
+            threading.Thread(target=self._watch, name="heartbeats", daemon=True).start()
         log.info("worker pid %d serving %r with %d thread(s)", os.getpid(), self.service, self.threads)
         try:
             while not self._stop.is_set():
-                events = dict(poller.poll(max(0, int(1000 * (next_heartbeat - time.monotonic())) + 1)))
-                now = time.monotonic()
-                if sock in events:
-                    broker_deadline = now + self.interval * self.liveness
-                    backoff = self.interval
-                    for frames in _drain(sock):
-                        self._on_broker(sock, frames, executor)
-                if results in events:
-                    for frames in _drain(results):
-                        sock.send_multipart(frames, copy=False)
-                if now >= next_heartbeat:
-                    sock.send_multipart(wire.worker_heartbeat())
-                    next_heartbeat = now + self.interval
-                    if not _parent_alive(self.parent_pid):
-                        log.warning("the broker process is gone; exiting")
-                        return
-                if now >= broker_deadline:
-                    log.warning("no word from the broker for %.1f s; reconnecting", self.interval * self.liveness)
-                    poller.unregister(sock)
-                    sock.close()
-                    time.sleep(backoff * random.uniform(0.5, 1.0))
-                    backoff = min(backoff * 2, 30.0)
-                    sock = self._connect()
-                    poller.register(sock, zmq.POLLIN)
-                    broker_deadline = time.monotonic() + self.interval * self.liveness
+                with self._lock:
+                    wait = 0.0 if self._inline else self._next_heartbeat - time.monotonic()
+                    self._step(wait)
+                while self._inline and not self._stop.is_set():
+                    frames = self._answer(self._inline.popleft())
+                    with self._lock:
+                        assert self._sock is not None
+                        self._sock.send_multipart(frames, copy=False)
         finally:
-            with contextlib.suppress(zmq.ZMQError):
-                sock.send_multipart(wire.worker_disconnect(), flags=zmq.NOBLOCK)
-            executor.shutdown(wait=False)
-            sock.close(linger=0)
-            results.close(linger=0)
-            with self._pipes_lock:
-                for pipe in self._pipes:
-                    pipe.close(linger=0)
+            self._stop.set()
+            with self._lock:
+                self._close()
 
-    def _on_broker(self, sock: "zmq.Socket[Any]", frames: list[Any], executor: ThreadPoolExecutor) -> None:
+    def _watch(self) -> None:
+        """Heartbeats and broker messages while the socket thread is inside a call (the lock is free then)."""
+        while not self._stop.wait(self.interval / 4):
+            if self._lock.acquire(blocking=False):
+                try:
+                    if not self._stop.is_set():
+                        self._step(0.0)
+                finally:
+                    self._lock.release()
+
+    def _step(self, wait: float) -> None:
+        """One round of socket work: receive, forward results, heartbeat, check peers. Caller holds the lock."""
+        assert self._sock is not None
+        events = dict(self._poller.poll(max(0, int(1000 * wait) + (wait > 0))))
+        now = time.monotonic()
+        if self._sock in events:
+            self._broker_deadline = now + self.interval * self.liveness
+            self._backoff = self.interval
+            for frames in _drain(self._sock):
+                self._on_broker(frames)
+        if self._results is not None and self._results in events:
+            for frames in _drain(self._results):
+                self._sock.send_multipart(frames, copy=False)
+        if now >= self._next_heartbeat:
+            self._sock.send_multipart(wire.worker_heartbeat())
+            self._next_heartbeat = now + self.interval
+            if not _parent_alive(self.parent_pid):
+                log.warning("the broker process is gone; exiting")
+                logging.shutdown()
+                os._exit(EXIT_BROKER_GONE)  # a call may be stuck in the library: do not wait for it
+        if now >= self._broker_deadline:
+            self._reconnect()
+
+    def _on_broker(self, frames: list[Any]) -> None:
         try:
             message = parse_for_worker([f.buffer for f in frames])
         except ProtocolError as exc:
             log.warning("dropped a malformed message from the broker: %s", exc)
             return
         if isinstance(message, WorkerRequest):
-            executor.submit(self._run, message)
+            if self._executor is None:
+                self._inline.append(message)
+            else:
+                self._executor.submit(self._run_pooled, message)
         elif isinstance(message, DisconnectToWorker):
             log.info("the broker does not know this worker; registering again")
-            sock.send_multipart(wire.worker_ready(self._info()))
+            assert self._sock is not None
+            self._sock.send_multipart(wire.worker_ready(self._info()))
+
+    def _close(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._sock.send_multipart(wire.worker_disconnect(), flags=zmq.NOBLOCK)
+            self._sock.close(linger=0)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+        if self._results is not None:
+            self._results.close(linger=0)
+        with self._pipes_lock:
+            for pipe in self._pipes:
+                pipe.close(linger=0)
 
 
 def _drain(sock: "zmq.Socket[Any]") -> Iterator[list[zmq.Frame]]:
