@@ -41,6 +41,7 @@ lint: venv
 
 bench: setup
 	$(PY) bench/roundtrip.py
+	$(PY) bench/arrays.py
 
 clean:
 	rm -rf $(STAMPS) $(VENV) .runtime32

@@ -3,9 +3,10 @@
     pip install msl-loadlib   # into any 64-bit venv; not a dllpool dependency
     python bench/msl_loadlib_compare.py [--calls N] [--json]
 
-Uses msl-loadlib's own example (``Cpp64().add``, a 32-bit C++ library behind
-its 32-bit server): start-up time, and p50/p99 of sequential calls from one
-client (its client is not thread-safe, so there is no multi-thread figure).
+Uses msl-loadlib's own example (``Cpp64``, a 32-bit C++ library behind its
+32-bit server): start-up time, p50/p99 of sequential ``add`` calls from one
+client (its client is not thread-safe, so there is no multi-thread figure),
+and ``scalar_multiply`` of --size doubles, the counterpart of bench/arrays.py.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--size", type=int, default=1_000_000, help="doubles for scalar_multiply")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     options = parser.parse_args()
     try:
@@ -37,6 +39,10 @@ def main() -> int:
             t0 = time.perf_counter()
             cpp.add(i, 1)
             samples.append(time.perf_counter() - t0)
+        values = [float(i) for i in range(options.size)]
+        t0 = time.perf_counter()
+        cpp.scalar_multiply(2.0, values)
+        array_seconds = time.perf_counter() - t0
     finally:
         cpp.shutdown_server32()
     samples.sort()
@@ -45,6 +51,8 @@ def main() -> int:
         "p50_us": samples[len(samples) // 2] * 1e6,
         "p99_us": samples[int(len(samples) * 0.99)] * 1e6,
         "calls_per_s": len(samples) / sum(samples),
+        "scalar_multiply_ms": array_seconds * 1e3,
+        "scalar_multiply_MB_per_s": 2 * 8 * options.size / 1e6 / array_seconds,
     }
     if options.json:
         print(json.dumps(result, indent=2))
@@ -52,6 +60,8 @@ def main() -> int:
         p50, p99, rate = result["p50_us"], result["p99_us"], result["calls_per_s"]
         print(f"msl-loadlib start-up {startup:.3f} s")
         print(f"Cpp64().add round trip: p50 {p50:.0f} us, p99 {p99:.0f} us, {rate:,.0f} calls/s from one client")
+        ms, mb = result["scalar_multiply_ms"], result["scalar_multiply_MB_per_s"]
+        print(f"scalar_multiply of {options.size:,} doubles: {ms:.1f} ms ({mb:.0f} MB/s, in and out)")
     return 0
 
 

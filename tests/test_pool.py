@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import sys
 import threading
 import time
@@ -179,3 +180,11 @@ def test_cpp_fortran_and_wrapper_services(client: Client) -> None:
     assert client.call("wrapped", "greet") == "hello from 32-bit C"
     assert client.call("wrapped", "scale_sum", [1.0, 2.0], 3.0) == 9.0
     assert client.call("wrapped", "pointer_size") == 4
+
+
+def test_a_big_array_goes_to_a_32bit_worker_and_back(client: Client) -> None:
+    values = array.array("d", (float(i) for i in range(200_000)))
+    result = client.call("wrapped", "scalar_multiply", 2.5, values)
+    assert isinstance(result, array.array) and result.typecode == "d"
+    assert result == array.array("d", (2.5 * v for v in values))
+    assert client.call("wrapped", "scalar_multiply", 2.0, [1.0, 2.0]) == array.array("d", [2.0, 4.0])

@@ -70,6 +70,17 @@ DEMO_EXPORT double scale_sum(const double *values, int n, double factor) {
     return factor * total;
 }
 
+/* Multiplies values[0..n-1] by factor in place (msl-loadlib's scalar_multiply example does the same). */
+DEMO_EXPORT void scale(double *values, int n, double factor) {
+    int i;
+    if (values == NULL) {
+        return;
+    }
+    for (i = 0; i < n; ++i) {
+        values[i] *= factor;
+    }
+}
+
 /* Deliberately crashes the process (segmentation fault / access violation),
  * so tests can prove that a crashing library only takes down its worker. */
 DEMO_EXPORT int crash(void) {

@@ -7,6 +7,7 @@ name; names starting with an underscore are never callable remotely.
 
 from __future__ import annotations
 
+import array
 import ctypes
 import os
 import struct
@@ -63,6 +64,9 @@ class DemoWrapper(Server32):
         lib.scale_sum.argtypes = [ctypes.POINTER(ctypes.c_double), ctypes.c_int, ctypes.c_double]
         lib.scale_sum.restype = ctypes.c_double
 
+        lib.scale.argtypes = [ctypes.POINTER(ctypes.c_double), ctypes.c_int, ctypes.c_double]
+        lib.scale.restype = None
+
         lib.greet.argtypes = []
         lib.greet.restype = ctypes.c_char_p
 
@@ -86,8 +90,16 @@ class DemoWrapper(Server32):
     def scale_sum(self, values: Sequence[float], factor: float) -> float:
         """factor * sum(values); builds the C double array on this side."""
         n = len(values)
-        array = (ctypes.c_double * n)(*values)
-        return float(self.lib.scale_sum(array, n, float(factor)))
+        buffer = (ctypes.c_double * n)(*values)
+        return float(self.lib.scale_sum(buffer, n, float(factor)))
+
+    def scalar_multiply(self, a: float, xin: Any) -> array.array[float]:
+        """A new array: each element of xin times a. Send an ``array.array('d')``: it travels as one
+        frame of raw doubles, not as a million msgpack floats."""
+        values = array.array("d", xin)
+        buffer = (ctypes.c_double * len(values)).from_buffer(values)
+        self.lib.scale(buffer, len(values), float(a))
+        return values
 
     def pointer_size(self) -> int:
         """sizeof(void*) in the worker: 4 in a 32-bit worker."""
