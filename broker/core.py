@@ -57,7 +57,6 @@ class ServicePolicy:
     """What the broker needs to know of a service; the rest is the worker's business."""
 
     name: str
-    workers: int = 1
     idempotent: frozenset[str] = frozenset()
     queue_limit: int | None = None
 
@@ -496,9 +495,8 @@ class BrokerCore:
             job.worker = worker.ident
             worker.jobs[job.job_id] = job
             worker.next_heartbeat = now + self.heartbeat_interval
-            meta = dict(job.meta)
-            if job.deadline is not None:
-                meta["timeout"] = max(0.0, job.deadline - now)
+            # The worker gets what is left of the caller's timeout, not the whole of it.
+            meta = job.meta if job.deadline is None else {**job.meta, "timeout": max(0.0, job.deadline - now)}
             actions.append(ToWorker(worker.ident, wire.request_to_worker(job.job_id, job.method, meta, job.payload)))
         return actions
 

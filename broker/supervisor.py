@@ -238,9 +238,6 @@ class Supervisor:
                 log.warning("killing worker pid %d: %s", pid, reason)
                 slot.process.kill()
 
-    def pids(self) -> list[int]:
-        return sorted(p.pid for p in self._processes() if p.poll() is None)
-
     def _processes(self) -> Iterator[subprocess.Popen[bytes]]:
         return (slot.process for slot in self._slots if slot.process is not None)
 

@@ -6,7 +6,8 @@ pass without the thing this project exists for.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,13 @@ def pool() -> Iterator[Pool]:
 def client(pool: Pool) -> Iterator[Client]:
     with pool.client(timeout=30) as c:
         yield c
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
 
 
 def assert_no_children_left(pids: list[int]) -> None:

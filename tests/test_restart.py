@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,17 +15,10 @@ import pytest
 from broker import Pool
 from client import BrokerUnavailable, Timeout
 
-from .conftest import ROOT, assert_no_children_left, demo_service, pid_alive
+from .conftest import ROOT, assert_no_children_left, demo_service, pid_alive, wait_for
 from .test_cli import children_of
 
 DLLPOOL = [sys.executable, "-m", "broker.cli"]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture()
