@@ -2,16 +2,18 @@
 #   make demo   start the default pool and show 32-bit workers answering
 #   make test   run the test suite
 #   make lint   ruff and mypy
-#   make setup  only install: virtualenv + project, 32-bit runtime, demo libraries
+#   make setup  only install: virtualenv + project, then `dllpool setup` (the 32-bit runtime and the
+#               demo libraries, with their system packages through one tolerant apt path)
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMPS := .make
 
-.PHONY: setup demo test lint bench clean venv runtime32 examples
+.PHONY: setup demo test lint bench clean venv
 
-setup: venv runtime32 examples
+setup: venv
+	$(VENV)/bin/dllpool setup
 
 venv: $(STAMPS)/venv
 
@@ -20,13 +22,6 @@ $(STAMPS)/venv: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@mkdir -p $(STAMPS) && touch $@
-
-# Idempotent and quick once done: the command checks its own manifest.
-runtime32: venv
-	$(VENV)/bin/dllpool runtime32 setup
-
-examples:
-	$(MAKE) --no-print-directory -C examples
 
 demo: setup
 	$(VENV)/bin/dllpool demo
@@ -44,5 +39,4 @@ bench: setup
 	$(PY) bench/arrays.py
 
 clean:
-	rm -rf $(STAMPS) $(VENV) .runtime32
-	$(MAKE) -C examples clean
+	rm -rf $(STAMPS) $(VENV) .runtime32 examples/build

@@ -1,7 +1,8 @@
 """The 64-bit broker: routing core, socket loop, supervisor, configuration, ``Pool``."""
 
-from .config import PoolConfig, ServiceConfig, default_config_path, load_config
+from .config import PoolConfig, ServiceConfig, load_config
 from .core import Action, BrokerCore, KillWorker, ServicePolicy, ToClient, ToWorker
+from .locations import default_config_path
 from .loop import BrokerLoop
 from .pool import Pool
 from .supervisor import Exit, Supervisor

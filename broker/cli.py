@@ -23,7 +23,8 @@ from client import CurveKeys
 from protocol import CallError, ConfigError, DllPoolError
 
 from . import runtime32
-from .config import default_config_path, load_config
+from .config import load_config
+from .install import setup
 from .pool import Pool
 from .security import create_keys, load_public_keys
 from .supervisor import serve_workers
@@ -37,7 +38,11 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "-c", "--config", type=Path, default=None, help=f"pool configuration (default: {default_config_path()})"
+        "-c",
+        "--config",
+        type=Path,
+        default=None,
+        help="pool configuration (default: the embedded one, after `dllpool setup` has prepared what it needs)",
     )
 
 
@@ -93,6 +98,12 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--workers", type=int, help="processes per service (default: the configuration's)")
     _curve_args(worker)
 
+    install = commands.add_parser(
+        "setup", help="install what the default configuration needs: the 32-bit runtime and the demo libraries"
+    )
+    install.add_argument("--prefix", type=Path, help=f"32-bit runtime folder (default: {runtime32.default_prefix()})")
+    install.add_argument("--json", action="store_true", help="machine-readable output")
+
     rt = commands.add_parser("runtime32", help="provision or inspect the 32-bit Python runtime")
     rt_commands = rt.add_subparsers(dest="action", required=True, metavar="ACTION")
     rt_setup = rt_commands.add_parser("setup", help="install a 32-bit CPython with pyzmq and msgpack (idempotent)")
@@ -106,13 +117,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     options = _parser().parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(options.verbose, 2)]
-    if options.command in ("up", "runtime32"):
+    if options.command in ("up", "runtime32", "setup"):
         level = min(level, logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        handler = {"up": _up, "call": _call, "demo": _demo, "keys": _keys, "worker": _worker, "runtime32": _runtime32}[
-            options.command
-        ]
+        handler = _HANDLERS[options.command]
         return handler(options)
     except ConfigError as exc:
         print(f"dllpool: configuration error: {exc}", file=sys.stderr)
@@ -126,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _up(options: argparse.Namespace) -> int:
     stop = _stop_on_signals()
+    if options.config is None:
+        setup()
     with Pool.from_config(options.config) as pool:
         if options.json:
             print(json.dumps({"address": pool.address, "workers": pool.workers()}), flush=True)
@@ -170,6 +181,8 @@ def _jsonable(value: Any) -> Any:
 def _demo(options: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    if options.config is None:
+        setup()
     report = run_demo(options.config)
     if options.json:
         print(json.dumps(report, indent=2, default=_jsonable))
@@ -215,6 +228,26 @@ def _keys(options: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _setup(options: argparse.Namespace) -> int:
+    report = setup(options.prefix)
+    info = runtime32.describe(report.runtime.interpreter)
+    if options.json:
+        result = {
+            "runtime32": info,
+            "libraries": str(report.libraries.folder),
+            "config": str(report.config),
+            "actions": list(report.actions),
+            "seconds": round(report.seconds, 3),
+        }
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    print(f"32-bit runtime: Python {info['version']} ({info['bits']}-bit) at {info['executable']}")
+    print(f"demo libraries: {report.libraries.folder}")
+    print(f"default configuration: {report.config}")
+    print(f"{'; '.join(report.actions) or 'everything was already in place'} ({report.seconds:.1f} s)")
+    return EXIT_OK
+
+
 def _runtime32(options: argparse.Namespace) -> int:
     if options.action == "setup":
         started = time.monotonic()
@@ -232,6 +265,16 @@ def _runtime32(options: argparse.Namespace) -> int:
             print(f"{key:>12}: {value}")
     return EXIT_OK
 
+
+_HANDLERS = {
+    "up": _up,
+    "call": _call,
+    "demo": _demo,
+    "keys": _keys,
+    "worker": _worker,
+    "runtime32": _runtime32,
+    "setup": _setup,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,12 +18,14 @@ from typing import Any
 from protocol import ConfigError
 from workers32.signatures import check_type
 
+from .locations import default_config_path
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-__all__ = ["PoolConfig", "ServiceConfig", "default_config_path", "load_config"]
+__all__ = ["PoolConfig", "ServiceConfig", "load_config"]
 
 _POOL_KEYS = {
     "frontend",
@@ -97,11 +99,6 @@ class PoolConfig:
             if service.name == name:
                 return service
         raise KeyError(name)
-
-
-def default_config_path() -> Path:
-    """The embedded default configuration, ``config/pool.toml`` beside the packages."""
-    return Path(__file__).resolve().parent.parent / "config" / "pool.toml"
 
 
 def load_config(source: str | Path | Mapping[str, Any] | None = None) -> PoolConfig:

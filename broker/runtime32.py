@@ -32,9 +32,13 @@ import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from protocol.errors import RuntimeMissing
+
+from . import locations
+from .syspkg import Apt, Requirement, is_installed, provide, run, tail
 
 __all__ = [
     "Interpreter",
@@ -45,7 +49,6 @@ __all__ = [
     "describe",
     "from_executable",
     "load",
-    "project_root",
     "provision",
     "setup",
 ]
@@ -54,7 +57,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "runtime32.json"
 MANIFEST_FORMAT = 1
-ENV_PREFIX = "DLLPOOL_RUNTIME32"
+ENV_PREFIX = locations.ENV_RUNTIME32
 SETUP_HINT = "run `dllpool runtime32 setup` (or `make setup`)"
 CONFIG_HINT = 'or name a 32-bit interpreter in the configuration: [runtime32] python = "/path/to/python"'
 
@@ -86,10 +89,6 @@ _WHEELS = ("pyzmq", "msgpack")
 _ROOT_DIR = "root"
 _SITE_DIR = "site"
 _SITE_MARKER = ".dllpool-wheels.json"
-
-_APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}
-#: Wait for another apt/dpkg run (unattended upgrades, a colleague) instead of failing.
-_APT_OPTIONS = ("-o", "DPkg::Lock::Timeout=600")
 
 # Run inside the candidate interpreter; it must work on Python 3.9+ and print
 # one JSON line even when pyzmq or msgpack is missing, so the caller can say what.
@@ -175,15 +174,9 @@ class SetupResult:
 # --------------------------------------------------------------------------- paths
 
 
-def project_root() -> Path:
-    """The repository root: the parent of the ``broker`` package folder."""
-    return Path(__file__).resolve().parent.parent
-
-
 def default_prefix() -> Path:
-    """``$DLLPOOL_RUNTIME32`` if set, else ``<project root>/.runtime32``."""
-    value = os.environ.get(ENV_PREFIX, "").strip()
-    return Path(value).expanduser().resolve() if value else project_root() / ".runtime32"
+    """Where :func:`setup` provisions by default; see :func:`locations.runtime32_prefix`."""
+    return locations.runtime32_prefix()
 
 
 # --------------------------------------------------------------------------- binaries
@@ -296,12 +289,12 @@ def _run_python(interp: Interpreter, code: str, timeout: float) -> dict[str, obj
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         raise RuntimeMissing(
-            f"32-bit Python {interp.executable} failed (exit code {proc.returncode}): {_tail(proc.stderr)}"
+            f"32-bit Python {interp.executable} failed (exit code {proc.returncode}): {tail(proc.stderr)}"
         )
     try:
         data = json.loads(lines[-1])
     except ValueError as exc:
-        raise RuntimeMissing(f"32-bit Python {interp.executable} printed no report: {_tail(proc.stdout)}") from exc
+        raise RuntimeMissing(f"32-bit Python {interp.executable} printed no report: {tail(proc.stdout)}") from exc
     if not isinstance(data, dict):
         raise RuntimeMissing(f"32-bit Python {interp.executable} printed an odd report: {data!r:.200}")
     return data
@@ -371,7 +364,7 @@ def setup(prefix: Path | None = None) -> Interpreter:
     return provision(prefix).interpreter
 
 
-def provision(prefix: Path | None = None) -> SetupResult:
+def provision(prefix: Path | None = None, apt: Apt | None = None) -> SetupResult:
     """Make the 32-bit runtime ready and say what had to be done.
 
     Idempotent: when the manifest exists and the interpreter passes its
@@ -401,7 +394,7 @@ def provision(prefix: Path | None = None) -> SetupResult:
             return SetupResult(ready, (), time.monotonic() - started)
         (prefix / MANIFEST).unlink(missing_ok=True)
         actions: list[str] = []
-        apt = _Apt()
+        apt = apt if apt is not None else Apt(f"; {CONFIG_HINT}")
         minor = _debian_python_minor()
         log.info("Debian ships Python 3.%d; building its 32-bit runtime in %s", minor, prefix)
         actions += _ensure_i386_libraries(apt, minor)
@@ -482,84 +475,9 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _run(cmd: Sequence[str], *, timeout: float, cwd: Path | None = None, what: str = "") -> str:
-    """Run a setup command; its output goes to DEBUG, its failure into a RuntimeMissing."""
-    log.debug("running %s", " ".join(cmd))
-    try:
-        proc = subprocess.run(
-            list(cmd),
-            env={**os.environ, **_APT_ENV},
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise RuntimeMissing(f"{what or cmd[0]} failed: {exc}") from exc
-    if proc.stdout.strip():
-        log.debug("%s", proc.stdout.rstrip())
-    if proc.returncode != 0:
-        raise _CommandFailed(
-            f"{what or cmd[0]} failed (`{' '.join(cmd)}`, exit code {proc.returncode}): "
-            f"{_tail(proc.stderr or proc.stdout)}",
-            proc.stdout + proc.stderr,
-        )
-    return proc.stdout
-
-
-class _CommandFailed(RuntimeMissing):
-    """A setup command failed; ``output`` keeps all it printed, for the callers that parse it."""
-
-    def __init__(self, message: str, output: str) -> None:
-        super().__init__(message)
-        self.output = output
-
-
-def _tail(text: str, lines: int = 8) -> str:
-    return " | ".join(text.strip().splitlines()[-lines:]) or "(no output)"
-
-
-class _Apt:
-    """apt operations that need root, with ``apt-get update`` run at most once per setup."""
-
-    def __init__(self) -> None:
-        self.updated = False
-        self.update_error = ""
-
-    def require_root(self, doing: str, commands: str) -> None:
-        if os.geteuid() != 0:
-            raise RuntimeMissing(
-                f"setting up the 32-bit runtime needs root to {doing}: run `sudo dllpool runtime32 setup`, "
-                f"or have an administrator run `{commands}` first, {CONFIG_HINT}"
-            )
-
-    def update(self) -> list[str]:
-        """Refresh the package lists once; a partly failed refresh is only a warning.
-
-        A mirror in mid-sync or one unreachable extra repository makes
-        ``apt-get update`` fail while the lists it did get are fine; what is
-        really missing shows up, with this note, when apt is used.
-        """
-        if self.updated:
-            return []
-        self.require_root("refresh the package lists", "apt-get update")
-        log.info("apt-get update")
-        try:
-            _run(["apt-get", "update", *_APT_OPTIONS], timeout=900, what="apt-get update")
-        except RuntimeMissing as exc:
-            self.update_error = str(exc)
-            log.warning("%s; carrying on with the package lists apt has", exc)
-        self.updated = True
-        return ["apt-get update"]
-
-    def note(self) -> str:
-        return f" (after a failed refresh: {self.update_error})" if self.update_error else ""
-
-
 def _debian_python_minor() -> int:
     """The Python 3 minor version this release ships, from ``python3-minimal``'s dependency."""
-    out = _run(["apt-cache", "depends", "python3-minimal"], timeout=120, what="apt-cache depends python3-minimal")
+    out = run(["apt-cache", "depends", "python3-minimal"], timeout=120, what="apt-cache depends python3-minimal")
     match = re.search(r"Depends:\s*python3\.(\d+)-minimal\b", out)
     if match is None:
         raise RuntimeMissing(
@@ -573,68 +491,28 @@ def _interpreter_packages(minor: int) -> list[str]:
     return [f"python3.{minor}-minimal:i386", f"libpython3.{minor}-minimal:i386", f"libpython3.{minor}-stdlib:i386"]
 
 
-def _ensure_i386_libraries(apt: _Apt, minor: int) -> list[str]:
+def _ensure_i386_libraries(apt: Apt, minor: int) -> list[str]:
     """Step 1: the i386 architecture and the shared libraries the interpreter links to."""
     actions: list[str] = []
-    foreign = _run(["dpkg", "--print-foreign-architectures"], timeout=60).split()
+    foreign = run(["dpkg", "--print-foreign-architectures"], timeout=60).split()
     if "i386" not in foreign:
         apt.require_root("enable the i386 architecture", "dpkg --add-architecture i386 && apt-get update")
         log.info("enabling the i386 architecture (dpkg --add-architecture i386)")
-        _run(["dpkg", "--add-architecture", "i386"], timeout=60, what="dpkg --add-architecture i386")
+        run(["dpkg", "--add-architecture", "i386"], timeout=60, what="dpkg --add-architecture i386")
         actions.append("dpkg --add-architecture i386")
     packages = _interpreter_packages(minor)
     depends = ["apt-cache", "depends", "--no-recommends", "--no-suggests", *packages]
     try:
-        out = _run(depends, timeout=120)
+        out = run(depends, timeout=120)
     except RuntimeMissing:  # no i386 package lists yet
         actions += apt.update()
-        out = _run(depends, timeout=120, what="apt-cache depends" + apt.note())
+        out = run(depends, timeout=120, what="apt-cache depends" + apt.note())
     needed = _library_dependencies(out, minor) + [f"{name}:i386" for name in _EXTRA_I386_PACKAGES]
-    missing = [pkg for pkg in dict.fromkeys(needed) if not _is_installed(pkg)]
-    if not missing:
-        log.info("i386 libraries already installed (%d packages)", len(needed))
-        return actions
-    command = "apt-get install -y --no-install-recommends " + " ".join(missing)
-    apt.require_root("install the 32-bit libraries", command)
-    actions += apt.update()
-    pins = _version_pins(missing)
-    log.info("installing i386 libraries: %s", " ".join(missing))
-    installed = _apt_install(missing, pins, what="apt-get install" + apt.note())
-    actions.append("apt-get install " + " ".join(installed))
-    return actions
-
-
-def _apt_install(packages: Sequence[str], pins: str, *, what: str, simulate: bool = False) -> list[str]:
-    """``apt-get install`` with ``pins`` as preferences; returns the packages it was given in the end.
-
-    apt's resolver does not pull in an i386 dependency whose candidate clashes
-    with its installed 64-bit twin; named on the command line (with the pins)
-    it does.  So an i386 package apt reports as "not going to be installed"
-    is added and the install retried, a few times at most.
-    """
-    wanted = list(packages)
-    with tempfile.NamedTemporaryFile("w", prefix="dllpool-apt-", suffix=".pref") as prefs:
-        system_prefs = Path("/etc/apt/preferences")
-        if system_prefs.is_file():  # our file replaces it for this one command
-            prefs.write(system_prefs.read_text(encoding="utf-8", errors="replace") + "\n\n")
-        prefs.write(pins)
-        prefs.flush()
-        os.chmod(prefs.name, 0o644)
-        options = ["-s"] if simulate else ["-y"]
-        for _attempt in range(6):
-            cmd = ["apt-get", "install", *options, "--no-install-recommends", *_APT_OPTIONS]
-            cmd += ["-o", f"Dir::Etc::preferences={prefs.name}", *wanted]
-            try:
-                _run(cmd, timeout=1800, what=what)
-                return wanted
-            except _CommandFailed as exc:
-                held = re.findall(r"Depends: (\S+:i386) [^\n]*?but it is not going to be installed", exc.output)
-                extra = [pkg for pkg in dict.fromkeys(held) if pkg not in wanted]
-                if not extra:
-                    raise
-                log.info("naming held-back i386 dependencies too: %s", " ".join(extra))
-                wanted += extra
-    raise RuntimeMissing(f"{what} failed: apt kept holding back i386 dependencies of {' '.join(packages)}")
+    requirements = [Requirement(pkg, partial(is_installed, pkg)) for pkg in dict.fromkeys(needed)]
+    done = provide(requirements, apt, purpose="run the 32-bit Python", pins=_version_pins)
+    if not done:
+        log.info("i386 libraries already installed (%d packages)", len(requirements))
+    return actions + done
 
 
 def _version_pins(packages: Sequence[str]) -> str:
@@ -648,8 +526,8 @@ def _version_pins(packages: Sequence[str]) -> str:
     from the same source at the same version (``libssl-dev`` with ``libssl3``).
     Never a downgrade: where no such version exists apt is left to explain.
     """
-    native = _run(["dpkg", "--print-architecture"], timeout=60).strip()
-    out = _run(
+    native = run(["dpkg", "--print-architecture"], timeout=60).strip()
+    out = run(
         [
             "apt-cache",
             "depends",
@@ -709,7 +587,7 @@ def _version_pins(packages: Sequence[str]) -> str:
 def _installed_packages() -> dict[tuple[str, str], tuple[str, str, str]]:
     """``(name, arch) -> (version, source, multi-arch)`` of every installed package."""
     fields = ("Package", "Architecture", "Version", "source:Package", "Multi-Arch", "db:Status-Abbrev")
-    out = _run(["dpkg-query", "-W", "-f=" + "\t".join(f"${{{f}}}" for f in fields) + "\n"], timeout=120)
+    out = run(["dpkg-query", "-W", "-f=" + "\t".join(f"${{{f}}}" for f in fields) + "\n"], timeout=120)
     result: dict[tuple[str, str], tuple[str, str, str]] = {}
     for line in out.splitlines():
         name, arch, version, source, multi_arch, status = (line.split("\t") + [""] * 6)[:6]
@@ -722,7 +600,7 @@ def _available_versions(names: Sequence[str]) -> dict[str, list[str]]:
     """Downloadable versions of each package (as named: ``pkg`` or ``pkg:arch``), newest first."""
     if not names:
         return {}
-    out = _run(["apt-cache", "policy", *names], timeout=300, what="apt-cache policy")
+    out = run(["apt-cache", "policy", *names], timeout=300, what="apt-cache policy")
     result: dict[str, list[str]] = {}
     current: list[str] = []
     version = ""
@@ -770,14 +648,7 @@ def _library_dependencies(apt_cache_depends: str, minor: int) -> list[str]:
     return found
 
 
-def _is_installed(package: str) -> bool:
-    proc = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True, check=False, timeout=60
-    )
-    return proc.returncode == 0 and proc.stdout.strip().endswith(" installed")
-
-
-def _ensure_interpreter(apt: _Apt, prefix: Path, minor: int) -> list[str]:
+def _ensure_interpreter(apt: Apt, prefix: Path, minor: int) -> list[str]:
     """Step 2: Debian's i386 interpreter packages, downloaded and unpacked into ``<prefix>/root``."""
     root = prefix / _ROOT_DIR
     if (root / "usr" / "bin" / f"python3.{minor}").is_file():
@@ -791,19 +662,19 @@ def _ensure_interpreter(apt: _Apt, prefix: Path, minor: int) -> list[str]:
         _let_apt_write(Path(tmp))
         log.info("downloading %s", " ".join(packages))
         try:
-            _run(["apt-get", "download", *packages], cwd=Path(tmp), timeout=900, what="apt-get download")
+            run(["apt-get", "download", *packages], cwd=Path(tmp), timeout=900, what="apt-get download")
         except RuntimeMissing:
             if apt.updated or os.geteuid() != 0:
                 raise
             log.info("download failed; refreshing the package lists and retrying")
             apt.update()
-            _run(["apt-get", "download", *packages], cwd=Path(tmp), timeout=900, what="apt-get download" + apt.note())
+            run(["apt-get", "download", *packages], cwd=Path(tmp), timeout=900, what="apt-get download" + apt.note())
         debs = sorted(Path(tmp).glob("*.deb"))
         if len(debs) != len(packages):
             raise RuntimeMissing(f"apt-get download fetched {[d.name for d in debs]}, expected {packages}")
         for deb in debs:
             log.info("unpacking %s", deb.name)
-            _run(["dpkg", "-x", str(deb), str(staging)], timeout=300, what=f"dpkg -x {deb.name}")
+            run(["dpkg", "-x", str(deb), str(staging)], timeout=300, what=f"dpkg -x {deb.name}")
     os.replace(staging, root)
     return [f"unpacked {' '.join(packages)}"]
 
@@ -853,7 +724,7 @@ def _ensure_wheels(prefix: Path, minor: int) -> list[str]:
             *_WHEELS,
         ]
         log.info("downloading i686 wheels for Python 3.%d: %s", minor, " ".join(_WHEELS))
-        _run(cmd, timeout=900, what="pip download of the i686 wheels")
+        run(cmd, timeout=900, what="pip download of the i686 wheels")
         wheels = sorted(Path(tmp).glob("*.whl"))
         names = {w.name.split("-")[0].lower() for w in wheels}
         if names != set(_WHEELS):

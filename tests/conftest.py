@@ -31,7 +31,7 @@ def pid_alive(pid: int) -> bool:
 def library(bits: int, name: str = "libdemo.so") -> str:
     path = EXAMPLES / str(bits) / name
     if not path.exists():
-        pytest.fail(f"{path} is missing: run `make -C examples` (make test does)")
+        pytest.fail(f"{path} is missing: run `dllpool setup` (make test does)")
     return str(path)
 
 

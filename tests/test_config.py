@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from broker.config import PoolConfig, default_config_path, load_config
+from broker.config import PoolConfig, load_config
+from broker.locations import default_config_path
 from protocol.errors import ArgumentError, ConfigError
 from workers32.signatures import CFunction, check_type, type_names
 
@@ -261,7 +262,7 @@ def test_check_type_knows_every_listed_name() -> None:
 
 needs_lib = pytest.mark.skipif(
     not LIBDEMO64.exists() or struct.calcsize("P") != 8 or not sys.platform.startswith("linux"),
-    reason="needs the 64-bit demo library (make -C examples) in a 64-bit Linux process",
+    reason="needs the 64-bit demo library (dllpool setup) in a 64-bit Linux process",
 )
 
 

@@ -1,7 +1,7 @@
 """Tests for the demo libraries under examples/ (C, C++, Fortran; 32 and 64 bit).
 
-A session fixture runs ``make -C examples`` (which installs the multilib
-compilers once, if needed and possible). The 64-bit builds are loaded with
+A session fixture runs the demo-library build of ``dllpool setup`` (which
+installs the multilib compilers once, if needed and possible). The 64-bit builds are loaded with
 ctypes in this (64-bit) test process; the 32-bit builds are checked for their
 ELF class here and exercised for real through a 32-bit interpreter when the
 project's 32-bit runtime (.runtime32/runtime32.json) is present. The worker
@@ -11,6 +11,7 @@ tests exercise them through the real 32-bit workers.
 from __future__ import annotations
 
 import ctypes
+import shutil
 import signal
 import struct
 import subprocess
@@ -21,39 +22,20 @@ from pathlib import Path
 
 import pytest
 
-from broker import runtime32
+from broker import demolibs, runtime32
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 BUILD = EXAMPLES / "build"
 LIB_NAMES = ("libdemo.so", "libdemo_cpp.so", "libdemo_f.so")
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="examples/Makefile builds Linux .so files")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the demo build makes Linux .so files")
 
 
 @pytest.fixture(scope="session")
 def built() -> Path:
-    """Runs `make -C examples` once per session (serialised with a file lock,
-    so parallel pytest workers do not build at the same time)."""
-    import fcntl
-
-    BUILD.mkdir(parents=True, exist_ok=True)
-    with open(BUILD / ".make.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            proc = subprocess.run(
-                ["make", "-C", str(EXAMPLES)],
-                cwd=str(ROOT),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                timeout=1800,
-            )
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    if proc.returncode != 0:
-        pytest.fail(f"make -C examples failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
-    return BUILD
+    """The demo libraries, built (or found up to date) once per session, as `dllpool setup` does."""
+    return demolibs.build(ROOT).folder
 
 
 def elf_class(path: Path) -> int:
@@ -77,16 +59,21 @@ def test_64bit_builds_are_elf64(built: Path, name: str) -> None:
     assert elf_class(built / "64" / name) == 2
 
 
-def test_second_make_is_a_no_op(built: Path) -> None:
-    proc = subprocess.run(
-        ["make", "-C", str(EXAMPLES), "-q"],
-        cwd=str(ROOT),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, f"make -q says something is out of date:\n{proc.stdout}"
+def test_second_build_is_a_no_op(built: Path) -> None:
+    """Up to date: nothing is compiled and no apt command runs (the toolchain is not even probed)."""
+    result = demolibs.build(ROOT)
+    assert result.built == ()
+    assert result.actions == ()
+
+
+def test_a_changed_source_is_rebuilt(built: Path, tmp_path: Path) -> None:
+    """A copy of the demo tree: touching nothing rebuilds nothing, editing a source rebuilds its two builds."""
+    shutil.copytree(EXAMPLES, tmp_path / "examples", ignore=shutil.ignore_patterns("build"))
+    first = demolibs.build(tmp_path)
+    assert sorted(first.built) == sorted(f"{b}/{n}" for b in (32, 64) for n in LIB_NAMES)
+    source = tmp_path / "examples" / "c" / "demo.c"
+    source.write_text(source.read_text() + "\n/* changed */\n")
+    assert sorted(demolibs.build(tmp_path).built) == ["32/libdemo.so", "64/libdemo.so"]
 
 
 # ------------------------------------------------- 64-bit builds, in process

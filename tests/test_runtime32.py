@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from broker import runtime32
+from broker import locations, runtime32
 from broker.runtime32 import Interpreter
 from protocol.errors import RuntimeMissing
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _in_ci() -> bool:
@@ -77,7 +79,7 @@ def test_64_bit_pyzmq_never_reaches_the_32_bit_process(interp: Interpreter, monk
     site_packages = str(Path(zmq.__file__).parent.parent)
     monkeypatch.setenv("PYTHONPATH", site_packages)
     monkeypatch.setenv("VIRTUAL_ENV", str(Path(sys.executable).parent.parent))
-    project = str(runtime32.project_root())
+    project = str(ROOT)
     env = runtime32.command_env(interp, [project])
     assert "VIRTUAL_ENV" not in env
     assert env["PYTHONNOUSERSITE"] == "1"
@@ -147,8 +149,8 @@ def test_load_of_a_broken_manifest_says_how_to_fix_it(tmp_path: Path) -> None:
 
 def test_default_prefix_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("DLLPOOL_RUNTIME32", raising=False)
-    assert runtime32.default_prefix() == runtime32.project_root() / ".runtime32"
-    assert (runtime32.project_root() / "broker" / "runtime32.py").is_file()
+    assert runtime32.default_prefix() == ROOT / ".runtime32"
+    assert locations.checkout_root() == ROOT
     monkeypatch.setenv("DLLPOOL_RUNTIME32", str(tmp_path))
     assert runtime32.default_prefix() == tmp_path.resolve()
 

@@ -21,7 +21,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def default_library_path() -> str:
-    """The demo library built for this interpreter's bitness by examples/Makefile."""
+    """The demo library built for this interpreter's bitness by `dllpool setup`."""
     bits = struct.calcsize("P") * 8
     if sys.platform.startswith("win"):
         name = "demo.dll"
@@ -48,7 +48,7 @@ class DemoWrapper(Server32):
     def __init__(self, **options: Any) -> None:
         path = options.pop("path", None) or default_library_path()
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"demo library not found: {path} (build it with `make -C examples`)")
+            raise FileNotFoundError(f"demo library not found: {path} (build it with `dllpool setup`)")
         super().__init__(path, "cdll", **options)
         lib = self.lib
 

@@ -1,0 +1,201 @@
+"""System packages through apt: the one path every set-up step installs with.
+
+The 32-bit runtime's i386 libraries and the demo libraries' compilers both
+come from here, with the same tolerance: nothing runs when nothing is
+missing; ``apt-get update`` runs at most once, and its failure (a mirror in
+mid-sync, one unreachable extra repository) is only a warning, since the
+lists apt already has are usually enough; an install that still fails names
+the packages and the command to run by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocol.errors import RuntimeMissing
+
+__all__ = ["Apt", "CommandFailed", "Requirement", "is_installed", "provide", "run", "tail"]
+
+log = logging.getLogger(__name__)
+
+_APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}
+APT_OPTIONS = ("-o", "DPkg::Lock::Timeout=600")
+"""Wait for another apt/dpkg run (unattended upgrades, a colleague) instead of failing."""
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A Debian package and how to tell that what it provides is there."""
+
+    package: str
+    present: Callable[[], bool]
+
+
+class CommandFailed(RuntimeMissing):
+    """A set-up command failed; ``output`` keeps all it printed, for the callers that parse it."""
+
+    def __init__(self, message: str, output: str) -> None:
+        super().__init__(message)
+        self.output = output
+
+
+def tail(text: str, lines: int = 8) -> str:
+    return " | ".join(text.strip().splitlines()[-lines:]) or "(no output)"
+
+
+def run(cmd: Sequence[str], *, timeout: float, cwd: Path | None = None, what: str = "") -> str:
+    """Run a set-up command; its output goes to DEBUG, its failure into a :class:`CommandFailed`."""
+    log.debug("running %s", " ".join(cmd))
+    try:
+        proc = subprocess.run(
+            list(cmd),
+            env={**os.environ, **_APT_ENV},
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeMissing(f"{what or cmd[0]} failed: {exc}") from exc
+    if proc.stdout.strip():
+        log.debug("%s", proc.stdout.rstrip())
+    if proc.returncode != 0:
+        raise CommandFailed(
+            f"{what or cmd[0]} failed (`{' '.join(cmd)}`, exit code {proc.returncode}): "
+            f"{tail(proc.stderr or proc.stdout)}",
+            proc.stdout + proc.stderr,
+        )
+    return proc.stdout
+
+
+def is_installed(package: str) -> bool:
+    try:
+        proc = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True, check=False, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0 and proc.stdout.strip().endswith(" installed")
+
+
+class Apt:
+    """apt operations that need root, with ``apt-get update`` run at most once per set-up."""
+
+    def __init__(self, hint: str = "") -> None:
+        self.hint = hint
+        """Appended to errors: another way out, such as naming an interpreter in the configuration."""
+        self.updated = False
+        self.update_error = ""
+
+    def require_root(self, doing: str, commands: str) -> None:
+        if os.geteuid() != 0:
+            raise RuntimeMissing(
+                f"dllpool needs root to {doing}: run the set-up as root (`sudo dllpool setup`), "
+                f"or have an administrator run `{commands}` first{self.hint}"
+            )
+
+    def update(self) -> list[str]:
+        """Refresh the package lists once; a partly failed refresh is only a warning.
+
+        What is really missing shows up, with :meth:`note`, when apt is used.
+        """
+        if self.updated:
+            return []
+        self.require_root("refresh the package lists", "apt-get update")
+        log.info("apt-get update")
+        try:
+            run(["apt-get", "update", *APT_OPTIONS], timeout=900, what="apt-get update")
+        except RuntimeMissing as exc:
+            self.update_error = str(exc)
+            log.warning("%s; carrying on with the package lists apt has", exc)
+        self.updated = True
+        return ["apt-get update"]
+
+    def note(self) -> str:
+        return f" (after a failed refresh: {self.update_error})" if self.update_error else ""
+
+    def install(self, packages: Sequence[str], *, pins: str = "", simulate: bool = False) -> list[str]:
+        """``apt-get install`` with ``pins`` as preferences; returns the packages it was given in the end.
+
+        apt's resolver does not pull in an i386 dependency whose candidate clashes
+        with its installed 64-bit twin; named on the command line (with the pins)
+        it does.  So an i386 package apt reports as "not going to be installed"
+        is added and the install retried, a few times at most.
+        """
+        wanted = list(packages)
+        what = "apt-get install" + self.note()
+        with tempfile.NamedTemporaryFile("w", prefix="dllpool-apt-", suffix=".pref") as prefs:
+            system_prefs = Path("/etc/apt/preferences")
+            if pins and system_prefs.is_file():  # our file replaces it for this one command
+                prefs.write(system_prefs.read_text(encoding="utf-8", errors="replace") + "\n\n")
+            prefs.write(pins)
+            prefs.flush()
+            os.chmod(prefs.name, 0o644)
+            options = ["-s"] if simulate else ["-y"]
+            for _attempt in range(6):
+                cmd = ["apt-get", "install", *options, "--no-install-recommends", *APT_OPTIONS]
+                if pins:
+                    cmd += ["-o", f"Dir::Etc::preferences={prefs.name}"]
+                try:
+                    run([*cmd, *wanted], timeout=1800, what=what)
+                    return wanted
+                except CommandFailed as exc:
+                    held = re.findall(r"Depends: (\S+:i386) [^\n]*?but it is not going to be installed", exc.output)
+                    extra = [pkg for pkg in dict.fromkeys(held) if pkg not in wanted]
+                    if not extra:
+                        raise
+                    log.info("naming held-back i386 dependencies too: %s", " ".join(extra))
+                    wanted += extra
+        raise RuntimeMissing(f"{what} failed: apt kept holding back i386 dependencies of {' '.join(packages)}")
+
+
+def provide(
+    requirements: Sequence[Requirement], apt: Apt, *, purpose: str, pins: Callable[[Sequence[str]], str] | None = None
+) -> list[str]:
+    """Install the packages of the requirements not yet met; the actions taken (none when all are met).
+
+    ``pins`` computes apt preferences for the missing packages (the i386
+    libraries must match their 64-bit twins' versions).  Raises
+    :class:`RuntimeMissing` naming the packages and the command to run by
+    hand when apt cannot be used or the requirements are still unmet after it.
+    """
+    missing = list(dict.fromkeys(r.package for r in requirements if not r.present()))
+    if not missing:
+        return []
+    by_hand = f"apt-get update; apt-get install -y --no-install-recommends {' '.join(missing)}"
+    if not _has_apt():
+        raise RuntimeMissing(
+            f"to {purpose} dllpool needs these Debian/Ubuntu packages: {' '.join(missing)}; this system has no "
+            f"apt-get, so install their equivalents with its package manager{apt.hint}"
+        )
+    apt.require_root(f"install {' '.join(missing)} (to {purpose})", by_hand)
+    actions = apt.update()
+    log.info("installing %s (to %s)", " ".join(missing), purpose)
+    try:
+        installed = apt.install(missing, pins=pins(missing) if pins else "")
+    except RuntimeMissing as exc:
+        raise RuntimeMissing(
+            f"could not install {' '.join(missing)} (to {purpose}): {exc}. "
+            f"Run `{by_hand}` by hand, then run the set-up again{apt.hint}"
+        ) from exc
+    actions.append("apt-get install " + " ".join(installed))
+    still = [r.package for r in requirements if not r.present()]
+    if still:
+        raise RuntimeMissing(
+            f"after `apt-get install {' '.join(installed)}`, {' '.join(still)} still do(es) not work (to {purpose}); "
+            f"check the apt output above, or run `{by_hand}` by hand{apt.hint}"
+        )
+    return actions
+
+
+def _has_apt() -> bool:
+    return all(shutil.which(tool) for tool in ("apt-get", "dpkg-query"))
