@@ -1,7 +1,8 @@
 """The ``dllpool`` command: run a pool, call it, show the demo, manage the 32-bit runtime.
 
 Exit codes: 0 success, 1 a call or the pool failed, 2 bad usage or
-configuration (argparse's convention), 130 interrupted.
+configuration (argparse's convention), 130 interrupted. Every exit 2 is one
+line on stderr naming the problem, never a traceback or a usage dump.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import signal
 import sys
 import threading
@@ -17,14 +19,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
+
+import zmq
 
 from client import CurveKeys
 from protocol import CallError, ConfigError, DllPoolError
 
 from . import runtime32
-from .config import load_config
+from .config import PoolConfig, load_config
 from .install import setup
+from .locations import default_config_path
 from .pool import Pool
 from .security import create_keys, load_public_keys
 from .supervisor import serve_workers
@@ -34,6 +39,51 @@ log = logging.getLogger("dllpool")
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one line that says where help is, not the whole usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+class _UsageError(Exception):
+    """A command line that parses but asks for something impossible; ``main`` prints it as one line."""
+
+
+def _number(kind: type[float] | type[int], low: float, inclusive: bool, unit: str) -> Any:
+    """An argparse ``type=`` for a finite number above ``low`` (or at it, when ``inclusive``)."""
+
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not math.isfinite(value) or value < low or (value == low and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {low:g}{unit}, got {text}")
+        return value
+
+    return parse
+
+
+_SECONDS = _number(float, 0, False, " seconds")
+_GRACE = _number(float, 0, True, " seconds")
+_COUNT = _number(int, 1, True, "")
+
+
+def _endpoint(text: str) -> str:
+    """An argparse ``type=``: a ZeroMQ endpoint this libzmq accepts, checked by connecting a throwaway socket."""
+    sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
+    try:
+        sock.connect(text)
+    except zmq.ZMQError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an endpoint ({exc}); give e.g. tcp://HOST:PORT or ipc:///PATH"
+        ) from None
+    finally:
+        sock.close(linger=0)
+    return text
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +110,7 @@ def _curve(options: argparse.Namespace) -> dict[str, str] | None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dllpool", description="Call 32-bit shared libraries from 64-bit Python through a worker pool."
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
@@ -68,16 +118,18 @@ def _parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="run a pool in the foreground until Ctrl-C or SIGTERM")
     _config_arg(up)
-    up.add_argument("--grace", type=float, default=5.0, help="seconds running calls get to finish at shutdown")
-    up.add_argument("--json", action="store_true", help="announce the address and workers as one JSON line")
+    up.add_argument("--grace", type=_GRACE, default=5.0, help="seconds running calls get to finish at shutdown")
+    up.add_argument(
+        "--json", action="store_true", help="announce the address, backend address and workers as one JSON line"
+    )
 
     call = commands.add_parser("call", help="call one function and print its result as JSON")
     _config_arg(call)
     call.add_argument("--address", help="a running pool's frontend endpoint (instead of starting one)")
-    call.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer (default 30)")
+    call.add_argument("--timeout", type=_SECONDS, default=30.0, help="seconds to wait for the answer (default 30)")
     _curve_args(call)
-    call.add_argument("service")
-    call.add_argument("method")
+    call.add_argument("service", nargs="?", help="the service, as the configuration names it (e.g. demo)")
+    call.add_argument("method", nargs="?", help="the function or method to call (e.g. add)")
     call.add_argument("args", nargs="*", metavar="ARG", help="JSON literals: 1, 2.5, '\"text\"', '[1, 2]'")
 
     demo = commands.add_parser("demo", help="start the default pool and show concurrent calls to 32-bit workers")
@@ -86,16 +138,21 @@ def _parser() -> argparse.ArgumentParser:
 
     keys = commands.add_parser("keys", help="create a CURVE key pair for a pool or a client")
     keys.add_argument("name", help="file name stem: writes NAME.key (public) and NAME.key_secret (private)")
-    keys.add_argument("--dir", type=Path, default=Path("keys"), help="folder to write them to (default: ./keys)")
+    keys.add_argument(
+        "--dir", type=Path, default=Path("keys"), help="folder to write them to, created if its parent exists (./keys)"
+    )
+    keys.add_argument("--force", action="store_true", help="replace an existing key pair of that name")
     keys.add_argument("--json", action="store_true", help="machine-readable output")
 
     worker = commands.add_parser(
         "worker", help="run a configuration's workers against a broker elsewhere (e.g. another host)"
     )
     _config_arg(worker)
-    worker.add_argument("--connect", required=True, help="the broker's backend endpoint")
+    worker.add_argument(
+        "--connect", required=True, type=_endpoint, help="the broker's backend endpoint (`dllpool up --json` shows it)"
+    )
     worker.add_argument("--service", action="append", help="only this service (repeatable; default: all)")
-    worker.add_argument("--workers", type=int, help="processes per service (default: the configuration's)")
+    worker.add_argument("--workers", type=_COUNT, help="processes per service (default: the configuration's)")
     _curve_args(worker)
 
     install = commands.add_parser(
@@ -115,16 +172,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    options = _parser().parse_args(argv)
+    try:
+        options = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse has printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(options.verbose, 2)]
-    if options.command in ("up", "runtime32", "setup"):
+    if options.command in ("up", "worker", "runtime32", "setup"):
         level = min(level, logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         handler = _HANDLERS[options.command]
         return handler(options)
-    except ConfigError as exc:
-        print(f"dllpool: configuration error: {exc}", file=sys.stderr)
+    except (ConfigError, _UsageError) as exc:
+        print(f"dllpool {options.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USAGE
     except DllPoolError as exc:
         print(f"dllpool: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -139,7 +199,8 @@ def _up(options: argparse.Namespace) -> int:
         setup()
     with Pool.from_config(options.config) as pool:
         if options.json:
-            print(json.dumps({"address": pool.address, "workers": pool.workers()}), flush=True)
+            announcement = {"address": pool.address, "backend": pool.backend_address, "workers": pool.workers()}
+            print(json.dumps(announcement), flush=True)
         else:
             print(f"dllpool: serving at {pool.address}", flush=True)
         while not stop.wait(0.5):
@@ -151,23 +212,51 @@ def _up(options: argparse.Namespace) -> int:
 def _call(options: argparse.Namespace) -> int:
     from client import Client
 
+    config = None if options.address else load_config(options.config)
+    service, method = _call_target(options, config)
+    if config is not None and options.config is None:
+        setup()
+    args = []
+    for number, text in enumerate(options.args, 1):
+        try:
+            args.append(json.loads(text))
+        except json.JSONDecodeError:
+            raise _UsageError(
+                f"argument {number} ({text!r}) is not a JSON literal; write 2, 2.5, '\"text\"' or '[1, 2]'"
+            ) from None
     try:
-        args = [json.loads(a) for a in options.args]
-    except json.JSONDecodeError as exc:
-        print(f"dllpool: arguments must be JSON literals: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        if options.address:
+        if config is None:
             with Client(options.address, timeout=options.timeout, curve=_curve(options)) as client:
-                result = client.call(options.service, options.method, *args)
+                result = client.call(service, method, *args)
         else:
-            with Pool.from_config(options.config) as pool, pool.client(timeout=options.timeout) as client:
-                result = client.call(options.service, options.method, *args)
+            only = dataclasses.replace(config, services=(config.service(service),))
+            with Pool(only).start() as pool, pool.client(timeout=options.timeout) as client:
+                result = client.call(service, method, *args)
     except CallError as exc:
         print(f"dllpool: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps(result, default=_jsonable))
     return EXIT_OK
+
+
+def _call_target(options: argparse.Namespace, config: PoolConfig | None) -> tuple[str, str]:
+    """SERVICE and METHOD, checked against the configuration when there is one (no pool is started for a typo)."""
+    services = [s.name for s in config.services] if config else []
+    known = f"; {options.config or default_config_path()} has: {', '.join(services)}" if services else ""
+    if options.service is None:
+        raise _UsageError(f"name the SERVICE and METHOD to call, then its arguments: dllpool call demo add 2 3{known}")
+    if config is not None and options.service not in services:
+        owners = [s.name for s in config.services if options.service in s.hosting.get("functions", {})]
+        hint = f"; did you mean `dllpool call {owners[0]} {options.service} ...`?" if owners else known
+        raise _UsageError(f"no service {options.service!r} in {options.config or default_config_path()}{hint}")
+    functions = sorted(config.service(options.service).hosting.get("functions", {})) if config else []
+    listed = f"; {options.service!r} has: {', '.join(functions)}" if functions else ""
+    if options.method is None:
+        usage = f"dllpool call {options.service} METHOD [ARG ...]"
+        raise _UsageError(f"name the METHOD of {options.service!r} to call: {usage}{listed}")
+    if functions and options.method not in functions:
+        raise _UsageError(f"service {options.service!r} has no function {options.method!r}{listed}")
+    return options.service, options.method
 
 
 def _jsonable(value: Any) -> Any:
@@ -200,6 +289,8 @@ def _worker(options: argparse.Namespace) -> int:
         raise ConfigError(f"no service {exc} in the configuration") from None
     if options.workers is not None:
         services = tuple(dataclasses.replace(s, workers=options.workers) for s in services)
+    if not any(s.workers for s in services):
+        raise _UsageError("the configuration gives these services 0 workers: say how many with --workers N")
     stop = _stop_on_signals()
     serve_workers(dataclasses.replace(config, services=services), options.connect, stop, _curve(options))
     return EXIT_OK
@@ -219,7 +310,7 @@ def _stop_on_signals() -> threading.Event:
 
 
 def _keys(options: argparse.Namespace) -> int:
-    public, secret = create_keys(options.dir, options.name)
+    public, secret = create_keys(options.dir, options.name, force=options.force)
     (key,) = (k.decode("ascii") for k in load_public_keys([public]))
     if options.json:
         print(json.dumps({"public_file": str(public), "secret_file": str(secret), "public_key": key}))

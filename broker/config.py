@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol import ConfigError
+from workers32.hosting import LIBRARY_KINDS
 from workers32.signatures import check_type
 
 from .locations import default_config_path
@@ -215,7 +216,7 @@ def _service(name: str, table: Any, base: Path, origin: str) -> ServiceConfig:
             raise ConfigError(f"{where}: a declared library needs a [services.{name}.functions] table")
         hosting = {
             "library": _path(_get(table, "library", str, None, where), base, bits),
-            "kind": _get(table, "kind", str, "cdll", where),
+            "kind": _kind(_get(table, "kind", str, "cdll", where), f"{where}.kind"),
             "functions": {fn: _function(fn, decl, f"{where}.functions") for fn, decl in functions.items()},
         }
         idempotent |= {fn for fn, decl in functions.items() if decl.get("idempotent") is True}
@@ -242,6 +243,13 @@ def _service(name: str, table: Any, base: Path, origin: str) -> ServiceConfig:
         queue_limit=_positive(queue_limit, f"{where}.queue_limit"),
         hosting=hosting,
     )
+
+
+def _kind(kind: str, where: str) -> str:
+    """Only the name is checked here: whether this platform has that loader is the worker's to say."""
+    if kind not in LIBRARY_KINDS:
+        raise ConfigError(f"{where} must be one of {', '.join(LIBRARY_KINDS)}, got {kind!r}")
+    return kind
 
 
 def _function(name: str, decl: Any, where: str) -> dict[str, Any]:

@@ -229,8 +229,8 @@ class Pool:
                 failure = loop.supervisor.startup_failure()
             if all(ready[name] >= count for name, count in wanted.items()):
                 return
-            if failure:
-                raise PoolStartError(failure)
+            if failure is not None:
+                raise failure
             if loop.stopped.is_set():
                 raise PoolStartError("the broker loop stopped while workers were starting; see the log")
             if time.monotonic() >= deadline:

@@ -10,6 +10,7 @@ the backend is on TCP.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,12 +68,37 @@ def load_public_keys(paths: list[Path]) -> set[bytes]:
     return keys
 
 
-def create_keys(directory: Path, name: str) -> tuple[Path, Path]:
-    """Write ``NAME.key`` (public, to share) and ``NAME.key_secret`` (keep private)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    public, secret = zmq.auth.create_certificates(directory, name)
-    Path(secret).chmod(0o600)
-    return Path(public), Path(secret)
+def create_keys(directory: Path, name: str, *, force: bool = False) -> tuple[Path, Path]:
+    """Write ``NAME.key`` (public, to share) and ``NAME.key_secret`` (keep private) into ``directory``.
+
+    ``directory`` itself is created, but not its parents: a mistyped path is an error, not a new
+    tree. An existing pair is replaced only with ``force``: clients holding the old public key
+    would be refused from then on.
+    """
+    if not name or name in (".", "..") or set(name) & {"/", "\\", "\0"}:
+        raise ConfigError(f"a key name is a file name stem such as 'pool' or 'alice', not {name!r}")
+    if not directory.is_dir():
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            raise ConfigError(f"{directory} is not a folder") from None
+        except FileNotFoundError:
+            raise ConfigError(f"cannot create {directory}: its parent folder does not exist") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot create the key folder {directory}: {exc.strerror or exc}") from None
+    public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
+    existing = [str(p) for p in (public, secret) if p.exists()]
+    if existing and not force:
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise ConfigError(f"{' and '.join(existing)} already {verb}; pass --force to replace the key pair")
+    try:
+        # Created private before the secret is written into it: no moment where others can read it.
+        os.close(os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        secret.chmod(0o600)
+        zmq.auth.create_certificates(directory, name)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the key pair into {directory}: {exc.strerror or exc}") from None
+    return public, secret
 
 
 class _Allowlist:

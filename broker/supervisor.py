@@ -4,8 +4,14 @@ Each service has ``workers`` slots; each slot holds at most one process. The
 broker loop calls :meth:`Supervisor.poll` on every tick: it reaps processes
 that ended, reports them (so the broker can answer the calls they held), and
 starts replacements. A worker that dies before it ever got ready is
-restarted with a growing back-off, so a library that cannot load does not
+restarted with a growing back-off, so a wrapper that fails to start does not
 become a fork bomb; one that served and then crashed is replaced at once.
+
+A worker whose library can never load as configured (it exits
+``EXIT_UNLOADABLE`` and writes why to the status file named on its command
+line) is not restarted at all: its slot stays empty, the failure is a
+:class:`LibraryLoadError` for whoever waits for the pool to get ready, and
+is logged as an error when it happens to a replacement in a running pool.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -26,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from protocol import RuntimeMissing
-from workers32 import EXIT_STARTUP_FAILED
+from protocol import DllPoolError, LibraryLoadError, PoolStartError, RuntimeMissing
+from workers32 import EXIT_STARTUP_FAILED, EXIT_UNLOADABLE
 
 from . import runtime32
 from .config import PoolConfig, ServiceConfig
@@ -57,14 +64,16 @@ class Exit:
 class _Slot:
     service: ServiceConfig
     index: int
+    status_file: Path
     process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
     started_at: float = 0.0
     ready: bool = False
     failures: int = 0
     next_start: float = 0.0
     stderr_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=_STDERR_TAIL))
     stderr_reader: threading.Thread | None = None
-    last_failure: str | None = None
+    last_failure: DllPoolError | None = None
 
 
 def make_worker_source(folder: Path) -> Path:
@@ -88,7 +97,8 @@ class Supervisor:
         self.backend = backend
         self.source_dir = source_dir
         self.curve = curve
-        self._slots = [_Slot(s, i) for s in config.services for i in range(s.workers)]
+        slots = [(s, i) for s in config.services for i in range(s.workers)]
+        self._slots = [_Slot(s, i, source_dir.parent / f"status-{n}") for n, (s, i) in enumerate(slots)]
         self._interpreters: dict[str, runtime32.Interpreter] = {}
         self._stopping = False
 
@@ -152,7 +162,11 @@ class Supervisor:
             str(os.getpid()),
             "--log-level",
             logging.getLevelName(min(logging.getLogger().getEffectiveLevel(), logging.INFO)),
+            "--status-file",
+            str(slot.status_file),
         ]
+        slot.status_file.unlink(missing_ok=True)
+        slot.starts += 1
         slot.process = subprocess.Popen(
             command,
             cwd=self.source_dir,
@@ -205,18 +219,18 @@ class Supervisor:
     def _after_exit(self, slot: _Slot, code: int, now: float) -> None:
         if self._stopping:
             return
+        if code == EXIT_UNLOADABLE:
+            self._give_up(slot)
+            return
         # SIGKILL comes from outside (us, a person, the OOM killer): it says nothing about the library.
         if slot.ready or code == -signal.SIGKILL or now - slot.started_at >= _HEALTHY_AFTER:
             log.warning("worker %s[%d] ended (%s); starting a replacement", slot.service.name, slot.index, _how(code))
             slot.next_start = now
             return
         slot.failures += 1
-        if slot.stderr_reader is not None:
-            slot.stderr_reader.join(timeout=1.0)
-        tail = "\n".join(slot.stderr_tail) or "(it printed nothing)"
-        slot.last_failure = (
+        slot.last_failure = PoolStartError(
             f"a worker of service {slot.service.name!r} ended before it was ready ({_how(code)}); "
-            f"its last output:\n{tail}"
+            f"its last output:\n{self._tail(slot)}"
         )
         delay = min(_BACKOFF_FIRST * 2 ** (slot.failures - 1), _BACKOFF_MAX)
         slot.next_start = now + delay
@@ -228,9 +242,50 @@ class Supervisor:
             delay,
         )
 
-    def startup_failure(self) -> str | None:
-        """Why the pool cannot get ready, if a worker failed to start: its exit and last stderr lines."""
+    def _give_up(self, slot: _Slot) -> None:
+        """The slot's library can never load: leave the slot empty instead of retrying."""
+        try:
+            reason = slot.status_file.read_text(encoding="utf-8").strip()
+        except OSError:
+            reason = ""
+        if not reason:
+            reason = f"a worker of service {slot.service.name!r} cannot load what it hosts; its last output:\n"
+            reason += self._tail(slot)
+        slot.last_failure = LibraryLoadError(reason)
+        slot.next_start = math.inf
+        if slot.starts > 1:  # a first start's failure is the start-up error itself, raised to whoever waits
+            log.error(
+                "worker %s[%d] cannot be replaced, its library no longer loads (%s); "
+                "the service runs with one worker less until the pool restarts",
+                slot.service.name,
+                slot.index,
+                reason,
+            )
+
+    @staticmethod
+    def _tail(slot: _Slot) -> str:
+        if slot.stderr_reader is not None:
+            slot.stderr_reader.join(timeout=1.0)
+        return "\n".join(slot.stderr_tail) or "(it printed nothing)"
+
+    def startup_failure(self) -> DllPoolError | None:
+        """Why the pool cannot get ready, if a worker failed to start.
+
+        A :class:`LibraryLoadError` (with the worker's own reason) when a library can never load,
+        else a :class:`PoolStartError` with the exit and last stderr lines of a worker being retried.
+        """
         return next((slot.last_failure for slot in self._slots if slot.last_failure and not slot.ready), None)
+
+    def unloadable_at_start(self) -> LibraryLoadError | None:
+        """A library that failed to load in its slot's first worker: a start-up error, not a runtime one."""
+        return next(
+            (s.last_failure for s in self._slots if s.starts == 1 and isinstance(s.last_failure, LibraryLoadError)),
+            None,
+        )
+
+    def running(self) -> dict[int, str]:
+        """The pid and service of each worker process started and not yet reaped."""
+        return {slot.process.pid: slot.service.name for slot in self._slots if slot.process is not None}
 
     def kill(self, pid: int, reason: str) -> None:
         for slot in self._slots:
@@ -260,13 +315,34 @@ class Supervisor:
 
 
 def serve_workers(config: PoolConfig, backend: str, stop: threading.Event, curve: dict[str, str] | None = None) -> None:
-    """Run ``config``'s workers against a broker elsewhere until ``stop`` is set, replacing any that die."""
+    """Run ``config``'s workers against a broker elsewhere until ``stop`` is set, replacing any that die.
+
+    Raises :class:`LibraryLoadError` when a library cannot load in its first worker: as for a Pool,
+    that is a start-up error. Later (a replacement that no longer loads) it is logged, and the
+    other workers keep serving.
+    """
     with tempfile.TemporaryDirectory(prefix="dllpool-workers-") as folder:
         supervisor = Supervisor(config, backend, make_worker_source(Path(folder)), curve)
         supervisor.check_interpreters()
+        log.info(
+            "connecting workers to the broker backend at %s%s: %s",
+            backend,
+            " with CURVE" if curve else "",
+            ", ".join(f"{s.name} x{s.workers}" for s in config.services),
+        )
         supervisor.start_all()
         try:
-            while not stop.wait(0.1):
+            announced: set[int] = set()
+            while True:
+                running = supervisor.running()
+                for pid in running.keys() - announced:
+                    log.info("started worker pid %d for service %r", pid, running[pid])
+                announced = set(running)
+                failure = supervisor.unloadable_at_start()
+                if failure is not None:
+                    raise failure
+                if stop.wait(0.1):
+                    return
                 supervisor.poll(time.monotonic())
         finally:
             supervisor.stop_all()
@@ -278,7 +354,9 @@ def _how(code: int) -> str:
             return f"signal {signal.Signals(-code).name}"
         except ValueError:
             return f"signal {-code}"
-    return "failed to load its library" if code == EXIT_STARTUP_FAILED else f"exit code {code}"
+    if code == EXIT_STARTUP_FAILED:
+        return "the wrapper's constructor failed"
+    return "cannot load its library" if code == EXIT_UNLOADABLE else f"exit code {code}"
 
 
 def _forward_stderr(stream: IO[bytes] | None, tail: collections.deque[str], name: str) -> None:

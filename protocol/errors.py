@@ -12,6 +12,7 @@ from typing import Any, Optional
 __all__ = [
     "DllPoolError",
     "ConfigError",
+    "LibraryLoadError",
     "RuntimeMissing",
     "PoolStartError",
     "ProtocolError",
@@ -36,6 +37,14 @@ class DllPoolError(Exception):
 
 class ConfigError(DllPoolError):
     """A configuration file or dict is invalid; the message names the key."""
+
+
+class LibraryLoadError(ConfigError):
+    """A service's library or wrapper cannot be loaded (missing file, wrong bitness, missing symbol,
+    a wrapper module that does not import): the message names the service, the path and the reason.
+
+    It is permanent for the configuration as written, so the worker is not restarted for it.
+    """
 
 
 class RuntimeMissing(DllPoolError):

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from broker import Pool, runtime32
 from broker.runtime32 import check_elf_bits
-from protocol import ConfigError, PoolStartError, RuntimeMissing
+from protocol import ConfigError, RuntimeMissing
 
 from .conftest import assert_no_children_left, demo_service, pid_alive
 
@@ -34,26 +33,6 @@ def test_a_64bit_service_runs_beside_32bit_ones() -> None:
         assert client.call("w64", "pointer_size") == 8
         (pid64,) = pool.worker_pids("w64")
         assert check_elf_bits(f"/proc/{pid64}/exe") == 64
-
-
-def test_a_library_that_does_not_exist_fails_the_start_with_its_path(tmp_path: Path) -> None:
-    missing = tmp_path / "libnothere.so"
-    config = {
-        "pool": {"ready_timeout": 20},
-        "services": {"bad": {"library": str(missing), "functions": {"f": {"returns": "int"}}}},
-    }
-    started = time.monotonic()
-    with pytest.raises(PoolStartError) as info:
-        Pool.from_config(config)
-    assert str(missing) in str(info.value)
-    assert time.monotonic() - started < 15, "a worker that cannot start should fail the pool fast"
-
-
-def test_a_function_the_library_does_not_have_fails_the_start() -> None:
-    service = demo_service()
-    service["functions"] = {"not_in_the_library": {"returns": "int"}}
-    with pytest.raises(PoolStartError, match="not_in_the_library"):
-        Pool.from_config({"services": {"bad": service}})
 
 
 def test_binding_beyond_loopback_without_keys_is_refused() -> None:

@@ -3,13 +3,16 @@
 Runs under a bare CPython 3.9+ (32- or 64-bit) with only pyzmq and msgpack.
 """
 
-from .hosting import Server32, build_methods, load_library
+from .hosting import LIBRARY_KINDS, Server32, build_methods, load_library
 from .signatures import CFunction, type_names
-from .worker import EXIT_STARTUP_FAILED, Worker, run
+from .worker import EXIT_BROKER_GONE, EXIT_STARTUP_FAILED, EXIT_UNLOADABLE, Worker, run
 
 __all__ = [
     "CFunction",
+    "EXIT_BROKER_GONE",
     "EXIT_STARTUP_FAILED",
+    "EXIT_UNLOADABLE",
+    "LIBRARY_KINDS",
     "Server32",
     "Worker",
     "build_methods",

@@ -15,13 +15,14 @@ def main() -> None:
     parser.add_argument("--spec", required=True, help="the service spec as JSON (written by the broker)")
     parser.add_argument("--parent-pid", type=int, help="exit when this process (the broker) is gone")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--status-file", help="where to write why the service cannot load (see report_unloadable)")
     options = parser.parse_args()
     logging.basicConfig(
         level=options.log_level.upper(),
         stream=sys.stderr,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    code = run(options.connect, json.loads(options.spec), options.parent_pid)
+    code = run(options.connect, json.loads(options.spec), options.parent_pid, options.status_file)
     logging.shutdown()
     sys.stderr.flush()
     # A call stuck in the library would block the interpreter's exit-time thread join.

@@ -3,6 +3,13 @@
 Both forms end up as a fixed table of callables built once at start-up.
 A request names an entry of that table and nothing else, so it can never
 reach a library path, a private attribute or a dunder.
+
+Whatever can never work with the configuration as written (a missing or
+wrong-bitness library, a missing symbol, a wrapper module that does not
+import, a class that is not there, options its constructor does not take)
+raises :class:`ConfigError` (mostly :class:`LibraryLoadError`): the worker
+reports it as permanent and is not restarted. Anything else a wrapper's
+constructor raises may be transient (a device still busy) and is retried.
 """
 
 import ctypes
@@ -14,28 +21,29 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Callable
 
-from protocol.errors import ArgumentError, ConfigError
+from protocol.errors import ArgumentError, ConfigError, LibraryLoadError
 
 from .signatures import CFunction
 
-__all__ = ["Server32", "load_library", "build_methods", "call"]
+__all__ = ["LIBRARY_KINDS", "Server32", "load_library", "build_methods", "call"]
 
-_KINDS = ("cdll", "windll", "oledll")
+LIBRARY_KINDS = ("cdll", "windll", "oledll")
+"""The ``kind`` values a declared library may have, as msl-loadlib's ``libtype`` names them."""
 
 
 def load_library(path: str, kind: str = "cdll") -> Any:
     """Load a shared library the way msl-loadlib's ``libtype`` names it."""
-    if kind not in _KINDS:
-        raise ConfigError(f"library kind {kind!r} is not one of {', '.join(_KINDS)}")
+    if kind not in LIBRARY_KINDS:
+        raise ConfigError(f"library kind {kind!r} is not one of {', '.join(LIBRARY_KINDS)}")
     if kind != "cdll" and sys.platform != "win32":
-        raise ConfigError(f"library kind {kind!r} exists only on Windows; use 'cdll'")
+        raise LibraryLoadError(f"cannot load {path!r}: library kind {kind!r} exists only on Windows; use 'cdll'")
     if not os.path.exists(path):
-        raise ConfigError(f"library {path!r} does not exist")
+        raise LibraryLoadError(f"library {path!r} does not exist")
     loader = getattr(ctypes, kind.upper() if kind != "cdll" else "CDLL")
     try:
         return loader(path)
     except OSError as exc:
-        raise ConfigError(
+        raise LibraryLoadError(
             f"cannot load {path!r} in this {8 * ctypes.sizeof(ctypes.c_void_p)}-bit process: {exc}"
         ) from None
 
@@ -53,20 +61,24 @@ class Server32:
 
 
 def _import_module(spec: Mapping[str, Any]) -> Any:
+    """The wrapper module; any failure to import it is permanent (running it again changes nothing)."""
     module = str(spec["module"])
     for extra in spec.get("path", []):
         if extra not in sys.path:
             sys.path.insert(0, extra)
-    if module.endswith(".py"):
+    try:
+        if not module.endswith(".py"):
+            return importlib.import_module(module)
         name = "_dllpool_wrapper_" + os.path.splitext(os.path.basename(module))[0]
         file_spec = importlib.util.spec_from_file_location(name, module)
         if file_spec is None or file_spec.loader is None:
-            raise ConfigError(f"cannot import wrapper module {module!r}")
+            raise ImportError("not a Python module")
         loaded = importlib.util.module_from_spec(file_spec)
         sys.modules[name] = loaded
         file_spec.loader.exec_module(loaded)
         return loaded
-    return importlib.import_module(module)
+    except Exception as exc:
+        raise LibraryLoadError(f"cannot import wrapper module {module!r}: {type(exc).__name__}: {exc}") from None
 
 
 def _wrapper_methods(spec: Mapping[str, Any]) -> dict[str, Callable[..., Any]]:
@@ -74,8 +86,15 @@ def _wrapper_methods(spec: Mapping[str, Any]) -> dict[str, Callable[..., Any]]:
     class_name = str(spec["class"])
     cls = getattr(module, class_name, None)
     if not inspect.isclass(cls):
-        raise ConfigError(f"wrapper module {spec['module']!r} has no class {class_name!r}")
-    instance = cls(**dict(spec.get("options", {})))
+        raise LibraryLoadError(f"wrapper module {spec['module']!r} has no class {class_name!r}")
+    options = dict(spec.get("options", {}))
+    try:
+        inspect.signature(cls).bind(**options)
+    except TypeError as exc:
+        raise ConfigError(f"the options of wrapper class {class_name!r} do not fit its constructor: {exc}") from None
+    except ValueError:
+        pass  # no introspectable signature: let the constructor decide
+    instance = cls(**options)
     methods: dict[str, Callable[..., Any]] = {}
     for name in dir(cls):
         if name.startswith("_"):

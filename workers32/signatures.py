@@ -11,7 +11,7 @@ import ctypes
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
-from protocol.errors import ArgumentError, ConfigError
+from protocol.errors import ArgumentError, ConfigError, LibraryLoadError
 
 __all__ = ["CFunction", "SCALARS", "POINTER_SUFFIX", "check_type", "type_names"]
 
@@ -159,7 +159,11 @@ def check_type(name: str, *, returns: bool = False) -> None:
 
 
 class CFunction:
-    """One library function with its declared signature, callable with Python values."""
+    """One library function with its declared signature, callable with Python values.
+
+    Built at start-up: a symbol the library lacks is a :class:`LibraryLoadError` naming it and the
+    library, and an unknown type name a :class:`ConfigError`, before any call.
+    """
 
     def __init__(
         self, library: Any, name: str, args: Sequence[str], returns: str, symbol: Optional[str] = None
@@ -169,7 +173,9 @@ class CFunction:
         try:
             self._func = getattr(library, symbol or name)
         except AttributeError:
-            raise ConfigError(f"the library has no function {symbol or name!r} (declared as {name!r})") from None
+            path = getattr(library, "_name", None)
+            owner = f"library {path!r}" if path else "the library"
+            raise LibraryLoadError(f"{owner} has no function {symbol or name!r} (declared as {name!r})") from None
         parts = [_argument(a) for a in args]
         self._converters = [c for _, c in parts]
         self._func.argtypes = [t for t, _ in parts]

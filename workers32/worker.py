@@ -33,7 +33,7 @@ import zmq
 from protocol import (
     BadRequest,
     CallError,
-    DllPoolError,
+    ConfigError,
     ProtocolError,
     RemoteError,
     UnknownMethod,
@@ -50,12 +50,16 @@ from .hosting import build_methods, call
 
 log = logging.getLogger("workers32")
 
-__all__ = ["Worker", "run"]
+__all__ = ["EXIT_BROKER_GONE", "EXIT_STARTUP_FAILED", "EXIT_UNLOADABLE", "Worker", "report_unloadable", "run"]
 
 EXIT_STARTUP_FAILED = 3
-"""Exit code when the library or wrapper cannot be loaded: the supervisor must not respawn in a tight loop."""
+"""Exit code when a wrapper's constructor raised: maybe transient (a device still busy), so the supervisor
+retries with back-off, never in a tight loop."""
 EXIT_BROKER_GONE = 4
 """Exit code when the process that started the worker is gone."""
+EXIT_UNLOADABLE = 5
+"""Exit code when what the service hosts can never load as configured (a ConfigError): not retried.
+The reason is in the status file, if the supervisor named one."""
 
 _MAX_TRACEBACK = 16 * 1024
 
@@ -344,18 +348,39 @@ def _remote_error(exc: BaseException, service: str, method: str) -> RemoteError:
     )
 
 
-def run(endpoint: str, spec: Mapping[str, Any], parent_pid: Optional[int] = None) -> int:
-    """Load what the spec hosts and serve it; the process exit code."""
+def report_unloadable(status_file: Optional[str], message: str) -> None:
+    """Tell the supervisor why this worker can never start, as the text of ``status_file``.
+
+    A file the supervisor names, rather than a marked line on stderr: stderr is shared with the
+    library, which may print anything (even a line that looks like our marker, or half a line
+    when it crashes), and is read by another thread that may lag behind the exit. The file holds
+    exactly our message and is complete when the process has ended. Without a file (a worker
+    started by hand) the message is logged instead.
+    """
+    if status_file is not None:
+        try:
+            with open(status_file, "w", encoding="utf-8") as f:
+                f.write(message)
+            return
+        except OSError as exc:
+            log.warning("cannot write the status file %s: %s", status_file, exc)
+    log.error("%s", message)
+
+
+def run(
+    endpoint: str, spec: Mapping[str, Any], parent_pid: Optional[int] = None, status_file: Optional[str] = None
+) -> int:
+    """Load what the spec hosts and serve it; the process exit code (see the ``EXIT_*`` constants)."""
     _set_parent_death_signal()
     if not _parent_alive(parent_pid):
         return 1
     try:
         methods = build_methods(spec)
-    except DllPoolError as exc:
-        log.error("cannot start %r: %s", spec.get("service"), exc)
-        return EXIT_STARTUP_FAILED
-    except Exception:  # a wrapper's constructor may raise anything
-        log.exception("cannot start %r: the wrapper failed to load", spec.get("service"))
+    except ConfigError as exc:
+        report_unloadable(status_file, f"service {spec.get('service')!r}: {exc}")
+        return EXIT_UNLOADABLE
+    except Exception:  # a wrapper's constructor may raise anything, and may succeed next time
+        log.exception("cannot start %r: the wrapper's constructor failed", spec.get("service"))
         return EXIT_STARTUP_FAILED
     worker = Worker(endpoint, spec, methods, parent_pid, spec.get("curve"))
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
