@@ -18,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from workers32 import EXIT_STARTUP_FAILED
 
 from . import runtime32
 from .config import PoolConfig, ServiceConfig
+from .rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -261,8 +261,8 @@ class Supervisor:
 
 def serve_workers(config: PoolConfig, backend: str, stop: threading.Event, curve: dict[str, str] | None = None) -> None:
     """Run ``config``'s workers against a broker elsewhere until ``stop`` is set, replacing any that die."""
-    with tempfile.TemporaryDirectory(prefix="dllpool-workers-") as folder:
-        supervisor = Supervisor(config, backend, make_worker_source(Path(folder)), curve)
+    with RunDir("dllpool-workers-") as folder:
+        supervisor = Supervisor(config, backend, make_worker_source(folder), curve)
         supervisor.check_interpreters()
         supervisor.start_all()
         try:
