@@ -44,14 +44,25 @@ class BrokerLoop:
         self.stop_requested = threading.Event()
         self.stopped = threading.Event()
         self.grace = 5.0
+        self.failure: str | None = None
+        """Why :meth:`run` ended on an error."""
         self._next_tick = 0.0
 
     def run(self) -> None:
+        """Start the workers, serve until asked to stop, then stop them.
+
+        Every worker is spawned from this thread: Linux sends a worker its parent-death signal when the
+        *thread* that forked it ends, and this thread lives exactly as long as the pool, whichever
+        thread started the pool.
+        """
         try:
+            with self.lock:
+                self.supervisor.start_all()
             self._serve()
             self._shut_down()
-        except Exception:  # the last line of defence: log, then still stop the workers
+        except Exception as exc:  # the last line of defence: log, then still stop the workers
             log.exception("the broker loop failed")
+            self.failure = f"{type(exc).__name__}: {exc}"
             self.supervisor.stop_all()
         finally:
             self.stopped.set()

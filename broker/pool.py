@@ -4,22 +4,29 @@
 starts every worker, and returns once all of them are ready, so the first
 call never waits for a cold start. Leaving the block stops the workers and
 removes the per-run folder that holds the ipc sockets.
+
+A pool outlives the thread that started it and dies with its process: the
+workers are spawned by the broker loop's own thread. A pool still running at
+interpreter exit is stopped then. A pool started from the main thread while
+SIGTERM has its default action turns SIGTERM into ``SystemExit``, so ``with``
+blocks unwind and the pool stops cleanly; a handler the application set is
+left alone. What SIGKILL leaves behind, the next start removes
+(:mod:`broker.rundir`).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ipaddress
 import logging
 import os
-import shutil
-import tempfile
+import signal
 import threading
 import time
-import weakref
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,6 +39,7 @@ from protocol import ConfigError, PoolStartError
 from .config import PoolConfig, load_config
 from .core import BrokerCore, ServicePolicy
 from .loop import BrokerLoop
+from .rundir import RunDir
 from .security import CurveServer, start_authenticator
 from .supervisor import Supervisor, make_worker_source
 
@@ -40,6 +48,27 @@ log = logging.getLogger(__name__)
 __all__ = ["Pool"]
 
 _HWM = 100_000
+
+_running: set[Pool] = set()
+"""Pools started and not yet stopped: referenced here so that each is stopped at interpreter exit."""
+_sigterm_owners: set[Pool] = set()
+"""Running pools that rely on :func:`_on_sigterm` (started from the main thread while SIGTERM was SIG_DFL)."""
+
+
+@atexit.register
+def _stop_running_pools() -> None:
+    for pool in list(_running):
+        pool.stop()
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Turn SIGTERM into ``SystemExit`` in the main thread, so ``with`` blocks unwind and pools stop."""
+    if not _sigterm_owners:  # its pools stopped from threads that could not put SIG_DFL back
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    log.warning("SIGTERM received; stopping the pool")
+    raise SystemExit(128 + signum)
 
 
 class Pool:
@@ -50,7 +79,7 @@ class Pool:
         self._context: zmq.Context[Any] | None = None
         self._loop: BrokerLoop | None = None
         self._thread: threading.Thread | None = None
-        self._run_dir: Path | None = None
+        self._run_dir: RunDir | None = None
         self._auth: ThreadAuthenticator | None = None
         self._curve: CurveServer | None = None
         self.address = ""
@@ -68,9 +97,9 @@ class Pool:
     def start(self) -> Pool:
         if self._thread is not None:
             raise RuntimeError("the pool is already started")
-        self._run_dir = Path(tempfile.mkdtemp(prefix="dllpool-"))
-        # A pool never stopped still leaves no folder behind when the interpreter exits.
-        weakref.finalize(self, shutil.rmtree, self._run_dir, ignore_errors=True)
+        self._run_dir = RunDir()
+        _running.add(self)
+        self._own_sigterm()
         try:
             self._start()
         except BaseException:
@@ -88,7 +117,7 @@ class Pool:
         self.backend_address = backend.getsockopt_string(zmq.LAST_ENDPOINT)
         if not backend.curve_server:
             worker_curve = None
-        supervisor = Supervisor(self.config, self.backend_address, make_worker_source(self._run_dir), worker_curve)
+        supervisor = Supervisor(self.config, self.backend_address, make_worker_source(self._run_dir.path), worker_curve)
         supervisor.check_interpreters()
         core = BrokerCore(
             [ServicePolicy(s.name, s.idempotent, s.queue_limit) for s in self.config.services],
@@ -97,7 +126,6 @@ class Pool:
             kill_grace=self.config.kill_grace,
         )
         self._loop = BrokerLoop(core, supervisor, frontend, backend)
-        supervisor.start_all()
         self._thread = threading.Thread(target=self._loop.run, name="dllpool-broker", daemon=True)
         self._thread.start()
         self.wait_ready(self.config.ready_timeout)
@@ -124,7 +152,7 @@ class Pool:
     def _router(self, endpoint: str | None, name: str) -> zmq.Socket[Any]:
         assert self._context is not None and self._run_dir is not None
         if endpoint is None:
-            endpoint = f"ipc://{self._run_dir}/{name}" if os.name == "posix" else "tcp://127.0.0.1:*"
+            endpoint = f"ipc://{self._run_dir.path}/{name}" if os.name == "posix" else "tcp://127.0.0.1:*"
         self._check_exposure(endpoint)
         sock: zmq.Socket[Any] = self._context.socket(zmq.ROUTER)
         sock.router_mandatory = True
@@ -163,8 +191,6 @@ class Pool:
             self._loop.grace = grace
             self._loop.stop_requested.set()
             self._thread.join()
-        elif self._loop is not None:
-            self._loop.supervisor.stop_all()
         if self._loop is not None:
             self._loop.frontend.close(linger=0)
             self._loop.backend.close(linger=0)
@@ -177,10 +203,34 @@ class Pool:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(endpoint.removeprefix("ipc://"))
         if self._run_dir is not None:
-            shutil.rmtree(self._run_dir, ignore_errors=True)
+            self._run_dir.remove()
         self._loop = self._thread = self._context = self._run_dir = self._auth = None
+        _running.discard(self)
+        self._release_sigterm()
+
+    def _own_sigterm(self) -> None:
+        """Take over SIGTERM if nobody else handles it (only the main thread may set handlers)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, _on_sigterm):
+            return
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        _sigterm_owners.add(self)
+
+    def _release_sigterm(self) -> None:
+        """Give SIGTERM back its default action once the last pool relying on our handler stops."""
+        _sigterm_owners.discard(self)
+        if (
+            not _sigterm_owners
+            and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is _on_sigterm
+        ):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     def __enter__(self) -> Pool:
+        """Start the pool unless it already runs (``Pool.from_config(..., start=False)`` in a ``with``)."""
+        if self._thread is None:
+            self.start()
         return self
 
     def __exit__(
@@ -232,7 +282,9 @@ class Pool:
             if failure is not None:
                 raise failure
             if loop.stopped.is_set():
-                raise PoolStartError("the broker loop stopped while workers were starting; see the log")
+                raise PoolStartError(
+                    f"the broker loop stopped while workers were starting: {loop.failure or 'it was asked to stop'}"
+                )
             if time.monotonic() >= deadline:
                 missing = ", ".join(f"{n}: {ready[n]}/{c}" for n, c in wanted.items() if ready[n] < c)
                 raise PoolStartError(

@@ -25,7 +25,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ from workers32 import EXIT_STARTUP_FAILED, EXIT_UNLOADABLE
 
 from . import runtime32
 from .config import PoolConfig, ServiceConfig
+from .rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -321,8 +321,8 @@ def serve_workers(config: PoolConfig, backend: str, stop: threading.Event, curve
     that is a start-up error. Later (a replacement that no longer loads) it is logged, and the
     other workers keep serving.
     """
-    with tempfile.TemporaryDirectory(prefix="dllpool-workers-") as folder:
-        supervisor = Supervisor(config, backend, make_worker_source(Path(folder)), curve)
+    with RunDir("dllpool-workers-") as folder:
+        supervisor = Supervisor(config, backend, make_worker_source(folder), curve)
         supervisor.check_interpreters()
         log.info(
             "connecting workers to the broker backend at %s%s: %s",
