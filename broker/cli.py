@@ -20,7 +20,7 @@ from types import FrameType
 from typing import Any
 
 from client import CurveKeys
-from protocol import CallError, ConfigError, DllPoolError
+from protocol import ArgumentError, CallError, ConfigError, DllPoolError
 
 from . import runtime32
 from .config import default_config_path, load_config
@@ -152,6 +152,9 @@ def _call(options: argparse.Namespace) -> int:
         else:
             with Pool.from_config(options.config) as pool, pool.client(timeout=options.timeout) as client:
                 result = client.call(options.service, options.method, *args)
+    except ArgumentError as exc:  # the command line's arguments do not fit the function: a usage error
+        print(f"dllpool: ArgumentError: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except CallError as exc:
         print(f"dllpool: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
