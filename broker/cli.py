@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 import zmq
 
 from client import CurveKeys
-from protocol import CallError, ConfigError, DllPoolError
+from protocol import ArgumentError, CallError, ConfigError, DllPoolError
 
 from . import runtime32
 from .config import PoolConfig, load_config
@@ -232,6 +232,8 @@ def _call(options: argparse.Namespace) -> int:
             only = dataclasses.replace(config, services=(config.service(service),))
             with Pool(only).start() as pool, pool.client(timeout=options.timeout) as client:
                 result = client.call(service, method, *args)
+    except ArgumentError as exc:  # the command line's arguments do not fit the function: a usage error
+        raise _UsageError(f"ArgumentError: {exc}") from None
     except CallError as exc:
         print(f"dllpool: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -4,9 +4,9 @@ ZeroMQ sockets are not thread-safe, so caller threads never touch the DEALER.
 They register a Future under a correlation ID, then hand the ready-made
 frames to the I/O thread: an outbox deque plus a wake-up on an inproc PUSH
 socket, both behind one lock. The I/O thread forwards requests, matches
-replies to Futures by correlation ID, enforces deadlines itself (a silent
-broker cannot make a call hang), and watches the broker's liveness with
-heartbeats and a socket monitor.
+replies to Futures by correlation ID, keeps a backstop timer on every
+deadline (a silent broker cannot make a call hang), and watches the broker's
+liveness with heartbeats and a socket monitor.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from protocol import frames as wire
-from protocol.codec import pack_call, unpack_value
+from protocol.codec import pack_call, pack_value, unpack_value
 from protocol.errors import (
+    ArgumentError,
     BrokerUnavailable,
     CallError,
     ConfigError,
@@ -59,6 +60,10 @@ _BATCH = 256
 """Messages taken from one socket before serving the others: no side starves."""
 _MAX_WAIT = 0.1
 """Longest poll: bounds how late a liveness check runs."""
+_MIN_GRACE = 0.5
+"""Shortest wait past a deadline for the broker's own Timeout answer (see ``Client``)."""
+_META_FRAME = 5
+"""Index of the meta header (which carries the timeout) in ``wire.client_request``'s frames."""
 _CONNECTED = getattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED", zmq.EVENT_CONNECTED)
 _HANDSHAKE_FAILED = {
     getattr(zmq, name): name
@@ -161,6 +166,24 @@ def _check_name(name: str, what: str) -> None:
         raise ValueError(f"{what} name must be 1-{wire.MAX_NAME_LEN} UTF-8 bytes, got {size}")
 
 
+def _unsendable(
+    service: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], error: Exception
+) -> ArgumentError:
+    """An ArgumentError naming the first argument that cannot be packed (the error path only)."""
+    named = [(f"argument {i}", value) for i, value in enumerate(args, 1)]
+    named += [(f"keyword argument {name!r}", value) for name, value in kwargs.items()]
+    for label, value in named:
+        try:
+            pack_value(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            return ArgumentError(
+                f"{service}.{method}: {label} ({value!r:.60}) cannot be sent: {exc}",
+                service=service,
+                method=method,
+            )
+    return ArgumentError(f"the arguments of {service}.{method} cannot be sent: {error}", service=service, method=method)
+
+
 def _check_timeout(timeout: float | None) -> float | None:
     if timeout is None:
         return None
@@ -178,6 +201,19 @@ class Client:
     Thread-safe: any number of threads may call at once; one I/O thread owns
     the socket. ``timeout`` is the default per-call limit in seconds (None:
     wait as long as the broker keeps answering heartbeats).
+
+    The broker is the one authority on a deadline while it is reachable: it
+    answers Timeout, and drops a request that expires in its queue unrun.
+    The client's own timer is only a backstop for a broker that stays silent:
+    it fails a call ``max(0.5 s, heartbeat_interval)`` after its deadline
+    (the broker checks deadlines every few tens of ms, so its answer comes
+    well before that), or at the deadline itself for a request that never
+    reached the broker.
+
+    A broker that cannot be reached fails calls with BrokerUnavailable after
+    ``heartbeat_interval * heartbeat_liveness`` seconds without a connection,
+    or at once when the broker refuses the handshake (CURVE keys refused or
+    missing on one side).
 
     Result callbacks added to the Futures of :meth:`submit` run in the I/O
     thread: keep them short and never block on another call inside them.
@@ -218,6 +254,8 @@ class Client:
             raise DllPoolError("CURVE keys were given but this pyzmq/libzmq was built without CURVE support")
         self._interval = float(heartbeat_interval)
         self._window = self._interval * heartbeat_liveness
+        self._grace = max(_MIN_GRACE, self._interval)
+        """How long past a sent call's deadline the broker's Timeout answer is awaited."""
         self._ctx: zmq.Context[Any] = context if context is not None else zmq.Context.instance()
 
         self._lock = threading.Lock()
@@ -239,6 +277,8 @@ class Client:
         self._awaiting_since: float | None = None
         """When the first message went out that the broker has not answered anything since."""
         self._handshake_problem = ""
+        self._refused = False
+        """The last handshake failed for good (keys refused, CURVE on one side only): fail at once."""
         self._pollout = False
 
         # Callers append frames to the outbox and wake the I/O thread through an
@@ -302,9 +342,10 @@ class Client:
     ) -> Future[Any]:
         """Start ``service.method(*args, **kwargs)``; the Future holds its result or error.
 
-        Bad names raise ValueError and arguments that cannot be sent raise
-        TypeError here, at once. Cancelling the Future drops the request if
-        the broker has not yet given it to a worker.
+        Bad names raise ValueError, and arguments that cannot be sent at all
+        (a type msgpack does not carry, an integer beyond 64 bits) raise
+        ArgumentError here, at once. Cancelling the Future drops the request
+        if the broker has not yet given it to a worker.
         """
         _check_name(service, "service")
         _check_name(method, "method")
@@ -312,7 +353,7 @@ class Client:
         try:
             payload = pack_call(args, kwargs)
         except (TypeError, ValueError, OverflowError) as exc:
-            raise TypeError(f"the arguments of {service}.{method} cannot be sent: {exc}") from exc
+            raise _unsendable(service, method, args, kwargs, exc) from None
         future = _CallFuture(self._cancelled)
         call = _Call(future, service, method, seconds, time.monotonic())
         with self._lock:
@@ -534,6 +575,8 @@ class Client:
             _, corr, msg = self._backlog[0]
             call = pending.get(corr)
             if call is not None:
+                if call.deadline is not None:  # the broker's deadline must be the caller's, not later
+                    msg[_META_FRAME] = wire.pack_header({"timeout": max(0.0, call.deadline - time.monotonic())})
                 if not self._send(msg):
                     return
                 call.sent = True
@@ -613,6 +656,7 @@ class Client:
                 if self._handshake_problem:
                     log.info("connected to the broker at %s", self.address)
                 self._handshake_problem = ""
+                self._refused = False
                 self._flush_backlog()
             elif kind == zmq.EVENT_DISCONNECTED:
                 if self._connected:
@@ -641,11 +685,20 @@ class Client:
         self._reopen()
 
     def _handshake_failed(self, kind: int, value: int) -> None:
+        """Name the problem; a refusal (unlike a dropped connection) fails waiting calls at once."""
         name = _HANDSHAKE_FAILED[kind]
+        self._refused = not name.endswith("NO_DETAIL")
         if name.endswith("AUTH"):
-            problem = f"the broker refused this client's credentials (ZAP status {value}); check the CURVE keys"
+            problem = (
+                f"the broker refused this client's CURVE public key (ZAP status {value}); "
+                "it must be one of the pool's curve_clients"
+            )
         elif name.endswith("PROTOCOL") and value == _ZMTP_MECHANISM_MISMATCH:
-            side = "this client has CURVE keys and the broker has none" if self._curve else "the broker requires CURVE"
+            side = (
+                "this client has CURVE keys and the broker has none"
+                if self._curve
+                else "the broker requires CURVE keys and this client has none (give it curve=...)"
+            )
             problem = f"the connection handshake failed: {side}"
         elif name.endswith("PROTOCOL"):
             problem = f"the connection handshake failed (ZMTP protocol error {value:#x})"
@@ -672,10 +725,16 @@ class Client:
         """Deadlines, heartbeats and the broker's liveness."""
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
-            _, corr = heapq.heappop(deadlines)
+            when, corr = heapq.heappop(deadlines)
             with self._lock:
-                call = self._pending.pop(corr, None)
-            if call is not None:
+                call = self._pending.get(corr)
+                # A call the broker holds gets a grace period for the broker's own Timeout answer.
+                backstop = call is not None and call.sent and when == call.deadline
+                if call is not None and not backstop:
+                    del self._pending[corr]
+            if backstop:
+                heapq.heappush(deadlines, (when + self._grace, corr))
+            elif call is not None:
                 self._expire(corr, call)
         if len(deadlines) > 1024 and len(deadlines) > 4 * len(self._pending):
             pending = self._pending  # drop the entries of calls already answered
@@ -694,11 +753,18 @@ class Client:
             self._expire_backlog(now)
 
     def _expire(self, corr: bytes, call: _Call) -> None:
+        """The backstop: the broker never answered past the deadline, or never got the request."""
         self.stats["timeouts"] += 1
+        if call.sent:
+            why = f"and the broker sent no answer for it {self._grace:g} s past the deadline"
+        else:
+            why = f"and it never reached the broker at {self.address} (no connection yet)"
+            if self._handshake_problem:
+                why += f": {self._handshake_problem}"
         _settle(
             call.future,
             error=Timeout(
-                f"{call.service}.{call.method} did not answer within {call.timeout:g} s",
+                f"{call.service}.{call.method} did not answer within {call.timeout:g} s, {why}",
                 service=call.service,
                 method=call.method,
                 timeout=call.timeout,
@@ -726,18 +792,25 @@ class Client:
         self._reopen()
 
     def _expire_backlog(self, now: float) -> None:
-        """Fail requests that found no connection to send them on within the liveness window."""
+        """Fail requests that found no connection to send them on within the liveness window.
+
+        All of them at once when the broker refused the handshake: waiting would not change that.
+        """
         backlog = self._backlog
-        while backlog and now - max(backlog[0][0], self._down_since) > self._window:
+        limit = -math.inf if self._refused else self._window
+        while backlog and now - max(backlog[0][0], self._down_since) > limit:
             _, corr, _ = backlog.popleft()
             with self._lock:
                 call = self._pending.pop(corr, None)
-            if call is None:
-                continue
-            why = f": {self._handshake_problem}" if self._handshake_problem else ""
-            _settle(
-                call.future,
-                error=self._unavailable(
-                    f"cannot reach the broker at {self.address} (no connection for {self._window:g} s){why}", call
-                ),
-            )
+            if call is not None:
+                _settle(call.future, error=self._unavailable(self._unreachable(), call))
+
+    def _unreachable(self) -> str:
+        if self._refused:
+            return f"cannot connect to the broker at {self.address}: {self._handshake_problem}"
+        if self._handshake_problem:
+            return f"no connection to the broker at {self.address} for {self._window:g} s: {self._handshake_problem}"
+        return (
+            f"nothing answers at {self.address}: no broker accepted a connection there for {self._window:g} s "
+            "(is the pool running, and is this its address?)"
+        )

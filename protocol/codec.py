@@ -30,6 +30,8 @@ EXT_ARRAY = 2
 OUT_OF_BAND_MIN = 16 * 1024
 """Values this big or bigger travel as frames of their own."""
 
+_INT_RANGE = "-2**63 .. 2**64-1"
+"""What a msgpack integer holds."""
 _TYPECODES = "bBhHiIqQfd"
 _WIDE = {"l": {4: "i", 8: "q"}, "L": {4: "I", 8: "Q"}}
 """C long differs between 32- and 64-bit Linux; send it as the fixed-width code."""
@@ -79,7 +81,11 @@ class _Packer:
         return value
 
     def pack(self, value: Any) -> list[Buffer]:
-        body = msgpack.packb(self.prepare(value), use_bin_type=True)
+        prepared = self.prepare(value)
+        try:
+            body = msgpack.packb(prepared, use_bin_type=True)
+        except OverflowError:  # msgpack says only "Integer value out of range"
+            raise OverflowError(f"integer out of range (msgpack carries {_INT_RANGE})") from None
         return [body, *self.frames]
 
 

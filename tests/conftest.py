@@ -28,6 +28,20 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def in_nanosleep(pid: int) -> bool:
+    """True while a thread of ``pid`` is blocked in nanosleep: a worker inside demo's ``sleep_ms``.
+
+    The worker's own threads wait in poll, epoll and futex, never in nanosleep.
+    """
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            if (task / "wchan").read_text() == "hrtimer_nanosleep":
+                return True
+        except OSError:  # the thread or the process just ended
+            continue
+    return False
+
+
 def library(bits: int, name: str = "libdemo.so") -> str:
     path = EXAMPLES / str(bits) / name
     if not path.exists():

@@ -15,7 +15,7 @@ import pytest
 from broker import Pool
 from broker.cli import main
 
-from .conftest import ROOT, assert_no_children_left, library, pid_alive
+from .conftest import ROOT, assert_no_children_left, library, pid_alive, wait_for
 
 DLLPOOL = [sys.executable, "-m", "broker.cli"]
 
@@ -51,6 +51,24 @@ def test_call_errors_exit_1_with_the_typed_error(pool: Pool) -> None:
     assert "UnknownMethod" in result.stderr and "nope" in result.stderr
     result = run("call", "--address", pool.address, "demo", "add", "not json")
     assert result.returncode == 2 and "JSON" in result.stderr
+
+
+def test_an_argument_msgpack_cannot_carry_exits_2_with_one_line(pool: Pool) -> None:
+    result = run("call", "--address", pool.address, "demo", "add", "99999999999999999999999", "1")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "ArgumentError" in result.stderr and "argument 1 (99999999999999999999999)" in result.stderr
+
+
+def test_call_where_nothing_listens_exits_1_with_one_line_at_once(tmp_path: Path) -> None:
+    address = f"ipc://{tmp_path}/no-broker-here"
+    started = time.monotonic()
+    result = run("call", "--address", address, "--timeout", "30", "demo", "add", "1", "2")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "BrokerUnavailable: nothing answers at " + address in result.stderr
+    assert elapsed < 15, f"took {elapsed:.1f} s: the liveness window is 3 s, the call's timeout 30 s"
 
 
 def test_demo_reports_32bit_workers() -> None:
@@ -258,8 +276,7 @@ def test_up_serves_until_sigterm_then_stops_its_workers() -> None:
         assert len(children) >= 4
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
-        time.sleep(0.2)
-        assert_no_children_left(children)
+        wait_for(lambda: not any(pid_alive(pid) for pid in children), 5, "the workers to exit")
         assert not Path(address.removeprefix("ipc://")).exists()
     finally:
         if process.poll() is None:

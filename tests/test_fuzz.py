@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +19,7 @@ from client import Client
 from protocol import frames as wire
 from protocol import pack_call
 
-from .conftest import ROOT, library
+from .conftest import ROOT, library, wait_for
 
 DLLPOOL = [sys.executable, "-m", "broker.cli"]
 EXAMPLES_PER_SOCKET = 5000
@@ -120,6 +119,15 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str,
         process.wait(timeout=30)
 
 
+def _round_trip(sock: zmq.Socket[Any]) -> None:
+    """Wait for the answer to a probe: the broker has handled every frame sent on ``sock`` before it."""
+    sock.send_multipart(wire.client_request(b"probe", "demo", "add", {}, pack_call((1, 2), {})))
+    while sock.poll(30_000):
+        if sock.recv_multipart()[2:3] == [b"probe"]:
+            return
+    raise AssertionError("the broker did not answer a well-formed request after the fuzzing")
+
+
 class _Caller(threading.Thread):
     """A well-behaved client that keeps calling during the fuzzing."""
 
@@ -171,21 +179,22 @@ def test_fuzzed_frames_at_both_sockets_do_not_disturb_a_real_client(broker: tupl
         for sock, endpoint in ((client_side, frontend), (worker_side, backend)):
             sock.linger = 0
             sock.connect(endpoint)
-        time.sleep(0.5)
+        wait_for(lambda: sum(caller.outcomes.values()) > 0, 30, "the real client's first answer")
         baseline = _rss_kib(pid)
-        _fuzz(client_side, CLIENT_TEMPLATES, sent, "frontend")
         _fuzz(worker_side, WORKER_TEMPLATES, sent, "backend")
+        _fuzz(client_side, CLIENT_TEMPLATES, sent, "frontend")
         oversized = context.socket(zmq.DEALER)
         oversized.linger = 0
+        dropped = oversized.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         oversized.connect(frontend)
         oversized.send_multipart(
             [wire.CLIENT_PROTOCOL, wire.REQUEST, b"big", b"demo", b"add", b"\x80", b"x" * (2 << 20)]
         )
-        time.sleep(1.0)
+        assert dropped.poll(30_000), "the broker did not drop the sender of a frame over max_message_size"
+        _round_trip(client_side)
         grown = _rss_kib(pid) - baseline
         calls_before = sum(caller.outcomes.values())
-        time.sleep(0.5)
-        assert sum(caller.outcomes.values()) > calls_before, "the real client stopped getting answers"
+        wait_for(lambda: sum(caller.outcomes.values()) > calls_before, 10, "the real client's next answer")
     finally:
         caller.stop.set()
         caller.join(timeout=15)

@@ -8,6 +8,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,6 +118,26 @@ def test_bad_arguments_to_a_declared_function(client: Client, args: tuple[object
     with pytest.raises(ArgumentError) as info:
         client.call("demo", "add", *args)
     assert expected in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "expected"),
+    [
+        ((99999999999999999999999, 1), {}, "argument 1 (99999999999999999999999) cannot be sent: integer out of range"),
+        ((1, -(2**64)), {}, "argument 2 (-18446744073709551616) cannot be sent: integer out of range"),
+        ((1,), {"b": object()}, "keyword argument 'b' (<object object at"),
+        ((1, [2, 3j]), {}, "argument 2 ([2, 3j]) cannot be sent: can not serialize 'complex'"),
+    ],
+)
+def test_arguments_that_cannot_be_sent_are_an_argument_error_at_once(
+    pool: Pool, client: Client, args: tuple[object, ...], kwargs: dict[str, Any], expected: str
+) -> None:
+    requests = pool.stats()["requests"]
+    with pytest.raises(ArgumentError) as info:
+        client.submit("demo", "add", *args, **kwargs)
+    assert expected in str(info.value)
+    assert info.value.details == {"service": "demo", "method": "add"}
+    assert pool.stats()["requests"] == requests, "an unsendable call reached the broker"
 
 
 def test_bad_arguments_to_a_wrapper_method(client: Client) -> None:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ import pytest
 from broker import Pool
 from client import BrokerUnavailable, Timeout
 
-from .conftest import ROOT, assert_no_children_left, demo_service, pid_alive, wait_for
+from .conftest import ROOT, assert_no_children_left, demo_service, in_nanosleep, pid_alive, wait_for
 from .test_cli import children_of
 
 DLLPOOL = [sys.executable, "-m", "broker.cli"]
@@ -104,7 +103,7 @@ def test_sigint_finishes_running_calls_before_stopping(tmp_path: Path) -> None:
     call = subprocess.Popen(
         [*DLLPOOL, "call", "--address", address, "s", "sleep_ms", "700"], cwd=ROOT, stdout=subprocess.PIPE, text=True
     )
-    time.sleep(0.4)
+    wait_for(lambda: any(in_nanosleep(pid) for pid in children_of(process.pid)), 20, "the call to be running")
     os.kill(process.pid, signal.SIGINT)
     assert call.wait(timeout=20) == 0, "the running call was not allowed to finish"
     assert process.wait(timeout=20) == 0
