@@ -131,7 +131,7 @@ def _fingerprint(source: Path, command: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def build(tree: Path | None = None, *, apt: Apt | None = None) -> BuildResult:
+def build(tree: Path | None = None) -> BuildResult:
     """Compile whatever is missing or out of date, installing the compilers first if needed."""
     tree = locations.demo_tree() if tree is None else tree
     folder = build_dir(tree)
@@ -154,9 +154,8 @@ def build(tree: Path | None = None, *, apt: Apt | None = None) -> BuildResult:
     if not jobs:
         log.info("demo libraries up to date in %s", folder)
         return BuildResult(folder, (), ())
-    apt = apt if apt is not None else Apt()
     requirements = _toolchain([job[1] for job in jobs], sorted({job[2] for job in jobs}))
-    actions = provide(requirements, apt, purpose="build the demo libraries")
+    actions = provide(requirements, Apt(), purpose="build the demo libraries")
     for key, _language, _bits, command, output, fingerprint in jobs:
         output.parent.mkdir(parents=True, exist_ok=True)
         staged = output.with_name(output.name + ".partial")

@@ -1,7 +1,7 @@
 """Everything the default configuration needs, in one idempotent step: ``dllpool setup``.
 
-The 32-bit runtime and the demo libraries share one :class:`~broker.syspkg.Apt`,
-so a fresh machine refreshes its package lists at most once.  Run again with
+The 32-bit runtime needs no system package (it is unpacked privately); the
+demo libraries' compilers come through :mod:`broker.syspkg`.  Run again with
 everything in place, it touches neither apt nor the network.
 """
 
@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import demolibs, locations, runtime32
-from .syspkg import Apt
 
 __all__ = ["SetupReport", "setup"]
 
@@ -32,7 +31,6 @@ class SetupReport:
 def setup(prefix: Path | None = None) -> SetupReport:
     """Provision the 32-bit runtime (under ``prefix``) and build the demo libraries if needed."""
     started = time.monotonic()
-    apt = Apt(f"; {runtime32.CONFIG_HINT}")
-    runtime = runtime32.provision(prefix, apt)
-    libraries = demolibs.build(apt=apt)
+    runtime = runtime32.provision(prefix)
+    libraries = demolibs.build()
     return SetupReport(runtime, libraries, locations.default_config_path(), time.monotonic() - started)

@@ -4,11 +4,17 @@ On a 64-bit Debian/Ubuntu machine no 32-bit Python can be installed beside
 the system one (the interpreter packages conflict across architectures), so
 :func:`setup` builds a private one under a prefix folder:
 
-* the i386 shared libraries the interpreter needs, installed with apt (they
-  are ``Multi-Arch: same`` and sit beside the 64-bit ones);
-* Debian's i386 interpreter packages, downloaded and unpacked, not installed;
+* Debian's i386 interpreter packages and every shared library they need,
+  resolved and downloaded by apt through private package lists
+  (:class:`~broker.syspkg.ForeignArchive`) and unpacked into ``<prefix>/root``,
+  not installed: no root, no change to the system, and no constraint from the
+  versions of this machine's own 64-bit packages;
 * i686 wheels of pyzmq and msgpack, downloaded by the 64-bit pip and
   unpacked into a site folder that only the 32-bit interpreter sees.
+
+The interpreter runs through the prefix's own dynamic loader
+(``ld-linux.so.2 --library-path ... python3.N``), so it finds those libraries
+and needs no i386 package on the machine.
 
 A JSON manifest written last records the result; :func:`load` trusts only
 that.  On other systems (Windows with a python.org 32-bit install, say) the
@@ -32,13 +38,12 @@ import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 from protocol.errors import RuntimeMissing
 
 from . import locations
-from .syspkg import Apt, Requirement, is_installed, provide, run, tail
+from .syspkg import ForeignArchive, run, tail
 
 __all__ = [
     "Interpreter",
@@ -56,7 +61,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MANIFEST = "runtime32.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
 ENV_PREFIX = locations.ENV_RUNTIME32
 SETUP_HINT = "run `dllpool runtime32 setup` (or `make setup`)"
 CONFIG_HINT = 'or name a 32-bit interpreter in the configuration: [runtime32] python = "/path/to/python"'
@@ -148,7 +153,8 @@ class Interpreter:
     """How to start a 32-bit (or any) Python that has pyzmq and msgpack."""
 
     executable: str
-    """Absolute path of the python binary (symlinks kept: a venv needs its own)."""
+    """Absolute path of the python binary (symlinks kept: a venv needs its own), or of the
+    dynamic loader that starts it (the provisioned runtime: ``args`` then name the binary)."""
     env: dict[str, str] = field(default_factory=dict, hash=False)
     """Extra environment variables: PYTHONHOME for the unpacked Debian one."""
     path: tuple[str, ...] = ()
@@ -159,6 +165,13 @@ class Interpreter:
     @property
     def command(self) -> list[str]:
         return [self.executable, *self.args]
+
+    @property
+    def shown(self) -> str:
+        """How messages name it: the python binary, not the loader in front of it."""
+        if os.path.basename(self.executable).startswith("ld-linux") and self.args:
+            return self.args[-1]
+        return shlex.join(self.command)
 
 
 @dataclass(frozen=True)
@@ -264,7 +277,7 @@ def describe(interp: Interpreter, timeout: float = 30) -> dict[str, object]:
     errors = [str(e) for e in raw_errors] if isinstance(raw_errors, list) else []
     if errors or not info.get("pyzmq") or not info.get("msgpack"):
         raise RuntimeMissing(
-            f"{interp.executable} cannot import what a worker needs: {'; '.join(errors)}. "
+            f"{interp.shown} cannot import what a worker needs: {'; '.join(errors)}. "
             f"For the managed runtime, {SETUP_HINT}; for your own interpreter, "
             "install pyzmq and msgpack into it (`python -m pip install pyzmq msgpack`)"
         )
@@ -285,18 +298,18 @@ def _run_python(interp: Interpreter, code: str, timeout: float) -> dict[str, obj
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise RuntimeMissing(f"32-bit Python {interp.executable} did not start: {exc}") from exc
+        raise RuntimeMissing(f"32-bit Python {interp.shown} did not start: {exc}") from exc
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         raise RuntimeMissing(
-            f"32-bit Python {interp.executable} failed (exit code {proc.returncode}): {tail(proc.stderr)}"
+            f"32-bit Python {interp.shown} failed (exit code {proc.returncode}): {tail(proc.stderr)}"
         )
     try:
         data = json.loads(lines[-1])
     except ValueError as exc:
-        raise RuntimeMissing(f"32-bit Python {interp.executable} printed no report: {tail(proc.stdout)}") from exc
+        raise RuntimeMissing(f"32-bit Python {interp.shown} printed no report: {tail(proc.stdout)}") from exc
     if not isinstance(data, dict):
-        raise RuntimeMissing(f"32-bit Python {interp.executable} printed an odd report: {data!r:.200}")
+        raise RuntimeMissing(f"32-bit Python {interp.shown} printed an odd report: {data!r:.200}")
     return data
 
 
@@ -328,14 +341,16 @@ def load(prefix: Path | None = None) -> Interpreter:
 def _interpreter_from_manifest(data: object) -> Interpreter:
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"not a format-{MANIFEST_FORMAT} manifest")
-    executable, env, path = data["executable"], data["env"], data["path"]
+    executable, env, path, args = data["executable"], data["env"], data["path"], data["args"]
     if not isinstance(executable, str) or not os.path.isabs(executable):
         raise ValueError("executable must be an absolute path")
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise ValueError("env must map strings to strings")
     if not isinstance(path, list) or not all(isinstance(p, str) for p in path):
         raise ValueError("path must be a list of strings")
-    return Interpreter(executable=executable, env=dict(env), path=tuple(path))
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise ValueError("args must be a list of strings")
+    return Interpreter(executable=executable, env=dict(env), path=tuple(path), args=tuple(args))
 
 
 def _write_manifest(prefix: Path, interp: Interpreter, info: Mapping[str, object]) -> None:
@@ -344,6 +359,7 @@ def _write_manifest(prefix: Path, interp: Interpreter, info: Mapping[str, object
         "executable": interp.executable,
         "env": interp.env,
         "path": list(interp.path),
+        "args": list(interp.args),
         "version": info.get("version"),
         "platform": info.get("platform"),
         "pyzmq": info.get("pyzmq"),
@@ -364,7 +380,7 @@ def setup(prefix: Path | None = None) -> Interpreter:
     return provision(prefix).interpreter
 
 
-def provision(prefix: Path | None = None, apt: Apt | None = None) -> SetupResult:
+def provision(prefix: Path | None = None) -> SetupResult:
     """Make the 32-bit runtime ready and say what had to be done.
 
     Idempotent: when the manifest exists and the interpreter passes its
@@ -393,18 +409,10 @@ def provision(prefix: Path | None = None, apt: Apt | None = None) -> SetupResult
         if ready is not None:
             return SetupResult(ready, (), time.monotonic() - started)
         (prefix / MANIFEST).unlink(missing_ok=True)
-        actions: list[str] = []
-        apt = apt if apt is not None else Apt(f"; {CONFIG_HINT}")
         minor = _debian_python_minor()
         log.info("Debian ships Python 3.%d; building its 32-bit runtime in %s", minor, prefix)
-        actions += _ensure_i386_libraries(apt, minor)
-        actions += _ensure_interpreter(apt, prefix, minor)
-        actions += _ensure_wheels(prefix, minor)
-        interp = Interpreter(
-            executable=str(prefix / _ROOT_DIR / "usr" / "bin" / f"python3.{minor}"),
-            env={"PYTHONHOME": str(prefix / _ROOT_DIR / "usr")},
-            path=(str(prefix / _SITE_DIR),),
-        )
+        actions = _ensure_root(prefix, minor) + _ensure_wheels(prefix, minor)
+        interp = _private_interpreter(prefix, minor)
         log.info("verifying the 32-bit interpreter (pointer size, ctypes, pyzmq DEALER socket, msgpack)")
         _selftest(interp)
         info = describe(interp)
@@ -429,7 +437,7 @@ def _ready(prefix: Path) -> Interpreter | None:
     except RuntimeMissing as exc:
         log.debug("32-bit runtime not ready: %s", exc)
         return None
-    log.info("32-bit runtime already set up: %s", interp.executable)
+    log.info("32-bit runtime already set up: %s", interp.shown)
     return interp
 
 
@@ -438,7 +446,7 @@ def _selftest(interp: Interpreter) -> None:
     result = _run_python(interp, _SELFTEST, timeout=60)
     zmq_file = str(result.get("zmq_file", ""))
     if interp.path and not any(zmq_file.startswith(p + os.sep) for p in interp.path):
-        raise RuntimeMissing(f"{interp.executable} imported zmq from {zmq_file}, not from its own site folder")
+        raise RuntimeMissing(f"{interp.shown} imported zmq from {zmq_file}, not from its own site folder")
 
 
 def _check_platform() -> None:
@@ -488,207 +496,66 @@ def _debian_python_minor() -> int:
 
 
 def _interpreter_packages(minor: int) -> list[str]:
-    return [f"python3.{minor}-minimal:i386", f"libpython3.{minor}-minimal:i386", f"libpython3.{minor}-stdlib:i386"]
+    return [f"python3.{minor}-minimal", f"libpython3.{minor}-minimal", f"libpython3.{minor}-stdlib"]
 
 
-def _ensure_i386_libraries(apt: Apt, minor: int) -> list[str]:
-    """Step 1: the i386 architecture and the shared libraries the interpreter links to."""
-    actions: list[str] = []
-    foreign = run(["dpkg", "--print-foreign-architectures"], timeout=60).split()
-    if "i386" not in foreign:
-        apt.require_root("enable the i386 architecture", "dpkg --add-architecture i386 && apt-get update")
-        log.info("enabling the i386 architecture (dpkg --add-architecture i386)")
-        run(["dpkg", "--add-architecture", "i386"], timeout=60, what="dpkg --add-architecture i386")
-        actions.append("dpkg --add-architecture i386")
-    packages = _interpreter_packages(minor)
-    depends = ["apt-cache", "depends", "--no-recommends", "--no-suggests", *packages]
-    try:
-        out = run(depends, timeout=120)
-    except RuntimeMissing:  # no i386 package lists yet
-        actions += apt.update()
-        out = run(depends, timeout=120, what="apt-cache depends" + apt.note())
-    needed = _library_dependencies(out, minor) + [f"{name}:i386" for name in _EXTRA_I386_PACKAGES]
-    requirements = [Requirement(pkg, partial(is_installed, pkg)) for pkg in dict.fromkeys(needed)]
-    done = provide(requirements, apt, purpose="run the 32-bit Python", pins=_version_pins)
-    if not done:
-        log.info("i386 libraries already installed (%d packages)", len(requirements))
-    return actions + done
+def _shared_library_closure(archive: ForeignArchive, roots: Sequence[str]) -> list[str]:
+    """``roots`` and, transitively, the shared-library packages they depend on.
 
-
-def _version_pins(packages: Sequence[str]) -> str:
-    """apt preferences that give each i386 library the version of its installed 64-bit twin.
-
-    ``Multi-Arch: same`` packages must have identical versions on both
-    architectures.  The mirror may no longer offer the i386 build of the
-    installed 64-bit version (an image built from an older snapshot, or an
-    index that failed to download); then both sides move to the newest
-    version offered for both, together with the installed packages built
-    from the same source at the same version (``libssl-dev`` with ``libssl3``).
-    Never a downgrade: where no such version exists apt is left to explain.
+    Debian names shared-library packages ``lib*`` (``zlib1g`` too); other
+    dependencies (perl, media-types, tzdata, readline-common) are programs or
+    data an unpacked interpreter does not need, and are not followed.
     """
-    native = run(["dpkg", "--print-architecture"], timeout=60).strip()
-    out = run(
-        [
-            "apt-cache",
-            "depends",
-            "--recurse",
-            "--no-recommends",
-            "--no-suggests",
-            "--no-conflicts",
-            "--no-breaks",
-            "--no-replaces",
-            "--no-enhances",
-            *packages,
-        ],
-        timeout=300,
-        what="apt-cache depends --recurse",
-    )
-    closure = {line[: -len(":i386")] for line in out.splitlines() if re.fullmatch(r"[a-z0-9][^\s:<>]*:i386", line)}
-    installed = _installed_packages()
-    # Only "Multi-Arch: same" packages must match; others (dpkg, tar) stay single-architecture.
-    twins = {
-        name: installed[(name, native)]
-        for name in sorted(closure)
-        if installed.get((name, native), ("", "", ""))[2] == "same"
-    }
-    available = _available_versions([f"{name}:i386" for name in twins] + list(twins))
-    pins: dict[str, str] = {}
-    moves: dict[tuple[str, str], str] = {}  # (source, installed version) -> version for both architectures
-    for name, (version, source, _) in twins.items():
-        i386_versions = available.get(f"{name}:i386", [])
-        if version in i386_versions:
-            pins[f"{name}:i386"] = version
-            continue
-        common = [v for v in i386_versions if v in available.get(name, []) and _version_gt(v, version)]
-        if not common:
-            log.warning("no i386 build of %s %s or newer on the mirror; apt may refuse to install it", name, version)
-            continue
-        pins[f"{name}:i386"] = common[0]  # apt lists versions newest first
-        moves.setdefault((source, version), common[0])
-    siblings = {
-        (pkg if arch in (native, "all") else f"{pkg}:{arch}"): moves[(src, v)]
-        for (pkg, arch), (v, src, _) in installed.items()
-        if (src, v) in moves
-    }
-    sibling_versions = _available_versions(list(siblings))
-    for (source, version), target in moves.items():
-        moved = sorted(s for s, t in siblings.items() if t == target and target in sibling_versions.get(s, []))
-        log.info(
-            "the mirror has no i386 build of %s %s: moving %s to %s on both architectures",
-            source,
-            version,
-            ", ".join(moved),
-            target,
-        )
-        pins.update(dict.fromkeys(moved, target))
-    return "".join(f"Package: {pkg}\nPin: version {v}\nPin-Priority: 1001\n\n" for pkg, v in pins.items())
+    wanted = list(dict.fromkeys(roots))
+    frontier = wanted
+    while frontier:
+        new: list[str] = []
+        for deps in archive.depends(frontier).values():
+            new += [dep for dep in deps if dep.startswith(("lib", "zlib")) and dep not in wanted and dep not in new]
+        wanted += new
+        frontier = new
+    return wanted
 
 
-def _installed_packages() -> dict[tuple[str, str], tuple[str, str, str]]:
-    """``(name, arch) -> (version, source, multi-arch)`` of every installed package."""
-    fields = ("Package", "Architecture", "Version", "source:Package", "Multi-Arch", "db:Status-Abbrev")
-    out = run(["dpkg-query", "-W", "-f=" + "\t".join(f"${{{f}}}" for f in fields) + "\n"], timeout=120)
-    result: dict[tuple[str, str], tuple[str, str, str]] = {}
-    for line in out.splitlines():
-        name, arch, version, source, multi_arch, status = (line.split("\t") + [""] * 6)[:6]
-        if status.startswith("ii"):
-            result[(name, arch)] = (version, source, multi_arch)
-    return result
-
-
-def _available_versions(names: Sequence[str]) -> dict[str, list[str]]:
-    """Downloadable versions of each package (as named: ``pkg`` or ``pkg:arch``), newest first."""
-    if not names:
-        return {}
-    out = run(["apt-cache", "policy", *names], timeout=300, what="apt-cache policy")
-    result: dict[str, list[str]] = {}
-    current: list[str] = []
-    version = ""
-    for line in out.splitlines():
-        if re.fullmatch(r"\S+:", line):
-            current = result.setdefault(line[:-1], [])
-        elif match := re.fullmatch(r"\s+(?:\*\*\* )?(\S+) -?\d+", line):
-            version = match.group(1)
-        elif (
-            re.fullmatch(r"\s+-?\d+ \S+.*", line)
-            and not line.rstrip().endswith("/var/lib/dpkg/status")
-            and version
-            and version not in current
-        ):
-            current.append(version)
-    return result
-
-
-def _version_gt(a: str, b: str) -> bool:
-    return subprocess.run(["dpkg", "--compare-versions", a, "gt", b], check=False, timeout=60).returncode == 0
-
-
-def _library_dependencies(apt_cache_depends: str, minor: int) -> list[str]:
-    """The i386 (Pre)Depends of the interpreter packages, minus those packages themselves.
-
-    Taking the names from the packages (libffi8 or libffi7, libssl3 or
-    libssl1.1, ...) keeps this right on every Debian and Ubuntu release.
-    Architecture-independent dependencies (media-types, tzdata) are not needed
-    by an unpacked interpreter; of a ``|`` alternative group the first is taken.
-    """
-    ours = {p.split(":")[0] for p in _interpreter_packages(minor)}
-    found: list[str] = []
-    in_alternatives = False
-    for line in apt_cache_depends.splitlines():
-        match = re.match(r"\s*(\|?)(?:Pre)?Depends:\s*(\S+)", line)
-        if match is None:
-            in_alternatives = False
-            continue
-        taken = in_alternatives
-        in_alternatives = bool(match.group(1))
-        name = match.group(2)
-        if taken or name.startswith("<") or not name.endswith(":i386") or name.split(":")[0] in ours:
-            continue
-        found.append(name)
-    return found
-
-
-def _ensure_interpreter(apt: Apt, prefix: Path, minor: int) -> list[str]:
-    """Step 2: Debian's i386 interpreter packages, downloaded and unpacked into ``<prefix>/root``."""
+def _ensure_root(prefix: Path, minor: int) -> list[str]:
+    """Step 1: the interpreter and its libraries, downloaded and unpacked into ``<prefix>/root``."""
     root = prefix / _ROOT_DIR
-    if (root / "usr" / "bin" / f"python3.{minor}").is_file():
-        log.info("32-bit Python 3.%d already unpacked in %s", minor, root)
+    if all(p.is_file() for p in _root_files(root, minor)):
+        log.info("32-bit Python 3.%d and its libraries already unpacked in %s", minor, root)
         return []
     staging = prefix / (_ROOT_DIR + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.rmtree(root, ignore_errors=True)  # another Python version, or damaged
-    packages = _interpreter_packages(minor)
-    with tempfile.TemporaryDirectory(prefix="dllpool-debs-") as tmp:
-        _let_apt_write(Path(tmp))
-        log.info("downloading %s", " ".join(packages))
-        try:
-            run(["apt-get", "download", *packages], cwd=Path(tmp), timeout=900, what="apt-get download")
-        except RuntimeMissing:
-            if apt.updated or os.geteuid() != 0:
-                raise
-            log.info("download failed; refreshing the package lists and retrying")
-            apt.update()
-            run(["apt-get", "download", *packages], cwd=Path(tmp), timeout=900, what="apt-get download" + apt.note())
-        debs = sorted(Path(tmp).glob("*.deb"))
+    with tempfile.TemporaryDirectory(prefix="dllpool-debs-", dir=prefix) as tmp:
+        archive = ForeignArchive(Path(tmp) / "apt", "i386")
+        archive.update()
+        packages = _shared_library_closure(archive, [*_interpreter_packages(minor), *_EXTRA_I386_PACKAGES])
+        log.info("downloading %d i386 packages: %s", len(packages), " ".join(packages))
+        debs = archive.download(packages, Path(tmp))
         if len(debs) != len(packages):
-            raise RuntimeMissing(f"apt-get download fetched {[d.name for d in debs]}, expected {packages}")
+            raise RuntimeMissing(f"apt-get download fetched {len(debs)} of the {len(packages)} packages asked for")
         for deb in debs:
-            log.info("unpacking %s", deb.name)
             run(["dpkg", "-x", str(deb), str(staging)], timeout=300, what=f"dpkg -x {deb.name}")
+    shutil.rmtree(root, ignore_errors=True)  # another Python version, or damaged
     os.replace(staging, root)
-    return [f"unpacked {' '.join(packages)}"]
+    return [f"unpacked {len(debs)} i386 packages ({' '.join(_interpreter_packages(minor))} and libraries)"]
 
 
-def _let_apt_write(folder: Path) -> None:
-    """Give the download folder to the ``_apt`` user, so apt need not download unsandboxed as root."""
-    if os.geteuid() != 0:
-        return
-    try:
-        import pwd
+def _root_files(root: Path, minor: int) -> tuple[Path, Path]:
+    """The loader and the interpreter binary: what a complete ``<prefix>/root`` must have."""
+    return root / "lib" / "i386-linux-gnu" / "ld-linux.so.2", root / "usr" / "bin" / f"python3.{minor}"
 
-        os.chown(folder, pwd.getpwnam("_apt").pw_uid, -1)
-    except (KeyError, OSError):
-        pass  # apt then only warns
+
+def _private_interpreter(prefix: Path, minor: int) -> Interpreter:
+    """The unpacked interpreter, started through its own loader so it finds its own libraries first."""
+    root = prefix / _ROOT_DIR
+    loader, python = _root_files(root, minor)
+    libraries = os.pathsep.join(str(root / sub / "i386-linux-gnu") for sub in ("lib", "usr/lib"))
+    return Interpreter(
+        executable=str(loader),
+        env={"PYTHONHOME": str(root / "usr")},
+        path=(str(prefix / _SITE_DIR),),
+        args=("--library-path", libraries, str(python)),
+    )
 
 
 def _ensure_wheels(prefix: Path, minor: int) -> list[str]:

@@ -185,7 +185,7 @@ class Supervisor:
             daemon=True,
         )
         slot.stderr_reader.start()
-        log.debug("started worker %s: %s", name, interp.executable)
+        log.debug("started worker %s: %s", name, interp.shown)
 
     def start_all(self) -> None:
         now = time.monotonic()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from protocol.errors import RuntimeMissing
 
-__all__ = ["Apt", "CommandFailed", "Requirement", "is_installed", "provide", "run", "tail"]
+__all__ = ["Apt", "CommandFailed", "ForeignArchive", "Requirement", "is_installed", "provide", "run", "tail"]
 
 log = logging.getLogger(__name__)
 
@@ -199,3 +199,88 @@ def provide(
 
 def _has_apt() -> bool:
     return all(shutil.which(tool) for tool in ("apt-get", "dpkg-query"))
+
+
+class ForeignArchive:
+    """The Debian archive as seen for another architecture, through apt lists kept in a private folder.
+
+    Packages of ``arch`` are resolved and downloaded with apt's own signature
+    checks, but nothing is installed and no system file changes, so it needs
+    no root and is independent of which versions this machine's own packages
+    have (``Multi-Arch: same`` packages installed system-wide must match their
+    native twins exactly, which a machine with newer security updates than the
+    foreign index cannot satisfy).  A failed refresh of one index (a mirror in
+    mid-sync) is a warning, as for :meth:`Apt.update`.
+    """
+
+    def __init__(self, folder: Path, arch: str) -> None:
+        self.folder = folder
+        self.arch = arch
+        self.update_error = ""
+        for sub in ("lists/partial", "cache/archives/partial"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        (folder / "status").touch()
+        self.options = [
+            *("-o", f"Dir::State::Lists={folder / 'lists'}"),
+            *("-o", f"Dir::State::status={folder / 'status'}"),
+            *("-o", f"Dir::Cache={folder / 'cache'}"),
+            *("-o", f"APT::Architecture={arch}"),
+            *("-o", f"APT::Architectures::={arch}"),
+        ]
+        _let_apt_write(folder / "lists" / "partial")
+
+    def update(self) -> None:
+        log.info("reading the archive's %s package lists (apt-get update into %s)", self.arch, self.folder)
+        try:
+            run(["apt-get", *self.options, "update"], timeout=900, what=f"apt-get update ({self.arch} lists)")
+        except RuntimeMissing as exc:
+            self.update_error = str(exc)
+            log.warning("%s; carrying on with the package lists that did arrive", exc)
+
+    def depends(self, packages: Sequence[str]) -> dict[str, list[str]]:
+        """Each package's Depends and Pre-Depends (of an ``a | b`` group, the first); virtual names left out."""
+        out = run(
+            ["apt-cache", *self.options, "depends", "--no-recommends", "--no-suggests", "--no-conflicts",
+             "--no-breaks", "--no-replaces", "--no-enhances", *packages],
+            timeout=300,
+            what="apt-cache depends" + self.note(),
+        )  # fmt: skip
+        result: dict[str, list[str]] = {}
+        current: list[str] = []
+        in_alternatives = False
+        for line in out.splitlines():
+            if line and not line[0].isspace():
+                current = result.setdefault(line.split(":")[0], [])
+                in_alternatives = False
+                continue
+            match = re.match(r"\s*(\|?)(?:Pre)?Depends:\s*(\S+)", line)
+            taken = in_alternatives
+            in_alternatives = bool(match and match.group(1))
+            if match and not taken and not match.group(2).startswith("<"):
+                current.append(match.group(2).split(":")[0])
+        return result
+
+    def download(self, packages: Sequence[str], dest: Path) -> list[Path]:
+        _let_apt_write(dest)
+        run(
+            ["apt-get", *self.options, "download", *packages],
+            cwd=dest,
+            timeout=900,
+            what="apt-get download" + self.note(),
+        )
+        return sorted(dest.glob("*.deb"))
+
+    def note(self) -> str:
+        return f" (after a failed refresh: {self.update_error})" if self.update_error else ""
+
+
+def _let_apt_write(folder: Path) -> None:
+    """Give a download folder to the ``_apt`` user, so apt need not download unsandboxed as root."""
+    if os.geteuid() != 0:
+        return
+    try:
+        import pwd
+
+        os.chown(folder, pwd.getpwnam("_apt").pw_uid, -1)
+    except (KeyError, OSError):
+        pass  # apt then only warns

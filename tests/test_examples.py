@@ -210,10 +210,10 @@ def test_wrapper_in_process(built: Path, monkeypatch) -> None:
 # --------------------------------------- 32-bit builds in a real 32-bit process
 
 
-def _runtime32() -> tuple[str, dict[str, str]]:
-    """(executable, env) of the project's 32-bit Python; a missing one fails the test."""
+def _runtime32() -> tuple[list[str], dict[str, str]]:
+    """(command, env) of the project's 32-bit Python; a missing one fails the test."""
     interp = runtime32.load()
-    return interp.executable, runtime32.command_env(interp, [])
+    return interp.command, runtime32.command_env(interp, [])
 
 
 CHECK32 = textwrap.dedent(
@@ -252,9 +252,9 @@ CHECK32 = textwrap.dedent(
 
 
 def test_32bit_builds_in_32bit_python(built: Path) -> None:
-    executable, env = _runtime32()
+    command, env = _runtime32()
     proc = subprocess.run(
-        [executable, "-c", CHECK32, str(built / "32")],
+        [*command, "-c", CHECK32, str(built / "32")],
         capture_output=True,
         text=True,
         env=env,

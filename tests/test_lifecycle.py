@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -63,7 +64,8 @@ def test_a_named_32bit_interpreter_with_launcher_arguments_serves(tmp_path: Path
     site = os.pathsep.join(interp.path)
     exports = "".join(f"export {k}='{v}'\n" for k, v in interp.env.items())
     launcher = tmp_path / "py32"
-    launcher.write_text(f'#!/bin/sh\n{exports}export PYTHONPATH="{site}:$PYTHONPATH"\nexec {interp.executable} "$@"\n')
+    command = shlex.join(interp.command)
+    launcher.write_text(f'#!/bin/sh\n{exports}export PYTHONPATH="{site}:$PYTHONPATH"\nexec {command} "$@"\n')
     launcher.chmod(0o755)
     config = {"runtime32": {"python": f"{launcher} -X utf8"}, "services": {"s": demo_service(bits=32)}}
     with Pool.from_config(config) as pool, pool.client(timeout=10) as client:

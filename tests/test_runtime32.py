@@ -54,7 +54,7 @@ def test_interpreter_binary_is_32_bit_elf(interp: Interpreter) -> None:
 def test_running_worker_process_is_32_bit(interp: Interpreter) -> None:
     """What a worker really runs, read from /proc/<pid>/exe while it is alive."""
     proc = subprocess.Popen(
-        [interp.executable, "-s", "-c", "import sys, zmq, msgpack; sys.stdin.read()"],
+        [*interp.command, "-s", "-c", "import sys, zmq, msgpack; sys.stdin.read()"],
         env=runtime32.command_env(interp, []),
         stdin=subprocess.PIPE,
     )
@@ -85,7 +85,7 @@ def test_64_bit_pyzmq_never_reaches_the_32_bit_process(interp: Interpreter, monk
     assert env["PYTHONNOUSERSITE"] == "1"
     assert env["PYTHONPATH"].split(os.pathsep) == [*interp.path, project]
     out = subprocess.run(
-        [interp.executable, "-c", "import json, struct, zmq; print(json.dumps([zmq.__file__, struct.calcsize('P')]))"],
+        [*interp.command, "-c", "import json, struct, zmq; print(json.dumps([zmq.__file__, struct.calcsize('P')]))"],
         env=env,
         capture_output=True,
         text=True,
@@ -165,7 +165,7 @@ def test_describe_a_user_named_interpreter() -> None:
 def test_describe_an_interpreter_without_pyzmq_fails_clearly(interp: Interpreter) -> None:
     """The bare Debian interpreter, without the wheel folder: no zmq, and the message says so."""
     with pytest.raises(RuntimeMissing, match="import zmq"):
-        runtime32.describe(Interpreter(interp.executable, interp.env, ()))
+        runtime32.describe(Interpreter(interp.executable, interp.env, (), interp.args))
 
 
 def test_describe_an_interpreter_that_does_not_start(tmp_path: Path) -> None:
