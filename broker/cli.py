@@ -194,10 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _up(options: argparse.Namespace) -> int:
-    stop = _stop_on_signals()
     if options.config is None:
         setup()
+    # Until the pool runs, SIGTERM is the Pool's own (a clean stop of a half-started pool); then ours.
     with Pool.from_config(options.config) as pool:
+        stop = _stop_on_signals()
         if options.json:
             announcement = {"address": pool.address, "backend": pool.backend_address, "workers": pool.workers()}
             print(json.dumps(announcement), flush=True)
@@ -214,8 +215,6 @@ def _call(options: argparse.Namespace) -> int:
 
     config = None if options.address else load_config(options.config)
     service, method = _call_target(options, config)
-    if config is not None and options.config is None:
-        setup()
     args = []
     for number, text in enumerate(options.args, 1):
         try:
@@ -224,6 +223,8 @@ def _call(options: argparse.Namespace) -> int:
             raise _UsageError(
                 f"argument {number} ({text!r}) is not a JSON literal; write 2, 2.5, '\"text\"' or '[1, 2]'"
             ) from None
+    if config is not None and options.config is None:
+        setup()
     try:
         if config is None:
             with Client(options.address, timeout=options.timeout, curve=_curve(options)) as client:

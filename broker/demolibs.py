@@ -28,7 +28,7 @@ from pathlib import Path
 from protocol.errors import RuntimeMissing
 
 from . import locations
-from .syspkg import Apt, Requirement, provide, tail
+from .syspkg import Apt, Requirement, locked, provide, tail
 
 __all__ = ["BuildResult", "build", "build_dir"]
 
@@ -132,9 +132,22 @@ def _fingerprint(source: Path, command: Sequence[str]) -> str:
 
 
 def build(tree: Path | None = None) -> BuildResult:
-    """Compile whatever is missing or out of date, installing the compilers first if needed."""
+    """Compile whatever is missing or out of date, installing the compilers first if needed.
+
+    Serialised by a lock in the build folder: two set-ups at once (``dllpool up`` and
+    ``dllpool demo`` on a fresh machine) build once, the second finds it done.
+    """
     tree = locations.demo_tree() if tree is None else tree
     folder = build_dir(tree)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RuntimeMissing(f"cannot create the demo library folder {folder}: {exc}") from exc
+    with locked(folder / ".build.lock"):
+        return _build(tree, folder)
+
+
+def _build(tree: Path, folder: Path) -> BuildResult:
     manifest_path = folder / _MANIFEST
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))

@@ -16,6 +16,8 @@ import os
 import shutil
 from pathlib import Path
 
+from protocol.errors import ConfigError
+
 __all__ = [
     "ENV_HOME",
     "ENV_RUNTIME32",
@@ -76,14 +78,21 @@ def demo_tree() -> Path:
         return root
     tree = user_home() / "demo"
     if not _BUNDLED.is_dir():
-        raise FileNotFoundError(f"{_BUNDLED} is missing: this dllpool installation is incomplete; reinstall it")
-    for source in sorted(_BUNDLED.rglob("*")):
-        if not source.is_file() or "__pycache__" in source.parts:
-            continue
-        target = tree / source.relative_to(_BUNDLED)
-        if not target.is_file() or not filecmp.cmp(source, target, shallow=False):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
+        raise ConfigError(f"{_BUNDLED} is missing: this dllpool installation is incomplete; reinstall it")
+    try:
+        for source in sorted(_BUNDLED.rglob("*")):
+            if not source.is_file() or "__pycache__" in source.parts:
+                continue
+            target = tree / source.relative_to(_BUNDLED)
+            if not target.is_file() or not filecmp.cmp(source, target, shallow=False):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                staged = target.with_name(f".{target.name}.{os.getpid()}")
+                shutil.copyfile(source, staged)
+                os.replace(staged, target)  # another process never reads a half-written file
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot prepare the default configuration in {tree} ({exc}): set {ENV_HOME} to a writable folder"
+        ) from exc
     return tree
 
 

@@ -58,7 +58,8 @@ _sigterm_owners: set[Pool] = set()
 @atexit.register
 def _stop_running_pools() -> None:
     for pool in list(_running):
-        pool.stop()
+        if pool._owner_pid == os.getpid():  # a forked child must not tear down its parent's pool
+            pool.stop()
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -85,6 +86,7 @@ class Pool:
         self.address = ""
         """The frontend endpoint clients connect to."""
         self.backend_address = ""
+        self._owner_pid = 0
 
     @classmethod
     def from_config(cls, source: str | Path | Mapping[str, Any] | None = None, *, start: bool = True) -> Pool:
@@ -98,6 +100,7 @@ class Pool:
         if self._thread is not None:
             raise RuntimeError("the pool is already started")
         self._run_dir = RunDir()
+        self._owner_pid = os.getpid()
         _running.add(self)
         self._own_sigterm()
         try:

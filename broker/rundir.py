@@ -5,7 +5,8 @@ under the temp directory (``mkdtemp``: mode 0700); so does ``dllpool worker``.
 The owner holds an exclusive ``flock`` on a lock file inside for the folder's
 whole life. The kernel drops that lock when the process ends, however it
 ends (SIGKILL included), so a folder whose lock can be taken belongs to no
-live process: the next start removes it.
+live process: the next start removes it. A folder without that lock file is
+never removed: it may be one being created right now, or not dllpool's at all.
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ import logging
 import os
 import re
 import shutil
-import socket
 import stat
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -34,8 +33,6 @@ __all__ = ["LOCK_NAME", "RunDir", "sweep"]
 LOCK_NAME = ".owner.lock"
 _NAME = re.compile(r"dllpool-(?:workers-)?[a-z0-9_]{8}")
 """The names ``mkdtemp`` gives run folders; other dllpool temp folders (downloads, builds) are never touched."""
-_UNLOCKED_AGE = 3600.0
-"""A folder without a lock file is being created right now (or predates the lock); only this old is it stale."""
 
 
 class RunDir:
@@ -44,7 +41,14 @@ class RunDir:
     def __init__(self, prefix: str = "dllpool-") -> None:
         sweep()
         self.path = Path(tempfile.mkdtemp(prefix=prefix))
-        self._lock: int | None = _hold(self.path)
+        try:
+            self._lock: int | None = _hold(self.path)
+        except OSError as exc:  # a file system without flock (some NFS /tmp): run unlocked, never swept
+            log.warning("cannot lock %s (%s); it will not be cleaned up if this process is killed", self.path, exc)
+            self._lock = None
+        except BaseException:
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise
 
     def remove(self) -> None:
         """Delete the folder, then let go of its lock (in this order, so no sweep races the removal)."""
@@ -80,7 +84,7 @@ def sweep(root: Path | None = None) -> list[Path]:
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
             continue
         path = Path(entry.path)
-        with _abandoned(path, info.st_mtime) as stale:
+        with _abandoned(path) as stale:
             if stale:
                 shutil.rmtree(path, ignore_errors=True)
                 log.info("removed %s, left behind by a dllpool process that is gone", path)
@@ -105,13 +109,10 @@ def _hold(folder: Path) -> int | None:
 
 
 @contextlib.contextmanager
-def _abandoned(folder: Path, mtime: float) -> Iterator[bool]:
-    """Whether no live process owns ``folder``; holds its lock (if any) until the block ends."""
+def _abandoned(folder: Path) -> Iterator[bool]:
+    """Whether ``folder`` has an owner lock that no live process holds; holds that lock until the block ends."""
     try:
         fd = os.open(folder / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        yield time.time() - mtime > _UNLOCKED_AGE and not _serving(folder)
-        return
     except OSError:
         yield False
         return
@@ -124,19 +125,3 @@ def _abandoned(folder: Path, mtime: float) -> Iterator[bool]:
             yield True
     finally:
         os.close(fd)
-
-
-def _serving(folder: Path) -> bool:
-    """True if a process still listens on an ipc socket in ``folder`` (one made before folders were locked)."""
-    try:
-        sockets = [entry for entry in folder.iterdir() if entry.is_socket()]
-    except OSError:
-        return False
-    for entry in sockets:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            try:
-                probe.connect(str(entry))
-            except OSError:
-                continue
-            return True
-    return False

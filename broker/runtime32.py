@@ -35,15 +35,14 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from protocol.errors import RuntimeMissing
 
 from . import locations
-from .syspkg import ForeignArchive, run, tail
+from .syspkg import ForeignArchive, locked, run, tail
 
 __all__ = [
     "Interpreter",
@@ -301,9 +300,7 @@ def _run_python(interp: Interpreter, code: str, timeout: float) -> dict[str, obj
         raise RuntimeMissing(f"32-bit Python {interp.shown} did not start: {exc}") from exc
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
-        raise RuntimeMissing(
-            f"32-bit Python {interp.shown} failed (exit code {proc.returncode}): {tail(proc.stderr)}"
-        )
+        raise RuntimeMissing(f"32-bit Python {interp.shown} failed (exit code {proc.returncode}): {tail(proc.stderr)}")
     try:
         data = json.loads(lines[-1])
     except ValueError as exc:
@@ -404,7 +401,7 @@ def provision(prefix: Path | None = None) -> SetupResult:
         raise RuntimeMissing(
             f"cannot create the 32-bit runtime folder {prefix} ({exc}): set {ENV_PREFIX} to a writable folder"
         ) from exc
-    with _locked(prefix / ".setup.lock"):
+    with locked(prefix / ".setup.lock"):
         ready = _ready(prefix)  # another process may have finished it while we waited
         if ready is not None:
             return SetupResult(ready, (), time.monotonic() - started)
@@ -468,19 +465,6 @@ def _check_platform() -> None:
             f"automatic 32-bit runtime setup needs a Debian-like system ({', '.join(missing)} not found): "
             f"install a 32-bit Python with pyzmq and msgpack, {CONFIG_HINT}"
         )
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialize concurrent setups of one prefix (e.g. parallel test sessions)."""
-    import fcntl  # Unix only, like the rest of setup
-
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _debian_python_minor() -> int:

@@ -219,7 +219,7 @@ class Supervisor:
     def _after_exit(self, slot: _Slot, code: int, now: float) -> None:
         if self._stopping:
             return
-        if code == EXIT_UNLOADABLE:
+        if code == EXIT_UNLOADABLE and slot.status_file.is_file():  # not a library's own exit(5)
             self._give_up(slot)
             return
         # SIGKILL comes from outside (us, a person, the OOM killer): it says nothing about the library.

@@ -15,14 +15,14 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from protocol.errors import RuntimeMissing
 
-__all__ = ["Apt", "CommandFailed", "ForeignArchive", "Requirement", "is_installed", "provide", "run", "tail"]
+__all__ = ["Apt", "CommandFailed", "ForeignArchive", "Requirement", "locked", "provide", "run", "tail"]
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,17 @@ def run(cmd: Sequence[str], *, timeout: float, cwd: Path | None = None, what: st
     return proc.stdout
 
 
-def is_installed(package: str) -> bool:
-    try:
-        proc = subprocess.run(
-            ["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True, check=False, timeout=60
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return proc.returncode == 0 and proc.stdout.strip().endswith(" installed")
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Serialise set-up steps that write one folder (two set-ups at once, parallel test sessions)."""
+    import fcntl  # Unix only, like the rest of set-up
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class Apt:
@@ -123,48 +126,15 @@ class Apt:
     def note(self) -> str:
         return f" (after a failed refresh: {self.update_error})" if self.update_error else ""
 
-    def install(self, packages: Sequence[str], *, pins: str = "", simulate: bool = False) -> list[str]:
-        """``apt-get install`` with ``pins`` as preferences; returns the packages it was given in the end.
-
-        apt's resolver does not pull in an i386 dependency whose candidate clashes
-        with its installed 64-bit twin; named on the command line (with the pins)
-        it does.  So an i386 package apt reports as "not going to be installed"
-        is added and the install retried, a few times at most.
-        """
-        wanted = list(packages)
-        what = "apt-get install" + self.note()
-        with tempfile.NamedTemporaryFile("w", prefix="dllpool-apt-", suffix=".pref") as prefs:
-            system_prefs = Path("/etc/apt/preferences")
-            if pins and system_prefs.is_file():  # our file replaces it for this one command
-                prefs.write(system_prefs.read_text(encoding="utf-8", errors="replace") + "\n\n")
-            prefs.write(pins)
-            prefs.flush()
-            os.chmod(prefs.name, 0o644)
-            options = ["-s"] if simulate else ["-y"]
-            for _attempt in range(6):
-                cmd = ["apt-get", "install", *options, "--no-install-recommends", *APT_OPTIONS]
-                if pins:
-                    cmd += ["-o", f"Dir::Etc::preferences={prefs.name}"]
-                try:
-                    run([*cmd, *wanted], timeout=1800, what=what)
-                    return wanted
-                except CommandFailed as exc:
-                    held = re.findall(r"Depends: (\S+:i386) [^\n]*?but it is not going to be installed", exc.output)
-                    extra = [pkg for pkg in dict.fromkeys(held) if pkg not in wanted]
-                    if not extra:
-                        raise
-                    log.info("naming held-back i386 dependencies too: %s", " ".join(extra))
-                    wanted += extra
-        raise RuntimeMissing(f"{what} failed: apt kept holding back i386 dependencies of {' '.join(packages)}")
+    def install(self, packages: Sequence[str]) -> None:
+        cmd = ["apt-get", "install", "-y", "--no-install-recommends", *APT_OPTIONS, *packages]
+        run(cmd, timeout=1800, what="apt-get install" + self.note())
 
 
-def provide(
-    requirements: Sequence[Requirement], apt: Apt, *, purpose: str, pins: Callable[[Sequence[str]], str] | None = None
-) -> list[str]:
+def provide(requirements: Sequence[Requirement], apt: Apt, *, purpose: str) -> list[str]:
     """Install the packages of the requirements not yet met; the actions taken (none when all are met).
 
-    ``pins`` computes apt preferences for the missing packages (the i386
-    libraries must match their 64-bit twins' versions).  Raises
+    Raises
     :class:`RuntimeMissing` naming the packages and the command to run by
     hand when apt cannot be used or the requirements are still unmet after it.
     """
@@ -181,17 +151,17 @@ def provide(
     actions = apt.update()
     log.info("installing %s (to %s)", " ".join(missing), purpose)
     try:
-        installed = apt.install(missing, pins=pins(missing) if pins else "")
+        apt.install(missing)
     except RuntimeMissing as exc:
         raise RuntimeMissing(
             f"could not install {' '.join(missing)} (to {purpose}): {exc}. "
             f"Run `{by_hand}` by hand, then run the set-up again{apt.hint}"
         ) from exc
-    actions.append("apt-get install " + " ".join(installed))
+    actions.append("apt-get install " + " ".join(missing))
     still = [r.package for r in requirements if not r.present()]
     if still:
         raise RuntimeMissing(
-            f"after `apt-get install {' '.join(installed)}`, {' '.join(still)} still do(es) not work (to {purpose}); "
+            f"after `apt-get install {' '.join(missing)}`, {' '.join(still)} still do(es) not work (to {purpose}); "
             f"check the apt output above, or run `{by_hand}` by hand{apt.hint}"
         )
     return actions

@@ -79,6 +79,8 @@ for _event in _HANDSHAKE_FAILED:
     _MONITOR_EVENTS |= _event
 _WAKE = b""
 """What the inproc PUSH carries: only 'look at the outbox (and at ``_closed``)'."""
+_ZAP_DENIED = 400
+"""ZAP status code of a definite refusal (RFC 27); 300 and 500 are temporary."""
 _ZMTP_MECHANISM_MISMATCH = 0x11000002
 """ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: one peer uses CURVE, the other does not."""
 _instances = itertools.count()
@@ -687,7 +689,8 @@ class Client:
     def _handshake_failed(self, kind: int, value: int) -> None:
         """Name the problem; a refusal (unlike a dropped connection) fails waiting calls at once."""
         name = _HANDSHAKE_FAILED[kind]
-        self._refused = not name.endswith("NO_DETAIL")
+        # ZAP 300/500 are temporary (the authenticator is busy or broken): wait out the window as for a drop.
+        self._refused = name.endswith("PROTOCOL") or (name.endswith("AUTH") and value == _ZAP_DENIED)
         if name.endswith("AUTH"):
             problem = (
                 f"the broker refused this client's CURVE public key (ZAP status {value}); "

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -262,19 +261,13 @@ def test_the_sweep_removes_only_unheld_run_folders(temp_root: Path) -> None:
     assert not live.path.exists()
 
 
-def test_a_folder_without_a_lock_is_removed_only_when_old_and_nobody_listens_in_it(temp_root: Path) -> None:
-    young, old, serving = (temp_root / f"dllpool-{name:_<8}" for name in ("young", "old", "serving"))
-    for folder in (young, old, serving):
+def test_a_folder_without_a_lock_is_never_removed(temp_root: Path) -> None:
+    """No lock file: being created right now, or not dllpool's at all (a user's `dllpool-checkout`), however old."""
+    folders = [temp_root / f"dllpool-{name:_<8}" for name in ("young", "checkout")]
+    long_ago = time.time() - 30 * 24 * 3600
+    for folder in folders:
         folder.mkdir()
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(serving / "frontend"))
-    listener.listen()
-    long_ago = time.time() - 2 * 3600
-    for folder in (old, serving):
+        (folder / "notes.txt").write_text("mine")
         os.utime(folder, (long_ago, long_ago))
-    try:
-        assert sweep() == [old]
-        assert young.is_dir() and serving.is_dir()
-    finally:
-        listener.close()
-    assert sweep() == [serving], "nobody listens there any more"
+    assert sweep() == []
+    assert all((folder / "notes.txt").is_file() for folder in folders)

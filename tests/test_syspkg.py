@@ -11,14 +11,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from broker import syspkg
+from broker import demolibs, syspkg
 from protocol.errors import RuntimeMissing
+
+from .conftest import ROOT
 
 _STUB = textwrap.dedent(
     """\
@@ -120,3 +123,25 @@ def test_without_root_the_error_says_what_to_run(stub_apt, monkeypatch: pytest.M
     with pytest.raises(RuntimeMissing, match=r"needs root .*apt-get install -y --no-install-recommends pkg-a pkg-b"):
         syspkg.provide(requirements, syspkg.Apt(), purpose="build the demo libraries")
     assert calls() == []
+
+
+def test_the_demo_build_gets_a_missing_compiler_through_the_same_path(
+    stub_apt, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The build of a fresh demo tree whose 32-bit C compiler "is missing" until the stub installs gcc-multilib:
+    the failed refresh is a warning, the package is installed, and the real compilers then build all six."""
+    _, calls = stub_apt(update_fails=True, missing=())
+    marker = tmp_path / "installed" / "gcc-multilib"
+    real_probe = demolibs._probe
+    monkeypatch.setattr(
+        demolibs, "_probe", lambda lang, bits: marker.exists() if lang.packages[bits] == "gcc-multilib" else True
+    )
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT / "examples", tree / "examples", ignore=shutil.ignore_patterns("build"))
+    with caplog.at_level(logging.WARNING, logger="broker.syspkg"):
+        result = demolibs.build(tree)
+    assert [c[0] for c in calls()] == ["update", "install"]
+    assert calls()[1][-1] == "gcc-multilib"
+    assert result.actions == ("apt-get update", "apt-get install gcc-multilib")
+    assert len(result.built) == 6 and real_probe(demolibs._C, 32)
+    assert "Mirror sync in progress?" in caplog.text
