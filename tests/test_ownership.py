@@ -31,12 +31,13 @@ from .test_cli import children_of
 
 CONFIG = {"services": {"s": demo_service(workers=2)}}
 
+# The handler writes with os.write: a print() there could re-enter a print() the signal interrupted.
 _CHILD = """
-import json, signal, sys, threading
+import json, os, signal, sys, threading
 from broker import Pool
 
 if sys.argv[2] == "own-handler":
-    signal.signal(signal.SIGTERM, lambda *_: print("handled", flush=True))
+    signal.signal(signal.SIGTERM, lambda *_: os.write(1, b"handled\\n"))
 with Pool.from_config(json.loads(sys.argv[1])) as pool:
     run_dir = pool.address.removeprefix("ipc://").rsplit("/", 1)[0]
     print(json.dumps({"pids": pool.worker_pids(), "run_dir": run_dir, "address": pool.address}), flush=True)
