@@ -38,6 +38,8 @@ log = logging.getLogger("dllpool")
 
 __all__ = ["main"]
 
+_REFRESH_HELP = "rebuild the 32-bit runtime from the archive's current packages (e.g. once a mirror caught up)"
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -159,12 +161,14 @@ def _parser() -> argparse.ArgumentParser:
         "setup", help="install what the default configuration needs: the 32-bit runtime and the demo libraries"
     )
     install.add_argument("--prefix", type=Path, help=f"32-bit runtime folder (default: {runtime32.default_prefix()})")
+    install.add_argument("--refresh", action="store_true", help=_REFRESH_HELP)
     install.add_argument("--json", action="store_true", help="machine-readable output")
 
     rt = commands.add_parser("runtime32", help="provision or inspect the 32-bit Python runtime")
     rt_commands = rt.add_subparsers(dest="action", required=True, metavar="ACTION")
     rt_setup = rt_commands.add_parser("setup", help="install a 32-bit CPython with pyzmq and msgpack (idempotent)")
     rt_setup.add_argument("--prefix", type=Path, help=f"where to put it (default: {runtime32.default_prefix()})")
+    rt_setup.add_argument("--refresh", action="store_true", help=_REFRESH_HELP)
     rt_info = rt_commands.add_parser("info", help="print the interpreter, its version and pointer size")
     rt_info.add_argument("--prefix", type=Path)
     rt_info.add_argument("--json", action="store_true", help="machine-readable output")
@@ -323,7 +327,7 @@ def _keys(options: argparse.Namespace) -> int:
 
 
 def _setup(options: argparse.Namespace) -> int:
-    report = setup(options.prefix)
+    report = setup(options.prefix, refresh=options.refresh)
     info = runtime32.describe(report.runtime.interpreter)
     if options.json:
         result = {
@@ -345,7 +349,7 @@ def _setup(options: argparse.Namespace) -> int:
 def _runtime32(options: argparse.Namespace) -> int:
     if options.action == "setup":
         started = time.monotonic()
-        result = runtime32.provision(options.prefix)
+        result = runtime32.provision(options.prefix, refresh=options.refresh)
         info = runtime32.describe(result.interpreter)
         what = "installed" if result.actions else "already in place"
         print(f"32-bit runtime {what}: Python {info['version']} ({info['bits']}-bit) at {info['executable']}")

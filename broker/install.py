@@ -28,9 +28,9 @@ class SetupReport:
         return self.runtime.actions + self.libraries.actions + tuple(f"built {b}" for b in self.libraries.built)
 
 
-def setup(prefix: Path | None = None) -> SetupReport:
-    """Provision the 32-bit runtime (under ``prefix``) and build the demo libraries if needed."""
+def setup(prefix: Path | None = None, *, refresh: bool = False) -> SetupReport:
+    """Provision the 32-bit runtime (under ``prefix``; rebuilt if ``refresh``) and build the demo libraries."""
     started = time.monotonic()
-    runtime = runtime32.provision(prefix)
+    runtime = runtime32.provision(prefix, refresh=refresh)
     libraries = demolibs.build()
     return SetupReport(runtime, libraries, locations.default_config_path(), time.monotonic() - started)

@@ -377,17 +377,18 @@ def setup(prefix: Path | None = None) -> Interpreter:
     return provision(prefix).interpreter
 
 
-def provision(prefix: Path | None = None) -> SetupResult:
+def provision(prefix: Path | None = None, *, refresh: bool = False) -> SetupResult:
     """Make the 32-bit runtime ready and say what had to be done.
 
     Idempotent: when the manifest exists and the interpreter passes its
     self-test, nothing else runs (no apt, no network; well under a second).
     Otherwise each missing step is done, and the manifest is written last so
-    an interrupted setup is redone rather than trusted.
+    an interrupted setup is redone rather than trusted.  ``refresh`` rebuilds
+    it from the archive's current packages (security updates; stop pools first).
     """
     started = time.monotonic()
     prefix = (default_prefix() if prefix is None else prefix).absolute()
-    ready = _ready(prefix)
+    ready = None if refresh else _ready(prefix)
     if ready is not None:
         return SetupResult(ready, (), time.monotonic() - started)
 
@@ -402,10 +403,13 @@ def provision(prefix: Path | None = None) -> SetupResult:
             f"cannot create the 32-bit runtime folder {prefix} ({exc}): set {ENV_PREFIX} to a writable folder"
         ) from exc
     with locked(prefix / ".setup.lock"):
-        ready = _ready(prefix)  # another process may have finished it while we waited
+        ready = None if refresh else _ready(prefix)  # another process may have finished it while we waited
         if ready is not None:
             return SetupResult(ready, (), time.monotonic() - started)
         (prefix / MANIFEST).unlink(missing_ok=True)
+        if refresh:
+            for folder in (_ROOT_DIR, _SITE_DIR):
+                shutil.rmtree(prefix / folder, ignore_errors=True)
         minor = _debian_python_minor()
         log.info("Debian ships Python 3.%d; building its 32-bit runtime in %s", minor, prefix)
         actions = _ensure_root(prefix, minor) + _ensure_wheels(prefix, minor)
@@ -512,6 +516,11 @@ def _ensure_root(prefix: Path, minor: int) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="dllpool-debs-", dir=prefix) as tmp:
         archive = ForeignArchive(Path(tmp) / "apt", "i386")
         archive.update()
+        if archive.update_error:
+            log.warning(
+                "the 32-bit runtime gets the newest libraries the lists that did arrive name, which may lack "
+                "recent security updates; once the mirror is whole, run `dllpool setup --refresh`"
+            )
         packages = _shared_library_closure(archive, [*_interpreter_packages(minor), *_EXTRA_I386_PACKAGES])
         log.info("downloading %d i386 packages: %s", len(packages), " ".join(packages))
         debs = archive.download(packages, Path(tmp))

@@ -69,6 +69,11 @@ def test_runtime32_setup_provisions_into_the_per_user_location(installed: tuple[
     assert info["pointer_size"] == 4
     assert info["executable"].startswith(str(prefix))
     assert not (cwd / ".runtime32").exists()
+    again = _run([str(bin_dir / "dllpool"), "runtime32", "setup"], env, cwd).stdout
+    assert "already in place" in again
+    refreshed = _run([str(bin_dir / "dllpool"), "runtime32", "setup", "--refresh"], env, cwd).stdout
+    assert "installed" in refreshed, "--refresh rebuilds the runtime from the archive"
+    assert json.loads(_run([str(bin_dir / "dllpool"), "runtime32", "info", "--json"], env, cwd).stdout) == info
 
 
 def test_demo_builds_its_libraries_from_the_shipped_sources_and_runs(
