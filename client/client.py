@@ -421,7 +421,10 @@ class Client:
                 self._outbox.append(frames)
             if not self._woken:
                 self._woken = True
-                self._push.send(_WAKE)
+                # Never blocks while the I/O thread's PULL is open (no HWM). Once that thread has closed it
+                # on its way out, a blocking send would wait forever, holding the lock _close_push needs.
+                with contextlib.suppress(zmq.Again):
+                    self._push.send(_WAKE, _NOBLOCK)
 
     def _close_push(self) -> None:
         with self._push_lock:

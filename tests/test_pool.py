@@ -209,3 +209,33 @@ def test_a_big_array_goes_to_a_32bit_worker_and_back(client: Client) -> None:
     assert isinstance(result, array.array) and result.typecode == "d"
     assert result == array.array("d", (2.5 * v for v in values))
     assert client.call("wrapped", "scalar_multiply", 2.0, [1.0, 2.0]) == array.array("d", [2.0, 4.0])
+
+
+def test_a_wake_up_after_the_io_thread_closed_its_end_does_not_block(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The close() race found on a fresh machine (about 1 in 100 closes right after a burst): the I/O thread
+    has closed its PULL end and not yet the PUSH one when a caller sends a wake-up. The window is widened here
+    by delaying the I/O thread's last step; the wake-up must return, and close() with it."""
+    entered = threading.Event()
+    original = Client._close_push
+
+    def slow_close_push(self: Client) -> None:
+        entered.set()
+        time.sleep(0.5)  # the window under test, held open
+        original(self)
+
+    monkeypatch.setattr(Client, "_close_push", slow_close_push)
+    client = pool.client(timeout=10)
+    assert client.call("demo", "add", 1, 2) == 3
+    closer = threading.Thread(target=client.close)
+    with client._lock:
+        client._closed = True  # what close() does first: the I/O thread leaves its loop
+    assert entered.wait(10), "the I/O thread did not reach its last step"
+    client._woken = False
+    started = time.monotonic()
+    client._to_io(None)  # blocked forever before the fix
+    assert time.monotonic() - started < 0.4
+    closer.start()
+    closer.join(10)
+    assert not closer.is_alive(), "close() hung"
