@@ -257,29 +257,46 @@ def libz32_folder(interp: runtime32.Interpreter) -> Path | None:
     return None
 
 
-def measure_bare(
-    context: zmq.Context[Any], folder: Path, settings: Settings, interp: runtime32.Interpreter, library: str
-) -> tuple[list[Row], dict[str, Any]]:
+@dataclasses.dataclass(frozen=True)
+class BarePool:
+    frontend: str
+    broker: subprocess.Popen[str]
+    workers: list[subprocess.Popen[str]]
+
+
+@contextmanager
+def bare_pool(
+    folder: Path, interp: runtime32.Interpreter, library: str, workers: int = WORKERS, credit: int = 1
+) -> Iterator[BarePool]:
+    """The bare broker and its 32-bit workers, running and ready; all stopped when the block ends."""
     frontend, backend = f"ipc://{folder}/bare-frontend", f"ipc://{folder}/bare-backend"
-    system = "bare LRU broker"
     broker_command = [sys.executable, str(BENCH / "bare_broker.py"), "--frontend", frontend, "--backend", backend]
+    worker_command = [*interp.command, "-s", str(BENCH / "bare_worker.py"), "--connect", backend]
     with ExitStack() as stack:
-        broker = stack.enter_context(process([*broker_command, "--workers", str(WORKERS)]))
-        workers = [
+        broker = stack.enter_context(process([*broker_command, "--workers", str(workers)]))
+        procs = [
             stack.enter_context(
                 process(
-                    [*interp.command, "-s", str(BENCH / "bare_worker.py"), "--connect", backend, "--library", library],
+                    [*worker_command, "--library", library, "--credit", str(credit)],
                     env=runtime32.command_env(interp, []),
                     cwd=folder,
                 )
             )
-            for _ in range(WORKERS)
+            for _ in range(workers)
         ]
-        wait_for_line(broker, "ready", READY_TIMEOUT, "the bare broker (waiting for its 4 workers)")
-        bits = sorted({runtime32.check_elf_bits(f"/proc/{w.pid}/exe") for w in workers})
+        wait_for_line(broker, "ready", READY_TIMEOUT, f"the bare broker (waiting for its {workers} workers)")
+        bits = sorted({runtime32.check_elf_bits(f"/proc/{w.pid}/exe") for w in procs})
         if bits != [32]:
             raise RuntimeError(f"the bare workers are {bits}-bit processes, not 32-bit")
-        sock = dealer(context, frontend)
+        yield BarePool(frontend, broker, procs)
+
+
+def measure_bare(
+    context: zmq.Context[Any], folder: Path, settings: Settings, interp: runtime32.Interpreter, library: str
+) -> tuple[list[Row], dict[str, Any]]:
+    system = "bare LRU broker"
+    with bare_pool(folder, interp, library) as bare:
+        sock = dealer(context, bare.frontend)
         try:
             progress(f"bare broker: {settings.calls:,} sequential calls ...")
             samples = raw_sequential(sock, settings, lambda i, reply: msgpack.unpackb(reply) == i + 1)
@@ -290,7 +307,7 @@ def measure_bare(
             sock.close()
     rows = latency_rows(system, "add, sequential", samples, f"{len(samples):,} calls, raw DEALER, credit 1")
     rows.append(throughput_row(system, f"add, {PIPELINE} in flight", calls, seconds, "raw DEALER, credit 1"))
-    return rows, {"worker_bits": bits[0], "workers": WORKERS}
+    return rows, {"worker_bits": 32, "workers": WORKERS}
 
 
 # --------------------------------------------------------------------------- dllpool
@@ -500,6 +517,23 @@ def machine(interp: runtime32.Interpreter) -> dict[str, Any]:
     }
 
 
+def cpu_ticks() -> list[int]:
+    """The machine's CPU time so far (/proc/stat: user nice system idle iowait irq softirq steal), in ticks."""
+    try:
+        with open("/proc/stat", encoding="utf-8") as f:
+            return [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return []
+
+
+def steal_percent(before: list[int], after: list[int]) -> float | None:
+    """Share of the CPU time the hypervisor gave to someone else (steal) between two ``cpu_ticks``."""
+    if len(before) < 8 or len(after) < 8:
+        return None
+    delta = [b - a for a, b in zip(before, after)]
+    return 100 * delta[7] / sum(delta) if sum(delta) else None
+
+
 def loadavg() -> str:
     try:
         return Path("/proc/loadavg").read_text(encoding="utf-8").strip()
@@ -527,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
         info["msl_loadlib"] = ensure_msl_venv()
 
     rows: list[Row] = []
+    ticks = cpu_ticks()
     context: zmq.Context[Any] = zmq.Context()
     try:
         with tempfile.TemporaryDirectory(prefix="dllpool-compare-") as tmp:
@@ -546,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
             msl_rows = [Row("msl-loadlib", "Cpp64().add p50", "p50", None, f"not measured: {exc}"[:200])]
         rows += msl_rows
     info["loadavg_after"] = loadavg()
+    info["steal_percent"] = steal_percent(ticks, cpu_ticks())
     add_ratios(rows)
 
     print(table(rows))
@@ -554,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{info['python32']} (32-bit workers); pyzmq {info['pyzmq']}, libzmq {info['libzmq']}"
         + (f"; msl-loadlib {info['msl_loadlib']}" if "msl_loadlib" in info else "")
         + f"; load average before {info['loadavg_before'].split()[0]}, after {info['loadavg_after'].split()[0]}"
+        + ("" if info["steal_percent"] is None else f"; CPU steal {info['steal_percent']:.1f} %")
     )
     if options.json is not None:
         document = {

@@ -1,0 +1,272 @@
+"""What each step of a call costs in CPU, measured without the other processes: the profile's unit prices.
+
+    python bench/microcosts.py            # the 64-bit side, then the same script in the 32-bit runtime
+    python bench/microcosts.py --side worker    # one side only: socket, broker, client or worker
+
+Each figure is the best of 5 repeats, in microseconds per operation:
+
+* socket: pyzmq operations on an ipc DEALER -> ROUTER pair in one process (nothing blocks: the
+  messages are queued first, then read), by frame count and copy mode; a NOBLOCK recv on an empty
+  socket (the raised ``zmq.Again`` that ends every drain) against asking ``EVENTS``; flag enums;
+* broker (64-bit): ``BrokerCore`` routing one request and its reply, and the wire functions it uses;
+* client (64-bit): the work ``Client.submit`` does before the I/O thread, and reading a reply;
+* worker (32-bit): ``Worker._answer`` for ``demo.add`` and its parts.
+
+Runs on Python 3.9+ (the worker side runs in the project's 32-bit runtime, started like a worker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+import timeit
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from protocol import frames as wire  # noqa: E402
+from protocol.codec import pack_call, pack_value, unpack_call, unpack_value  # noqa: E402
+
+Figures = dict[str, float]
+
+
+def per_op(function: Callable[[], Any], number: int = 20_000) -> float:
+    """Microseconds per call of ``function``, best of 5 (the callable's own overhead, ~0.03 us, included)."""
+    return min(timeit.Timer(function).repeat(5, number)) / number * 1e6
+
+
+# --------------------------------------------------------------------------- sockets
+
+
+def socket_costs() -> Figures:
+    figures: Figures = {}
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    dealer = context.socket(zmq.DEALER)
+    for sock in (router, dealer):
+        sock.linger = 0
+        sock.sndhwm = sock.rcvhwm = 0
+    folder = f"/tmp/dllpool-microcosts-{os.getpid()}"
+    router.bind(f"ipc://{folder}")
+    dealer.connect(f"ipc://{folder}")
+    batch = 5_000
+    try:
+        for count in (1, 2, 4, 7):
+            frames = [b"x" * 8] * count
+            for copy in (True, False):
+                mode = "copy" if copy else "zero-copy"
+                sent = received = float("inf")
+                for _ in range(5):
+                    started = time.perf_counter()
+                    for _ in range(batch):
+                        dealer.send_multipart(frames, copy=copy)
+                    sent = min(sent, time.perf_counter() - started)
+                    while router.poll(0) == 0:
+                        time.sleep(0.001)
+                    time.sleep(0.05)  # let the I/O thread move them all
+                    started = time.perf_counter()
+                    for _ in range(batch):
+                        router.recv_multipart(copy=copy)
+                    received = min(received, time.perf_counter() - started)
+                figures[f"send_multipart, {count} frame(s), {mode}"] = sent / batch * 1e6
+                figures[f"recv_multipart, {count}+1 frames, {mode}"] = received / batch * 1e6
+
+        def empty_recv() -> None:
+            try:  # noqa: SIM105 (the try/except is what a drain loop pays; suppress() would add its own cost)
+                router.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+
+        events = zmq.EVENTS
+        figures["recv(NOBLOCK) on an empty socket, raising zmq.Again"] = per_op(empty_recv)
+        figures["getsockopt(EVENTS) instead"] = per_op(lambda: router.getsockopt(events))
+        figures["poll(0) instead"] = per_op(lambda: router.poll(0))
+        figures["zmq.SNDMORE | zmq.NOBLOCK (enum flags)"] = per_op(lambda: zmq.SNDMORE | zmq.NOBLOCK)
+        zframes = [zmq.Frame(b"x" * 8) for _ in range(7)]
+        figures["[f.buffer for f in 7 zmq.Frames]"] = per_op(lambda: [f.buffer for f in zframes])
+    finally:
+        router.close(0)
+        dealer.close(0)
+        context.term()
+    return figures
+
+
+# --------------------------------------------------------------------------- 64-bit sides
+
+
+def broker_costs() -> Figures:
+    from broker.core import BrokerCore, ServicePolicy, ToClient, ToWorker
+
+    core = BrokerCore([ServicePolicy("demo", frozenset({"add"}))])
+    now = time.monotonic()
+    core.worker_message(b"worker", wire.worker_ready({"service": "demo", "threads": 1, "pid": 1}), now)
+    body = pack_call((2, 3), {})
+    request: list[wire.Buffer] = [
+        memoryview(f) for f in wire.client_request(b"\0" * 8, "demo", "add", {"timeout": 10.0}, body)
+    ]
+    reply_body = pack_value(5)
+
+    def round_trip() -> None:
+        (to_worker,) = core.client_message(b"client", request, now)
+        assert isinstance(to_worker, ToWorker)
+        reply: list[wire.Buffer] = [memoryview(f) for f in wire.worker_reply(bytes(to_worker.frames[2]), reply_body)]
+        (to_client,) = core.worker_message(b"worker", reply, now)
+        assert isinstance(to_client, ToClient)
+
+    worker_reply = [memoryview(f) for f in wire.worker_reply(b"\0" * 8, reply_body)]
+    return {
+        "BrokerCore: route one request and its reply (client_message + worker_message)": per_op(round_trip),
+        "parse_client (7 frames)": per_op(lambda: wire.parse_client(request)),
+        "parse_worker (4 frames)": per_op(lambda: wire.parse_worker(worker_reply)),
+        "pack_header({'timeout': ...}) (meta re-packed per dispatch)": per_op(
+            lambda: wire.pack_header({"timeout": 9.5})
+        ),
+        "unpack_header(meta)": per_op(lambda: wire.unpack_header(request[5], "meta")),
+        "request_to_worker (6 frames)": per_op(lambda: wire.request_to_worker(b"j" * 8, "add", {"timeout": 9.5}, body)),
+        "reply_to_client (4 frames)": per_op(lambda: wire.reply_to_client(b"c" * 8, reply_body)),
+    }
+
+
+def client_costs() -> Figures:
+    from client.client import _Call, _CallFuture, _check_name
+
+    body = pack_call((2, 3), {})
+    reply = [memoryview(f) for f in wire.reply_to_client(b"\0" * 8, pack_value(5))]
+
+    def before_io() -> None:
+        _check_name("demo", "service")
+        _check_name("add", "method")
+        payload = pack_call((2, 3), {})
+        future = _CallFuture(lambda corr: None)
+        _Call(future, "demo", "add", 10.0, time.monotonic())
+        wire.client_request(b"\0" * 8, "demo", "add", {"timeout": 10.0}, payload)
+
+    def future_round() -> None:
+        future: Future[Any] = Future()
+        future.set_result(5)
+        future.result()
+
+    def read_reply() -> None:
+        answer = wire.parse_for_client(reply)
+        assert isinstance(answer, wire.ReplyToClient)
+        unpack_value(answer.payload)
+
+    return {
+        "submit() before the hand-off: names, pack_call, _Call, Future, client_request (7 frames)": per_op(before_io),
+        "pack_call((2, 3), {})": per_op(lambda: pack_call((2, 3), {})),
+        "client_request (7 frames, meta packed)": per_op(
+            lambda: wire.client_request(b"\0" * 8, "demo", "add", {"timeout": 10.0}, body)
+        ),
+        "Future: create, set_result, result": per_op(future_round),
+        "parse_for_client + unpack_value (a reply)": per_op(read_reply),
+    }
+
+
+# --------------------------------------------------------------------------- 32-bit worker
+
+
+def worker_costs(library: str) -> Figures:
+    from workers32.hosting import build_methods, call
+    from workers32.worker import Worker
+
+    spec = {
+        "service": "demo",
+        "library": library,
+        "kind": "cdll",
+        "functions": {"add": {"args": ["int", "int"], "returns": "int"}},
+    }
+    methods = build_methods(spec)
+    worker = Worker("inproc://unused", spec, methods)
+    frames = [memoryview(f) for f in wire.request_to_worker(b"\0" * 8, "add", {"timeout": 9.5}, pack_call((2, 3), {}))]
+    request = wire.parse_for_worker(frames)
+    assert isinstance(request, wire.WorkerRequest)
+    add = methods["add"]
+    args, kwargs = unpack_call(request.payload)
+    try:
+        return {
+            "parse + Worker._answer (demo.add) + worker_reply": per_op(
+                lambda: worker._answer(wire.parse_for_worker(frames))  # type: ignore[arg-type]
+            ),
+            "parse_for_worker (6 frames, meta unpacked)": per_op(lambda: wire.parse_for_worker(frames)),
+            "Worker._answer (unpack_call, call, pack_value, worker_reply)": per_op(lambda: worker._answer(request)),
+            "unpack_call": per_op(lambda: unpack_call(request.payload)),
+            "hosting.call(add, [2, 3]) (CFunction: checks + ctypes)": per_op(lambda: call(add, args, kwargs)),
+            "pack_value(5)": per_op(lambda: pack_value(5)),
+        }
+    finally:
+        worker.context.destroy(0)
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def measure(side: str, library: str) -> Figures:
+    if side == "socket":
+        return socket_costs()
+    if side == "broker":
+        return broker_costs()
+    if side == "client":
+        return client_costs()
+    return worker_costs(library)
+
+
+def in_runtime32(sides: list[str], library: str) -> dict[str, Figures]:
+    from broker import runtime32
+
+    interp = runtime32.load()
+    command = [*interp.command, "-s", str(Path(__file__).resolve()), "--json", "--library", library]
+    for side in sides:
+        command += ["--side", side]
+    done = subprocess.run(
+        command, env=runtime32.command_env(interp, [str(ROOT)]), cwd="/", capture_output=True, text=True, check=True
+    )
+    result: dict[str, Figures] = json.loads(done.stdout)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--side", action="append", choices=("socket", "broker", "client", "worker"))
+    parser.add_argument("--library", help="the 32-bit demo library (default: the default configuration's)")
+    parser.add_argument("--json", action="store_true")
+    options = parser.parse_args()
+    library = options.library
+    if library is None:
+        from broker import load_config
+
+        library = str(load_config().service("demo").hosting["library"])
+    bits = 8 * struct.calcsize("P")
+    results: dict[str, Figures] = {}
+    if options.side:
+        for side in options.side:
+            results[f"{side} ({bits}-bit Python {sys.version.split()[0]})"] = measure(side, library)
+    else:
+        for side in ("socket", "broker", "client"):
+            print(f"[microcosts] {side} ...", file=sys.stderr, flush=True)
+            results[f"{side} ({bits}-bit Python {sys.version.split()[0]})"] = measure(side, library)
+        print("[microcosts] socket and worker, in the 32-bit runtime ...", file=sys.stderr, flush=True)
+        results.update(in_runtime32(["socket", "worker"], library))
+    if options.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for title, figures in results.items():
+            print(f"\n{title}")
+            for name, value in figures.items():
+                print(f"  {value:8.2f} us  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
