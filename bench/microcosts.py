@@ -100,6 +100,8 @@ def socket_costs() -> Figures:
         router.close(0)
         dealer.close(0)
         context.term()
+        if os.path.exists(folder):
+            os.unlink(folder)
     return figures
 
 
