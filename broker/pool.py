@@ -283,7 +283,7 @@ class Pool:
             if all(ready[name] >= count for name, count in wanted.items()):
                 return
             if failure is not None:
-                raise failure
+                raise failure.with_traceback(None)  # the stored error, without earlier raises' frames
             if loop.stopped.is_set():
                 raise PoolStartError(
                     f"the broker loop stopped while workers were starting: {loop.failure or 'it was asked to stop'}"

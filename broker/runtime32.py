@@ -463,7 +463,7 @@ def _check_platform() -> None:
         raise RuntimeMissing(
             f"automatic 32-bit runtime setup needs an x86_64 machine, this is {machine}; {CONFIG_HINT}"
         )
-    missing = [tool for tool in ("dpkg", "dpkg-query", "apt-get", "apt-cache") if shutil.which(tool) is None]
+    missing = [tool for tool in ("dpkg", "apt-get", "apt-cache") if shutil.which(tool) is None]
     if missing:
         raise RuntimeMissing(
             f"automatic 32-bit runtime setup needs a Debian-like system ({', '.join(missing)} not found): "

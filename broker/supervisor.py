@@ -92,11 +92,20 @@ def make_worker_source(folder: Path) -> Path:
 class Supervisor:
     """The worker processes of one pool."""
 
-    def __init__(self, config: PoolConfig, backend: str, source_dir: Path, curve: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: PoolConfig,
+        backend: str,
+        source_dir: Path,
+        curve: dict[str, str] | None = None,
+        start_log_level: int = logging.DEBUG,
+    ) -> None:
         self.config = config
         self.backend = backend
         self.source_dir = source_dir
         self.curve = curve
+        self.start_log_level = start_log_level
+        """``dllpool worker`` announces each worker it starts; a Pool keeps that to DEBUG."""
         slots = [(s, i) for s in config.services for i in range(s.workers)]
         self._slots = [_Slot(s, i, source_dir.parent / f"status-{n}") for n, (s, i) in enumerate(slots)]
         self._interpreters: dict[str, runtime32.Interpreter] = {}
@@ -185,7 +194,14 @@ class Supervisor:
             daemon=True,
         )
         slot.stderr_reader.start()
-        log.debug("started worker %s: %s", name, interp.shown)
+        log.log(
+            self.start_log_level,
+            "started worker pid %d for service %r (slot %d): %s",
+            slot.process.pid,
+            slot.service.name,
+            slot.index,
+            interp.shown,
+        )
 
     def start_all(self) -> None:
         now = time.monotonic()
@@ -322,7 +338,7 @@ def serve_workers(config: PoolConfig, backend: str, stop: threading.Event, curve
     other workers keep serving.
     """
     with RunDir("dllpool-workers-") as folder:
-        supervisor = Supervisor(config, backend, make_worker_source(folder), curve)
+        supervisor = Supervisor(config, backend, make_worker_source(folder), curve, logging.INFO)
         supervisor.check_interpreters()
         log.info(
             "connecting workers to the broker backend at %s%s: %s",
@@ -332,12 +348,7 @@ def serve_workers(config: PoolConfig, backend: str, stop: threading.Event, curve
         )
         supervisor.start_all()
         try:
-            announced: set[int] = set()
             while True:
-                running = supervisor.running()
-                for pid in running.keys() - announced:
-                    log.info("started worker pid %d for service %r", pid, running[pid])
-                announced = set(running)
                 failure = supervisor.unloadable_at_start()
                 if failure is not None:
                     raise failure

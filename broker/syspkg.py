@@ -115,16 +115,12 @@ class Apt:
             return []
         self.require_root("refresh the package lists", "apt-get update")
         log.info("apt-get update")
-        try:
-            run(["apt-get", "update", *APT_OPTIONS], timeout=900, what="apt-get update")
-        except RuntimeMissing as exc:
-            self.update_error = str(exc)
-            log.warning("%s; carrying on with the package lists apt has", exc)
+        self.update_error = _refresh(["apt-get", "update", *APT_OPTIONS], "apt-get update")
         self.updated = True
         return ["apt-get update"]
 
     def note(self) -> str:
-        return f" (after a failed refresh: {self.update_error})" if self.update_error else ""
+        return _after(self.update_error)
 
     def install(self, packages: Sequence[str]) -> None:
         cmd = ["apt-get", "install", "-y", "--no-install-recommends", *APT_OPTIONS, *packages]
@@ -134,9 +130,8 @@ class Apt:
 def provide(requirements: Sequence[Requirement], apt: Apt, *, purpose: str) -> list[str]:
     """Install the packages of the requirements not yet met; the actions taken (none when all are met).
 
-    Raises
-    :class:`RuntimeMissing` naming the packages and the command to run by
-    hand when apt cannot be used or the requirements are still unmet after it.
+    Raises :class:`RuntimeMissing` naming the packages and the command to run
+    by hand when apt cannot be used or the requirements are still unmet after it.
     """
     missing = list(dict.fromkeys(r.package for r in requirements if not r.present()))
     if not missing:
@@ -201,11 +196,7 @@ class ForeignArchive:
 
     def update(self) -> None:
         log.info("reading the archive's %s package lists (apt-get update into %s)", self.arch, self.folder)
-        try:
-            run(["apt-get", *self.options, "update"], timeout=900, what=f"apt-get update ({self.arch} lists)")
-        except RuntimeMissing as exc:
-            self.update_error = str(exc)
-            log.warning("%s; carrying on with the package lists that did arrive", exc)
+        self.update_error = _refresh(["apt-get", *self.options, "update"], f"apt-get update ({self.arch} lists)")
 
     def depends(self, packages: Sequence[str]) -> dict[str, list[str]]:
         """Each package's Depends and Pre-Depends (of an ``a | b`` group, the first); virtual names left out."""
@@ -241,7 +232,22 @@ class ForeignArchive:
         return sorted(dest.glob("*.deb"))
 
     def note(self) -> str:
-        return f" (after a failed refresh: {self.update_error})" if self.update_error else ""
+        return _after(self.update_error)
+
+
+def _refresh(command: list[str], what: str) -> str:
+    """Run an ``apt-get update``; its failure (a mirror in mid-sync) is returned and logged, not raised."""
+    try:
+        run(command, timeout=900, what=what)
+    except RuntimeMissing as exc:
+        log.warning("%s; carrying on with the package lists that did arrive", exc)
+        return str(exc)
+    return ""
+
+
+def _after(update_error: str) -> str:
+    """What to add to a later apt error: the lists it worked from may be stale."""
+    return f" (after a failed refresh: {update_error})" if update_error else ""
 
 
 def _let_apt_write(folder: Path) -> None:

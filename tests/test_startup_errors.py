@@ -28,7 +28,7 @@ FAST = 20.0
 
 def _starts(caplog: pytest.LogCaptureFixture, service: str) -> int:
     """Worker processes the supervisor started for ``service``, from its log."""
-    return sum(r.getMessage().startswith(f"started worker {service}[") for r in caplog.records)
+    return sum(m.startswith("started worker pid ") and f"for service {service!r} " in m for m in caplog.messages)
 
 
 def _wrapper(folder: Path, source: str) -> str:
