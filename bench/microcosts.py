@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import struct
 import subprocess
@@ -115,29 +116,25 @@ def broker_costs() -> Figures:
     now = time.monotonic()
     core.worker_message(b"worker", wire.worker_ready({"service": "demo", "threads": 1, "pid": 1}), now)
     body = pack_call((2, 3), {})
-    request: list[wire.Buffer] = [
-        memoryview(f) for f in wire.client_request(b"\0" * 8, "demo", "add", {"timeout": 10.0}, body)
-    ]
+    request: list[wire.Buffer] = list(wire.client_request(1, "demo", "add", 10.0, body))
     reply_body = pack_value(5)
 
     def round_trip() -> None:
         (to_worker,) = core.client_message(b"client", request, now)
         assert isinstance(to_worker, ToWorker)
-        reply: list[wire.Buffer] = [memoryview(f) for f in wire.worker_reply(bytes(to_worker.frames[2]), reply_body)]
+        job = wire.parse_for_worker(to_worker.frames)
+        assert isinstance(job, wire.WorkerRequest)
+        reply = wire.worker_reply(job.job, reply_body)
         (to_client,) = core.worker_message(b"worker", reply, now)
         assert isinstance(to_client, ToClient)
 
-    worker_reply = [memoryview(f) for f in wire.worker_reply(b"\0" * 8, reply_body)]
+    worker_reply = wire.worker_reply(1, reply_body)
     return {
         "BrokerCore: route one request and its reply (client_message + worker_message)": per_op(round_trip),
-        "parse_client (7 frames)": per_op(lambda: wire.parse_client(request)),
-        "parse_worker (4 frames)": per_op(lambda: wire.parse_worker(worker_reply)),
-        "pack_header({'timeout': ...}) (meta re-packed per dispatch)": per_op(
-            lambda: wire.pack_header({"timeout": 9.5})
-        ),
-        "unpack_header(meta)": per_op(lambda: wire.unpack_header(request[5], "meta")),
-        "request_to_worker (6 frames)": per_op(lambda: wire.request_to_worker(b"j" * 8, "add", {"timeout": 9.5}, body)),
-        "reply_to_client (4 frames)": per_op(lambda: wire.reply_to_client(b"c" * 8, reply_body)),
+        "parse_client (header + body)": per_op(lambda: wire.parse_client(request)),
+        "parse_worker (header + body)": per_op(lambda: wire.parse_worker(worker_reply)),
+        "request_to_worker (header + body)": per_op(lambda: wire.request_to_worker(1, "add", 9.5, body)),
+        "answer_to_client (header + body forwarded)": per_op(lambda: wire.answer_to_client(1, False, reply_body)),
     }
 
 
@@ -145,7 +142,7 @@ def client_costs() -> Figures:
     from client.client import _Call, _CallFuture, _check_name
 
     body = pack_call((2, 3), {})
-    reply = [memoryview(f) for f in wire.reply_to_client(b"\0" * 8, pack_value(5))]
+    reply = wire.reply_to_client(1, pack_value(5))
 
     def before_io() -> None:
         _check_name("demo", "service")
@@ -153,7 +150,7 @@ def client_costs() -> Figures:
         payload = pack_call((2, 3), {})
         future = _CallFuture(lambda corr: None)
         _Call(future, "demo", "add", 10.0, time.monotonic())
-        wire.client_request(b"\0" * 8, "demo", "add", {"timeout": 10.0}, payload)
+        wire.client_request(1, "demo", "add", 10.0, payload)
 
     def future_round() -> None:
         future: Future[Any] = Future()
@@ -166,11 +163,9 @@ def client_costs() -> Figures:
         unpack_value(answer.payload)
 
     return {
-        "submit() before the hand-off: names, pack_call, _Call, Future, client_request (7 frames)": per_op(before_io),
+        "submit() before the hand-off: names, pack_call, _Call, Future, client_request": per_op(before_io),
         "pack_call((2, 3), {})": per_op(lambda: pack_call((2, 3), {})),
-        "client_request (7 frames, meta packed)": per_op(
-            lambda: wire.client_request(b"\0" * 8, "demo", "add", {"timeout": 10.0}, body)
-        ),
+        "client_request (header + body)": per_op(lambda: wire.client_request(1, "demo", "add", 10.0, body)),
         "Future: create, set_result, result": per_op(future_round),
         "parse_for_client + unpack_value (a reply)": per_op(read_reply),
     }
@@ -191,7 +186,7 @@ def worker_costs(library: str) -> Figures:
     }
     methods = build_methods(spec)
     worker = Worker("inproc://unused", spec, methods)
-    frames = [memoryview(f) for f in wire.request_to_worker(b"\0" * 8, "add", {"timeout": 9.5}, pack_call((2, 3), {}))]
+    frames = wire.request_to_worker(1, "add", 9.5, pack_call((2, 3), {}))
     request = wire.parse_for_worker(frames)
     assert isinstance(request, wire.WorkerRequest)
     add = methods["add"]
@@ -199,10 +194,12 @@ def worker_costs(library: str) -> Figures:
     try:
         return {
             "parse + Worker._answer (demo.add) + worker_reply": per_op(
-                lambda: worker._answer(wire.parse_for_worker(frames))  # type: ignore[arg-type]
+                lambda: worker._answer(wire.parse_for_worker(frames), math.inf)  # type: ignore[arg-type]
             ),
-            "parse_for_worker (6 frames, meta unpacked)": per_op(lambda: wire.parse_for_worker(frames)),
-            "Worker._answer (unpack_call, call, pack_value, worker_reply)": per_op(lambda: worker._answer(request)),
+            "parse_for_worker (header + body)": per_op(lambda: wire.parse_for_worker(frames)),
+            "Worker._answer (unpack_call, call, pack_value, worker_reply)": per_op(
+                lambda: worker._answer(request, math.inf)
+            ),
             "unpack_call": per_op(lambda: unpack_call(request.payload)),
             "hosting.call(add, [2, 3]) (CFunction: checks + ctypes)": per_op(lambda: call(add, args, kwargs)),
             "pack_value(5)": per_op(lambda: pack_value(5)),

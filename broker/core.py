@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import struct
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -86,12 +85,13 @@ Action = Union[ToClient, ToWorker, KillWorker]
 
 @dataclass(eq=False)
 class _Job:
-    job_id: bytes
+    job_id: int
     client: bytes
-    corr: bytes
+    corr: int
     service: str
     method: str
-    meta: dict[str, Any]
+    timeout: float | None
+    flags: int
     payload: list[Buffer]
     deadline: float | None
     attempts: int = 0
@@ -109,7 +109,7 @@ class _Worker:
     info: dict[str, Any]
     expires: float
     next_heartbeat: float
-    jobs: dict[bytes, _Job] = field(default_factory=dict)
+    jobs: dict[int, _Job] = field(default_factory=dict)
     doomed: bool = False
     """Asked to be killed: it gets no more work and its slots are not handed out again."""
 
@@ -136,7 +136,7 @@ class BrokerCore:
         self._services = {p.name: _Service(p) for p in services}
         self._workers: dict[bytes, _Worker] = {}
         self._by_pid: dict[int, bytes] = {}
-        self._jobs: dict[tuple[bytes, bytes], _Job] = {}
+        self._jobs: dict[tuple[bytes, int], _Job] = {}
         self._job_ids = itertools.count(1)
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_liveness = heartbeat_liveness
@@ -188,7 +188,7 @@ class BrokerCore:
         except ProtocolError as exc:
             self.stats["bad_client_messages"] += 1
             self._drops.warn(now, "dropped a malformed message from client %s: %s", ident.hex(), exc)
-            corr = _corr_if_any(frames)
+            corr = wire.corr_of(frames, wire.CLIENT_PROTOCOL)
             if corr is None:
                 return []
             return [self._error_to(ident, corr, BadRequest(f"malformed request: {exc}"))]
@@ -243,17 +243,18 @@ class BrokerCore:
                 self._error_to(
                     ident,
                     req.corr,
-                    BadRequest(f"correlation ID {req.corr.hex()} is already in use by a pending request"),
+                    BadRequest(f"correlation ID {req.corr:#x} is already in use by a pending request"),
                 )
             ]
         timeout = req.timeout
         job = _Job(
-            job_id=struct.pack(">Q", next(self._job_ids)),
+            job_id=next(self._job_ids),
             client=ident,
             corr=req.corr,
             service=req.service,
             method=req.method,
-            meta=req.meta,
+            timeout=timeout,
+            flags=req.flags,
             payload=req.payload,
             deadline=None if timeout is None else now + timeout,
         )
@@ -261,7 +262,7 @@ class BrokerCore:
         service.queue.append(job)
         return self._dispatch(service, now)
 
-    def _cancel(self, ident: bytes, corr: bytes) -> list[Action]:
+    def _cancel(self, ident: bytes, corr: int) -> list[Action]:
         """Forget a queued request the caller gave up on; a running one cannot be stopped."""
         job = self._jobs.get((ident, corr))
         if job is not None and job.worker is None:
@@ -330,9 +331,7 @@ class BrokerCore:
         job = worker.jobs.pop(reply.job, None)
         if job is None:
             self.stats["bad_worker_messages"] += 1
-            self._drops.warn(
-                now, "worker pid %d answered job %s it does not hold; dropped", worker.pid, reply.job.hex()
-            )
+            self._drops.warn(now, "worker pid %d answered job %d it does not hold; dropped", worker.pid, reply.job)
             return []
         service = self._services[worker.service]
         if not worker.doomed:
@@ -343,12 +342,8 @@ class BrokerCore:
             log.info("discarded a late reply for %s.%s from worker pid %d", job.service, job.method, worker.pid)
         else:
             del self._jobs[(job.client, job.corr)]
-            if reply.error is None:
-                self.stats["replies"] += 1
-                actions.append(ToClient(job.client, wire.reply_to_client(job.corr, reply.payload)))
-            else:
-                self.stats["errors"] += 1
-                actions.append(ToClient(job.client, wire.error_to_client(job.corr, reply.error)))
+            self.stats["errors" if reply.error else "replies"] += 1
+            actions.append(ToClient(job.client, wire.answer_to_client(job.corr, reply.error, reply.payload)))
         return actions + self._dispatch(service, now)
 
     def worker_exited(self, pid: int, returncode: int | None, now: float) -> list[Action]:
@@ -449,7 +444,7 @@ class BrokerCore:
             job.client,
             job.corr,
             Timeout(
-                f"{job.service}.{job.method} did not finish within {job.meta.get('timeout')} s: {where}",
+                f"{job.service}.{job.method} did not finish within {job.timeout} s: {where}",
                 service=job.service,
                 method=job.method,
             ),
@@ -495,12 +490,13 @@ class BrokerCore:
             job.worker = worker.ident
             worker.jobs[job.job_id] = job
             worker.next_heartbeat = now + self.heartbeat_interval
-            # The worker gets what is left of the caller's timeout, not the whole of it.
-            meta = job.meta if job.deadline is None else {**job.meta, "timeout": max(0.0, job.deadline - now)}
-            actions.append(ToWorker(worker.ident, wire.request_to_worker(job.job_id, job.method, meta, job.payload)))
+            left = None if job.deadline is None else max(0.0, job.deadline - now)
+            actions.append(
+                ToWorker(worker.ident, wire.request_to_worker(job.job_id, job.method, left, job.payload, job.flags))
+            )
         return actions
 
-    def _error_to(self, ident: bytes, corr: bytes, error: CallError) -> ToClient:
+    def _error_to(self, ident: bytes, corr: int, error: CallError) -> ToClient:
         return ToClient(ident, wire.error_to_client(corr, error_to_wire(error)))
 
 
@@ -528,12 +524,3 @@ class _LogThrottle:
         if self.suppressed:
             log.warning("... and %d more dropped messages in the last %.0f s", self.suppressed, self.window)
         self.window_start, self.logged, self.suppressed = now, 0, 0
-
-
-def _corr_if_any(frames: list[Buffer]) -> bytes | None:
-    """The correlation ID of a malformed request, when there is one worth answering."""
-    if len(frames) >= 3 and frames[0] == wire.CLIENT_PROTOCOL and frames[1] == wire.REQUEST:
-        corr = bytes(frames[2])
-        if 0 < len(corr) <= wire.MAX_CORR_LEN:
-            return corr
-    return None

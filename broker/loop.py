@@ -15,6 +15,8 @@ from typing import Any
 
 import zmq
 
+from protocol import transport
+
 from .core import Action, BrokerCore, KillWorker, ToClient, ToWorker
 from .supervisor import Supervisor
 
@@ -99,40 +101,26 @@ class BrokerLoop:
             self._execute(actions, now)
 
     def _drain(self, sock: zmq.Socket[Any], handler: Any) -> None:
-        for _ in range(_BATCH):
-            try:
-                ident, *frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        for ident, *frames in transport.drain(sock, _BATCH):
             now = time.monotonic()
             with self.lock:
                 try:
-                    actions = handler(ident.bytes, [f.buffer for f in frames], now)
+                    actions = handler(ident, frames, now)
                 except Exception:  # a bug in the core must not take the broker down with it
-                    log.exception("failed to handle a message from %s; dropped", ident.bytes.hex())
+                    log.exception("failed to handle a message from %s; dropped", bytes(ident).hex())
                     continue
                 self._execute(actions, now)
 
     def _execute(self, actions: list[Action], now: float) -> None:
         for action in actions:
             if isinstance(action, ToClient):
-                if not self._send(self.frontend, action.ident, action.frames):
+                if not transport.try_send(self.frontend, [action.ident, *action.frames]):
                     log.info("client %s went away before its answer was sent; dropped", action.ident.hex())
             elif isinstance(action, ToWorker):
-                if not self._send(self.backend, action.ident, action.frames):
+                if not transport.try_send(self.backend, [action.ident, *action.frames]):
                     self._execute(self.core.worker_unreachable(action.ident, now), now)
             elif isinstance(action, KillWorker):
                 self.supervisor.kill(action.pid, action.reason)
-
-    @staticmethod
-    def _send(sock: zmq.Socket[Any], ident: bytes, frames: list[Any]) -> bool:
-        try:
-            sock.send_multipart([ident, *frames], zmq.NOBLOCK, copy=False)
-        except zmq.ZMQError as exc:  # EAGAIN: its pipe is full; EHOSTUNREACH: the peer is gone
-            if exc.errno in (zmq.EAGAIN, zmq.EHOSTUNREACH):
-                return False
-            raise
-        return True
 
     def _shut_down(self) -> None:
         """Finish what is running within the grace period, answer the rest, stop the workers."""

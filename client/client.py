@@ -28,6 +28,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from protocol import frames as wire
+from protocol import transport
 from protocol.codec import pack_call, pack_value, unpack_value
 from protocol.errors import (
     ArgumentError,
@@ -62,8 +63,6 @@ _MAX_WAIT = 0.1
 """Longest poll: bounds how late a liveness check runs."""
 _MIN_GRACE = 0.5
 """Shortest wait past a deadline for the broker's own Timeout answer (see ``Client``)."""
-_META_FRAME = 5
-"""Index of the meta header (which carries the timeout) in ``wire.client_request``'s frames."""
 _CONNECTED = getattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED", zmq.EVENT_CONNECTED)
 _HANDSHAKE_FAILED = {
     getattr(zmq, name): name
@@ -84,30 +83,7 @@ _ZAP_DENIED = 400
 _ZMTP_MECHANISM_MISMATCH = 0x11000002
 """ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: one peer uses CURVE, the other does not."""
 _instances = itertools.count()
-# Plain ints: pyzmq's flag enums cost ~1 us per ``|``, paid per frame by send_multipart.
 _NOBLOCK: Final = int(zmq.NOBLOCK)
-_SNDMORE_NOBLOCK: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
-_RCVMORE: Final = int(zmq.RCVMORE)
-
-
-def _send_frames(sock: zmq.Socket[Any], frames: list[Any]) -> None:
-    """``send_multipart(frames, NOBLOCK, copy=False)`` at half the cost; frames are bytes or views.
-
-    A multipart message is atomic: only the first frame can raise Again.
-    """
-    send = sock.send
-    for frame in frames[:-1]:
-        send(frame, _SNDMORE_NOBLOCK, copy=False)
-    send(frames[-1], _NOBLOCK, copy=False)
-
-
-def _recv_frames(sock: zmq.Socket[Any]) -> list[bytes]:
-    """``recv_multipart(NOBLOCK)`` without the per-frame flag-enum overhead."""
-    recv = sock.recv
-    frames = [recv(_NOBLOCK)]
-    while sock.getsockopt(_RCVMORE):
-        frames.append(recv(_NOBLOCK))
-    return frames
 
 
 class _Call:
@@ -133,10 +109,10 @@ class _CallFuture(Future[Any]):
     cannot be stopped, and its late answer is discarded).
     """
 
-    def __init__(self, on_cancel: Callable[[bytes], None]) -> None:
+    def __init__(self, on_cancel: Callable[[int], None]) -> None:
         super().__init__()
         self._on_cancel = on_cancel
-        self.corr = b""
+        self.corr = 0
 
     def cancel(self) -> bool:
         if not super().cancel():
@@ -262,13 +238,13 @@ class Client:
 
         self._lock = threading.Lock()
         """Guards ``_pending`` and ``_closed``."""
-        self._pending: dict[bytes, _Call] = {}
+        self._pending: dict[int, _Call] = {}
         self._closed = False
         self._corr_ids = itertools.count(1)
 
         # State below belongs to the I/O thread alone.
-        self._deadlines: list[tuple[float, bytes]] = []
-        self._backlog: deque[tuple[float, bytes, list[Any]]] = deque()
+        self._deadlines: list[tuple[float, int]] = []
+        self._backlog: deque[tuple[float, int, list[Any]]] = deque()
         """Requests not yet handed to the DEALER: (queued at, corr, frames)."""
         self._connected = False
         now = time.monotonic()
@@ -291,9 +267,9 @@ class Client:
         inbox = f"inproc://dllpool-client-{next(_instances)}-{id(self):x}"
         self._push_lock = threading.Lock()
         """Guards ``_push``, ``_outbox`` and ``_woken``."""
-        self._outbox: deque[list[Any]] = deque()
+        self._outbox: deque[tuple[int, list[Any]]] = deque()
         self._woken = False
-        self._inbox: deque[list[Any]] = deque()
+        self._inbox: deque[tuple[int, list[Any]]] = deque()
         """The I/O thread's own copy of the outbox, worked off ``_BATCH`` at a time."""
         # Unbounded on purpose: a caller must never block here, least of all a
         # Future callback running in the I/O thread, which is the only reader.
@@ -361,12 +337,10 @@ class Client:
         with self._lock:
             if self._closed:
                 raise BrokerUnavailable("client is closed", address=self.address, service=service, method=method)
-            corr = next(self._corr_ids).to_bytes(8, "big")
+            corr = next(self._corr_ids)
             self._pending[corr] = call  # registered before it is sent: the answer cannot outrun it
         future.corr = corr
-        self._to_io(
-            wire.client_request(corr, service, method, {} if seconds is None else {"timeout": seconds}, payload)
-        )
+        self._to_io(corr, wire.client_request(corr, service, method, seconds, payload))
         return future
 
     def service(self, name: str) -> ServiceProxy:
@@ -387,7 +361,7 @@ class Client:
         if first:
             for call in calls:
                 _settle(call.future, error=self._unavailable("client closed", call))
-            self._to_io(None)
+            self._to_io(0, None)
         if threading.get_ident() != self._thread.ident:
             self._thread.join()
             self._close_push()
@@ -406,19 +380,19 @@ class Client:
         state = "closed" if self._closed else f"{len(self._pending)} pending"
         return f"<Client {self.address} {state}>"
 
-    def _cancelled(self, corr: bytes) -> None:
+    def _cancelled(self, corr: int) -> None:
         """A caller cancelled a Future: forget the call and tell the broker."""
         with self._lock:
             self._pending.pop(corr, None)
-        self._to_io(wire.client_cancel(corr))
+        self._to_io(corr, wire.client_cancel(corr))
 
-    def _to_io(self, frames: list[Any] | None) -> None:
-        """Hand frames (None: just a wake-up) to the I/O thread; any thread may call this."""
+    def _to_io(self, corr: int, frames: list[Any] | None) -> None:
+        """Hand a request or cancel for ``corr`` (None: just a wake-up) to the I/O thread; any thread may call this."""
         with self._push_lock:
             if self._push.closed:
                 return  # the I/O thread is gone; close() has already failed every Future
             if frames is not None:
-                self._outbox.append(frames)
+                self._outbox.append((corr, frames))
             if not self._woken:
                 self._woken = True
                 # Never blocks while the I/O thread's PULL is open (no HWM). Once that thread has closed it
@@ -461,15 +435,12 @@ class Client:
             dealer.close()
             raise DllPoolError(f"cannot set up the client socket: {exc}") from exc
         try:
-            dealer.connect(self.address)
-        except zmq.ZMQError as exc:
+            transport.connect(dealer, self.address)
+        except ConfigError:
             dealer.disable_monitor()
             monitor.close()
             dealer.close()
-            raise ConfigError(
-                f"cannot connect to the broker address {self.address!r}: {exc} "
-                "(expected e.g. 'tcp://127.0.0.1:5555' or 'ipc:///tmp/dllpool.ipc')"
-            ) from None
+            raise
         return dealer, monitor
 
     def _close_dealer(self) -> None:
@@ -545,9 +516,8 @@ class Client:
                 self._outbox.clear()
         pending = self._pending
         for _ in range(min(len(inbox), _BATCH)):
-            msg = inbox.popleft()
-            corr = msg[2]
-            if msg[1] == wire.REQUEST:
+            corr, msg = inbox.popleft()
+            if len(msg) > 1:  # a request (a cancel is its header alone)
                 call = pending.get(corr)
                 if call is None:
                     continue  # cancelled or failed before it left: never send it
@@ -564,9 +534,7 @@ class Client:
 
     def _send(self, frames: list[Any]) -> bool:
         """Hand frames to the DEALER without blocking; False when it is full."""
-        try:
-            _send_frames(self._dealer, frames)
-        except zmq.Again:
+        if not transport.try_send(self._dealer, frames):
             return False
         now = time.monotonic()
         self._last_sent = now
@@ -581,18 +549,15 @@ class Client:
             call = pending.get(corr)
             if call is not None:
                 if call.deadline is not None:  # the broker's deadline must be the caller's, not later
-                    msg[_META_FRAME] = wire.pack_header({"timeout": max(0.0, call.deadline - time.monotonic())})
+                    left = max(0.0, call.deadline - time.monotonic())
+                    msg[0] = wire.client_request_header(corr, call.service.encode(), call.method.encode(), left)
                 if not self._send(msg):
                     return
                 call.sent = True
             self._backlog.popleft()
 
     def _drain_dealer(self) -> None:
-        for _ in range(_BATCH):
-            try:
-                msg = _recv_frames(self._dealer)
-            except zmq.Again:
-                return
+        for msg in transport.drain(self._dealer, _BATCH, copied=2):
             self._last_heard = time.monotonic()
             self._awaiting_since = None  # any message proves the broker alive
             try:
@@ -614,7 +579,7 @@ class Client:
             call = self._pending.pop(answer.corr, None)
         if call is None:
             self.stats["late_replies"] += 1
-            log.debug("discarded the answer to %s: its call timed out or was cancelled", answer.corr.hex())
+            log.debug("discarded the answer to %#x: its call timed out or was cancelled", answer.corr)
             return
         if answer.error is not None:
             _settle(call.future, error=self._remote_error(answer.error, call))
@@ -626,12 +591,13 @@ class Client:
             return
         _settle(call.future, result)
 
-    def _fail_malformed(self, msg: list[bytes], exc: ProtocolError) -> None:
+    def _fail_malformed(self, msg: list[Any], exc: ProtocolError) -> None:
         """An unreadable answer that still names a pending call fails it, rather than leave it waiting."""
-        if len(msg) < 3 or msg[0] != wire.CLIENT_PROTOCOL or msg[1] not in (wire.REPLY, wire.ERROR):
+        corr = wire.corr_of(msg, wire.CLIENT_PROTOCOL)
+        if corr is None:
             return
         with self._lock:
-            call = self._pending.pop(msg[2], None)
+            call = self._pending.pop(corr, None)
         if call is not None:
             error = ProtocolError(f"the broker's answer to {call.service}.{call.method} is malformed: {exc}")
             _settle(call.future, error=error)
@@ -758,7 +724,7 @@ class Client:
         elif self._backlog:
             self._expire_backlog(now)
 
-    def _expire(self, corr: bytes, call: _Call) -> None:
+    def _expire(self, corr: int, call: _Call) -> None:
         """The backstop: the broker never answered past the deadline, or never got the request."""
         self.stats["timeouts"] += 1
         if call.sent:

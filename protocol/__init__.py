@@ -1,9 +1,10 @@
 """dllpool's wire format, shared by broker, workers and clients.
 
-Pure and sans-io: runs on any CPython 3.9+ (32- or 64-bit) with msgpack.
+Pure and sans-io: runs on any CPython 3.9+ (32- or 64-bit) with msgpack. The one exception,
+:mod:`protocol.transport` (the socket boundary shared by all three), needs pyzmq and is not imported here.
 """
 
-from .codec import DEFAULT_LIMITS, Limits, pack_call, pack_value, unpack_call, unpack_value
+from .codec import DEFAULT_LIMITS, Limits, pack_batch, pack_call, pack_value, unpack_batch, unpack_call, unpack_value
 from .errors import (
     ArgumentError,
     BadRequest,
@@ -78,12 +79,14 @@ __all__ = [
     "WorkerRequest",
     "error_from_wire",
     "error_to_wire",
+    "pack_batch",
     "pack_call",
     "pack_value",
     "parse_client",
     "parse_for_client",
     "parse_for_worker",
     "parse_worker",
+    "unpack_batch",
     "unpack_call",
     "unpack_value",
 ]

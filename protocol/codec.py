@@ -20,7 +20,16 @@ import msgpack
 from .errors import ProtocolError
 from .frames import Buffer
 
-__all__ = ["Limits", "DEFAULT_LIMITS", "pack_call", "unpack_call", "pack_value", "unpack_value"]
+__all__ = [
+    "Limits",
+    "DEFAULT_LIMITS",
+    "pack_call",
+    "unpack_call",
+    "pack_batch",
+    "unpack_batch",
+    "pack_value",
+    "unpack_value",
+]
 
 EXT_BUFFER = 1
 """Out-of-band bytes: ext data is the msgpack index of the frame that holds them."""
@@ -162,3 +171,20 @@ def unpack_call(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> tu
     ):
         raise ProtocolError("call payload must be [args list, kwargs map with string keys]")
     return value[0], value[1]
+
+
+def pack_batch(calls: Sequence[Sequence[Any]]) -> list[Buffer]:
+    """Frames for many calls of one method (``Client.map``): a list of positional-argument lists.
+
+    The worker answers with one list holding ``[True, result]`` or ``[False, error map]`` per call,
+    in the same order.
+    """
+    return pack_value([list(args) for args in calls])
+
+
+def unpack_batch(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> list[list[Any]]:
+    """Rebuild the argument lists of a batch; anything else is a ProtocolError."""
+    value = unpack_value(frames, limits)
+    if not isinstance(value, list) or not all(isinstance(args, list) for args in value):
+        raise ProtocolError("batch payload must be a list of argument lists")
+    return value

@@ -1,45 +1,40 @@
-"""The dllpool wire format: multipart ZeroMQ messages, pure functions only.
+"""The dllpool wire format (version 2): multipart ZeroMQ messages, pure functions only.
 
-Every message starts with a protocol frame (``DPC`` for client<->broker,
-``DPW`` for broker<->worker, each followed by a version byte) and a one-byte
-command. Header frames are small and parsed here; the call payload (a
-msgpack body plus any out-of-band buffer frames) is opaque and passed
-through untouched, so the broker never decodes arguments.
+Every message is one small fixed-layout header frame, parsed with
+:mod:`struct`, followed by the body frame and any out-of-band buffer frames
+(the call payload, which stays opaque here: the broker never decodes
+arguments, results or error details, it only forwards them). A header
+starts with a 4-byte protocol tag (``DPC`` for client<->broker, ``DPW`` for
+broker<->worker, then the version byte) and a command byte.
 
-Client -> broker (client DEALER, broker ROUTER)::
-
-    REQUEST    [DPC1, 0x01, corr, service, method, meta, body, *buffers]
-    HEARTBEAT  [DPC1, 0x05]
-    CANCEL     [DPC1, 0x07, corr]
-
-Broker -> client::
-
-    REPLY      [DPC1, 0x02, corr, body, *buffers]
-    ERROR      [DPC1, 0x03, corr, error]
-    HEARTBEAT  [DPC1, 0x05]
-
-Worker -> broker (worker DEALER, broker ROUTER)::
-
-    READY      [DPW1, 0x04, info]
-    REPLY      [DPW1, 0x02, job, body, *buffers]
-    ERROR      [DPW1, 0x03, job, error]
-    HEARTBEAT  [DPW1, 0x05]
-    DISCONNECT [DPW1, 0x06]
-
-Broker -> worker::
-
-    REQUEST    [DPW1, 0x01, job, method, meta, body, *buffers]
-    HEARTBEAT  [DPW1, 0x05]
-    DISCONNECT [DPW1, 0x06]
-
-``corr`` is the client's correlation ID (opaque, 1-16 bytes); ``job`` is the
+Headers (big-endian; ``corr`` is the client's correlation ID, ``job`` the
 broker's own ID for one dispatch, so a worker can only answer what it was
-given. ``meta``, ``info`` and ``error`` are small msgpack maps.
+given; both unsigned 64-bit)::
+
+    REQUEST, client -> broker   tag cmd flags len(service) len(method) corr:u64 timeout:f64 service method
+    REQUEST, broker -> worker   tag cmd flags len(method)  pad         job:u64  timeout:f64 method
+    REPLY, ERROR, CANCEL        tag cmd pad pad pad corr-or-job:u64
+    READY, HEARTBEAT, DISCONNECT tag cmd
+
+Messages::
+
+    client -> broker   REQUEST [header, body, *buffers]   HEARTBEAT [header]   CANCEL [header]
+    broker -> client   REPLY [header, body, *buffers]     ERROR [header, error]  HEARTBEAT [header]
+    worker -> broker   READY [header, info]   REPLY [header, body, *buffers]   ERROR [header, error]
+                       HEARTBEAT [header]     DISCONNECT [header]
+    broker -> worker   REQUEST [header, body, *buffers]   HEARTBEAT [header]   DISCONNECT [header]
+
+``timeout`` counts only with :data:`FLAG_TIMEOUT` set: the seconds left
+until the caller's deadline when the message was sent. :data:`FLAG_BATCH`
+marks a request whose body holds many argument lists for one method
+(``Client.map``). ``info`` (READY) and ``error`` are small msgpack maps; the
+broker reads ``info`` and forwards ``error`` untouched.
 """
 
+import math
+import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Optional, Union, cast
+from typing import Any, NamedTuple, Optional, Union, cast
 
 import msgpack
 
@@ -47,6 +42,7 @@ from .errors import ProtocolError
 
 __all__ = [
     "Buffer",
+    "VERSION",
     "CLIENT_PROTOCOL",
     "WORKER_PROTOCOL",
     "REQUEST",
@@ -56,7 +52,9 @@ __all__ = [
     "HEARTBEAT",
     "DISCONNECT",
     "CANCEL",
-    "MAX_CORR_LEN",
+    "FLAG_TIMEOUT",
+    "FLAG_BATCH",
+    "MAX_ID",
     "MAX_NAME_LEN",
     "MAX_HEADER_LEN",
     "MAX_ERROR_LEN",
@@ -70,17 +68,24 @@ __all__ = [
     "WorkerDisconnect",
     "WorkerMessage",
     "WorkerRequest",
+    "ReplyToClient",
+    "HeartbeatToClient",
+    "HeartbeatToWorker",
+    "DisconnectToWorker",
     "pack_header",
     "unpack_header",
     "parse_client",
     "parse_worker",
     "parse_for_client",
     "parse_for_worker",
+    "corr_of",
     "client_request",
+    "client_request_header",
     "client_heartbeat",
     "client_cancel",
     "reply_to_client",
     "error_to_client",
+    "answer_to_client",
     "heartbeat_to_client",
     "request_to_worker",
     "heartbeat_to_worker",
@@ -90,40 +95,53 @@ __all__ = [
     "worker_error",
     "worker_heartbeat",
     "worker_disconnect",
-    "ReplyToClient",
-    "HeartbeatToClient",
-    "HeartbeatToWorker",
-    "DisconnectToWorker",
 ]
 
 Buffer = Union[bytes, bytearray, memoryview]
 """A frame as the socket layer hands it over (``bytes`` or a zero-copy view)."""
 
-CLIENT_PROTOCOL = b"DPC\x01"
-WORKER_PROTOCOL = b"DPW\x01"
+VERSION = 2
+CLIENT_PROTOCOL = b"DPC" + bytes([VERSION])
+WORKER_PROTOCOL = b"DPW" + bytes([VERSION])
 
-REQUEST = b"\x01"
-REPLY = b"\x02"
-ERROR = b"\x03"
-READY = b"\x04"
-HEARTBEAT = b"\x05"
-DISCONNECT = b"\x06"
-CANCEL = b"\x07"
+REQUEST = 1
+REPLY = 2
+ERROR = 3
+READY = 4
+HEARTBEAT = 5
+DISCONNECT = 6
+CANCEL = 7
 
-MAX_CORR_LEN = 16
+FLAG_TIMEOUT = 1
+"""The header's ``timeout`` field holds the seconds left until the caller's deadline."""
+FLAG_BATCH = 2
+"""The body is a list of argument lists, each a call of the one method; the result is a list of outcomes."""
+_FLAGS = FLAG_TIMEOUT | FLAG_BATCH
+
+MAX_ID = 2**64 - 1
 MAX_NAME_LEN = 255
 MAX_HEADER_LEN = 4096
 MAX_ERROR_LEN = 65536
 """Errors carry a remote traceback, so they may be longer than other headers."""
 
+_CLIENT_REQUEST = struct.Struct(">4sBBBBQd")
+_WORKER_REQUEST = struct.Struct(">4sBBBxQd")
+_ANSWER = struct.Struct(">4sBxxxQ")
+_TAG_LEN = 4
+_ID_OFFSET = 8
+"""Where ``corr`` or ``job`` sits in every header that has one."""
+_ID_AT = struct.Struct(">Q")
+_SHORT_LEN = 5
+"""Tag and command: the whole header of READY, HEARTBEAT and DISCONNECT."""
 
-def pack_header(data: dict[str, Any]) -> bytes:
-    """Pack a small header map (meta, info, error)."""
+
+def pack_header(data: "dict[str, Any]") -> bytes:
+    """Pack a small msgpack map (READY info, an error)."""
     return cast(bytes, msgpack.packb(data, use_bin_type=True))
 
 
-def unpack_header(frame: Buffer, what: str, limit: int = MAX_HEADER_LEN) -> dict[str, Any]:
-    """Unpack a header map from an untrusted peer, within tight limits."""
+def unpack_header(frame: Buffer, what: str, limit: int = MAX_HEADER_LEN) -> "dict[str, Any]":
+    """Unpack a small msgpack map from an untrusted peer, within tight limits."""
     if len(frame) > limit:
         raise ProtocolError(f"{what} is {len(frame)} bytes; the limit is {limit}")
     try:
@@ -144,73 +162,71 @@ def unpack_header(frame: Buffer, what: str, limit: int = MAX_HEADER_LEN) -> dict
     return data
 
 
-def _name(frame: Buffer, what: str) -> str:
-    if not 0 < len(frame) <= MAX_NAME_LEN:
-        raise ProtocolError(f"{what} must be 1-{MAX_NAME_LEN} bytes, got {len(frame)}")
+def _command(frames: Sequence[Buffer], protocol: bytes) -> int:
+    """Validate the header's tag and return its command byte."""
+    if not frames:
+        raise ProtocolError("message has no frames")
+    header = frames[0]
+    if header[:_TAG_LEN] != protocol or len(header) < _SHORT_LEN:
+        head = bytes(header[:8])
+        if head[:3] == protocol[:3] and len(head) >= _TAG_LEN and head[3] != protocol[3]:
+            raise ProtocolError(f"protocol version {head[3]} is not supported; this peer speaks version {protocol[3]}")
+        raise ProtocolError(f"not a dllpool message (header {head!r})")
+    return header[_TAG_LEN]
+
+
+def _expect(frames: Sequence[Buffer], size: int, minimum: int, what: str) -> None:
+    if len(frames[0]) != size:
+        raise ProtocolError(f"{what} header must be {size} bytes, got {len(frames[0])}")
+    if len(frames) < minimum:
+        raise ProtocolError(f"{what} needs at least {minimum} frames, got {len(frames)}")
+
+
+def _name(raw: Buffer, what: str) -> str:
+    if not raw:
+        raise ProtocolError(f"{what} is empty")
     try:
-        return bytes(frame).decode("utf-8")
+        return bytes(raw).decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError(f"{what} is not UTF-8") from None
 
 
-def _ident(frame: Buffer, what: str) -> bytes:
-    if not 0 < len(frame) <= MAX_CORR_LEN:
-        raise ProtocolError(f"{what} must be 1-{MAX_CORR_LEN} bytes, got {len(frame)}")
-    return bytes(frame)
-
-
-def _check(frames: Sequence[Buffer], protocol: bytes, minimum: int) -> bytes:
-    """Validate the protocol frame and return the command byte."""
-    if len(frames) < 2:
-        raise ProtocolError(f"message has {len(frames)} frame(s); at least 2 expected")
-    if frames[0] != protocol:
-        head = bytes(frames[0][:8])
-        if head[:3] == protocol[:3]:
-            raise ProtocolError(
-                f"protocol version {head[3:4].hex() or 'missing'} is not supported; "
-                f"this peer speaks {protocol[3:].hex()}"
-            )
-        raise ProtocolError(f"not a dllpool message (first frame {head!r})")
-    command = bytes(frames[1])
-    if len(frames) < minimum:
-        raise ProtocolError(f"command {command.hex()} needs {minimum} frames, got {len(frames)}")
-    return command
+def _timeout(flags: int, value: float, what: str) -> Optional[float]:
+    if flags & ~_FLAGS:
+        raise ProtocolError(f"{what} has unknown flag bits {flags & ~_FLAGS:#04x}")
+    if not flags & FLAG_TIMEOUT:
+        return None
+    if not (value >= 0 and math.isfinite(value)):
+        raise ProtocolError(f"{what} timeout must be a finite number >= 0, got {value!r}")
+    return value
 
 
 # --- messages the broker receives ---------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ClientRequest:
-    corr: bytes
+class ClientRequest(NamedTuple):
+    corr: int
     service: str
     method: str
-    meta: dict[str, Any]
-    payload: list[Buffer] = field(repr=False)
-
-    @property
-    def timeout(self) -> Optional[float]:
-        """Seconds the client will wait, or None; validated by :func:`parse_client`."""
-        value = self.meta.get("timeout")
-        return None if value is None else float(value)
+    timeout: Optional[float]
+    """Seconds the client will wait, or None."""
+    flags: int
+    payload: "list[Buffer]"
 
 
-@dataclass(frozen=True)
-class ClientHeartbeat:
+class ClientHeartbeat(NamedTuple):
     pass
 
 
-@dataclass(frozen=True)
-class ClientCancel:
-    corr: bytes
+class ClientCancel(NamedTuple):
+    corr: int
 
 
 ClientMessage = Union[ClientRequest, ClientHeartbeat, ClientCancel]
 
 
-@dataclass(frozen=True)
-class WorkerReady:
-    info: dict[str, Any]
+class WorkerReady(NamedTuple):
+    info: "dict[str, Any]"
 
     @property
     def service(self) -> str:
@@ -225,61 +241,69 @@ class WorkerReady:
         return int(self.info["pid"])
 
 
-@dataclass(frozen=True)
-class WorkerReply:
-    """A result (``error is None``) or an error answer to one job."""
+class WorkerReply(NamedTuple):
+    """A result or (``error``) an error answer to one job; ``payload`` is forwarded as it came."""
 
-    job: bytes
-    payload: list[Buffer] = field(repr=False)
-    error: Optional[dict[str, Any]] = None
+    job: int
+    error: bool
+    payload: "list[Buffer]"
 
 
-@dataclass(frozen=True)
-class WorkerHeartbeat:
+class WorkerHeartbeat(NamedTuple):
     pass
 
 
-@dataclass(frozen=True)
-class WorkerDisconnect:
+class WorkerDisconnect(NamedTuple):
     pass
 
 
 WorkerMessage = Union[WorkerReady, WorkerReply, WorkerHeartbeat, WorkerDisconnect]
 
+_CLIENT_HEARTBEAT = ClientHeartbeat()
+_WORKER_HEARTBEAT = WorkerHeartbeat()
+_WORKER_DISCONNECT = WorkerDisconnect()
+
 
 def parse_client(frames: Sequence[Buffer]) -> ClientMessage:
     """Parse what a client sent to the broker (routing frame already removed)."""
-    command = _check(frames, CLIENT_PROTOCOL, 2)
+    command = _command(frames, CLIENT_PROTOCOL)
+    header = frames[0]
     if command == REQUEST:
-        if len(frames) < 7:
-            raise ProtocolError(f"REQUEST needs at least 7 frames, got {len(frames)}")
-        meta = unpack_header(frames[5], "request meta")
-        timeout = meta.get("timeout")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0
-        ):
-            raise ProtocolError(f"request meta 'timeout' must be a number >= 0 or nil, got {timeout!r}")
+        if len(header) < _CLIENT_REQUEST.size:
+            raise ProtocolError(f"REQUEST header must be at least {_CLIENT_REQUEST.size} bytes, got {len(header)}")
+        _, _, flags, service_len, method_len, corr, timeout = _CLIENT_REQUEST.unpack_from(header)
+        end = _CLIENT_REQUEST.size + service_len
+        if len(header) != end + method_len:
+            raise ProtocolError(f"REQUEST header is {len(header)} bytes; its name lengths say {end + method_len}")
+        if len(frames) < 2:
+            raise ProtocolError("REQUEST has no body frame")
         return ClientRequest(
-            corr=_ident(frames[2], "correlation ID"),
-            service=_name(frames[3], "service name"),
-            method=_name(frames[4], "method name"),
-            meta=meta,
-            payload=list(frames[6:]),
+            corr,
+            _name(header[_CLIENT_REQUEST.size : end], "service name"),
+            _name(header[end:], "method name"),
+            _timeout(flags, timeout, "REQUEST"),
+            flags,
+            list(frames[1:]),
         )
     if command == HEARTBEAT:
-        return ClientHeartbeat()
+        return _CLIENT_HEARTBEAT
     if command == CANCEL:
-        _check(frames, CLIENT_PROTOCOL, 3)
-        return ClientCancel(_ident(frames[2], "correlation ID"))
-    raise ProtocolError(f"unknown client command {command.hex() or 'empty'}")
+        _expect(frames, _ANSWER.size, 1, "CANCEL")
+        return ClientCancel(_ANSWER.unpack(header)[2])
+    raise ProtocolError(f"unknown client command {command:#04x}")
 
 
 def parse_worker(frames: Sequence[Buffer]) -> WorkerMessage:
     """Parse what a worker sent to the broker (routing frame already removed)."""
-    command = _check(frames, WORKER_PROTOCOL, 2)
+    command = _command(frames, WORKER_PROTOCOL)
+    if command in (REPLY, ERROR):
+        _expect(frames, _ANSWER.size, 2, "REPLY" if command == REPLY else "ERROR")
+        return WorkerReply(_ANSWER.unpack(frames[0])[2], command == ERROR, list(frames[1:]))
+    if command == HEARTBEAT:
+        return _WORKER_HEARTBEAT
     if command == READY:
-        _check(frames, WORKER_PROTOCOL, 3)
-        info = unpack_header(frames[2], "READY info")
+        _expect(frames, _SHORT_LEN, 2, "READY")
+        info = unpack_header(frames[1], "READY info")
         service, threads, pid = info.get("service"), info.get("threads"), info.get("pid")
         if not isinstance(service, str) or not service:
             raise ProtocolError("READY info needs a 'service' string")
@@ -288,153 +312,185 @@ def parse_worker(frames: Sequence[Buffer]) -> WorkerMessage:
         if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
             raise ProtocolError(f"READY info 'pid' must be a positive integer, got {pid!r}")
         return WorkerReady(info)
-    if command == REPLY:
-        _check(frames, WORKER_PROTOCOL, 4)
-        return WorkerReply(_ident(frames[2], "job ID"), list(frames[3:]))
-    if command == ERROR:
-        _check(frames, WORKER_PROTOCOL, 4)
-        error = unpack_header(frames[3], "error", MAX_ERROR_LEN)
-        return WorkerReply(_ident(frames[2], "job ID"), [], error)
-    if command == HEARTBEAT:
-        return WorkerHeartbeat()
     if command == DISCONNECT:
-        return WorkerDisconnect()
-    raise ProtocolError(f"unknown worker command {command.hex() or 'empty'}")
+        return _WORKER_DISCONNECT
+    raise ProtocolError(f"unknown worker command {command:#04x}")
 
 
 # --- messages the peers receive -----------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ReplyToClient:
-    """A result (``error is None``) or error for the request ``corr``."""
+class ReplyToClient(NamedTuple):
+    """A result, or (``error``) the error map for the request ``corr``."""
 
-    corr: bytes
-    payload: list[Buffer] = field(repr=False)
-    error: Optional[dict[str, Any]] = None
+    corr: int
+    payload: "list[Buffer]"
+    error: "Optional[dict[str, Any]]" = None
 
 
-@dataclass(frozen=True)
-class HeartbeatToClient:
+class HeartbeatToClient(NamedTuple):
     pass
 
 
-@dataclass(frozen=True)
-class WorkerRequest:
-    job: bytes
+class WorkerRequest(NamedTuple):
+    job: int
     method: str
-    meta: dict[str, Any]
-    payload: list[Buffer] = field(repr=False)
+    timeout: Optional[float]
+    """Seconds left until the caller's deadline when the broker sent it, or None."""
+    flags: int
+    payload: "list[Buffer]"
 
 
-@dataclass(frozen=True)
-class HeartbeatToWorker:
+class HeartbeatToWorker(NamedTuple):
     pass
 
 
-@dataclass(frozen=True)
-class DisconnectToWorker:
+class DisconnectToWorker(NamedTuple):
     pass
+
+
+_HEARTBEAT_TO_CLIENT = HeartbeatToClient()
+_HEARTBEAT_TO_WORKER = HeartbeatToWorker()
+_DISCONNECT_TO_WORKER = DisconnectToWorker()
 
 
 def parse_for_client(frames: Sequence[Buffer]) -> Union[ReplyToClient, HeartbeatToClient]:
-    """Parse what the broker sent to a client."""
-    command = _check(frames, CLIENT_PROTOCOL, 2)
+    """Parse what the broker sent to a client; an error's map is unpacked (within limits) here."""
+    command = _command(frames, CLIENT_PROTOCOL)
     if command == REPLY:
-        _check(frames, CLIENT_PROTOCOL, 4)
-        return ReplyToClient(_ident(frames[2], "correlation ID"), list(frames[3:]))
+        _expect(frames, _ANSWER.size, 2, "REPLY")
+        return ReplyToClient(_ANSWER.unpack(frames[0])[2], list(frames[1:]))
     if command == ERROR:
-        _check(frames, CLIENT_PROTOCOL, 4)
-        return ReplyToClient(_ident(frames[2], "correlation ID"), [], unpack_header(frames[3], "error", MAX_ERROR_LEN))
+        _expect(frames, _ANSWER.size, 2, "ERROR")
+        return ReplyToClient(_ANSWER.unpack(frames[0])[2], [], unpack_header(frames[1], "error", MAX_ERROR_LEN))
     if command == HEARTBEAT:
-        return HeartbeatToClient()
-    raise ProtocolError(f"unknown broker command {command.hex() or 'empty'}")
+        return _HEARTBEAT_TO_CLIENT
+    raise ProtocolError(f"unknown broker command {command:#04x}")
 
 
-def parse_for_worker(
-    frames: Sequence[Buffer],
-) -> Union[WorkerRequest, HeartbeatToWorker, DisconnectToWorker]:
+def parse_for_worker(frames: Sequence[Buffer]) -> Union[WorkerRequest, HeartbeatToWorker, DisconnectToWorker]:
     """Parse what the broker sent to a worker."""
-    command = _check(frames, WORKER_PROTOCOL, 2)
+    command = _command(frames, WORKER_PROTOCOL)
     if command == REQUEST:
-        _check(frames, WORKER_PROTOCOL, 6)
+        header = frames[0]
+        if len(header) <= _WORKER_REQUEST.size or len(frames) < 2:
+            raise ProtocolError("REQUEST needs a header with a method name and a body frame")
+        _, _, flags, method_len, job, timeout = _WORKER_REQUEST.unpack_from(header)
+        if len(header) != _WORKER_REQUEST.size + method_len:
+            raise ProtocolError(f"REQUEST header is {len(header)} bytes; its name length says otherwise")
         return WorkerRequest(
-            job=_ident(frames[2], "job ID"),
-            method=_name(frames[3], "method name"),
-            meta=unpack_header(frames[4], "request meta"),
-            payload=list(frames[5:]),
+            job,
+            _name(header[_WORKER_REQUEST.size :], "method name"),
+            _timeout(flags, timeout, "REQUEST"),
+            flags,
+            list(frames[1:]),
         )
     if command == HEARTBEAT:
-        return HeartbeatToWorker()
+        return _HEARTBEAT_TO_WORKER
     if command == DISCONNECT:
-        return DisconnectToWorker()
-    raise ProtocolError(f"unknown broker command {command.hex() or 'empty'}")
+        return _DISCONNECT_TO_WORKER
+    raise ProtocolError(f"unknown broker command {command:#04x}")
+
+
+def corr_of(frames: Sequence[Buffer], protocol: bytes) -> Optional[int]:
+    """The ID in a message too malformed to parse, when its header still carries one worth answering."""
+    if not frames or len(frames[0]) < _ANSWER.size or frames[0][:_TAG_LEN] != protocol:
+        return None
+    if frames[0][_TAG_LEN] not in (REQUEST, REPLY, ERROR):
+        return None
+    return int(_ID_AT.unpack_from(frames[0], _ID_OFFSET)[0])
 
 
 # --- builders -----------------------------------------------------------------------
 
 
+def _encoded_name(name: str, what: str) -> bytes:
+    raw = name.encode("utf-8")
+    if not 0 < len(raw) <= MAX_NAME_LEN:
+        raise ValueError(f"{what} name must be 1-{MAX_NAME_LEN} UTF-8 bytes, got {len(raw)}")
+    return raw
+
+
 def client_request(
-    corr: bytes, service: str, method: str, meta: dict[str, Any], payload: Sequence[Buffer]
-) -> list[Buffer]:
-    return [
-        CLIENT_PROTOCOL,
-        REQUEST,
-        corr,
-        service.encode("utf-8"),
-        method.encode("utf-8"),
-        pack_header(meta),
-        *payload,
-    ]
+    corr: int, service: str, method: str, timeout: Optional[float], payload: Sequence[Buffer], flags: int = 0
+) -> "list[Buffer]":
+    """A REQUEST; names that do not fit raise ValueError (the caller's mistake, found before sending)."""
+    names = _encoded_name(service, "service"), _encoded_name(method, "method")
+    return [client_request_header(corr, *names, timeout, flags), *payload]
 
 
-def client_heartbeat() -> list[Buffer]:
-    return [CLIENT_PROTOCOL, HEARTBEAT]
+def client_request_header(corr: int, service: bytes, method: bytes, timeout: Optional[float], flags: int = 0) -> bytes:
+    """The header frame alone: a client re-stamps it with the time left when it sends a request late."""
+    flags &= ~FLAG_TIMEOUT
+    if timeout is not None:
+        flags |= FLAG_TIMEOUT
+    fixed = _CLIENT_REQUEST.pack(CLIENT_PROTOCOL, REQUEST, flags, len(service), len(method), corr, timeout or 0.0)
+    return fixed + service + method
 
 
-def client_cancel(corr: bytes) -> list[Buffer]:
-    return [CLIENT_PROTOCOL, CANCEL, corr]
+def _short(protocol: bytes, command: int) -> "list[Buffer]":
+    return [protocol + bytes([command])]
 
 
-def reply_to_client(corr: bytes, payload: Sequence[Buffer]) -> list[Buffer]:
-    return [CLIENT_PROTOCOL, REPLY, corr, *payload]
+def client_heartbeat() -> "list[Buffer]":
+    return _short(CLIENT_PROTOCOL, HEARTBEAT)
 
 
-def error_to_client(corr: bytes, error: dict[str, Any]) -> list[Buffer]:
-    return [CLIENT_PROTOCOL, ERROR, corr, pack_header(error)]
+def client_cancel(corr: int) -> "list[Buffer]":
+    return [_ANSWER.pack(CLIENT_PROTOCOL, CANCEL, corr)]
 
 
-def heartbeat_to_client() -> list[Buffer]:
-    return [CLIENT_PROTOCOL, HEARTBEAT]
+def answer_to_client(corr: int, error: bool, payload: Sequence[Buffer]) -> "list[Buffer]":
+    """A worker's answer re-addressed to the client: the body (result or error map) is forwarded as it came."""
+    return [_ANSWER.pack(CLIENT_PROTOCOL, ERROR if error else REPLY, corr), *payload]
 
 
-def request_to_worker(job: bytes, method: str, meta: dict[str, Any], payload: Sequence[Buffer]) -> list[Buffer]:
-    return [WORKER_PROTOCOL, REQUEST, job, method.encode("utf-8"), pack_header(meta), *payload]
+def reply_to_client(corr: int, payload: Sequence[Buffer]) -> "list[Buffer]":
+    return answer_to_client(corr, False, payload)
 
 
-def heartbeat_to_worker() -> list[Buffer]:
-    return [WORKER_PROTOCOL, HEARTBEAT]
+def error_to_client(corr: int, error: "dict[str, Any]") -> "list[Buffer]":
+    return answer_to_client(corr, True, [pack_header(error)])
 
 
-def disconnect_to_worker() -> list[Buffer]:
-    return [WORKER_PROTOCOL, DISCONNECT]
+def heartbeat_to_client() -> "list[Buffer]":
+    return _short(CLIENT_PROTOCOL, HEARTBEAT)
 
 
-def worker_ready(info: dict[str, Any]) -> list[Buffer]:
-    return [WORKER_PROTOCOL, READY, pack_header(info)]
+def request_to_worker(
+    job: int, method: str, timeout: Optional[float], payload: Sequence[Buffer], flags: int = 0
+) -> "list[Buffer]":
+    """A REQUEST for a worker; ``timeout`` is what is left of the caller's, not the whole of it."""
+    raw = _encoded_name(method, "method")
+    flags &= ~FLAG_TIMEOUT
+    if timeout is not None:
+        flags |= FLAG_TIMEOUT
+    return [_WORKER_REQUEST.pack(WORKER_PROTOCOL, REQUEST, flags, len(raw), job, timeout or 0.0) + raw, *payload]
 
 
-def worker_reply(job: bytes, payload: Sequence[Buffer]) -> list[Buffer]:
-    return [WORKER_PROTOCOL, REPLY, job, *payload]
+def heartbeat_to_worker() -> "list[Buffer]":
+    return _short(WORKER_PROTOCOL, HEARTBEAT)
 
 
-def worker_error(job: bytes, error: dict[str, Any]) -> list[Buffer]:
-    return [WORKER_PROTOCOL, ERROR, job, pack_header(error)]
+def disconnect_to_worker() -> "list[Buffer]":
+    return _short(WORKER_PROTOCOL, DISCONNECT)
 
 
-def worker_heartbeat() -> list[Buffer]:
-    return [WORKER_PROTOCOL, HEARTBEAT]
+def worker_ready(info: "dict[str, Any]") -> "list[Buffer]":
+    return [*_short(WORKER_PROTOCOL, READY), pack_header(info)]
 
 
-def worker_disconnect() -> list[Buffer]:
-    return [WORKER_PROTOCOL, DISCONNECT]
+def worker_reply(job: int, payload: Sequence[Buffer]) -> "list[Buffer]":
+    return [_ANSWER.pack(WORKER_PROTOCOL, REPLY, job), *payload]
+
+
+def worker_error(job: int, error: "dict[str, Any]") -> "list[Buffer]":
+    return [_ANSWER.pack(WORKER_PROTOCOL, ERROR, job), pack_header(error)]
+
+
+def worker_heartbeat() -> "list[Buffer]":
+    return _short(WORKER_PROTOCOL, HEARTBEAT)
+
+
+def worker_disconnect() -> "list[Buffer]":
+    return _short(WORKER_PROTOCOL, DISCONNECT)

@@ -22,6 +22,8 @@ from protocol import pack_call
 from .conftest import ROOT, library, wait_for
 
 DLLPOOL = [sys.executable, "-m", "broker.cli"]
+_PROBE = 2**64 - 1
+"""A correlation ID no template uses."""
 EXAMPLES_PER_SOCKET = 5000
 
 _HOSTILE_BODIES = [
@@ -34,22 +36,23 @@ _HOSTILE_BODIES = [
 ]
 
 CLIENT_TEMPLATES: list[list[bytes]] = [
-    [bytes(f) for f in wire.client_request(b"c1", "demo", "add", {}, pack_call((1, 2), {}))],
-    [bytes(f) for f in wire.client_request(b"c2", "demo", "add", {"timeout": 0.5}, [b"\x92\x90\x80"])],
-    [bytes(f) for f in wire.client_request(b"c3", "nope", "x", {}, [b"\xc0"])],
-    *([bytes(f) for f in wire.client_request(b"c4", "demo", "add", {}, [body])] for body in _HOSTILE_BODIES),
+    [bytes(f) for f in wire.client_request(1, "demo", "add", None, pack_call((1, 2), {}))],
+    [bytes(f) for f in wire.client_request(2, "demo", "add", 0.5, [b"\x92\x90\x80"])],
+    [bytes(f) for f in wire.client_request(3, "nope", "x", None, [b"\xc0"])],
+    [bytes(f) for f in wire.client_request(4, "demo", "add", None, [b"\x90", b"\x90"], wire.FLAG_BATCH)],
+    *([bytes(f) for f in wire.client_request(5, "demo", "add", None, [body])] for body in _HOSTILE_BODIES),
     [bytes(f) for f in wire.client_heartbeat()],
-    [bytes(f) for f in wire.client_cancel(b"c1")],
+    [bytes(f) for f in wire.client_cancel(1)],
     [bytes(f) for f in wire.worker_ready({"service": "demo", "pid": 1, "threads": 1})],  # a READY sent to clients' side
 ]
 WORKER_TEMPLATES: list[list[bytes]] = [
-    [bytes(f) for f in wire.worker_reply(b"\x00\x00\x00\x00\x00\x00\x00\x01", [b"\x03"])],
-    [bytes(f) for f in wire.worker_error(b"\x00\x00\x00\x00\x00\x00\x00\x02", {"type": "RemoteError"})],
+    [bytes(f) for f in wire.worker_reply(1, [b"\x03"])],
+    [bytes(f) for f in wire.worker_error(2, {"type": "RemoteError"})],
     [bytes(f) for f in wire.worker_heartbeat()],
     [bytes(f) for f in wire.worker_disconnect()],
-    [wire.WORKER_PROTOCOL, wire.READY, msgpack.packb({"service": "demo", "pid": "x", "threads": 0})],
-    [wire.WORKER_PROTOCOL, wire.READY, b"\xdf\xff\xff\xff\xff"],
-    [bytes(f) for f in wire.client_request(b"c5", "demo", "add", {}, [b"\xc0"])],  # a client REQUEST to the backend
+    [bytes(wire.worker_ready({})[0]), msgpack.packb({"service": "demo", "pid": "x", "threads": 0})],
+    [bytes(wire.worker_ready({})[0]), b"\xdf\xff\xff\xff\xff"],
+    [bytes(f) for f in wire.client_request(6, "demo", "add", None, [b"\xc0"])],  # a client REQUEST to the backend
 ]
 
 
@@ -73,7 +76,7 @@ def _mutated(draw: st.DrawFn, templates: list[list[bytes]]) -> list[bytes]:
         elif action == "replace":
             frames[i] = draw(st.binary(max_size=40))
         elif action == "version":
-            frames[0] = frames[0][:3] + bytes([draw(st.integers(0, 255))])
+            frames[0] = frames[0][:3] + bytes([draw(st.integers(0, 255))]) + frames[0][4:]
         else:
             frames[i] = b""
     return frames
@@ -121,9 +124,9 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str,
 
 def _round_trip(sock: zmq.Socket[Any]) -> None:
     """Wait for the answer to a probe: the broker has handled every frame sent on ``sock`` before it."""
-    sock.send_multipart(wire.client_request(b"probe", "demo", "add", {}, pack_call((1, 2), {})))
+    sock.send_multipart(wire.client_request(_PROBE, "demo", "add", None, pack_call((1, 2), {})))
     while sock.poll(30_000):
-        if sock.recv_multipart()[2:3] == [b"probe"]:
+        if wire.corr_of(sock.recv_multipart(), wire.CLIENT_PROTOCOL) == _PROBE:
             return
     raise AssertionError("the broker did not answer a well-formed request after the fuzzing")
 
@@ -187,9 +190,7 @@ def test_fuzzed_frames_at_both_sockets_do_not_disturb_a_real_client(broker: tupl
         oversized.linger = 0
         dropped = oversized.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         oversized.connect(frontend)
-        oversized.send_multipart(
-            [wire.CLIENT_PROTOCOL, wire.REQUEST, b"big", b"demo", b"add", b"\x80", b"x" * (2 << 20)]
-        )
+        oversized.send_multipart(wire.client_request(7, "demo", "add", None, [b"x" * (2 << 20)]))
         assert dropped.poll(30_000), "the broker did not drop the sender of a frame over max_message_size"
         _round_trip(client_side)
         grown = _rss_kib(pid) - baseline

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import array
 import contextlib
+import math
 import pickle
+import struct
 from typing import Any
 
 import msgpack
@@ -54,47 +56,59 @@ def conv(request: pytest.FixtureRequest) -> Any:
 
 
 def test_client_request_round_trip(conv: Any) -> None:
-    meta = {"timeout": 1.5, "tag": [1, "x"]}
-    frames = wire.client_request(b"corr-1", "démo", "scale_sum", meta, [b"body", b"big buffer"])
+    frames = wire.client_request(2**64 - 1, "démo", "scale_sum", 1.5, [b"body", b"big buffer"])
+    assert len(frames) == 3, "one header frame, then the payload as given"
     msg = wire.parse_client(conv(frames))
     assert isinstance(msg, wire.ClientRequest)
-    assert msg.corr == b"corr-1"
-    assert isinstance(msg.corr, bytes)
-    assert msg.service == "démo"
-    assert msg.method == "scale_sum"
-    assert msg.meta == meta
+    assert msg.corr == 2**64 - 1
+    assert (msg.service, msg.method) == ("démo", "scale_sum")
     assert msg.timeout == 1.5
+    assert msg.flags & wire.FLAG_TIMEOUT
     assert as_bytes(msg.payload) == [b"body", b"big buffer"]
 
 
-def test_client_request_without_timeout(conv: Any) -> None:
-    msg = wire.parse_client(conv(wire.client_request(b"c", "s", "m", {}, [b"b"])))
+def test_client_request_without_timeout_and_with_batch_flag(conv: Any) -> None:
+    msg = wire.parse_client(conv(wire.client_request(7, "s", "m", None, [b"b"], wire.FLAG_BATCH)))
     assert isinstance(msg, wire.ClientRequest)
     assert msg.timeout is None
-    assert msg.meta == {}
+    assert msg.flags == wire.FLAG_BATCH
 
 
 def test_client_heartbeat_and_cancel_round_trip(conv: Any) -> None:
     assert isinstance(wire.parse_client(conv(wire.client_heartbeat())), wire.ClientHeartbeat)
-    cancel = wire.parse_client(conv(wire.client_cancel(b"\x00\x07")))
-    assert cancel == wire.ClientCancel(b"\x00\x07")
+    cancel = wire.parse_client(conv(wire.client_cancel(7)))
+    assert isinstance(cancel, wire.ClientCancel)
+    assert cancel.corr == 7
 
 
 def test_reply_to_client_round_trip(conv: Any) -> None:
-    msg = wire.parse_for_client(conv(wire.reply_to_client(b"abc", [b"result", b"frame2"])))
+    msg = wire.parse_for_client(conv(wire.reply_to_client(12345, [b"result", b"frame2"])))
     assert isinstance(msg, wire.ReplyToClient)
-    assert msg.corr == b"abc"
+    assert msg.corr == 12345
     assert msg.error is None
     assert as_bytes(msg.payload) == [b"result", b"frame2"]
 
 
 def test_error_to_client_round_trip(conv: Any) -> None:
-    error = {"type": "Busy", "message": "full", "details": {"queue_limit": 2}}
-    msg = wire.parse_for_client(conv(wire.error_to_client(b"abc", error)))
+    error = {"type": "Timeout", "message": "late", "details": {"service": "s"}}
+    msg = wire.parse_for_client(conv(wire.error_to_client(12345, error)))
     assert isinstance(msg, wire.ReplyToClient)
-    assert msg.corr == b"abc"
+    assert msg.corr == 12345
     assert msg.error == error
-    assert msg.payload == []
+
+
+def test_a_worker_answer_is_forwarded_to_the_client_untouched(conv: Any) -> None:
+    """The broker re-addresses a worker's answer: only the header changes, the body is the same object."""
+    error = wire.pack_header({"type": "RemoteError", "message": "boom", "details": {}})
+    reply = wire.parse_worker(conv(wire.worker_error(99, {"type": "RemoteError", "message": "boom", "details": {}})))
+    assert isinstance(reply, wire.WorkerReply)
+    assert reply.error
+    forwarded = wire.answer_to_client(5, reply.error, reply.payload)
+    assert forwarded[1] is reply.payload[0]
+    assert bytes(forwarded[1]) == error
+    msg = wire.parse_for_client(forwarded)
+    assert isinstance(msg, wire.ReplyToClient)
+    assert (msg.corr, msg.error) == (5, {"type": "RemoteError", "message": "boom", "details": {}})
 
 
 def test_heartbeat_to_client_round_trip(conv: Any) -> None:
@@ -102,13 +116,16 @@ def test_heartbeat_to_client_round_trip(conv: Any) -> None:
 
 
 def test_request_to_worker_round_trip(conv: Any) -> None:
-    frames = wire.request_to_worker(b"\x00" * 7 + b"\x01", "add", {"timeout": 0.25}, [b"body", b"buf"])
+    frames = wire.request_to_worker(1, "add", 0.25, [b"body", b"buf"])
     msg = wire.parse_for_worker(conv(frames))
     assert isinstance(msg, wire.WorkerRequest)
-    assert msg.job == b"\x00" * 7 + b"\x01"
+    assert msg.job == 1
     assert msg.method == "add"
-    assert msg.meta == {"timeout": 0.25}
+    assert msg.timeout == 0.25
     assert as_bytes(msg.payload) == [b"body", b"buf"]
+    untimed = wire.parse_for_worker(conv(wire.request_to_worker(2, "add", None, [b"b"], wire.FLAG_TIMEOUT)))
+    assert isinstance(untimed, wire.WorkerRequest)
+    assert untimed.timeout is None, "the timeout flag follows the timeout argument, not the flags given"
 
 
 def test_heartbeat_and_disconnect_to_worker_round_trip(conv: Any) -> None:
@@ -125,20 +142,20 @@ def test_worker_ready_round_trip(conv: Any) -> None:
 
 
 def test_worker_reply_round_trip(conv: Any) -> None:
-    msg = wire.parse_worker(conv(wire.worker_reply(b"job1", [b"body", b"x" * 100])))
+    msg = wire.parse_worker(conv(wire.worker_reply(2**63, [b"body", b"x" * 100])))
     assert isinstance(msg, wire.WorkerReply)
-    assert msg.job == b"job1"
-    assert msg.error is None
+    assert msg.job == 2**63
+    assert not msg.error
     assert as_bytes(msg.payload) == [b"body", b"x" * 100]
 
 
 def test_worker_error_round_trip(conv: Any) -> None:
     error = {"type": "RemoteError", "message": "boom", "details": {"remote_traceback": "tb " * 3000}}
-    msg = wire.parse_worker(conv(wire.worker_error(b"job1", error)))
+    msg = wire.parse_worker(conv(wire.worker_error(3, error)))
     assert isinstance(msg, wire.WorkerReply)
-    assert msg.job == b"job1"
-    assert msg.error == error
-    assert msg.payload == []
+    assert msg.job == 3
+    assert msg.error
+    assert wire.unpack_header(msg.payload[0], "error", wire.MAX_ERROR_LEN) == error
 
 
 def test_worker_heartbeat_and_disconnect_round_trip(conv: Any) -> None:
@@ -153,52 +170,75 @@ def test_client_and_worker_protocols_are_not_interchangeable() -> None:
         wire.parse_worker(wire.client_heartbeat())
 
 
+def test_every_message_is_one_header_frame_plus_the_payload() -> None:
+    assert len(wire.client_request(1, "s", "m", None, [b"body"])) == 2
+    assert len(wire.request_to_worker(1, "m", None, [b"body"])) == 2
+    assert len(wire.worker_reply(1, [b"body"])) == 2
+    assert len(wire.reply_to_client(1, [b"body"])) == 2
+    for heartbeat in (wire.client_heartbeat(), wire.worker_heartbeat(), wire.heartbeat_to_client()):
+        assert len(heartbeat) == 1
+
+
+def test_builders_refuse_names_that_do_not_fit() -> None:
+    with pytest.raises(ValueError, match="service name"):
+        wire.client_request(1, "", "m", None, [b"b"])
+    with pytest.raises(ValueError, match="method name"):
+        wire.client_request(1, "s", "é" * 128, None, [b"b"])
+
+
+def test_corr_of_finds_the_id_of_an_unparseable_message() -> None:
+    good = wire.client_request(77, "s", "m", None, [b"b"])
+    assert wire.corr_of(good[:1], CPC) == 77, "a request missing its body still names its caller"
+    assert wire.corr_of(wire.reply_to_client(78, [b"x"]), CPC) == 78
+    assert wire.corr_of(wire.client_heartbeat(), CPC) is None
+    assert wire.corr_of([b"DPW\x02" + bytes(20)], CPC) is None
+    assert wire.corr_of([], CPC) is None
+
+
 # ============================================================ malformed frames
 
 
 def _request(
-    corr: bytes = b"c",
+    corr: int = 1,
     service: bytes = b"s",
     method: bytes = b"m",
-    meta: bytes = b"\x80",
-    body: bytes = b"\xc0",
+    timeout: float | None = None,
+    flags: int = 0,
+    body: list[bytes] | None = None,
 ) -> list[bytes]:
-    return [CPC, wire.REQUEST, corr, service, method, meta, body]
+    return [
+        wire.client_request_header(corr, service, method, timeout, flags),
+        *([b"\x92\x90\x80"] if body is None else body),
+    ]
+
+
+def _struct_request(flags: int, service_len: int, method_len: int, timeout: float, names: bytes) -> list[bytes]:
+    return [struct.pack(">4sBBBBQd", CPC, wire.REQUEST, flags, service_len, method_len, 1, timeout) + names, b"body"]
 
 
 @pytest.mark.parametrize(
     ("frames", "needle"),
     [
-        ([], "0 frame"),
-        ([CPC], "1 frame"),
-        ([CPC, wire.REQUEST, b"c", b"s", b"m", b"\x80"], "7 frames"),
-        ([CPC, wire.CANCEL], "frames"),
-        ([b"HTTP/1.1", wire.REQUEST], "not a dllpool message"),
-        ([b"", wire.REQUEST], "not a dllpool message"),
-        ([CPC, b"\x7f"], "unknown client command 7f"),
-        ([CPC, b""], "unknown client command empty"),
-        (_request(corr=b""), "correlation ID"),
-        (_request(corr=b"x" * 17), "correlation ID"),
-        (_request(service=b""), "service name"),
-        (_request(service=b"\xff\xfe"), "service name is not UTF-8"),
-        (_request(method=b"\xc3"), "method name is not UTF-8"),
-        (_request(service=b"s" * 256), "service name"),
-        (_request(method=b"m" * 256), "method name"),
-        (_request(meta=b"\x93\x01\x02\x03"), "must be a msgpack map"),
-        (_request(meta=b"\xc1"), "request meta is not valid msgpack"),
-        (_request(meta=wire.pack_header({"timeout": -1})), "timeout"),
-        (_request(meta=wire.pack_header({"timeout": -0.5})), "timeout"),
-        (_request(meta=wire.pack_header({"timeout": True})), "timeout"),
-        (_request(meta=wire.pack_header({"timeout": "5"})), "timeout"),
-        (_request(meta=wire.pack_header({"timeout": [5]})), "timeout"),
-        (_request(meta=msgpack.packb({"timeout": float("nan")})), "timeout"),
-        (_request(meta=b"\xdd\xff\xff\xff\xff"), "request meta"),
-        (_request(meta=b"\xdf\xff\xff\xff\xff"), "request meta"),
-        (_request(meta=b"\xdb\xff\xff\xff\xff"), "request meta"),
-        (_request(meta=b"\x91" * 100_000), "limit"),
-        (_request(meta=b"\x81\xa1k\xda" + (5000).to_bytes(2, "big") + b"v" * 5000), "limit"),
-        ([CPC, wire.CANCEL, b""], "correlation ID"),
-        ([CPC, wire.CANCEL, b"y" * 17], "correlation ID"),
+        ([], "no frames"),
+        ([CPC], "not a dllpool message"),
+        ([bytes([CPC[0], CPC[1], CPC[2], wire.VERSION, 0x42])], "unknown client command 0x42"),
+        ([b"HTTP/1.1 200"], "not a dllpool message"),
+        ([b""], "not a dllpool message"),
+        (_request(body=[]), "no body frame"),
+        ([CPC + bytes([wire.REQUEST]) + bytes(10), b"b"], "at least 24 bytes"),
+        (_struct_request(0, 1, 1, 0.0, b"s"), "name lengths"),
+        (_struct_request(0, 1, 1, 0.0, b"smm"), "name lengths"),
+        (_struct_request(0, 0, 1, 0.0, b"m"), "service name is empty"),
+        (_struct_request(0, 1, 0, 0.0, b"s"), "method name is empty"),
+        (_struct_request(0, 1, 1, 0.0, b"\xffm"), "service name is not UTF-8"),
+        (_struct_request(0, 1, 1, 0.0, b"s\xc3"), "method name is not UTF-8"),
+        (_struct_request(wire.FLAG_TIMEOUT, 1, 1, -1.0, b"sm"), "timeout"),
+        (_struct_request(wire.FLAG_TIMEOUT, 1, 1, -0.5, b"sm"), "timeout"),
+        (_struct_request(wire.FLAG_TIMEOUT, 1, 1, math.nan, b"sm"), "timeout"),
+        (_struct_request(wire.FLAG_TIMEOUT, 1, 1, math.inf, b"sm"), "timeout"),
+        (_struct_request(0x80, 1, 1, 0.0, b"sm"), "unknown flag bits"),
+        ([CPC + bytes([wire.CANCEL])], "CANCEL header must be 16 bytes"),
+        ([CPC + bytes([wire.CANCEL]) + bytes(12)], "CANCEL header must be 16 bytes"),
     ],
 )
 def test_parse_client_rejects(frames: list[bytes], needle: str) -> None:
@@ -207,58 +247,55 @@ def test_parse_client_rejects(frames: list[bytes], needle: str) -> None:
     assert needle in str(info.value)
 
 
-def test_name_of_255_bytes_is_accepted_and_256_refused() -> None:
-    ok = wire.parse_client(_request(service=b"s" * 255, method="é".encode() * 127))
+def test_names_at_the_length_limit_are_accepted() -> None:
+    ok = wire.parse_client(wire.client_request(1, "s" * 255, "é" * 127, None, [b"b"]))
     assert isinstance(ok, wire.ClientRequest)
-    assert ok.service == "s" * 255
-    with pytest.raises(ProtocolError, match="255"):
-        wire.parse_client(_request(service="é".encode() * 128))
+    assert ok.method == "é" * 127
 
 
-def test_corr_of_16_bytes_is_accepted() -> None:
-    msg = wire.parse_client(_request(corr=b"x" * 16))
-    assert isinstance(msg, wire.ClientRequest)
-    assert msg.corr == b"x" * 16
-
-
-@pytest.mark.parametrize("timeout", [0, 0.0, 3, 2.5, None])
+@pytest.mark.parametrize("timeout", [0, 0.0, 5, 2.5, None])
 def test_valid_timeouts_are_accepted(timeout: Any) -> None:
-    msg = wire.parse_client(_request(meta=wire.pack_header({"timeout": timeout})))
+    msg = wire.parse_client(_request(timeout=timeout))
     assert isinstance(msg, wire.ClientRequest)
     assert msg.timeout == (None if timeout is None else float(timeout))
+
+
+def test_a_timeout_field_without_its_flag_is_ignored() -> None:
+    msg = wire.parse_client(_struct_request(0, 1, 1, -7.0, b"sm"))
+    assert isinstance(msg, wire.ClientRequest)
+    assert msg.timeout is None
 
 
 @pytest.mark.parametrize("parse", [wire.parse_client, wire.parse_for_client])
 def test_wrong_version_is_named(parse: Any) -> None:
     with pytest.raises(ProtocolError) as info:
-        parse([b"DPC\x02", wire.HEARTBEAT])
+        parse([b"DPC\x01", b"\x05"])
     message = str(info.value)
-    assert "version" in message
-    assert "02" in message
-
-
-def test_missing_version_is_named() -> None:
-    with pytest.raises(ProtocolError, match="version"):
-        wire.parse_client([b"DPC", wire.HEARTBEAT])
+    assert "version 1 is not supported" in message
+    assert f"speaks version {wire.VERSION}" in message
 
 
 @pytest.mark.parametrize("parse", [wire.parse_worker, wire.parse_for_worker])
 def test_wrong_worker_version_is_named(parse: Any) -> None:
-    with pytest.raises(ProtocolError, match="version"):
-        parse([b"DPW\x09", wire.HEARTBEAT])
+    with pytest.raises(ProtocolError, match="version 9"):
+        parse([b"DPW\x09\x05"])
 
 
 def _ready(info: Any) -> list[bytes]:
-    return [DPW, wire.READY, msgpack.packb(info)]
+    return [DPW + bytes([wire.READY]), msgpack.packb(info)]
+
+
+def _answer(command: int, job: bytes) -> bytes:
+    return DPW + bytes([command]) + job
 
 
 @pytest.mark.parametrize(
     ("frames", "needle"),
     [
-        ([DPW], "1 frame"),
-        ([DPW, b"\x42"], "unknown worker command 42"),
-        ([b"DPC\x01", wire.HEARTBEAT], "not a dllpool message"),
-        ([DPW, wire.READY], "frames"),
+        ([DPW], "not a dllpool message"),
+        ([DPW + b"\x42"], "unknown worker command 0x42"),
+        ([b"DPC\x02\x05"], "not a dllpool message"),
+        ([DPW + bytes([wire.READY])], "READY needs at least 2 frames"),
         (_ready({"threads": 1, "pid": 5}), "service"),
         (_ready({"service": "", "threads": 1, "pid": 5}), "service"),
         (_ready({"service": 5, "threads": 1, "pid": 5}), "service"),
@@ -270,13 +307,11 @@ def _ready(info: Any) -> list[bytes]:
         (_ready({"service": "s", "threads": 1, "pid": 0}), "pid"),
         (_ready({"service": "s", "threads": 1, "pid": "5"}), "pid"),
         (_ready(["s", 1, 5]), "map"),
-        ([DPW, wire.READY, b"\xdd\xff\xff\xff\xff"], "READY info"),
-        ([DPW, wire.READY, b"\x91" * 100_000], "limit"),
-        ([DPW, wire.REPLY, b"job"], "frames"),
-        ([DPW, wire.REPLY, b"", b"body"], "job ID"),
-        ([DPW, wire.REPLY, b"j" * 17, b"body"], "job ID"),
-        ([DPW, wire.ERROR, b"job", b"\x01"], "map"),
-        ([DPW, wire.ERROR, b"job", b"\x81\xa1m" + b"\xdb" + (70_000).to_bytes(4, "big") + b"x" * 70_000], "limit"),
+        ([DPW + bytes([wire.READY]), b"\xdd\xff\xff\xff\xff"], "READY info"),
+        ([DPW + bytes([wire.READY]), b"\x91" * 100_000], "limit"),
+        ([_answer(wire.REPLY, bytes(11))], "REPLY needs at least 2 frames"),
+        ([_answer(wire.REPLY, bytes(3)), b"body"], "REPLY header must be 16 bytes"),
+        ([_answer(wire.ERROR, bytes(12)), b"body"], "ERROR header must be 16 bytes"),
     ],
 )
 def test_parse_worker_rejects(frames: list[bytes], needle: str) -> None:
@@ -288,10 +323,14 @@ def test_parse_worker_rejects(frames: list[bytes], needle: str) -> None:
 @pytest.mark.parametrize(
     ("frames", "needle"),
     [
-        ([CPC, wire.REPLY, b"c"], "frames"),
-        ([CPC, wire.ERROR, b"c", b"\x90"], "map"),
-        ([CPC, wire.REQUEST, b"c", b"b"], "unknown broker command 01"),
-        ([CPC, wire.REPLY, b"", b"body"], "correlation ID"),
+        ([wire.reply_to_client(1, [])[0]], "REPLY needs at least 2 frames"),
+        ([wire.error_to_client(1, {})[0], b"\x90"], "map"),
+        (_request(), "unknown broker command 0x01"),
+        ([CPC + bytes([wire.REPLY]) + bytes(3), b"body"], "REPLY header must be 16 bytes"),
+        (
+            [wire.error_to_client(1, {})[0], b"\x81\xa1m" + b"\xdb" + (70_000).to_bytes(4, "big") + b"x" * 70_000],
+            "limit",
+        ),
     ],
 )
 def test_parse_for_client_rejects(frames: list[bytes], needle: str) -> None:
@@ -300,13 +339,19 @@ def test_parse_for_client_rejects(frames: list[bytes], needle: str) -> None:
     assert needle in str(info.value)
 
 
+def _worker_request(method_len: int, names: bytes, flags: int = 0, timeout: float = 0.0) -> bytes:
+    return struct.pack(">4sBBBxQd", DPW, wire.REQUEST, flags, method_len, 1, timeout) + names
+
+
 @pytest.mark.parametrize(
     ("frames", "needle"),
     [
-        ([DPW, wire.REQUEST, b"j", b"m", b"\x80"], "frames"),
-        ([DPW, wire.REQUEST, b"j", b"", b"\x80", b"body"], "method name"),
-        ([DPW, wire.REQUEST, b"j", b"m", b"\x01", b"body"], "map"),
-        ([DPW, wire.READY, b"\x80"], "unknown broker command 04"),
+        ([_worker_request(1, b"m")], "a body frame"),
+        ([_worker_request(0, b""), b"body"], "method name"),
+        ([_worker_request(2, b"m"), b"body"], "name length"),
+        ([_worker_request(1, b"\xff"), b"body"], "not UTF-8"),
+        ([_worker_request(1, b"m", wire.FLAG_TIMEOUT, -1.0), b"body"], "timeout"),
+        ([DPW + bytes([wire.READY]), b"\x80"], "unknown broker command 0x04"),
     ],
 )
 def test_parse_for_worker_rejects(frames: list[bytes], needle: str) -> None:
@@ -338,9 +383,9 @@ def test_deeply_nested_header_message_names_the_problem(depth: int) -> None:
     message must still say something after "not valid msgpack:".
     """
     with pytest.raises(ProtocolError) as info:
-        wire.parse_client(_request(meta=b"\x91" * depth + b"\xc0"))
+        wire.parse_worker([DPW + bytes([wire.READY]), b"\x91" * depth + b"\xc0"])
     message = str(info.value)
-    assert "request meta is not valid msgpack" in message
+    assert "READY info is not valid msgpack" in message
     assert message.split("not valid msgpack:", 1)[1].strip(), f"message names no problem: {message!r}"
 
 
@@ -636,29 +681,34 @@ def test_property_calls_round_trip(args: list[Any], kwargs: dict[str, Any]) -> N
     assert unpack_call(pack_call(args, kwargs)) == (args, kwargs)
 
 
-_COMMANDS = [
-    wire.REQUEST,
-    wire.REPLY,
-    wire.ERROR,
-    wire.READY,
-    wire.HEARTBEAT,
-    wire.DISCONNECT,
-    wire.CANCEL,
-    b"",
-    b"\x00",
-]
-_header_like = st.one_of(
+_COMMANDS = [wire.REQUEST, wire.REPLY, wire.ERROR, wire.READY, wire.HEARTBEAT, wire.DISCONNECT, wire.CANCEL, 0, 255]
+_body_like = st.one_of(
     st.binary(max_size=30),
     st.builds(wire.pack_header, st.dictionaries(st.sampled_from(["timeout", "service", "threads", "pid"]), json_like)),
 )
 
 
 def _frames_for(protocol: bytes) -> st.SearchStrategy[list[bytes]]:
+    """Headers with a right or wrong tag, any command and any tail (including well-formed layouts)."""
+    tails = st.one_of(
+        st.binary(max_size=40),
+        st.builds(
+            lambda flags, a, b, ident, timeout, names: struct.pack(">BBBQd", flags, a, b, ident, timeout) + names,
+            st.integers(0, 255),
+            st.integers(0, 255),
+            st.integers(0, 255),
+            st.integers(0, 2**64 - 1),
+            st.floats(),
+            st.binary(max_size=10),
+        ),
+        st.builds(lambda ident: b"\x00\x00\x00" + struct.pack(">Q", ident), st.integers(0, 2**64 - 1)),
+    )
     structured = st.builds(
-        lambda head, cmd, rest: [head, cmd, *rest],
-        st.sampled_from([protocol, protocol[:3] + b"\x02", protocol[:3], b"XYZ\x01"]),
+        lambda head, cmd, tail, rest: [head + bytes([cmd]) + tail, *rest],
+        st.sampled_from([protocol, protocol[:3] + b"\x01", protocol[:3], b"XYZ\x02"]),
         st.sampled_from(_COMMANDS),
-        st.lists(_header_like, max_size=6),
+        tails,
+        st.lists(_body_like, max_size=4),
     )
     return st.one_of(st.lists(st.binary(max_size=30), max_size=8), structured)
 

@@ -24,7 +24,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
@@ -36,11 +36,14 @@ from protocol import (
     ConfigError,
     ProtocolError,
     RemoteError,
+    Timeout,
     UnknownMethod,
     WorkerRequest,
     error_to_wire,
     pack_value,
     parse_for_worker,
+    transport,
+    unpack_batch,
     unpack_call,
 )
 from protocol import frames as wire
@@ -62,6 +65,9 @@ EXIT_UNLOADABLE = 5
 The reason is in the status file, if the supervisor named one."""
 
 _MAX_TRACEBACK = 16 * 1024
+_BATCH = 256
+"""Messages taken from a socket at once before heartbeats are looked at again."""
+_NEVER = float("inf")
 
 
 def _set_parent_death_signal() -> None:
@@ -122,8 +128,8 @@ class Worker:
         self._next_heartbeat = 0.0
         self._broker_deadline = 0.0
         self._backoff = self.interval
-        self._inline: deque[WorkerRequest] = deque()
-        """Requests for the socket thread itself to run (threads = 1)."""
+        self._inline: deque[tuple[WorkerRequest, float]] = deque()
+        """Requests for the socket thread itself to run (threads = 1), with their local deadlines."""
         self._executor: Optional[ThreadPoolExecutor] = None
         self._results: Optional[zmq.Socket[Any]] = None
         self._results_address = f"inproc://results-{id(self)}"
@@ -133,16 +139,28 @@ class Worker:
 
     # --- answering a request ------------------------------------------------------
 
-    def _answer(self, request: WorkerRequest) -> list[Buffer]:
-        """The reply frames; whatever happens, the broker gets exactly one answer for a request."""
+    def _answer(self, request: WorkerRequest, deadline: float) -> list[Buffer]:
+        """The reply frames; whatever happens, the broker gets exactly one answer for a request.
+
+        A request whose deadline passed while it waited here is answered Timeout and never run.
+        """
         try:
+            if time.monotonic() >= deadline:
+                raise Timeout(
+                    f"{self.service}.{request.method} did not start within {request.timeout} s: "
+                    "it was still waiting in the worker; it never ran",
+                    service=self.service,
+                    method=request.method,
+                )
+            if request.flags & wire.FLAG_BATCH:
+                return wire.worker_reply(request.job, self._execute_batch(request))
             return wire.worker_reply(request.job, self._execute(request))
         except CallError as exc:
             return _error_frames(request.job, exc)
         except BaseException as exc:  # SystemExit from a wrapper, say: still an answer, not silence
             return _error_frames(request.job, _remote_error(exc, self.service, request.method))
 
-    def _run_pooled(self, request: WorkerRequest) -> None:
+    def _run_pooled(self, request: WorkerRequest, deadline: float) -> None:
         """On a pool thread: answer, and hand the reply to the socket thread."""
         pipe = getattr(self._local, "pipe", None)
         if pipe is None:
@@ -150,43 +168,67 @@ class Worker:
             pipe.connect(self._results_address)
             with self._pipes_lock:
                 self._pipes.append(pipe)
-        pipe.send_multipart(self._answer(request), copy=False)
+        transport.send(pipe, self._answer(request, deadline))
 
-    def _execute(self, request: WorkerRequest) -> list[Buffer]:
-        function = self.methods.get(request.method)
+    def _function(self, method: str) -> Callable[..., Any]:
+        function = self.methods.get(method)
         if function is None:
             names = sorted(self.methods)
             raise UnknownMethod(
-                f"service {self.service!r} has no method {request.method!r}; it has: {', '.join(names)}",
+                f"service {self.service!r} has no method {method!r}; it has: {', '.join(names)}",
                 service=self.service,
-                method=request.method,
+                method=method,
                 methods=names,
             )
+        return function
+
+    def _decode(self, request: WorkerRequest, unpack: Callable[[list[Buffer]], Any]) -> Any:
         try:
-            args, kwargs = unpack_call(request.payload)
+            return unpack(request.payload)
         except ProtocolError as exc:
             raise BadRequest(
                 f"cannot decode the arguments of {self.service}.{request.method}: {exc}",
                 service=self.service,
                 method=request.method,
             ) from None
+
+    def _run(self, function: Callable[..., Any], method: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         try:
-            result = call(function, args, kwargs)
+            return call(function, args, kwargs)
         except CallError as exc:
             exc.details.setdefault("service", self.service)
-            exc.details.setdefault("method", request.method)
+            exc.details.setdefault("method", method)
             raise
         except Exception as exc:  # the library's or wrapper's own failure: report it, keep serving
-            raise _remote_error(exc, self.service, request.method) from None
+            raise _remote_error(exc, self.service, method) from None
+
+    def _pack(self, method: str, result: Any) -> list[Buffer]:
         try:
             return pack_value(result)
         except (TypeError, ValueError, OverflowError) as exc:
             raise RemoteError(
-                f"{self.service}.{request.method} returned a {type(result).__name__}, which cannot be sent: {exc}",
+                f"{self.service}.{method} returned a {type(result).__name__}, which cannot be sent: {exc}",
                 service=self.service,
-                method=request.method,
+                method=method,
                 remote_type=type(exc).__name__,
             ) from None
+
+    def _execute(self, request: WorkerRequest) -> list[Buffer]:
+        function = self._function(request.method)
+        args, kwargs = self._decode(request, unpack_call)
+        return self._pack(request.method, self._run(function, request.method, args, kwargs))
+
+    def _execute_batch(self, request: WorkerRequest) -> list[Buffer]:
+        """Many calls of one method (``Client.map``): one outcome per call, in order; one failing call
+        fails only its own item."""
+        function = self._function(request.method)
+        outcomes: list[list[Any]] = []
+        for args in self._decode(request, unpack_batch):
+            try:
+                outcomes.append([True, self._run(function, request.method, args, {})])
+            except CallError as exc:
+                outcomes.append([False, error_to_wire(exc)])
+        return self._pack(request.method, outcomes)
 
     # --- the socket ---------------------------------------------------------------
 
@@ -210,7 +252,7 @@ class Worker:
             sock.curve_publickey = self.curve["public"].encode()
             sock.curve_secretkey = self.curve["secret"].encode()
         sock.connect(self.endpoint)
-        sock.send_multipart(wire.worker_ready(self._info()))
+        transport.send(sock, wire.worker_ready(self._info()))
         self._poller.register(sock, zmq.POLLIN)
         self._sock = sock
         now = time.monotonic()
@@ -248,10 +290,10 @@ class Worker:
                     wait = 0.0 if self._inline else self._next_heartbeat - time.monotonic()
                     self._step(wait)
                 while self._inline and not self._stop.is_set():
-                    frames = self._answer(self._inline.popleft())
+                    frames = self._answer(*self._inline.popleft())
                     with self._lock:
                         assert self._sock is not None
-                        self._sock.send_multipart(frames, copy=False)
+                        transport.send(self._sock, frames)
         finally:
             self._stop.set()
             with self._lock:
@@ -275,13 +317,13 @@ class Worker:
         if self._sock in events:
             self._broker_deadline = now + self.interval * self.liveness
             self._backoff = self.interval
-            for frames in _drain(self._sock):
-                self._on_broker(frames)
+            for frames in transport.drain(self._sock, _BATCH, copied=2):
+                self._on_broker(frames, now)
         if self._results is not None and self._results in events:
-            for frames in _drain(self._results):
-                self._sock.send_multipart(frames, copy=False)
+            for frames in transport.drain(self._results, _BATCH, copied=2):
+                transport.send(self._sock, frames)
         if now >= self._next_heartbeat:
-            self._sock.send_multipart(wire.worker_heartbeat())
+            transport.send(self._sock, wire.worker_heartbeat())
             self._next_heartbeat = now + self.interval
             if not _parent_alive(self.parent_pid):
                 log.warning("the broker process is gone; exiting")
@@ -290,26 +332,27 @@ class Worker:
         if now >= self._broker_deadline:
             self._reconnect()
 
-    def _on_broker(self, frames: list[Any]) -> None:
+    def _on_broker(self, frames: list[Buffer], now: float) -> None:
         try:
-            message = parse_for_worker([f.buffer for f in frames])
+            message = parse_for_worker(frames)
         except ProtocolError as exc:
             log.warning("dropped a malformed message from the broker: %s", exc)
             return
         if isinstance(message, WorkerRequest):
+            deadline = _NEVER if message.timeout is None else now + message.timeout
             if self._executor is None:
-                self._inline.append(message)
+                self._inline.append((message, deadline))
             else:
-                self._executor.submit(self._run_pooled, message)
+                self._executor.submit(self._run_pooled, message, deadline)
         elif isinstance(message, DisconnectToWorker):
             log.info("the broker does not know this worker; registering again")
             assert self._sock is not None
-            self._sock.send_multipart(wire.worker_ready(self._info()))
+            transport.send(self._sock, wire.worker_ready(self._info()))
 
     def _close(self) -> None:
         if self._sock is not None:
             with contextlib.suppress(zmq.ZMQError):
-                self._sock.send_multipart(wire.worker_disconnect(), flags=zmq.NOBLOCK)
+                transport.send(self._sock, wire.worker_disconnect(), int(zmq.NOBLOCK))
             self._sock.close(linger=0)
         if self._executor is not None:
             self._executor.shutdown(wait=False)
@@ -320,16 +363,7 @@ class Worker:
                 pipe.close(linger=0)
 
 
-def _drain(sock: "zmq.Socket[Any]") -> Iterator[list[zmq.Frame]]:
-    """Every message waiting on ``sock``, without blocking."""
-    while True:
-        try:
-            yield sock.recv_multipart(zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            return
-
-
-def _error_frames(job: bytes, error: CallError) -> list[Buffer]:
+def _error_frames(job: int, error: CallError) -> list[Buffer]:
     try:
         return wire.worker_error(job, error_to_wire(error))
     except (TypeError, ValueError, OverflowError):  # details a wrapper filled with unsendable values

@@ -1,0 +1,99 @@
+"""The one place where dllpool's frames meet ZeroMQ sockets: client, broker and worker all use it.
+
+The rest of :mod:`protocol` is sans-io; this module is the thin boundary
+(as httpcore's transport is): it sends and receives multipart messages the
+cheap way and maps ZeroMQ's failures into dllpool's error types once.
+
+What makes it cheap, measured (docs/performance.md): plain ``int`` flags
+(pyzmq's flag enums cost about 1 us per ``|``), per-frame ``send``/``recv``
+rather than ``send_multipart``, copying small frames (a ``zmq.Frame`` object
+costs more than copying a few hundred bytes; pyzmq itself advises
+zero-copy only above about 64 KiB), and drains that stop when the socket's
+``EVENTS`` say it is empty rather than on a raised ``zmq.Again`` (about
+5.6 us each).
+"""
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import zmq
+
+from .errors import ConfigError
+from .frames import Buffer
+
+__all__ = ["ZERO_COPY_MIN", "send", "try_send", "recv", "drain", "bind", "connect"]
+
+ZERO_COPY_MIN = 64 * 1024
+"""Frames this big or bigger are sent and received without copying."""
+
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_GONE = (zmq.EAGAIN, zmq.EHOSTUNREACH)
+
+
+def send(sock: "zmq.Socket[Any]", frames: Sequence[Any], flags: int = 0) -> None:
+    """Send one multipart message (frames are bytes, views or ``zmq.Frame``).
+
+    A multipart message is atomic: with ``NOBLOCK`` only the first frame can raise ``zmq.Again``.
+    """
+    last = len(frames) - 1
+    more = flags | _SNDMORE
+    for i, frame in enumerate(frames):
+        sock.send(frame, flags if i == last else more, copy=len(frame) < ZERO_COPY_MIN)
+
+
+def try_send(sock: "zmq.Socket[Any]", frames: Sequence[Any]) -> bool:
+    """Send without blocking; False when the peer's pipe is full or (ROUTER_MANDATORY) the peer is gone."""
+    try:
+        send(sock, frames, _NOBLOCK)
+    except zmq.ZMQError as exc:
+        if exc.errno in _GONE:
+            return False
+        raise
+    return True
+
+
+def recv(sock: "zmq.Socket[Any]", copied: int = 3) -> list[Buffer]:
+    """Receive one whole message without blocking; ``zmq.Again`` when there is none.
+
+    The first ``copied`` frames (routing ID, header, body) arrive as ``bytes``; later frames are
+    the out-of-band buffers, big by construction (:mod:`protocol.codec`), and arrive as zero-copy views.
+    """
+    receive = sock.recv
+    frames: list[Buffer] = [receive(_NOBLOCK)]
+    while sock.getsockopt(_RCVMORE):
+        if len(frames) < copied:
+            frames.append(receive(_NOBLOCK))
+        else:
+            frames.append(receive(_NOBLOCK, copy=False).buffer)
+    return frames
+
+
+def drain(sock: "zmq.Socket[Any]", limit: int, copied: int = 3) -> "Iterator[list[Buffer]]":
+    """Up to ``limit`` waiting messages; stops as soon as the socket has no more."""
+    for _ in range(limit):
+        if not int(sock.getsockopt(_EVENTS)) & _POLLIN:
+            return
+        yield recv(sock, copied)
+
+
+def bind(sock: "zmq.Socket[Any]", endpoint: str, what: str) -> None:
+    """Bind, or raise ConfigError naming the endpoint."""
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise ConfigError(f"cannot bind the {what} to {endpoint}: {exc}") from None
+
+
+def connect(sock: "zmq.Socket[Any]", address: str, what: str = "the broker") -> None:
+    """Connect, or raise ConfigError saying what a valid address looks like."""
+    try:
+        sock.connect(address)
+    except zmq.ZMQError as exc:
+        raise ConfigError(
+            f"cannot connect to {what} at {address!r}: {exc} "
+            "(expected e.g. 'tcp://127.0.0.1:5555' or 'ipc:///tmp/dllpool.ipc')"
+        ) from None
