@@ -73,11 +73,20 @@ def recv(sock: "zmq.Socket[Any]", copied: int = 3) -> list[Buffer]:
 
 
 def drain(sock: "zmq.Socket[Any]", limit: int, copied: int = 3) -> "Iterator[list[Buffer]]":
-    """Up to ``limit`` waiting messages; stops as soon as the socket has no more."""
-    for _ in range(limit):
-        if not int(sock.getsockopt(_EVENTS)) & _POLLIN:
+    """Up to ``limit`` waiting messages, for a caller whose poll found ``sock`` readable.
+
+    The first message is taken without asking (the poll said so); before each further one the
+    socket's ``EVENTS`` say whether there is more, so an empty socket ends the drain without a
+    raised ``zmq.Again``. (A spurious wake-up still ends it quietly.)
+    """
+    for i in range(limit):
+        if i and not int(sock.getsockopt(_EVENTS)) & _POLLIN:
             return
-        yield recv(sock, copied)
+        try:
+            message = recv(sock, copied)
+        except zmq.Again:
+            return
+        yield message
 
 
 def bind(sock: "zmq.Socket[Any]", endpoint: str, what: str) -> None:
