@@ -9,7 +9,7 @@ Each figure is the best of 5 repeats, in microseconds per operation:
   messages are queued first, then read), by frame count and copy mode; a NOBLOCK recv on an empty
   socket (the raised ``zmq.Again`` that ends every drain) against asking ``EVENTS``; flag enums;
 * broker (64-bit): ``BrokerCore`` routing one request and its reply, and the wire functions it uses;
-* client (64-bit): the work ``Client.submit`` does before the I/O thread, and reading a reply;
+* client (64-bit): the work ``Client.call`` does before any I/O, its core's share, and reading a reply;
 * worker (32-bit): ``Worker._answer`` for ``demo.add`` and its parts.
 
 Runs on Python 3.9+ (the worker side runs in the project's 32-bit runtime, started like a worker).
@@ -139,18 +139,26 @@ def broker_costs() -> Figures:
 
 
 def client_costs() -> Figures:
-    from client.client import _Call, _CallFuture, _check_name
+    from client.client import _check_name, _check_timeout
+    from client.core import Call, ClientCore
 
     body = pack_call((2, 3), {})
     reply = wire.reply_to_client(1, pack_value(5))
+    core = ClientCore("ipc://unused", 1.0, 3, time.monotonic())
+    core.connection_made(time.monotonic())
 
     def before_io() -> None:
         _check_name("demo", "service")
         _check_name("add", "method")
-        payload = pack_call((2, 3), {})
-        future = _CallFuture(lambda corr: None)
-        _Call(future, "demo", "add", 10.0, time.monotonic())
-        wire.client_request(1, "demo", "add", 10.0, payload)
+        _check_timeout(10.0)
+        Call(1, "demo", "add", 10.0, pack_call((2, 3), {}), time.monotonic())
+
+    def core_round() -> None:
+        now = time.monotonic()
+        core.add(Call(1, "demo", "add", 10.0, body, now))
+        core.next_request(now)
+        core.sent(now)
+        core.received(reply, now)
 
     def future_round() -> None:
         future: Future[Any] = Future()
@@ -163,10 +171,11 @@ def client_costs() -> Figures:
         unpack_value(answer.payload)
 
     return {
-        "submit() before the hand-off: names, pack_call, _Call, Future, client_request": per_op(before_io),
+        "call() before any I/O: names, timeout, pack_call, Call": per_op(before_io),
         "pack_call((2, 3), {})": per_op(lambda: pack_call((2, 3), {})),
+        "ClientCore: add, next_request (client_request), sent, received (parse + unpack)": per_op(core_round),
         "client_request (header + body)": per_op(lambda: wire.client_request(1, "demo", "add", 10.0, body)),
-        "Future: create, set_result, result": per_op(future_round),
+        "Future: create, set_result, result (the submit path only)": per_op(future_round),
         "parse_for_client + unpack_value (a reply)": per_op(read_reply),
     }
 
