@@ -10,7 +10,7 @@ Each figure is the best of 5 repeats, in microseconds per operation:
   socket (the raised ``zmq.Again`` that ends every drain) against asking ``EVENTS``; flag enums;
 * broker (64-bit): ``BrokerCore`` routing one request and its reply, and the wire functions it uses;
 * client (64-bit): the work ``Client.call`` does before any I/O, its core's share, and reading a reply;
-* worker (32-bit): ``Worker._answer`` for ``demo.add`` and its parts.
+* worker (32-bit): ``Worker._answer`` for ``demo.add`` and its parts, and per call of a ``Client.map`` batch.
 
 Runs on Python 3.9+ (the worker side runs in the project's 32-bit runtime, started like a worker).
 """
@@ -38,9 +38,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from protocol import frames as wire  # noqa: E402
-from protocol.codec import pack_call, pack_value, unpack_call, unpack_value  # noqa: E402
+from protocol.codec import pack_batch, pack_call, pack_value, unpack_batch, unpack_call, unpack_value  # noqa: E402
 
 Figures = dict[str, float]
+
+BATCH = 256
+"""Calls per batch in the worker's map figures (Client.map's default chunk size)."""
 
 
 def per_op(function: Callable[[], Any], number: int = 20_000) -> float:
@@ -200,6 +203,11 @@ def worker_costs(library: str) -> Figures:
     assert isinstance(request, wire.WorkerRequest)
     add = methods["add"]
     args, kwargs = unpack_call(request.payload)
+    batch = wire.parse_for_worker(
+        wire.request_to_worker(2, "add", 9.5, pack_batch([(i, 1) for i in range(BATCH)]), wire.FLAG_BATCH)
+    )
+    assert isinstance(batch, wire.WorkerRequest)
+    outcomes = [[True, i + 1] for i in range(BATCH)]
     try:
         return {
             "parse + Worker._answer (demo.add) + worker_reply": per_op(
@@ -212,6 +220,12 @@ def worker_costs(library: str) -> Figures:
             "unpack_call": per_op(lambda: unpack_call(request.payload)),
             "hosting.call(add, [2, 3]) (CFunction: checks + ctypes)": per_op(lambda: call(add, args, kwargs)),
             "pack_value(5)": per_op(lambda: pack_value(5)),
+            f"Worker._answer, a batch of {BATCH} demo.add calls (Client.map), per call": per_op(
+                lambda: worker._answer(batch, math.inf), 200
+            )
+            / BATCH,
+            f"  unpack_batch, per call of {BATCH}": per_op(lambda: unpack_batch(batch.payload), 200) / BATCH,
+            f"  pack_value of {BATCH} outcomes, per call": per_op(lambda: pack_value(outcomes), 200) / BATCH,
         }
     finally:
         worker.context.destroy(0)

@@ -373,17 +373,25 @@ class Client:
     ) -> Generator[Any, None, None]:
         """``service.method(*args)`` for each ``args`` tuple of ``iterable``: the results, lazily, in order.
 
-        Many calls travel in one message (``chunksize`` of them, default
-        256), several messages at once so that every worker of the service
-        is busy; ``iterable`` is read only as far ahead as those messages
-        need. An item's error (ArgumentError for arguments that do not fit,
-        RemoteError, WorkerCrashed for every item of a batch whose worker
-        died, ...) is raised when that item is reached, and the calls still
-        outstanding are then cancelled; with ``return_exceptions=True`` the
-        error is yielded in the item's place instead. ``timeout`` limits the
-        whole map, counted from this call (like ``Executor.map``): items not
-        done by then fail with Timeout. None (the default) sets no limit; the
-        client's per-call default does not apply to a map.
+        For calling a cheap function many times: ``chunksize`` calls (default
+        256) travel in one message and run back to back in one worker, and
+        several messages are in flight at once so that every worker of the
+        service is busy. ``iterable`` is read only as far ahead as those
+        messages need, so it may be endless.
+
+        An item's error (ArgumentError for arguments that do not fit or
+        cannot be sent, RemoteError, WorkerCrashed for every item of a chunk
+        whose worker died unless the method is idempotent, ...) is raised
+        when that item is reached, and the chunks still outstanding are
+        cancelled; with ``return_exceptions=True`` the error is yielded in
+        the item's place instead. Closing the generator early (leaving a
+        ``for`` loop over it, say) cancels the outstanding chunks too.
+
+        ``timeout`` limits the whole map, counted from this call (as in
+        ``Executor.map``): items not done by then fail with Timeout. None
+        (the default) sets no limit; the client's per-call default does not
+        apply to a map. Errors in the arguments of this call itself raise
+        here, before anything is sent.
         """
         _check_name(service, "service")
         _check_name(method, "method")
