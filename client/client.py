@@ -44,7 +44,6 @@ from protocol.codec import pack_batch, pack_call, pack_value
 from protocol.errors import (
     ArgumentError,
     BrokerUnavailable,
-    CallError,
     ConfigError,
     DllPoolError,
     ProtocolError,
@@ -326,7 +325,6 @@ class Client:
             self._push.close()
             raise
         self._poller = self._make_poller()
-        self._pollout = False
 
         self._thread = threading.Thread(target=self._run, name="dllpool-client-io", daemon=True)
         self._thread.start()
@@ -480,14 +478,21 @@ class Client:
             if self._closed:
                 return None
             lane = self._lanes.pop() if self._lanes else None
-        if lane is not None:
-            if lane.generation == self._generation:
-                with self._lock:
-                    self._lanes_out.add(lane)
+            if lane is not None and lane.generation == self._generation:
+                self._lanes_out.add(lane)
                 return lane
+        if lane is not None:
             self._retire(lane)  # opened alongside a connection that has since dropped
         generation = self._generation
-        sock = self._new_dealer()
+        try:
+            sock = self._new_dealer()
+        except (zmq.ZMQError, DllPoolError) as exc:  # out of file descriptors, say: the I/O thread still works
+            log.warning(
+                "cannot open another socket to the broker at %s (%s); the call goes through the I/O thread",
+                self.address,
+                exc,
+            )
+            return None
         try:
             transport.connect(sock, self.address)
         except BaseException:
@@ -659,7 +664,7 @@ class Client:
         if chunk.future is not None:
             try:
                 outcomes = _batch_outcomes(Client._wait(chunk.future), sent, service, method)
-            except CallError as exc:  # the batch as a whole failed (its worker died, a timeout, ...)
+            except DllPoolError as exc:  # the batch as a whole failed (its worker died, a timeout, ...)
                 outcomes = [[False, exc]] * sent
         if not chunk.local:
             return outcomes
@@ -713,6 +718,7 @@ class Client:
             self._push.close()
 
     def _new_dealer(self) -> zmq.Socket[Any]:
+        """A DEALER with this client's options (CURVE keys); ZMQError when no socket can be made at all."""
         dealer: zmq.Socket[Any] = self._ctx.socket(zmq.DEALER)
         try:
             dealer.linger = 0

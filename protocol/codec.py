@@ -78,6 +78,8 @@ def _inline(value: Any) -> Any:
         return msgpack.ExtType(EXT_ARRAY, msgpack.packb([_array_code(value), data.tobytes()], use_bin_type=True))
     if isinstance(value, (set, frozenset)):
         return list(value)
+    if isinstance(value, int):  # with a hook, msgpack hands over an integer it cannot carry instead of raising
+        raise OverflowError(f"integer out of range (msgpack carries {_INT_RANGE})")
     raise TypeError(f"can not serialize {type(value).__name__!r} object")
 
 
