@@ -42,7 +42,7 @@ from protocol.codec import pack_batch, pack_call, pack_value, unpack_batch, unpa
 
 Figures = dict[str, float]
 
-BATCH = 256
+BATCH = 512
 """Calls per batch in the worker's map figures (Client.map's default chunk size)."""
 
 
