@@ -9,8 +9,8 @@ Each figure is the best of 5 repeats, in microseconds per operation:
   messages are queued first, then read), by frame count and copy mode; a NOBLOCK recv on an empty
   socket (the raised ``zmq.Again`` that ends every drain) against asking ``EVENTS``; flag enums;
 * broker (64-bit): ``BrokerCore`` routing one request and its reply, and the wire functions it uses;
-* client (64-bit): the work ``Client.submit`` does before the I/O thread, and reading a reply;
-* worker (32-bit): ``Worker._answer`` for ``demo.add`` and its parts.
+* client (64-bit): the work ``Client.call`` does before any I/O, its core's share, and reading a reply;
+* worker (32-bit): ``Worker._answer`` for ``demo.add`` and its parts, and per call of a ``Client.map`` batch.
 
 Runs on Python 3.9+ (the worker side runs in the project's 32-bit runtime, started like a worker).
 """
@@ -38,9 +38,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from protocol import frames as wire  # noqa: E402
-from protocol.codec import pack_call, pack_value, unpack_call, unpack_value  # noqa: E402
+from protocol.codec import pack_batch, pack_call, pack_value, unpack_batch, unpack_call, unpack_value  # noqa: E402
 
 Figures = dict[str, float]
+
+BATCH = 512
+"""Calls per batch in the worker's map figures (Client.map's default chunk size)."""
 
 
 def per_op(function: Callable[[], Any], number: int = 20_000) -> float:
@@ -139,18 +142,26 @@ def broker_costs() -> Figures:
 
 
 def client_costs() -> Figures:
-    from client.client import _Call, _CallFuture, _check_name
+    from client.client import _check_name, _check_timeout
+    from client.core import Call, ClientCore
 
     body = pack_call((2, 3), {})
     reply = wire.reply_to_client(1, pack_value(5))
+    core = ClientCore("ipc://unused", 1.0, 3, time.monotonic())
+    core.connection_made(time.monotonic())
 
     def before_io() -> None:
         _check_name("demo", "service")
         _check_name("add", "method")
-        payload = pack_call((2, 3), {})
-        future = _CallFuture(lambda corr: None)
-        _Call(future, "demo", "add", 10.0, time.monotonic())
-        wire.client_request(1, "demo", "add", 10.0, payload)
+        _check_timeout(10.0)
+        Call(1, "demo", "add", 10.0, pack_call((2, 3), {}), time.monotonic())
+
+    def core_round() -> None:
+        now = time.monotonic()
+        core.add(Call(1, "demo", "add", 10.0, body, now))
+        core.next_request(now)
+        core.sent(now)
+        core.received(reply, now)
 
     def future_round() -> None:
         future: Future[Any] = Future()
@@ -163,10 +174,11 @@ def client_costs() -> Figures:
         unpack_value(answer.payload)
 
     return {
-        "submit() before the hand-off: names, pack_call, _Call, Future, client_request": per_op(before_io),
+        "call() before any I/O: names, timeout, pack_call, Call": per_op(before_io),
         "pack_call((2, 3), {})": per_op(lambda: pack_call((2, 3), {})),
+        "ClientCore: add, next_request (client_request), sent, received (parse + unpack)": per_op(core_round),
         "client_request (header + body)": per_op(lambda: wire.client_request(1, "demo", "add", 10.0, body)),
-        "Future: create, set_result, result": per_op(future_round),
+        "Future: create, set_result, result (the submit path only)": per_op(future_round),
         "parse_for_client + unpack_value (a reply)": per_op(read_reply),
     }
 
@@ -191,6 +203,11 @@ def worker_costs(library: str) -> Figures:
     assert isinstance(request, wire.WorkerRequest)
     add = methods["add"]
     args, kwargs = unpack_call(request.payload)
+    batch = wire.parse_for_worker(
+        wire.request_to_worker(2, "add", 9.5, pack_batch([(i, 1) for i in range(BATCH)]), wire.FLAG_BATCH)
+    )
+    assert isinstance(batch, wire.WorkerRequest)
+    outcomes = [[True, i + 1] for i in range(BATCH)]
     try:
         return {
             "parse + Worker._answer (demo.add) + worker_reply": per_op(
@@ -203,6 +220,12 @@ def worker_costs(library: str) -> Figures:
             "unpack_call": per_op(lambda: unpack_call(request.payload)),
             "hosting.call(add, [2, 3]) (CFunction: checks + ctypes)": per_op(lambda: call(add, args, kwargs)),
             "pack_value(5)": per_op(lambda: pack_value(5)),
+            f"Worker._answer, a batch of {BATCH} demo.add calls (Client.map), per call": per_op(
+                lambda: worker._answer(batch, math.inf), 200
+            )
+            / BATCH,
+            f"  unpack_batch, per call of {BATCH}": per_op(lambda: unpack_batch(batch.payload), 200) / BATCH,
+            f"  pack_value of {BATCH} outcomes, per call": per_op(lambda: pack_value(outcomes), 200) / BATCH,
         }
     finally:
         worker.context.destroy(0)

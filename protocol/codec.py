@@ -13,7 +13,7 @@ pickle, marshal or eval.
 import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Optional, cast
 
 import msgpack
 
@@ -58,6 +58,31 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
+def _array_code(value: "array.array[Any]") -> str:
+    code = _WIDE.get(value.typecode, {}).get(value.itemsize, value.typecode)
+    if code not in _TYPECODES:
+        raise TypeError(f"array typecode {value.typecode!r} cannot be sent")
+    return code
+
+
+class _NeedsFrames(Exception):
+    """A value holds a buffer big enough for a frame of its own: pack it the thorough way."""
+
+
+def _inline(value: Any) -> Any:
+    """msgpack's hook for what it does not pack itself, while everything stays in the body."""
+    if isinstance(value, array.array):
+        data = memoryview(value).cast("B")
+        if len(data) >= OUT_OF_BAND_MIN:
+            raise _NeedsFrames
+        return msgpack.ExtType(EXT_ARRAY, msgpack.packb([_array_code(value), data.tobytes()], use_bin_type=True))
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    if isinstance(value, int):  # with a hook, msgpack hands over an integer it cannot carry instead of raising
+        raise OverflowError(f"integer out of range (msgpack carries {_INT_RANGE})")
+    raise TypeError(f"can not serialize {type(value).__name__!r} object")
+
+
 class _Packer:
     """Replaces big buffers and arrays by ext references to frames of their own."""
 
@@ -76,11 +101,8 @@ class _Packer:
                 return value
             return msgpack.ExtType(EXT_BUFFER, msgpack.packb(self._ref(memoryview(value).cast("B"))))
         if isinstance(value, array.array):
-            code = _WIDE.get(value.typecode, {}).get(value.itemsize, value.typecode)
-            if code not in _TYPECODES:
-                raise TypeError(f"array typecode {value.typecode!r} cannot be sent")
             ref = self._ref(memoryview(value).cast("B"))
-            return msgpack.ExtType(EXT_ARRAY, msgpack.packb([code, ref], use_bin_type=True))
+            return msgpack.ExtType(EXT_ARRAY, msgpack.packb([_array_code(value), ref], use_bin_type=True))
         if isinstance(value, (list, tuple)):
             return [self.prepare(v) for v in value]
         if isinstance(value, dict):
@@ -90,16 +112,31 @@ class _Packer:
         return value
 
     def pack(self, value: Any) -> list[Buffer]:
-        prepared = self.prepare(value)
-        try:
-            body = msgpack.packb(prepared, use_bin_type=True)
-        except OverflowError:  # msgpack says only "Integer value out of range"
-            raise OverflowError(f"integer out of range (msgpack carries {_INT_RANGE})") from None
-        return [body, *self.frames]
+        return [_packb(self.prepare(value)), *self.frames]
+
+
+def _packb(value: Any, default: Optional[Callable[[Any], Any]] = None) -> bytes:
+    try:
+        return cast(bytes, msgpack.packb(value, use_bin_type=True, default=default))
+    except OverflowError:  # msgpack says only "Integer value out of range"
+        raise OverflowError(f"integer out of range (msgpack carries {_INT_RANGE})") from None
 
 
 def pack_value(value: Any) -> list[Buffer]:
-    """Frames for one value (a call's result)."""
+    """Frames for one value (a call's result).
+
+    One pass in msgpack's C code does it when the body stays below
+    :data:`OUT_OF_BAND_MIN` (then no buffer in it can need a frame of its
+    own); otherwise, or for a big array, a walk over the value moves each
+    big buffer to a frame of its own.
+    """
+    try:
+        body = _packb(value, _inline)
+    except _NeedsFrames:
+        pass
+    else:
+        if len(body) < OUT_OF_BAND_MIN:
+            return [body]
     return _Packer().pack(value)
 
 

@@ -233,7 +233,7 @@ def test_a_wake_up_after_the_io_thread_closed_its_end_does_not_block(
         client._closed = True  # what close() does first: the I/O thread leaves its loop
     assert entered.wait(10), "the I/O thread did not reach its last step"
     client._woken = False
-    waker = threading.Thread(target=client._to_io, args=(0, None))  # blocked forever before the fix
+    waker = threading.Thread(target=client._to_io, args=(None,))  # blocked forever before the fix
     waker.start()
     waker.join(10)
     assert not waker.is_alive(), "the wake-up blocked"

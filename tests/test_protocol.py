@@ -436,6 +436,18 @@ def test_pack_call_round_trip() -> None:
     assert got_kwargs == kwargs
 
 
+@pytest.mark.parametrize("value", [2**64, -(2**63) - 1, [1, {"k": 2**70}], {3, 2**99}])
+def test_an_integer_msgpack_cannot_carry_is_an_overflow_error(value: Any) -> None:
+    with pytest.raises(OverflowError, match=r"integer out of range \(msgpack carries -2\*\*63 \.\. 2\*\*64-1\)"):
+        pack_value(value)
+
+
+@pytest.mark.parametrize("value", [3j, object(), [1, {"k": range(3)}]])
+def test_a_type_msgpack_cannot_carry_is_a_type_error(value: Any) -> None:
+    with pytest.raises(TypeError, match="can not serialize"):
+        pack_value(value)
+
+
 def test_tuples_and_sets_travel_as_lists() -> None:
     args, kwargs = unpack_call(pack_call((1, (2, 3)), {"s": {4}}))
     assert args == [1, [2, 3]]

@@ -22,7 +22,8 @@ def run_readme_example(python: str, cwd: Path, env: dict[str, str] | None = None
     lines = result.stdout.splitlines()
     assert lines[0] == "5 4"
     assert lines[1] == "999000"
-    assert lines[2].startswith("ValueError") and "Traceback" in result.stdout
+    assert lines[2] == "9999900000"
+    assert lines[3].startswith("ValueError") and "Traceback" in result.stdout
 
 
 def test_the_readme_example_runs_and_prints_what_it_says(tmp_path: Path) -> None:
