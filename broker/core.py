@@ -9,16 +9,28 @@ Invariants the core keeps:
 
 - every request it accepts gets exactly one answer: a result or an error;
 - a request runs at most once, unless its method is marked idempotent, in
-  which case it is re-sent once after its worker dies;
-- a worker gets at most ``threads`` requests at once; idle capacity is
-  handed out least-recently-used first;
+  which case it is re-sent once after its worker dies (never when its own
+  run may have killed the worker by a fatal signal: a poison call);
+- a worker holds at most ``threads`` requests, plus up to the service's
+  ``prefetch`` idempotent ones sent ahead; free run slots are handed out
+  least-recently-used first, and a request is sent ahead only when no
+  worker of the service has a free run slot;
+- the queue is served in order: nothing overtakes a request that waits for
+  a free run slot;
 - a reply is accepted only from the worker that holds that job.
+
+Each job has an explicit :class:`JobState` and each worker a
+:class:`WorkerState`; a worker holds its jobs in dispatch order, and since a
+worker starts them in that order, the first ``threads`` of them are the ones
+that may be running.
 """
 
 from __future__ import annotations
 
+import enum
 import itertools
 import logging
+import signal
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -48,7 +60,15 @@ from protocol import frames as wire
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Action", "BrokerCore", "KillWorker", "ServicePolicy", "ToClient", "ToWorker"]
+__all__ = ["Action", "BrokerCore", "JobState", "KillWorker", "ServicePolicy", "ToClient", "ToWorker", "WorkerState"]
+
+POISON_SIGNALS = frozenset(
+    int(getattr(signal, name)) for name in ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGABRT") if hasattr(signal, name)
+)
+"""A worker that ended by one of these was killed by the call it ran, not from outside."""
+EXIT_REPORT_WAIT = 0.5
+"""Seconds a worker whose socket went away waits for the supervisor to say how its process ended (a crashing
+worker's socket often closes before its exit can be reaped); then it is lost all the same."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +78,41 @@ class ServicePolicy:
     name: str
     idempotent: frozenset[str] = frozenset()
     queue_limit: int | None = None
+    """Requests queued plus held ahead by workers; more are refused with Busy."""
+    prefetch: int = 0
+    """Idempotent requests a worker may hold beyond its run slots, so its next call is already there."""
+
+
+class JobState(enum.Enum):
+    """Where an accepted, unanswered job is. An answered job is forgotten, except one answered
+    ``Timeout`` while a worker still holds it (``abandoned_at`` is set): it keeps its state until
+    the worker's own answer comes, which is then discarded."""
+
+    QUEUED = "queued"
+    """In its service's queue; no worker has it."""
+    AHEAD = "ahead"
+    """Sent to a worker whose run slots are all taken: waiting inside it, not started."""
+    RUNNING = "running"
+    """Among the first ``threads`` jobs its worker holds: it may have started."""
+
+
+_TRANSITIONS = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.AHEAD}),
+    JobState.AHEAD: frozenset({JobState.RUNNING, JobState.QUEUED}),
+    JobState.RUNNING: frozenset({JobState.QUEUED}),
+}
+"""Dispatch, promotion when a run slot of its worker frees, and re-queueing when the worker dies."""
+
+
+class WorkerState(enum.Enum):
+    """A registered worker; one that is lost is forgotten."""
+
+    SERVING = "serving"
+    DOOMED = "doomed"
+    """Asked to be killed (a call ran past its deadline and grace): it gets no more work, its slots stay taken."""
+    GONE = "gone"
+    """Its socket went away: nothing more is sent to it; it is lost when the supervisor reports how its process
+    ended (which tells whether a call killed it), or after ``EXIT_REPORT_WAIT``."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +129,7 @@ class ToWorker:
 
 @dataclass(frozen=True)
 class KillWorker:
-    """The worker cannot be trusted any more (hung call, lapsed heartbeat): end its process."""
+    """The worker cannot be trusted any more (hung call, lapsed heartbeat, socket gone): end its process."""
 
     pid: int
     reason: str
@@ -94,10 +149,17 @@ class _Job:
     flags: int
     payload: list[Buffer]
     deadline: float | None
+    state: JobState = JobState.QUEUED
     attempts: int = 0
     worker: bytes | None = None
+    running_since: float = 0.0
+    """When it became RUNNING: a hung call gets ``kill_grace`` from the later of this and its deadline."""
     abandoned_at: float | None = None
-    """When the caller was told ``Timeout`` while the job was still running."""
+    """When the caller was told ``Timeout`` while a worker still held the job."""
+
+    def move(self, state: JobState) -> None:
+        assert state in _TRANSITIONS[self.state], f"job {self.job_id}: {self.state} -> {state}"
+        self.state = state
 
 
 @dataclass(eq=False)
@@ -110,8 +172,10 @@ class _Worker:
     expires: float
     next_heartbeat: float
     jobs: dict[int, _Job] = field(default_factory=dict)
-    doomed: bool = False
-    """Asked to be killed: it gets no more work and its slots are not handed out again."""
+    """What it holds, in dispatch order: it starts them in this order."""
+    last_reply: float = float("-inf")
+    state: WorkerState = WorkerState.SERVING
+    gone_at: float = 0.0
 
 
 @dataclass(eq=False)
@@ -119,7 +183,10 @@ class _Service:
     policy: ServicePolicy
     queue: deque[_Job] = field(default_factory=deque)
     idle: deque[bytes] = field(default_factory=deque)
-    """One entry per free slot of a ready worker, least recently freed first."""
+    """One entry per free run slot of a ready worker, least recently freed first."""
+    workers: dict[bytes, _Worker] = field(default_factory=dict)
+    ahead: int = 0
+    """Jobs in state AHEAD: they count toward ``queue_limit``."""
 
 
 class BrokerCore:
@@ -156,6 +223,8 @@ class BrokerCore:
                 "bad_worker_messages",
                 "workers_lost",
                 "retried",
+                "sent_ahead",
+                "expired_ahead",
             ),
             0,
         )
@@ -167,14 +236,23 @@ class BrokerCore:
         return sorted(self._services)
 
     def ready_workers(self, service: str) -> int:
-        return sum(1 for w in self._workers.values() if w.service == service)
+        return len(self.worker_pids(service))
 
     def worker_pids(self, service: str | None = None) -> list[int]:
-        return sorted(w.pid for w in self._workers.values() if service in (None, w.service))
+        return sorted(w.pid for w in self._registered() if service in (None, w.service))
 
     def workers(self) -> list[dict[str, Any]]:
         """What each ready worker reported when it registered (pid, pointer size, Python, threads)."""
-        return sorted((dict(w.info) for w in self._workers.values()), key=lambda i: (i["service"], i["pid"]))
+        return sorted((dict(w.info) for w in self._registered()), key=lambda i: (i["service"], i["pid"]))
+
+    def _registered(self) -> list[_Worker]:
+        """Workers that are still reachable: a GONE one only waits for the report of its end."""
+        return [w for w in self._workers.values() if w.state is not WorkerState.GONE]
+
+    def held_ahead(self, service: str) -> int:
+        """Requests of ``service`` its workers hold behind their running calls."""
+        found = self._services.get(service)
+        return 0 if found is None else found.ahead
 
     def pending(self) -> int:
         """Requests accepted and not yet answered."""
@@ -223,14 +301,15 @@ class BrokerCore:
                 )
             ]
         limit = service.policy.queue_limit
-        if limit is not None and len(service.queue) >= limit:
+        if limit is not None and len(service.queue) + service.ahead >= limit:
             self.stats["busy"] += 1
             return [
                 self._error_to(
                     ident,
                     req.corr,
                     Busy(
-                        f"service {req.service!r} has {len(service.queue)} requests queued, its limit; try again later",
+                        f"service {req.service!r} has {len(service.queue) + service.ahead} requests waiting "
+                        "(queued, or held by a busy worker), its limit; try again later",
                         service=req.service,
                         method=req.method,
                         queue_limit=limit,
@@ -263,9 +342,9 @@ class BrokerCore:
         return self._dispatch(service, now)
 
     def _cancel(self, ident: bytes, corr: int) -> list[Action]:
-        """Forget a queued request the caller gave up on; a running one cannot be stopped."""
+        """Forget a queued request the caller gave up on; one a worker holds cannot be recalled."""
         job = self._jobs.get((ident, corr))
-        if job is not None and job.worker is None:
+        if job is not None and job.state is JobState.QUEUED:
             self._services[job.service].queue.remove(job)
             del self._jobs[(ident, corr)]
         return []
@@ -317,6 +396,7 @@ class BrokerCore:
         )
         self._workers[ident] = worker
         self._by_pid[worker.pid] = ident
+        service.workers[ident] = worker
         service.idle.extend([ident] * worker.capacity)
         log.info(
             "worker pid %d ready for %r (%d-bit, %d thread(s))",
@@ -334,8 +414,8 @@ class BrokerCore:
             self._drops.warn(now, "worker pid %d answered job %d it does not hold; dropped", worker.pid, reply.job)
             return []
         service = self._services[worker.service]
-        if not worker.doomed:
-            service.idle.append(worker.ident)
+        worker.last_reply = now
+        self._free_slot(service, worker, job, now)
         actions: list[Action] = []
         if job.abandoned_at is not None:
             self.stats["late_replies"] += 1
@@ -355,9 +435,13 @@ class BrokerCore:
         return self._lose_worker(self._workers[ident], now, f"its process ended ({how})", returncode)
 
     def worker_unreachable(self, ident: bytes, now: float) -> list[Action]:
-        """A send to the worker failed: its socket is gone."""
+        """A send to the worker failed: its socket is gone, and its process most likely ended or is ending.
+        Its calls are answered once the supervisor says how it ended (see :class:`WorkerState`)."""
         worker = self._workers.get(ident)
-        return [] if worker is None else self._lose_worker(worker, now, "its socket went away")
+        if worker is not None and worker.state is not WorkerState.GONE:
+            self._retire(worker, WorkerState.GONE)
+            worker.gone_at = now
+        return []
 
     def _lose_worker(self, worker: _Worker, now: float, reason: str, returncode: int | None = None) -> list[Action]:
         self.stats["workers_lost"] += 1
@@ -365,6 +449,7 @@ class BrokerCore:
         if self._by_pid.get(worker.pid) == worker.ident:
             del self._by_pid[worker.pid]
         service = self._services[worker.service]
+        del service.workers[worker.ident]
         service.idle = deque(i for i in service.idle if i != worker.ident)
         if worker.jobs:
             log.warning(
@@ -374,22 +459,30 @@ class BrokerCore:
                 len(worker.jobs),
                 reason,
             )
+        poisoned = returncode is not None and -returncode in POISON_SIGNALS
         actions: list[Action] = []
+        retries: list[_Job] = []
         for job in worker.jobs.values():
+            if job.state is JobState.AHEAD:
+                service.ahead -= 1
             if job.abandoned_at is not None:
                 continue
-            if job.method in service.policy.idempotent and job.attempts < 2:
+            retry = job.method in service.policy.idempotent and job.attempts < 2
+            if retry and not (poisoned and job.state is JobState.RUNNING):
                 self.stats["retried"] += 1
+                job.move(JobState.QUEUED)
                 job.worker = None
-                service.queue.appendleft(job)
+                retries.append(job)
                 continue
             del self._jobs[(job.client, job.corr)]
+            held = "running" if job.state is JobState.RUNNING else "holding"
+            why = "; not sent again: its own run may have killed the worker" if retry else ""
             actions.append(
                 self._error_to(
                     job.client,
                     job.corr,
                     WorkerCrashed(
-                        f"the worker (pid {worker.pid}) running {job.service}.{job.method} died: {reason}",
+                        f"the worker (pid {worker.pid}) {held} {job.service}.{job.method} died: {reason}{why}",
                         service=job.service,
                         method=job.method,
                         pid=worker.pid,
@@ -397,6 +490,7 @@ class BrokerCore:
                     ),
                 )
             )
+        service.queue.extendleft(reversed(retries))
         return actions + self._dispatch(service, now)
 
     # --- time ---------------------------------------------------------------------
@@ -406,24 +500,16 @@ class BrokerCore:
         self._drops.flush(now)
         actions: list[Action] = []
         for worker in list(self._workers.values()):
-            if now >= worker.expires:
-                actions.append(KillWorker(worker.pid, "its heartbeats stopped"))
-                actions += self._lose_worker(worker, now, "its heartbeats stopped")
+            lapsed = self._lapsed(worker, now)
+            if lapsed is not None:
+                actions.append(KillWorker(worker.pid, lapsed))
+                actions += self._lose_worker(worker, now, lapsed)
                 continue
-            for job in worker.jobs.values():
-                if job.abandoned_at is None and job.deadline is not None and now >= job.deadline:
-                    self.stats["timed_out_running"] += 1
-                    job.abandoned_at = now
-                    del self._jobs[(job.client, job.corr)]
-                    actions.append(self._timeout(job, f"still running on worker pid {worker.pid}"))
-            if not worker.doomed and any(
-                j.abandoned_at is not None and now >= j.abandoned_at + self.kill_grace for j in worker.jobs.values()
-            ):
-                worker.doomed = True
-                service = self._services[worker.service]
-                service.idle = deque(i for i in service.idle if i != worker.ident)
+            actions += self._expire_held(worker, now)
+            if worker.state is WorkerState.SERVING and self._hung(worker, now):
+                self._retire(worker, WorkerState.DOOMED)
                 actions.append(KillWorker(worker.pid, "a call ran past its deadline and grace period"))
-            if now >= worker.next_heartbeat:
+            if worker.state is not WorkerState.GONE and now >= worker.next_heartbeat:
                 worker.next_heartbeat = now + self.heartbeat_interval
                 actions.append(ToWorker(worker.ident, wire.heartbeat_to_worker()))
         for service in self._services.values():
@@ -438,6 +524,40 @@ class BrokerCore:
                         keep.append(job)
                 service.queue = keep
         return actions
+
+    def _lapsed(self, worker: _Worker, now: float) -> str | None:
+        """Why ``worker`` counts as lost by now, if it does."""
+        if worker.state is WorkerState.GONE and now >= worker.gone_at + EXIT_REPORT_WAIT:
+            return "its socket went away"
+        if now >= worker.expires:
+            return "its heartbeats stopped"
+        return None
+
+    def _expire_held(self, worker: _Worker, now: float) -> list[Action]:
+        """Answer Timeout for the calls ``worker`` holds past their deadline; its own answer is discarded later."""
+        actions: list[Action] = []
+        for job in worker.jobs.values():
+            if job.abandoned_at is None and job.deadline is not None and now >= job.deadline:
+                job.abandoned_at = now
+                del self._jobs[(job.client, job.corr)]
+                if job.state is JobState.RUNNING:
+                    self.stats["timed_out_running"] += 1
+                    actions.append(self._timeout(job, f"still running on worker pid {worker.pid}"))
+                else:
+                    self.stats["expired_ahead"] += 1
+                    where = f"it was waiting in worker pid {worker.pid} behind another call; it will not be started"
+                    actions.append(self._timeout(job, where))
+        return actions
+
+    def _hung(self, worker: _Worker, now: float) -> bool:
+        """A call that may be running is past its deadline and ``kill_grace``; a call waiting behind it, never
+        started, does not count, and one that reached the front late gets its grace from then."""
+        return any(
+            job.state is JobState.RUNNING
+            and job.abandoned_at is not None
+            and now >= max(job.abandoned_at, job.running_since) + self.kill_grace
+            for job in worker.jobs.values()
+        )
 
     def _timeout(self, job: _Job, where: str) -> ToClient:
         return self._error_to(
@@ -477,15 +597,31 @@ class BrokerCore:
     # --- internals ----------------------------------------------------------------
 
     def _dispatch(self, service: _Service, now: float) -> list[Action]:
+        """Hand queued jobs out in order: to a free run slot (LRU) if any worker has one, else, for an
+        idempotent job, ahead to the worker holding the fewest; the first job that can go nowhere waits."""
         actions: list[Action] = []
-        while service.queue and service.idle:
-            job = service.queue.popleft()
+        queue = service.queue
+        while queue:
+            job = queue[0]
             if job.deadline is not None and now >= job.deadline:
+                queue.popleft()
                 self.stats["expired_in_queue"] += 1
                 del self._jobs[(job.client, job.corr)]
                 actions.append(self._timeout(job, "it was still queued; it never ran"))
                 continue
-            worker = self._workers[service.idle.popleft()]
+            if service.idle:
+                worker = self._workers[service.idle.popleft()]
+                job.move(JobState.RUNNING)
+                job.running_since = now
+            else:
+                ahead = self._ahead_worker(service) if job.method in service.policy.idempotent else None
+                if ahead is None:
+                    break
+                worker = ahead
+                job.move(JobState.AHEAD)
+                service.ahead += 1
+                self.stats["sent_ahead"] += 1
+            queue.popleft()
             job.attempts += 1
             job.worker = worker.ident
             worker.jobs[job.job_id] = job
@@ -495,6 +631,41 @@ class BrokerCore:
                 ToWorker(worker.ident, wire.request_to_worker(job.job_id, job.method, left, job.payload, job.flags))
             )
         return actions
+
+    def _ahead_worker(self, service: _Service) -> _Worker | None:
+        """The worker to hold a job ahead: the fewest held, then the most recent reply (a worker stuck
+        in a long call has not answered for a while); None when every worker is full."""
+        best: _Worker | None = None
+        prefetch = service.policy.prefetch
+        if not prefetch:
+            return None
+        for worker in service.workers.values():
+            held = len(worker.jobs)
+            if worker.state is not WorkerState.SERVING or held >= worker.capacity + prefetch:
+                continue
+            if best is None or (held, -worker.last_reply) < (len(best.jobs), -best.last_reply):
+                best = worker
+        return best
+
+    def _free_slot(self, service: _Service, worker: _Worker, job: _Job, now: float) -> None:
+        """``job`` left ``worker``: its run slot goes to the next job the worker holds, or back to the idle
+        deque when it holds none ahead."""
+        if job.state is JobState.AHEAD:  # answered before the broker saw it start (replies raced): no slot freed
+            service.ahead -= 1
+            return
+        waiting = next((j for j in worker.jobs.values() if j.state is JobState.AHEAD), None)
+        if waiting is not None:
+            waiting.move(JobState.RUNNING)
+            waiting.running_since = now
+            service.ahead -= 1
+        elif worker.state is WorkerState.SERVING:
+            service.idle.append(worker.ident)
+
+    def _retire(self, worker: _Worker, state: WorkerState) -> None:
+        """No more work for ``worker``: its free run slots leave the idle deque."""
+        worker.state = state
+        service = self._services[worker.service]
+        service.idle = deque(i for i in service.idle if i != worker.ident)
 
     def _error_to(self, ident: bytes, corr: int, error: CallError) -> ToClient:
         return ToClient(ident, wire.error_to_client(corr, error_to_wire(error)))

@@ -123,7 +123,7 @@ class Pool:
         supervisor = Supervisor(self.config, self.backend_address, make_worker_source(self._run_dir.path), worker_curve)
         supervisor.check_interpreters()
         core = BrokerCore(
-            [ServicePolicy(s.name, s.idempotent, s.queue_limit) for s in self.config.services],
+            [ServicePolicy(s.name, s.idempotent, s.queue_limit, s.prefetch) for s in self.config.services],
             heartbeat_interval=self.config.heartbeat_interval,
             heartbeat_liveness=self.config.heartbeat_liveness,
             kill_grace=self.config.kill_grace,

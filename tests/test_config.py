@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from broker.config import PoolConfig, load_config
+from broker.config import PoolConfig, ServiceConfig, load_config
 from broker.locations import default_config_path
 from protocol.errors import ArgumentError, ConfigError
 from workers32.signatures import CFunction, check_type, type_names
@@ -51,6 +51,7 @@ def test_default_demo_service() -> None:
     assert demo.bits == 32
     assert demo.workers == 4
     assert demo.threads == 1
+    assert demo.prefetch == ServiceConfig.prefetch
     functions = demo.hosting["functions"]
     assert {"add", "version", "pointer_size", "sleep_ms", "scale_sum"} <= set(functions)
     assert functions["add"] == {"args": ["int", "int"], "returns": "int", "symbol": None}
@@ -97,6 +98,7 @@ def test_dict_config_works_and_resolves_against_cwd(tmp_path: Path, monkeypatch:
                     "workers": 3,
                     "threads": 2,
                     "queue_limit": 10,
+                    "prefetch": 3,
                     "idempotent": ["f"],
                     "library": "libs/{bits}/x.so",
                     "functions": {"f": {"returns": "double", "symbol": "real_f"}, "g": {"idempotent": True}},
@@ -110,7 +112,7 @@ def test_dict_config_works_and_resolves_against_cwd(tmp_path: Path, monkeypatch:
     assert config.frontend == "tcp://x:1"
     assert config.python32 == "/opt/py32/python"
     service = config.service("lib")
-    assert (service.bits, service.workers, service.threads, service.queue_limit) == (64, 3, 2, 10)
+    assert (service.bits, service.workers, service.threads, service.queue_limit, service.prefetch) == (64, 3, 2, 10, 3)
     assert service.hosting["library"] == str(tmp_path.resolve() / "libs" / "64" / "x.so")
     assert service.hosting["functions"]["f"] == {"args": [], "returns": "double", "symbol": "real_f"}
     assert service.hosting["functions"]["g"]["returns"] == "int"
@@ -176,6 +178,9 @@ class = "Cls"
         (minimal(workers=2.5), ["workers", "integer"]),
         (minimal(threads=0), ["threads", "greater than 0"]),
         (minimal(queue_limit=0), ["queue_limit", "greater than 0"]),
+        (minimal(prefetch=-1), ["prefetch", "0 or more"]),
+        (minimal(prefetch=1.5), ["prefetch", "integer"]),
+        (minimal(prefetch=True), ["prefetch", "boolean"]),
         (minimal(functions={"f": {"args": ["int33"]}}), ["functions.f", "int33", "unknown argument type"]),
         (minimal(functions={"f": {"args": ["int"], "returns": "int33"}}), ["functions.f", "unknown return type"]),
         (minimal(functions={"f": {"returns": "double*"}}), ["functions.f", "return type"]),

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import struct
 from collections import Counter, defaultdict
-from typing import Any
+from typing import Any, ClassVar
 
 import msgpack
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from broker.core import Action, BrokerCore, KillWorker, ServicePolicy, ToClient, ToWorker
+from broker.core import EXIT_REPORT_WAIT, Action, BrokerCore, KillWorker, ServicePolicy, ToClient, ToWorker
 from protocol import frames as wire
 from protocol.errors import (
     BadRequest,
@@ -379,12 +380,35 @@ def test_worker_disconnect_is_a_loss() -> None:
     assert core.worker_pids() == []
 
 
-def test_worker_unreachable_is_a_loss() -> None:
+def test_worker_unreachable_is_a_loss_once_its_exit_is_reported() -> None:
     core = make_core()
     ready(core, b"w", 9)
     request(core, b"c", b"1")
-    assert isinstance(only_error(core.worker_unreachable(b"w", 1.0), b"c", b"1"), WorkerCrashed)
+    request(core, b"c", b"2")
+    assert core.worker_unreachable(b"w", 1.0) == [], "its calls wait for the report of how it ended"
     assert core.worker_unreachable(b"w", 1.0) == []
+    assert core.worker_pids() == []
+    assert worker_commands(core.tick(1.1), b"w") == [], "nothing more is sent to it, not even heartbeats"
+    dispatched = work(ready(core, b"w2", 10, now=1.2))
+    assert [bytes(j.payload[0]) for _, j in dispatched] == [b"c/2"], "the queued call, not the one it held"
+    error = only_error(core.worker_exited(9, -signal.SIGKILL, 1.3), b"c", b"1")
+    assert isinstance(error, WorkerCrashed)
+    assert "signal 9" in error.message
+
+
+def test_worker_unreachable_without_an_exit_report_is_lost_after_a_short_wait() -> None:
+    """A worker started elsewhere (``dllpool worker``): no supervisor reports its end."""
+    core = make_core(heartbeat_liveness=100)
+    ready(core, b"w", 9)
+    request(core, b"c", b"1")
+    core.worker_unreachable(b"w", 1.0)
+    assert core.tick(1.0 + EXIT_REPORT_WAIT / 2) == []
+    actions = core.tick(1.0 + EXIT_REPORT_WAIT)
+    assert kills(actions) == [9]
+    error = only_error(actions, b"c", b"1")
+    assert isinstance(error, WorkerCrashed)
+    assert "socket went away" in error.message
+    assert core.worker_exited(9, -9, 2.0) == []
 
 
 def test_worker_registering_again_loses_its_old_jobs() -> None:
@@ -569,6 +593,257 @@ def test_cancelled_request_never_times_out() -> None:
     assert core.tick(1.0) == []
 
 
+# ============================================================ credit: idempotent calls held ahead
+
+
+def credit_core(prefetch: int = 2, queue_limit: int | None = None, **kwargs: Any) -> BrokerCore:
+    policy = ServicePolicy("s", idempotent=frozenset({"safe"}), queue_limit=queue_limit, prefetch=prefetch)
+    return make_core(policy, **kwargs)
+
+
+def test_idempotent_calls_are_sent_ahead_up_to_prefetch() -> None:
+    core = credit_core(prefetch=2)
+    ready(core, b"w", 1)
+    sent = [work(request(core, b"c", i, method="safe")) for i in range(4)]
+    assert [len(s) for s in sent] == [1, 1, 1, 0], "one runs, two wait in the worker, the fourth in the queue"
+    assert {ident for s in sent for ident, _ in s} == {b"w"}
+    assert core.held_ahead("s") == 2
+    assert core.stats["sent_ahead"] == 2
+    actions = reply(core, b"w", sent[0][0][1].job, now=1.0)
+    assert only_answer(actions)[1].corr == 0
+    ident, fourth = only_work(actions)
+    assert (ident, bytes(fourth.payload[0])) == (b"w", b"c/3"), "the freed place goes to the queued call"
+    assert core.held_ahead("s") == 2, "one held ahead started, the fourth took its place"
+
+
+def test_prefetch_zero_sends_nothing_ahead() -> None:
+    core = credit_core(prefetch=0)
+    ready(core, b"w", 1)
+    assert len(work(request(core, b"c", 1, method="safe"))) == 1
+    assert work(request(core, b"c", 2, method="safe")) == []
+    assert core.held_ahead("s") == 0
+
+
+def test_a_non_idempotent_call_is_never_sent_ahead_and_nothing_overtakes_it() -> None:
+    core = credit_core(prefetch=2)
+    ready(core, b"w", 1)
+    _, running = only_work(request(core, b"c", 1, method="safe"))
+    assert request(core, b"c", 2, method="m") == [], "a non-idempotent call waits for a free run slot"
+    assert request(core, b"c", 3, method="safe") == [], "an idempotent call does not overtake it"
+    assert core.held_ahead("s") == 0
+    actions = reply(core, b"w", running.job, now=1.0)
+    dispatched = work(actions)
+    assert [(j.method, bytes(j.payload[0])) for _, j in dispatched] == [("m", b"c/2"), ("safe", b"c/3")]
+    assert core.held_ahead("s") == 1, "the idempotent one waits behind the non-idempotent one"
+
+
+def test_a_worker_with_a_free_run_slot_is_preferred_to_sending_ahead() -> None:
+    core = credit_core(prefetch=2)
+    ready(core, b"w1", 1)
+    ready(core, b"w2", 2, threads=2)
+    targets = [only_work(request(core, b"c", i, method="safe"))[0] for i in range(3)]
+    assert sorted(targets) == [b"w1", b"w2", b"w2"], "every run slot is used before anything is sent ahead"
+    assert core.held_ahead("s") == 0
+    assert only_work(request(core, b"c", 3, method="safe"))[0] == b"w1", "ahead: w1 holds 1, w2 holds 2"
+    assert core.held_ahead("s") == 1
+
+
+def test_a_worker_that_registers_takes_queued_calls_into_its_run_slots() -> None:
+    core = credit_core(prefetch=1)
+    ready(core, b"w1", 1)
+    for i in range(3):
+        request(core, b"c", i, method="safe")
+    assert core.held_ahead("s") == 1
+    ident, job = only_work(ready(core, b"w2", 2))
+    assert (ident, bytes(job.payload[0])) == (b"w2", b"c/2")
+    assert core.held_ahead("s") == 1
+
+
+def test_calls_are_held_ahead_by_the_worker_holding_fewest_then_by_the_one_that_answered_last() -> None:
+    core = credit_core(prefetch=3)
+    ready(core, b"slow", 1)
+    ready(core, b"fast", 2)
+    _, long_call = only_work(request(core, b"c", 0, method="m"))
+    _, quick = only_work(request(core, b"c", 1, method="safe"))
+    actions = reply(core, b"fast", quick.job, now=1.0)
+    only_answer(actions)
+    assert only_work(request(core, b"c", 2, method="safe", now=1.1))[0] == b"fast", "fast has a free run slot"
+    # both hold one call now; fast answered last, slow has not answered at all
+    assert only_work(request(core, b"c", 3, method="safe", now=1.2))[0] == b"fast"
+    assert only_work(request(core, b"c", 4, method="safe", now=1.3))[0] == b"slow", "fast holds 2, slow 1"
+    assert answers(reply(core, b"slow", long_call.job, now=2.0))[0][1].corr == 0
+
+
+def test_calls_held_ahead_count_toward_the_queue_limit() -> None:
+    core = credit_core(prefetch=2, queue_limit=2)
+    ready(core, b"w", 1)
+    for i in range(3):
+        assert len(work(request(core, b"c", i, method="safe"))) == 1
+    assert core.held_ahead("s") == 2
+    error = only_error(request(core, b"c", 3, method="safe"), b"c", 3)
+    assert isinstance(error, Busy)
+    assert "held by a busy worker" in error.message
+    assert core.stats["busy"] == 1
+    assert core.pending() == 3
+
+
+def test_a_call_held_ahead_past_its_deadline_gets_timeout_and_never_kills_its_worker() -> None:
+    core = credit_core(prefetch=1, kill_grace=0.5, heartbeat_liveness=100)
+    ready(core, b"w", 55)
+    _, long_call = only_work(request(core, b"c", 1, method="m"))
+    _, ahead = only_work(request(core, b"c", 2, method="safe", timeout=0.05))
+    assert ahead.timeout == pytest.approx(0.05), "the worker gets the time left, to check before it starts"
+    actions = core.tick(0.06)
+    error = only_error(actions, b"c", 2)
+    assert isinstance(error, Timeout)
+    assert "waiting in worker pid 55" in error.message
+    assert core.stats["expired_ahead"] == 1
+    assert core.stats["timed_out_running"] == 0
+    assert core.pending() == 1
+    assert kills(core.tick(5.0)) == [], "a call that has not started cannot have hung its worker"
+    # the long call ends; the expired one reaches the front of the worker, which answers it Timeout unrun
+    only_answer(reply(core, b"w", long_call.job, now=10.0))
+    assert kills(core.tick(10.1)) == [], "its kill_grace counts from when it could have started"
+    late = core.worker_message(b"w", wire.worker_error(ahead.job, {"type": "Timeout", "message": "unrun"}), 10.2)
+    assert answers(late) == []
+    assert core.stats["late_replies"] == 1
+    assert only_work(request(core, b"c", 3, now=10.3))[0] == b"w", "the worker is free again"
+
+
+def test_an_expired_call_that_may_have_started_gets_its_worker_killed_after_the_grace() -> None:
+    core = credit_core(prefetch=1, kill_grace=0.5)
+    ready(core, b"w", 55)
+    _, first = only_work(request(core, b"c", 1, method="safe"))
+    only_work(request(core, b"c", 2, method="safe", timeout=0.05))
+    only_error(core.tick(0.06), b"c", 2)
+    only_answer(reply(core, b"w", first.job, now=1.0))
+    assert kills(core.tick(1.4)) == []
+    assert kills(core.tick(1.6)) == [55], "it may be running (hung) and did not answer within the grace"
+
+
+def test_a_crash_resends_the_idempotent_calls_held_ahead_and_fails_the_running_non_idempotent_one() -> None:
+    core = credit_core(prefetch=2)
+    ready(core, b"w1", 1)
+    only_work(request(core, b"c", 1, method="m"))
+    held = [only_work(request(core, b"c", i, method="safe"))[1] for i in (2, 3)]
+    assert core.held_ahead("s") == 2
+    actions = core.worker_exited(1, -9, now=1.0)
+    error = only_error(actions, b"c", 1)
+    assert isinstance(error, WorkerCrashed)
+    assert "not sent again" not in error.message
+    assert core.stats["retried"] == 2
+    assert core.held_ahead("s") == 0
+    assert core.pending() == 2
+    resent = work(ready(core, b"w2", 2, now=1.5))
+    assert [(ident, bytes(j.payload[0])) for ident, j in resent] == [(b"w2", bytes(h.payload[0])) for h in held]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT])
+def test_a_poison_call_is_not_resent_but_the_calls_held_behind_it_are(sig: signal.Signals) -> None:
+    core = credit_core(prefetch=2)
+    ready(core, b"w1", 1)
+    request(core, b"c", 1, method="safe")
+    request(core, b"c", 2, method="safe")
+    request(core, b"c", 3, method="safe")
+    actions = core.worker_exited(1, -sig, now=1.0) + ready(core, b"w2", 2, now=1.1)
+    error = only_error(actions, b"c", 1)
+    assert isinstance(error, WorkerCrashed)
+    assert "not sent again" in error.message
+    assert f"signal {int(sig)}" in error.message
+    assert core.stats["retried"] == 2
+    assert [bytes(j.payload[0]) for _, j in work(actions)] == [b"c/2", b"c/3"]
+
+
+@pytest.mark.parametrize("returncode", [-signal.SIGKILL, -signal.SIGTERM, 1])
+def test_a_running_idempotent_call_is_resent_when_its_worker_was_ended_from_outside(returncode: int) -> None:
+    core = credit_core(prefetch=1)
+    ready(core, b"w1", 1)
+    request(core, b"c", 1, method="safe")
+    request(core, b"c", 2, method="safe")
+    assert answers(core.worker_exited(1, returncode, 1.0)) == []
+    assert core.stats["retried"] == 2
+
+
+def test_a_poison_call_is_known_when_the_socket_goes_away_before_the_exit_is_reported() -> None:
+    """The usual order with calls held ahead: the worker answers one call, crashes in the next at once, and the
+    broker's next send to it fails before the supervisor has reaped it."""
+    core = credit_core(prefetch=2)
+    ready(core, b"w1", 1)
+    _, first = only_work(request(core, b"c", 1, method="safe"))
+    request(core, b"c", 2, method="safe")
+    request(core, b"c", 3, method="safe")
+    request(core, b"c", 4, method="safe")
+    only_answer(reply(core, b"w1", first.job, now=1.0))
+    assert core.worker_unreachable(b"w1", 1.0) == []
+    actions = core.worker_exited(1, -signal.SIGSEGV, 1.05)
+    assert "not sent again" in only_error(actions, b"c", 2).message
+    assert core.stats["retried"] == 2
+
+
+def test_the_poison_rule_covers_every_run_slot_of_a_threaded_worker() -> None:
+    core = credit_core(prefetch=1)
+    ready(core, b"w1", 1, threads=2)
+    for i in range(3):
+        request(core, b"c", i, method="safe")
+    actions = core.worker_exited(1, -signal.SIGSEGV, now=1.0)
+    assert sorted(answer.corr for _, answer in answers(actions)) == [0, 1], "either running call may be the poison"
+    assert core.stats["retried"] == 1
+
+
+def test_a_call_held_ahead_is_sent_at_most_twice() -> None:
+    core = credit_core(prefetch=1)
+    ready(core, b"w1", 1)
+    ready(core, b"w2", 2)
+    request(core, b"c", 1, method="m")
+    request(core, b"c", 2, method="m")
+    assert only_work(request(core, b"c", 3, method="safe"))[0] == b"w1"
+    actions = core.worker_exited(1, -9, now=1.0)
+    assert len(answers(actions)) == 1
+    assert only_work(actions)[0] == b"w2", "held ahead by w2 now"
+    actions = core.worker_exited(2, -9, now=2.0)
+    assert sorted(answer.corr for _, answer in answers(actions)) == [2, 3], "the second loss ends it"
+    assert core.pending() == 0
+
+
+def test_cancel_does_not_recall_a_call_held_ahead() -> None:
+    core = credit_core(prefetch=1)
+    ready(core, b"w", 1)
+    _, running = only_work(request(core, b"c", 1, method="safe"))
+    _, ahead = only_work(request(core, b"c", 2, method="safe"))
+    assert core.client_message(b"c", wire.client_cancel(2), 0.1) == []
+    assert core.pending() == 2
+    only_answer(reply(core, b"w", running.job, now=0.2))
+    client, answer = only_answer(reply(core, b"w", ahead.job, now=0.3))
+    assert (client, answer.corr) == (b"c", 2)
+
+
+def test_a_reply_to_a_call_held_ahead_before_the_running_one_frees_no_run_slot() -> None:
+    """Replies from a threaded worker's pool threads may overtake each other on their way to its socket."""
+    core = credit_core(prefetch=2)
+    ready(core, b"w", 1)
+    _, running = only_work(request(core, b"c", 1, method="safe"))
+    _, ahead = only_work(request(core, b"c", 2, method="safe"))
+    only_answer(reply(core, b"w", ahead.job, now=0.1))
+    assert core.held_ahead("s") == 0
+    assert only_work(request(core, b"c", 3, method="safe"))[0] == b"w", "sent ahead: the run slot is still taken"
+    assert core.held_ahead("s") == 1
+    only_answer(reply(core, b"w", running.job, now=0.2))
+    assert core.held_ahead("s") == 0
+
+
+def test_abort_all_answers_calls_held_ahead_once() -> None:
+    core = credit_core(prefetch=2)
+    ready(core, b"w", 1)
+    jobs = [only_work(request(core, b"c", i, method="safe"))[1] for i in range(3)]
+    request(core, b"c", 3, method="safe")
+    core.stop_accepting()
+    assert len(answers(core.abort_all("over", 1.0))) == 4
+    for job in jobs:
+        assert answers(reply(core, b"w", job.job, now=2.0)) == []
+    assert core.stats["late_replies"] == 3
+    assert core.held_ahead("s") == 0
+
+
 # ============================================================ unknown and malformed peers
 
 
@@ -751,20 +1026,23 @@ class CoreMachine(RuleBasedStateMachine):
 
     The fake workers echo the request body (which names the client and corr)
     back, so every answer can be checked against the request it belongs to.
+    They answer the calls they hold in any order, as a threaded worker may.
     """
 
     CLIENTS = (b"c0", b"c1", b"c2")
+    PREFETCH: ClassVar[dict[str, int]] = {"s": 1, "q": 2}
+    KILL_GRACE = 0.5
 
     def __init__(self) -> None:
         super().__init__()
         self.core = BrokerCore(
             [
-                ServicePolicy("s", idempotent=frozenset({"safe"})),
-                ServicePolicy("q", queue_limit=2),
+                ServicePolicy("s", idempotent=frozenset({"safe"}), prefetch=self.PREFETCH["s"]),
+                ServicePolicy("q", idempotent=frozenset({"safe"}), queue_limit=2, prefetch=self.PREFETCH["q"]),
             ],
             heartbeat_interval=1.0,
             heartbeat_liveness=3,
-            kill_grace=0.5,
+            kill_grace=self.KILL_GRACE,
         )
         self.now = 0.0
         self.next_corr: dict[bytes, int] = defaultdict(int)
@@ -772,9 +1050,13 @@ class CoreMachine(RuleBasedStateMachine):
         self.answered: Counter[tuple[bytes, int]] = Counter()
         self.cancelled: set[tuple[bytes, int]] = set()
         self.dispatches: Counter[tuple[bytes, int]] = Counter()
+        self.deadlines: dict[tuple[bytes, int], float] = {}
+        self.poison: set[tuple[bytes, int]] = set()  # calls whose run may have killed a worker by a fatal signal
         self.workers: dict[bytes, dict[str, Any]] = {}  # ident -> {"pid", "threads", "service", "jobs"}
+        # a worker's "jobs" are in dispatch order: it starts them in that order
         self.next_pid = 100
         self.gone: dict[bytes, int] = {}  # ident -> pid of killed workers
+        self.unreachable: dict[bytes, dict[str, Any]] = {}  # socket gone, end not reported yet
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -806,22 +1088,40 @@ class CoreMachine(RuleBasedStateMachine):
                     key = _key(body)
                     assert self.answered[key] == 0, f"{key} dispatched after it was answered"
                     assert key not in self.cancelled
+                    assert key not in self.poison, f"{key} may have killed a worker and was sent again"
                     self.dispatches[key] += 1
                     limit = 2 if self.sent[key] == "safe" else 1
                     assert self.dispatches[key] <= limit, f"{key} ran {self.dispatches[key]} times"
                     worker = self.workers[action.ident]
+                    if len(worker["jobs"]) >= worker["threads"]:
+                        self.check_sent_ahead(key, worker)
                     worker["jobs"][command.job] = body
-                    assert len(worker["jobs"]) <= worker["threads"], "worker over capacity"
                 elif isinstance(command, wire.DisconnectToWorker):
                     self.workers.pop(action.ident, None)
             elif isinstance(action, KillWorker):
+                self.unreachable = {i: w for i, w in self.unreachable.items() if w["pid"] != action.pid}
                 ident = next((i for i, w in self.workers.items() if w["pid"] == action.pid), None)
+                if ident is not None and "deadline" in action.reason:
+                    self.check_hung(self.workers[ident])
                 if ident is not None:
                     del self.workers[ident]
                     self.gone[ident] = action.pid
                 killed.append(action.pid)
         for pid in killed:  # the supervisor reports the exit of a killed worker later
             self.handle(self.core.worker_exited(pid, -9, self.now))
+
+    def check_sent_ahead(self, key: tuple[bytes, int], worker: dict[str, Any]) -> None:
+        """A call beyond a worker's run slots: idempotent, within prefetch, and only when no worker is free."""
+        service = worker["service"]
+        assert self.sent[key] == "safe", f"non-idempotent {key} sent ahead"
+        assert len(worker["jobs"]) < worker["threads"] + self.PREFETCH[service], "worker over capacity"
+        free = [i for i, w in self.workers.items() if w["service"] == service and len(w["jobs"]) < w["threads"]]
+        assert not free, f"{key} sent ahead while {free} had a free run slot"
+
+    def check_hung(self, worker: dict[str, Any]) -> None:
+        """Only a call that may be running (the first ``threads`` held) can get its worker killed."""
+        may_run = [_key(body) for body in list(worker["jobs"].values())[: worker["threads"]]]
+        assert any(self.deadlines.get(k, float("inf")) + self.KILL_GRACE <= self.now for k in may_run)
 
     # --- rules ----------------------------------------------------------------------
 
@@ -836,10 +1136,23 @@ class CoreMachine(RuleBasedStateMachine):
         corr = self.next_corr[client]  # the same corrs are used by every client
         key = (client, corr)
         self.sent[key] = method
+        if timeout is not None:
+            self.deadlines[key] = self.now + timeout
         frames = wire.client_request(corr, service, method, timeout, [_body(client, corr)])
         self.handle(self.core.client_message(client, frames, self.now))
         if service == "missing":
             assert self.answered[key] == 1
+
+    @rule(
+        client=st.sampled_from(CLIENTS),
+        service=st.sampled_from(["s", "q"]),
+        count=st.integers(2, 6),
+        timeout=st.none() | st.floats(min_value=0.0, max_value=3.0),
+    )
+    def send_idempotent_burst(self, client: bytes, service: str, count: int, timeout: float | None) -> None:
+        """Enough idempotent calls at once to fill workers' run slots and the places ahead."""
+        for _ in range(count):
+            self.send_request(client, service, "safe", timeout)
 
     @rule(service=st.sampled_from(["s", "q"]), threads=st.integers(1, 3))
     def worker_ready(self, service: str, threads: int) -> None:
@@ -866,16 +1179,34 @@ class CoreMachine(RuleBasedStateMachine):
         self.handle(self.core.worker_message(ident, frames, self.now))
 
     @precondition(lambda self: self.workers)
-    @rule(data=st.data(), how=st.sampled_from(["exit", "disconnect", "unreachable"]))
+    @rule(data=st.data(), how=st.sampled_from(["segfault", "kill", "disconnect", "unreachable"]))
     def worker_dies(self, data: st.DataObject, how: str) -> None:
         ident = data.draw(st.sampled_from(sorted(self.workers)))
         worker = self.workers.pop(ident)
-        if how == "exit":
-            self.handle(self.core.worker_exited(worker["pid"], -11, self.now))
+        if how in ("segfault", "kill"):
+            self.exits(worker, segfault=how == "segfault")
         elif how == "disconnect":
             self.handle(self.core.worker_message(ident, wire.worker_disconnect(), self.now))
         else:
+            self.unreachable[ident] = worker
             self.handle(self.core.worker_unreachable(ident, self.now))
+            assert worker["pid"] not in self.core.worker_pids()
+
+    @precondition(lambda self: self.unreachable)
+    @rule(data=st.data(), segfault=st.booleans())
+    def supervisor_reports_the_end_of_an_unreachable_worker(self, data: st.DataObject, segfault: bool) -> None:
+        ident = data.draw(st.sampled_from(sorted(self.unreachable)))
+        self.exits(self.unreachable.pop(ident), segfault)
+
+    def exits(self, worker: dict[str, Any], segfault: bool) -> None:
+        """The supervisor reports a worker's end: by SIGSEGV, every call it may have been running is poison."""
+        if not segfault:
+            self.handle(self.core.worker_exited(worker["pid"], -signal.SIGKILL, self.now))
+            return
+        may_run = [_key(body) for body in list(worker["jobs"].values())[: worker["threads"]]]
+        self.poison.update(may_run)
+        self.handle(self.core.worker_exited(worker["pid"], -signal.SIGSEGV, self.now))
+        assert all(self.answered[k] == 1 for k in may_run), "a poison call was kept"
 
     @precondition(lambda self: self.workers)
     @rule(data=st.data())
@@ -895,7 +1226,8 @@ class CoreMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def client_cancels(self, data: st.DataObject) -> None:
         key = data.draw(st.sampled_from(sorted(self.sent)))
-        running = any(key == _key(b) for w in self.workers.values() for b in w["jobs"].values())
+        holders = [*self.workers.values(), *self.unreachable.values()]
+        running = any(key == _key(b) for w in holders for b in w["jobs"].values())
         before = self.core.pending()
         self.handle(self.core.client_message(key[0], wire.client_cancel(key[1]), self.now))
         if not running and self.answered[key] == 0 and key not in self.cancelled:
@@ -919,6 +1251,12 @@ class CoreMachine(RuleBasedStateMachine):
     @invariant()
     def registered_workers_match(self) -> None:
         assert sorted(self.core.worker_pids()) == sorted(w["pid"] for w in self.workers.values())
+
+    @invariant()
+    def held_ahead_matches_what_workers_hold_beyond_their_threads(self) -> None:
+        for service in ("s", "q"):
+            held = [w for w in (*self.workers.values(), *self.unreachable.values()) if w["service"] == service]
+            assert self.core.held_ahead(service) == sum(max(0, len(w["jobs"]) - w["threads"]) for w in held)
 
     def teardown(self) -> None:
         self.core.stop_accepting()
