@@ -150,6 +150,7 @@ def _not_ready_in_time(tmp_path: Path) -> dict[str, Any]:
     ],
 )
 def test_a_start_fails_with_the_same_error_in_both_modes(case: Any, error: type[DllPoolError], tmp_path: Path) -> None:
+    brokers = broker_processes()
     raised: dict[BrokerKind, DllPoolError] = {}
     for kind in ("thread", "process"):
         with pytest.raises(DllPoolError) as info:
@@ -157,7 +158,7 @@ def test_a_start_fails_with_the_same_error_in_both_modes(case: Any, error: type[
         raised[kind] = info.value
     assert type(raised["thread"]) is type(raised["process"]) is error
     assert str(raised["thread"]) == str(raised["process"])
-    assert broker_processes() == []
+    assert broker_processes() == brokers, "a broker process outlived its failed start"
 
 
 def test_an_unknown_broker_kind_is_a_config_error() -> None:
@@ -217,9 +218,9 @@ def test_stop_lets_running_calls_finish_within_its_grace() -> None:
     config = {"services": {"s": demo_service()}}
     with Pool.from_config(config, start=False, broker="process") as pool, pool.client(timeout=30) as client:
         (worker,) = pool.worker_pids()
+        broker = parent_of(worker)
         running = client.submit("s", "sleep_ms", 500)
         wait_for(lambda: in_nanosleep(worker), 20, "the call to be running")
         pool.stop(grace=20)
         assert running.done() and running.result() is None
-    assert_no_children_left([worker])
-    assert broker_processes() == []
+    assert_no_children_left([worker, broker])
