@@ -112,8 +112,8 @@ class HostedBroker:
             return
         with contextlib.suppress(BrokerUnavailable):  # it ended already: nothing left to stop
             self._request("stop", grace=grace)
-        with self._lock:
-            assert process.stdin is not None
+        assert process.stdin is not None
+        with self._lock, contextlib.suppress(OSError):  # BrokenPipeError: a request it never read is still buffered
             process.stdin.close()
         try:
             process.wait(_EXIT_WAIT)
