@@ -1,6 +1,6 @@
 """dllpool against its floor and against msl-loadlib, measured side by side in one run.
 
-    python bench/compare.py [--quick] [--json FILE]
+    python bench/compare.py [--quick] [--json FILE] [--no-msl] [--broker thread|process]
 
 Four systems do the same ``add`` call, one after the other, on this machine:
 
@@ -13,7 +13,8 @@ Four systems do the same ``add`` call, one after the other, on this machine:
 3. dllpool: ``demo.add`` through ``Pool`` with the default configuration's ``demo`` service
    (4 workers; the other services left out): ``call`` p50/p99 from one thread, ``submit``
    throughput with 512 in flight from one thread, throughput of 16 threads calling, and ``Client.map``
-   over an endless input with its default chunk size and window;
+   over an endless input with its default chunk size and window; the broker in a thread of this
+   process or in a process of its own (``--broker``, default Pool's own default);
 4. msl-loadlib 's own ``Cpp64().add`` example (bench/msl_loadlib_compare.py), run in a
    virtualenv of its own that this script creates the first time (bench/.venv-msl).
 
@@ -49,6 +50,7 @@ import msgpack
 import zmq
 
 from broker import Pool, PoolConfig, load_config, runtime32
+from broker.pool import DEFAULT_BROKER, BrokerKind
 from client import Client
 
 BENCH = Path(__file__).resolve().parent
@@ -385,11 +387,11 @@ def map_for(client: Client, seconds: float) -> tuple[int, float]:
     return done, clock() - started
 
 
-def measure_dllpool(settings: Settings) -> tuple[list[Row], dict[str, Any]]:
+def measure_dllpool(settings: Settings, broker: BrokerKind) -> tuple[list[Row], dict[str, Any]]:
     system = "dllpool"
     config = demo_only()
-    progress(f"dllpool: starting the pool (demo service, {config.service('demo').workers} workers) ...")
-    with Pool(config).start() as pool, pool.client(timeout=60) as client:
+    progress(f"dllpool: starting the pool (demo service, {config.service('demo').workers} workers, {broker=}) ...")
+    with Pool(config, broker).start() as pool, pool.client(timeout=60) as client:
         workers = pool.workers()
         if {w["pointer_size"] for w in workers} != {4}:
             raise RuntimeError(f"dllpool's workers are not all 32-bit: {workers}")
@@ -413,11 +415,12 @@ def measure_dllpool(settings: Settings) -> tuple[list[Row], dict[str, Any]]:
         map_for(client, min(0.5, settings.seconds))
         mapped, map_seconds = map_for(client, settings.seconds)
         stats = pool.stats()
-    rows = latency_rows(system, "call, one thread", samples, f"{len(samples):,} calls, Pool + Client.call")
+    rows = latency_rows(system, "call, one thread", samples, f"{len(samples):,} calls, Pool({broker=}) + Client.call")
     rows.append(throughput_row(system, f"submit, {SUBMIT_WINDOW} in flight", submitted, submit_seconds, "one thread"))
     rows.append(throughput_row(system, f"call from {THREADS} threads", threaded, thread_seconds, "one Client"))
     rows.append(throughput_row(system, "map", mapped, map_seconds, "one thread, Client.map defaults"))
-    return rows, {"workers": len(workers), "worker_python": workers[0].get("python"), "broker_stats": stats}
+    details = {"broker": broker, "workers": len(workers), "worker_python": workers[0].get("python")}
+    return rows, {**details, "broker_stats": stats}
 
 
 # --------------------------------------------------------------------------- msl-loadlib
@@ -571,6 +574,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few seconds per row instead of about 5 s")
     parser.add_argument("--json", metavar="FILE", type=Path, help="also write every figure to FILE as JSON")
     parser.add_argument("--no-msl", action="store_true", help="leave msl-loadlib out (no virtualenv, no PyPI)")
+    parser.add_argument(
+        "--broker", choices=["thread", "process"], default=DEFAULT_BROKER, help="where dllpool's Pool runs its broker"
+    )
     parser.add_argument("--serve-echo", metavar="ENDPOINT", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.serve_echo:
@@ -596,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += bare_rows
     finally:
         context.term()
-    dllpool_rows, extra["dllpool"] = measure_dllpool(settings)
+    dllpool_rows, extra["dllpool"] = measure_dllpool(settings, options.broker)
     rows += dllpool_rows
     if not options.no_msl:
         try:

@@ -46,6 +46,7 @@ from compare import (
 )
 
 from broker import Pool, runtime32
+from broker.inprocess import InProcessBroker
 from client import Client
 
 
@@ -207,12 +208,18 @@ def run_one_thread(work: Callable[[], int], pids: dict[int, Labeler]) -> Result:
 
 def serve_pool() -> int:
     """``--serve-pool``: the Pool in a process of its own; prints its address, runs until SIGTERM."""
-    with Pool(demo_only()).start() as pool:
-        assert pool._thread is not None
-        info = {"address": pool.address, "workers": pool.worker_pids(), "broker_tid": pool._thread.native_id}
+    with Pool(demo_only(), broker="thread").start() as pool:
+        info = {"address": pool.address, "workers": pool.worker_pids(), "broker_tid": broker_thread_id(pool)}
         print(json.dumps(info), flush=True)
         while True:
             time.sleep(3600)
+
+
+def broker_thread_id(pool: Pool) -> int | None:
+    """The native id of a thread-mode pool's broker loop thread."""
+    broker = pool._broker
+    assert isinstance(broker, InProcessBroker) and broker.thread is not None
+    return broker.thread.native_id
 
 
 @contextmanager
@@ -245,8 +252,8 @@ def dllpool_client(separate: bool) -> Iterator[tuple[Client, dict[int, Labeler]]
         return zmq_label(comm, "broker process") or f"broker process: other ({comm})"
 
     if not separate:
-        with Pool(demo_only()).start() as pool, pool.client(timeout=60) as client:
-            broker_tid = pool._thread.native_id if pool._thread is not None else None
+        with Pool(demo_only(), broker="thread").start() as pool, pool.client(timeout=60) as client:
+            broker_tid = broker_thread_id(pool)
             pids: dict[int, Labeler] = {os.getpid(): labeler}
             pids.update(dict.fromkeys(pool.worker_pids(), worker_labeler))
             yield client, pids

@@ -201,7 +201,8 @@ def _up(options: argparse.Namespace) -> int:
     if options.config is None:
         setup()
     # Until the pool runs, SIGTERM is the Pool's own (a clean stop of a half-started pool); then ours.
-    with Pool.from_config(options.config) as pool:
+    # This process exists to serve: a broker process of its own would add a process and gain nothing.
+    with Pool.from_config(options.config, broker="thread") as pool:
         stop = _stop_on_signals()
         if options.json:
             announcement = {"address": pool.address, "backend": pool.backend_address, "workers": pool.workers()}

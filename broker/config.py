@@ -9,6 +9,7 @@ builds of a library.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -110,6 +111,24 @@ class PoolConfig:
             if service.name == name:
                 return service
         raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The parsed configuration as JSON-ready data: how a broker process of its own receives it.
+
+        Paths are already absolute, so the receiver needs neither the file nor its working directory.
+        """
+        data = dataclasses.asdict(self)
+        for service in data["services"]:
+            service["idempotent"] = sorted(service["idempotent"])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PoolConfig:
+        """The inverse of :meth:`to_dict` (trusted input: nothing is validated again)."""
+        services = tuple(
+            ServiceConfig(**{**service, "idempotent": frozenset(service["idempotent"])}) for service in data["services"]
+        )
+        return cls(**{**data, "services": services, "curve_clients": tuple(data["curve_clients"])})
 
 
 def load_config(source: str | Path | Mapping[str, Any] | None = None) -> PoolConfig:

@@ -41,7 +41,7 @@ from .rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Exit", "Supervisor", "make_worker_source", "serve_workers"]
+__all__ = ["Exit", "Supervisor", "how_it_ended", "make_worker_source", "serve_workers"]
 
 _WORKER_PACKAGES = ("workers32", "protocol")
 _STDERR_TAIL = 30
@@ -359,15 +359,21 @@ def serve_workers(config: PoolConfig, backend: str, stop: threading.Event, curve
             supervisor.stop_all()
 
 
-def _how(code: int) -> str:
+def how_it_ended(code: int) -> str:
+    """A process's return code in words: ``signal SIGKILL``, ``exit code 1``."""
     if code < 0:
         try:
             return f"signal {signal.Signals(-code).name}"
         except ValueError:
             return f"signal {-code}"
+    return f"exit code {code}"
+
+
+def _how(code: int) -> str:
+    """A worker's return code in words, naming the exit codes a worker gives on purpose."""
     if code == EXIT_STARTUP_FAILED:
         return "the wrapper's constructor failed"
-    return "cannot load its library" if code == EXIT_UNLOADABLE else f"exit code {code}"
+    return "cannot load its library" if code == EXIT_UNLOADABLE else how_it_ended(code)
 
 
 def _forward_stderr(stream: IO[bytes] | None, tail: collections.deque[str], name: str) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from broker import Pool
+from broker.pool import DEFAULT_BROKER, BrokerKind
 from broker.rundir import LOCK_NAME, RunDir, sweep
 from client import Client
 
@@ -38,7 +39,7 @@ from broker import Pool
 
 if sys.argv[2] == "own-handler":
     signal.signal(signal.SIGTERM, lambda *_: os.write(1, b"handled\\n"))
-with Pool.from_config(json.loads(sys.argv[1])) as pool:
+with Pool.from_config(json.loads(sys.argv[1]), broker=sys.argv[3]) as pool:
     run_dir = pool.address.removeprefix("ipc://").rsplit("/", 1)[0]
     print(json.dumps({"pids": pool.worker_pids(), "run_dir": run_dir, "address": pool.address}), flush=True)
     sys.stdin.readline()
@@ -49,9 +50,9 @@ print("stopped", flush=True)
 class Child:
     """A Python process running a pool until its stdin closes; its report on stdout."""
 
-    def __init__(self, mode: str = "") -> None:
+    def __init__(self, mode: str = "", broker: BrokerKind = DEFAULT_BROKER) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, json.dumps(CONFIG), mode],
+            [sys.executable, "-c", _CHILD, json.dumps(CONFIG), mode, broker],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -71,9 +72,9 @@ class Child:
         return self.process.stdout.read()
 
 
-@pytest.fixture()
-def child() -> Iterator[Child]:
-    running = Child()
+@pytest.fixture(params=["thread", "process"])
+def child(request: pytest.FixtureRequest) -> Iterator[Child]:
+    running = Child(broker=request.param)
     yield running
     running.process.kill()
     running.process.wait()
@@ -82,9 +83,10 @@ def child() -> Iterator[Child]:
 # --- a pool belongs to its process, not to the thread that started it ---------------------------
 
 
-def test_a_pool_started_by_a_thread_that_ended_keeps_its_workers() -> None:
+@pytest.mark.parametrize("broker", ["thread", "process"])
+def test_a_pool_started_by_a_thread_that_ended_keeps_its_workers(broker: BrokerKind) -> None:
     started: list[Pool] = []
-    starter = threading.Thread(target=lambda: started.append(Pool.from_config(CONFIG)))
+    starter = threading.Thread(target=lambda: started.append(Pool.from_config(CONFIG, broker=broker)))
     starter.start()
     starter.join()
     assert started, "Pool.from_config failed in the thread"
@@ -106,7 +108,28 @@ def test_a_pool_started_by_a_thread_that_ended_keeps_its_workers() -> None:
     assert_no_children_left(pids)
 
 
-def test_a_killed_process_takes_its_workers_down_and_the_next_start_removes_its_folder(child: Child) -> None:
+_EXITS = """
+import json, sys
+from broker import Pool
+
+pool = Pool.from_config(json.loads(sys.argv[1]), broker=sys.argv[2])
+run_dir = pool.address.removeprefix("ipc://").rsplit("/", 1)[0]
+print(json.dumps({"pids": pool.worker_pids(), "run_dir": run_dir}), flush=True)
+"""
+
+
+@pytest.mark.parametrize("broker", ["thread", "process"])
+def test_a_pool_left_running_is_stopped_at_interpreter_exit(broker: BrokerKind) -> None:
+    script = [sys.executable, "-c", _EXITS, json.dumps(CONFIG), broker]
+    done = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+    report = json.loads(done.stdout)
+    assert_no_children_left(report["pids"])
+    assert not Path(report["run_dir"]).exists()
+
+
+def test_a_killed_process_takes_its_workers_down_and_the_next_start_removes_its_folder() -> None:
+    """With the broker in a thread of the killed process: a broker process would remove the folder itself."""
+    child = Child(broker="thread")
     assert (child.run_dir / LOCK_NAME).is_file()
     child.process.kill()
     child.process.wait()
