@@ -80,6 +80,8 @@ def test_a_full_queue_answers_busy_at_once() -> None:
         running = client.submit("s", "sleep_ms", 1000)
         wait_for(lambda: pool.stats()["requests"] == 1, 10, "the broker to give the first call to the worker")
         queued = [client.submit("s", "add", i, 1) for i in range(10)]
+        # call() sends on a socket of its own, so it could overtake the submitted calls: let them arrive first.
+        wait_for(lambda: pool.stats()["requests"] == 11, 10, "the broker to queue the ten calls")
         with pytest.raises(Busy) as info:
             client.call("s", "add", 0, 0)
         assert not running.done(), "Busy came only after the running call had finished"
