@@ -103,6 +103,8 @@ _ZAP_DENIED = 400
 _ZMTP_MECHANISM_MISMATCH = 0x11000002
 """ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: one peer uses CURVE, the other does not."""
 _instances = itertools.count()
+_FAST_PATH_MAX = 1 << 20
+"""Bytes of arguments above which ``call()`` takes the I/O thread's (monitored) socket: see ``call``."""
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 
 
@@ -344,7 +346,9 @@ class Client:
         """
         self._not_in_io_thread("call")
         call = self._new_call(service, method, args, kwargs, timeout)
-        lane = self._checkout()
+        # Big arguments go through the I/O thread: its socket is watched, so a broker that drops the
+        # connection over a message (max_message_size) fails the call instead of leaving it waiting.
+        lane = None if sum(len(frame) for frame in call.payload) > _FAST_PATH_MAX else self._checkout()
         if lane is None:  # no connection yet (or closed): the I/O thread's path knows how to wait or fail
             return self._wait(self._enqueue(call))
         return self._call_on(lane, call)
@@ -506,8 +510,11 @@ class Client:
         core.connection_made(now)  # the I/O thread's handshake with this broker succeeded
         lane = _Lane(sock, core, generation)
         with self._lock:
-            self._lanes_out.add(lane)
-        return lane
+            if not self._closed:  # close() may have run while this socket was being opened
+                self._lanes_out.add(lane)
+                return lane
+        sock.close()
+        return None
 
     def _checkin(self, lane: _Lane, keep: bool, linger: int = 0) -> None:
         """Give a socket back for reuse, or close it (stale, in doubt, or the client is closing)."""

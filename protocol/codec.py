@@ -120,6 +120,36 @@ def _packb(value: Any, default: Optional[Callable[[Any], Any]] = None) -> bytes:
         return cast(bytes, msgpack.packb(value, use_bin_type=True, default=default))
     except OverflowError:  # msgpack says only "Integer value out of range"
         raise OverflowError(f"integer out of range (msgpack carries {_INT_RANGE})") from None
+    except BufferError as exc:  # a non-contiguous memoryview
+        raise TypeError(f"a buffer that is not contiguous cannot be sent: {exc}") from None
+
+
+_SHALLOW_ITEMS = 64
+"""Containers this small are looked into for big buffers before the one-pass attempt."""
+
+
+def _holds_big_buffer(value: Any, depth: int = 3) -> bool:
+    """Whether a bytes-like value that needs a frame of its own sits near the top of ``value``.
+
+    msgpack packs bytes itself, so the one-pass attempt would copy a big buffer into a body only to
+    throw it away (and, in a 32-bit worker, need a second block of its size). Looking a few small
+    levels deep covers a call's arguments and most results for well under a microsecond.
+    """
+    kind = type(value)
+    if kind is bytes or kind is bytearray:
+        return len(value) >= OUT_OF_BAND_MIN
+    if kind is memoryview:
+        return bool(value.nbytes >= OUT_OF_BAND_MIN)
+    if kind not in _CONTAINERS or not depth or len(value) > _SHALLOW_ITEMS:
+        return False
+    for item in value.values() if kind is dict else value:
+        if type(item) in _LOOKED_INTO and _holds_big_buffer(item, depth - 1):
+            return True
+    return False
+
+
+_CONTAINERS = (list, tuple, dict)
+_LOOKED_INTO = frozenset((bytes, bytearray, memoryview, *_CONTAINERS))
 
 
 def pack_value(value: Any) -> list[Buffer]:
@@ -130,6 +160,8 @@ def pack_value(value: Any) -> list[Buffer]:
     own); otherwise, or for a big array, a walk over the value moves each
     big buffer to a frame of its own.
     """
+    if _holds_big_buffer(value):
+        return _Packer().pack(value)
     try:
         body = _packb(value, _inline)
     except _NeedsFrames:

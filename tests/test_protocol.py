@@ -866,3 +866,18 @@ def test_every_public_error_is_a_dllpool_error() -> None:
         obj = getattr(errors, name)
         if isinstance(obj, type):
             assert issubclass(obj, DllPoolError), name
+
+
+def test_a_big_buffer_argument_is_sent_as_its_own_frame_never_copied_into_the_body() -> None:
+    big = bytearray(b"x" * (1 << 20))
+    frames = codec.pack_call((big, 3), {"k": 1})
+    assert len(frames[0]) < 64, "the body holds only a reference to the buffer"
+    assert isinstance(frames[1], memoryview)
+    assert frames[1].obj is big, "the frame is the caller's own memory, not a copy"
+    assert unpack_call(frames) == ([bytes(big), 3], {"k": 1})
+
+
+@pytest.mark.parametrize("size", [100, 40_000])
+def test_a_non_contiguous_buffer_is_a_type_error(size: int) -> None:
+    with pytest.raises(TypeError, match="contiguous"):
+        pack_value(memoryview(bytes(size))[::2])
