@@ -21,6 +21,7 @@ from protocol.errors import (
 )
 
 from .client import Client
+from .core import ClientCore
 from .keys import CurveKeys
 from .proxy import RemoteMethod, ServiceProxy
 
@@ -31,6 +32,7 @@ __all__ = [
     "Busy",
     "CallError",
     "Client",
+    "ClientCore",
     "ConfigError",
     "CurveKeys",
     "DllPoolError",
