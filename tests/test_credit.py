@@ -101,6 +101,7 @@ def test_a_call_whose_deadline_passes_while_it_waits_in_a_worker_never_runs() ->
     with Pool.from_config(config) as pool, pool.client(timeout=60) as client:
         (pid,) = pool.worker_pids("s")
         busy = client.submit("s", "sleep_ms", 600)
+        wait_for(lambda: in_nanosleep(pid), 10, "the worker to be in the long call")  # call() could overtake it
         with pytest.raises(Timeout, match="waiting in worker"):  # the broker's answer, not the client's backstop
             client.call("s", "count_calls", timeout=0.05)
         assert busy.result() is None

@@ -66,6 +66,8 @@ def test_a_request_that_expires_in_the_queue_never_runs() -> None:
     with Pool.from_config({"services": {"s": demo_service(workers=1)}}) as pool, pool.client(timeout=10) as client:
         assert client.call("s", "count_calls") == 1
         busy = client.submit("s", "sleep_ms", 300)
+        # call() sends on a socket of its own, so it could overtake the submitted call: let that arrive first.
+        wait_for(lambda: pool.stats()["requests"] == 2, 10, "the broker to give the sleep to the worker")
         with pytest.raises(Timeout, match="never ran"):  # the broker's answer, not the client's backstop
             client.call("s", "count_calls", timeout=0.05)
         busy.result()
