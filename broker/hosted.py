@@ -13,9 +13,11 @@ names. It carries no call: clients use the broker's ZeroMQ sockets directly.
 
 The child's stdin is also its owner's lifeline. End of input means the owner
 is gone, however it died: the child stops its workers and removes its run
-folder at once. No parent-death signal is involved (Linux would send it when
-the *thread* that started the pool ends). Ctrl-C is the owner's to act on:
-the child ignores SIGINT, which a terminal sends to the whole process group.
+folder at once. So does a new parent pid, for when stdin stays open: a child
+the owner forked without exec holds a copy of the pipe. No parent-death
+signal is involved (Linux would send it when the *thread* that started the
+pool ends). Ctrl-C is the owner's to act on: the child ignores SIGINT, which
+a terminal sends to the whole process group.
 SIGTERM stops the child as :meth:`broker.Pool.stop` would. Whatever other
 code writes to the child's stdout (a library's ``printf`` in a worker) goes
 to its stderr instead, which it shares with its owner.
@@ -256,14 +258,33 @@ class _ForwardLogs(logging.Handler):
             self.handleError(record)
 
 
+_stopping = threading.Event()
+"""Set once the broker process has begun to stop: a SIGTERM then must not cut that short."""
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
+    if not _stopping.is_set():
+        raise SystemExit(128 + signum)
+
+
+_OWNER_CHECK = 0.5
+"""Seconds between looks at the parent pid."""
+
+
+def _watch_owner(owner: int, gone: threading.Event) -> None:
+    """End the broker once its owner has died even while stdin stays open (see the module docstring)."""
+    while not gone.wait(_OWNER_CHECK):
+        if os.getppid() != owner:
+            gone.set()
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def serve() -> None:
     """The broker process: answer the owner's requests on stdin until it says stop or goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    owner_gone = threading.Event()
+    threading.Thread(target=_watch_owner, args=(os.getppid(), owner_gone), name="owner", daemon=True).start()
     output = _Output(os.dup(1))
     os.dup2(2, 1)
     logging.getLogger().addHandler(_ForwardLogs(output))
@@ -285,8 +306,9 @@ def serve() -> None:
         else:
             grace = 0.0  # end of input: the owner is gone, and the callers it had with it
     finally:
+        _stopping.set()
         if broker is not None:
-            broker.stop(grace)
+            broker.stop(0.0 if owner_gone.is_set() else grace)
     if stop is not None:
         output.send({"id": stop, "result": None})
 

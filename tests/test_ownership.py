@@ -41,7 +41,13 @@ if sys.argv[2] == "own-handler":
     signal.signal(signal.SIGTERM, lambda *_: os.write(1, b"handled\\n"))
 with Pool.from_config(json.loads(sys.argv[1]), broker=sys.argv[3]) as pool:
     run_dir = pool.address.removeprefix("ipc://").rsplit("/", 1)[0]
-    print(json.dumps({"pids": pool.worker_pids(), "run_dir": run_dir, "address": pool.address}), flush=True)
+    forked = os.fork() if sys.argv[2] == "fork" else -1  # a fork without exec holds every inherited pipe
+    if forked == 0:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        sys.stdin.readline()
+        os._exit(0)
+    report = {"pids": pool.worker_pids(), "run_dir": run_dir, "address": pool.address, "forked": forked}
+    print(json.dumps(report), flush=True)
     sys.stdin.readline()
 print("stopped", flush=True)
 """
@@ -66,6 +72,7 @@ class Child:
         self.pids: list[int] = report["pids"]
         self.run_dir = Path(report["run_dir"])
         self.address: str = report["address"]
+        self.forked: int = report["forked"]
 
     def output(self) -> str:
         assert self.process.stdout is not None

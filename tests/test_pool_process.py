@@ -6,6 +6,7 @@ pool's workers, and killed or signalled for real.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -178,6 +179,23 @@ def test_a_killed_owner_takes_the_broker_process_and_its_workers_down_and_their_
     finally:
         child.process.kill()
         child.process.wait()
+
+
+def test_a_killed_owner_takes_its_broker_process_down_even_while_a_fork_of_it_lives_on() -> None:
+    """The fork holds a copy of the broker's stdin pipe, so end of input never comes: the parent pid tells."""
+    child = Child("fork", broker="process")
+    try:
+        (broker,) = {parent_of(pid) for pid in child.pids}
+        child.process.kill()
+        child.process.wait()
+        assert pid_alive(child.forked), "the fork is what keeps the pipe open"
+        wait_for(lambda: not pid_alive(broker), 20, "the broker process to exit")
+        wait_for(lambda: not any(pid_alive(pid) for pid in child.pids), 20, "its workers to exit")
+    finally:
+        child.process.kill()
+        child.process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.forked, signal.SIGKILL)
 
 
 def test_a_killed_broker_process_is_reported_to_the_pool_and_its_clients(pool: Pool) -> None:
