@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from protocol import ConfigError, DllPoolError
+from protocol import ConfigError, DllPoolError, transport
 
 from .config import PoolConfig
 from .core import BrokerCore, ServicePolicy
@@ -115,10 +115,10 @@ class InProcessBroker:
         if self._curve is not None and endpoint.startswith("tcp://"):
             self._curve.apply(sock)
         try:
-            sock.bind(endpoint)
-        except zmq.ZMQError as exc:
+            transport.bind(sock, endpoint, name)
+        except ConfigError:
             sock.close()
-            raise ConfigError(f"cannot bind the {name} to {endpoint}: {exc}") from None
+            raise
         return sock
 
     def _check_exposure(self, endpoint: str) -> None:

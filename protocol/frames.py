@@ -420,7 +420,7 @@ def client_request(
 
 
 def client_request_header(corr: int, service: bytes, method: bytes, timeout: Optional[float], flags: int = 0) -> bytes:
-    """The header frame alone: a client re-stamps it with the time left when it sends a request late."""
+    """The header frame alone, for names already encoded (and checked)."""
     flags &= ~FLAG_TIMEOUT
     if timeout is not None:
         flags |= FLAG_TIMEOUT

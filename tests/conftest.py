@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from broker import Pool
-from client import Client
+from client import Busy, Client
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "build"
@@ -66,6 +68,17 @@ def demo_service(bits: int = 32, workers: int = 1, threads: int = 1, **extra: ob
         },
         **extra,
     }
+
+
+def assert_busy_while_full(client: Client, running: Future[Any], waiting: list[Future[Any]], limit: int) -> None:
+    """Service ``s`` is full: the next call gets Busy at once (while ``running`` still runs), and every call
+    that was let in (``add(i, 1)`` each) is still answered."""
+    with pytest.raises(Busy) as info:
+        client.call("s", "add", 0, 0)
+    assert not running.done(), "Busy came only after the running call had finished"
+    assert info.value.details["queue_limit"] == limit
+    assert running.result() is None
+    assert [f.result() for f in waiting] == [i + 1 for i in range(len(waiting))]
 
 
 @pytest.fixture(scope="session")

@@ -107,10 +107,9 @@ def test_a_broker_killed_mid_call_fails_the_call_at_once_and_its_successor_serve
             assert on_fast_path(client)()
         first.kill()
         first.wait()
-        started = time.monotonic()
+        # "may or may not have run" is the lost connection's answer; the 30 s window's would name the silence.
         with pytest.raises(BrokerUnavailable, match="may or may not have run") as info:
             pending.result(timeout=20)
-        assert time.monotonic() - started < 10, "the lost connection was noticed only by the liveness window"
         assert info.value.details["service"] == "s"
         brokers.start()
         wait_for(lambda: answers(client), 30, "the client to reach the new broker")
@@ -180,12 +179,11 @@ def test_close_fails_calls_waiting_on_their_own_sockets_and_hangs_nothing() -> N
         assert client.call("s", "add", 1, 1) == 2
         waiting = [start(client, "call", "sleep_ms", 5000) for _ in range(3)]
         wait_for(on_fast_path(client, 3), 20, "three calls waiting on the fast path")
-        started = time.monotonic()
         client.close()
         for future in waiting:
             with pytest.raises(BrokerUnavailable, match="client closed"):
                 future.result(timeout=10)
-        assert time.monotonic() - started < 4.0, "close() or the calls waited for the sleeps to end"
+        assert any(in_nanosleep(pid) for pid in pool.worker_pids("s")), "close() or the calls waited for the sleeps"
         assert not client._lanes and not client._lanes_out
         with pytest.raises(BrokerUnavailable, match="closed"):
             client.call("s", "add", 1, 1)

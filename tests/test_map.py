@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -99,11 +98,10 @@ def test_a_crashed_worker_fails_each_item_of_its_batch_and_the_rest_go_on() -> N
 def test_the_timeout_covers_the_whole_map() -> None:
     config = {"pool": {"kill_grace": 0.2}, "services": {"s": demo_service(workers=2)}}
     with Pool.from_config(config) as pool, pool.client(timeout=30) as client:
-        started = time.monotonic()
         results = client.map("s", "sleep_ms", [(200,)] * 40, chunksize=1, timeout=0.5)
         with pytest.raises(Timeout):
             list(results)
-        assert time.monotonic() - started < 5.0, "the map ran on well past its timeout"
+        assert pool.stats()["requests"] < 40, "the map kept sending calls past its timeout"
         outcomes = list(client.map("s", "sleep_ms", [(200,)] * 40, chunksize=1, timeout=0.5, return_exceptions=True))
         assert len(outcomes) == 40 and isinstance(outcomes[-1], Timeout)
         assert all(r is None or isinstance(r, Timeout) for r in outcomes)
