@@ -38,6 +38,10 @@ _POOL_KEYS = {
     "ready_timeout",
     "insecure",
     "max_message_size",
+    "max_request_frames",
+    "max_request_bytes",
+    "client_bytes_in_flight",
+    "queue_limit_bytes",
     "curve_secret_key",
     "curve_clients",
 }
@@ -55,6 +59,8 @@ _SERVICE_KEYS = {
     "path",
     "idempotent",
     "queue_limit",
+    "queue_limit_bytes",
+    "max_call_seconds",
     "prefetch",
 }
 _FUNCTION_KEYS = {"args", "returns", "symbol", "idempotent", "doc"}
@@ -74,6 +80,11 @@ class ServiceConfig:
     queue_limit: int = 10_000
     """Requests that may wait for a worker (queued, or held ahead by one); more are refused with Busy, so a flood
     cannot exhaust memory."""
+    queue_limit_bytes: int = 1 << 30
+    """Bytes of requests that may wait for a worker (queued, or held ahead by one); more are refused with Busy."""
+    max_call_seconds: float = 3600.0
+    """The deadline of a call whose caller gave none: past it the call gets Timeout and its worker is recycled, so
+    a call that never returns cannot hold a worker forever."""
     prefetch: int = 2
     """Idempotent calls a worker may hold beyond its ``threads`` run slots, so the next call is already in its socket
     when one ends (non-idempotent calls are never held ahead). Why 2: on ``bench/compare.py --quick --no-msl`` (demo,
@@ -100,7 +111,16 @@ class PoolConfig:
     insecure: bool = False
     """Allow a non-loopback TCP endpoint without CURVE keys (a trusted network only)."""
     max_message_size: int = 1 << 30
-    """Bytes one frame may have; a peer that sends more is disconnected (ZMQ_MAXMSGSIZE)."""
+    """Bytes one frame may have; a peer that sends more is disconnected (ZMQ_MAXMSGSIZE). A worker whose result
+    has a bigger frame answers ReplyTooLarge instead of sending it."""
+    max_request_frames: int = 1024
+    """Frames one request may have; more are refused with BadRequest, unread."""
+    max_request_bytes: int = 1 << 30
+    """Bytes one request may have, all frames together; more are refused with BadRequest."""
+    client_bytes_in_flight: int = 2 << 30
+    """Bytes of requests one client connection may have pending at the broker; more are refused with Busy."""
+    queue_limit_bytes: int = 4 << 30
+    """Bytes of requests the broker holds for all services together (queued or at a worker); more get Busy."""
     curve_secret_key: str | None = None
     """The pool's ``*.key_secret`` file from ``dllpool keys``: enables CURVE on TCP endpoints."""
     curve_clients: tuple[str, ...] = ()
@@ -220,6 +240,10 @@ def _parse(data: Mapping[str, Any], base: Path, origin: str) -> PoolConfig:
         python32=_get(runtime, "python", str, None, f"{origin} [runtime32]"),
         insecure=_get(pool, "insecure", bool, False, where),
         max_message_size=_positive(_get(pool, "max_message_size", int, 1 << 30, where), f"{where}.max_message_size"),
+        **{
+            key: _positive(_get(pool, key, int, PoolConfig.__dataclass_fields__[key].default, where), f"{where}.{key}")
+            for key in ("max_request_frames", "max_request_bytes", "client_bytes_in_flight", "queue_limit_bytes")
+        },
         curve_secret_key=_resolve(_get(pool, "curve_secret_key", str, None, where), base),
         curve_clients=tuple(_resolve(p, base) for p in _get(pool, "curve_clients", list, [], where)),
     )
@@ -270,6 +294,15 @@ def _service(name: str, table: Any, base: Path, origin: str) -> ServiceConfig:
         python=_get(table, "python", str, None, where),
         idempotent=frozenset(str(m) for m in idempotent),
         queue_limit=_positive(queue_limit, f"{where}.queue_limit"),
+        queue_limit_bytes=_positive(
+            _get(table, "queue_limit_bytes", int, ServiceConfig.queue_limit_bytes, where), f"{where}.queue_limit_bytes"
+        ),
+        max_call_seconds=float(
+            _positive(
+                _get(table, "max_call_seconds", (int, float), ServiceConfig.max_call_seconds, where),
+                f"{where}.max_call_seconds",
+            )
+        ),
         prefetch=_not_negative(_get(table, "prefetch", int, ServiceConfig.prefetch, where), f"{where}.prefetch"),
         hosting=hosting,
     )

@@ -274,7 +274,9 @@ class BrokerCore:
             return [ToClient(ident, wire.heartbeat_to_client())]
         if isinstance(message, ClientCancel):
             return self._cancel(ident, message.corr)
-        return self._request(ident, message, now)
+        if isinstance(message, ClientRequest):
+            return self._request(ident, message, now)
+        return []
 
     def _request(self, ident: bytes, req: ClientRequest, now: float) -> list[Action]:
         self.stats["requests"] += 1

@@ -150,6 +150,7 @@ class Supervisor:
             "threads": service.threads,
             "heartbeat_interval": self.config.heartbeat_interval,
             "heartbeat_liveness": self.config.heartbeat_liveness,
+            "max_message_size": self.config.max_message_size,
             **service.hosting,
         }
         if self.curve:

@@ -26,6 +26,7 @@ __all__ = [
     "WorkerCrashed",
     "Busy",
     "BrokerUnavailable",
+    "ReplyTooLarge",
     "error_from_wire",
     "error_to_wire",
 ]
@@ -124,6 +125,11 @@ class BrokerUnavailable(CallError):
     """The broker could not be reached, or went away while the call was pending."""
 
 
+class ReplyTooLarge(CallError):
+    """The call ran, but its result has a frame bigger than the pool's ``max_message_size``
+    (``details["limit"]``, ``details["size"]``), so it cannot be sent; the worker keeps serving."""
+
+
 _WIRE_TYPES: dict[str, type[CallError]] = {
     cls.__name__: cls
     for cls in (
@@ -137,6 +143,7 @@ _WIRE_TYPES: dict[str, type[CallError]] = {
         WorkerCrashed,
         Busy,
         BrokerUnavailable,
+        ReplyTooLarge,
     )
 }
 

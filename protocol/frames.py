@@ -14,21 +14,30 @@ given; both unsigned 64-bit)::
     REQUEST, client -> broker   tag cmd flags len(service) len(method) corr:u64 timeout:f64 service method
     REQUEST, broker -> worker   tag cmd flags len(method)  pad         job:u64  timeout:f64 method
     REPLY, ERROR, CANCEL        tag cmd pad pad pad corr-or-job:u64
+    HEARTBEAT, client -> broker tag cmd [pad pad pad window:f64]
     READY, HEARTBEAT, DISCONNECT tag cmd
 
 Messages::
 
     client -> broker   REQUEST [header, body, *buffers]   HEARTBEAT [header]   CANCEL [header]
+                       DISCONNECT [header]
     broker -> client   REPLY [header, body, *buffers]     ERROR [header, error]  HEARTBEAT [header]
     worker -> broker   READY [header, info]   REPLY [header, body, *buffers]   ERROR [header, error]
                        HEARTBEAT [header]     DISCONNECT [header]
     broker -> worker   REQUEST [header, body, *buffers]   HEARTBEAT [header]   DISCONNECT [header]
+                       CANCEL [header]
 
 ``timeout`` counts only with :data:`FLAG_TIMEOUT` set: the seconds left
 until the caller's deadline when the message was sent. :data:`FLAG_BATCH`
 marks a request whose body holds many argument lists for one method
 (``Client.map``). ``info`` (READY) and ``error`` are small msgpack maps; the
 broker reads ``info`` and forwards ``error`` untouched.
+
+Clients have a lifetime at the broker: a client HEARTBEAT may carry the
+client's own liveness ``window`` (seconds it may stay silent before the
+broker forgets the calls it has queued), and DISCONNECT says it is gone for
+good. A CANCEL to a worker asks it to answer a job it holds but has not
+started without running it (the broker already gave up on that job).
 """
 
 import math
@@ -58,9 +67,11 @@ __all__ = [
     "MAX_NAME_LEN",
     "MAX_HEADER_LEN",
     "MAX_ERROR_LEN",
+    "MAX_CLIENT_WINDOW",
     "ClientRequest",
     "ClientHeartbeat",
     "ClientCancel",
+    "ClientDisconnect",
     "ClientMessage",
     "WorkerReady",
     "WorkerReply",
@@ -72,6 +83,7 @@ __all__ = [
     "HeartbeatToClient",
     "HeartbeatToWorker",
     "DisconnectToWorker",
+    "CancelToWorker",
     "pack_header",
     "unpack_header",
     "parse_client",
@@ -83,6 +95,7 @@ __all__ = [
     "client_request_header",
     "client_heartbeat",
     "client_cancel",
+    "client_disconnect",
     "reply_to_client",
     "error_to_client",
     "answer_to_client",
@@ -90,6 +103,7 @@ __all__ = [
     "request_to_worker",
     "heartbeat_to_worker",
     "disconnect_to_worker",
+    "cancel_to_worker",
     "worker_ready",
     "worker_reply",
     "worker_error",
@@ -127,6 +141,9 @@ MAX_ERROR_LEN = 65536
 _CLIENT_REQUEST = struct.Struct(">4sBBBBQd")
 _WORKER_REQUEST = struct.Struct(">4sBBBxQd")
 _ANSWER = struct.Struct(">4sBxxxQ")
+_CLIENT_HEARTBEAT_WINDOW = struct.Struct(">4sBxxxd")
+MAX_CLIENT_WINDOW = 3600.0
+"""The longest silence a client may ask the broker to wait out before forgetting its calls."""
 _TAG_LEN = 4
 _ID_OFFSET = 8
 """Where ``corr`` or ``job`` sits in every header that has one."""
@@ -215,14 +232,19 @@ class ClientRequest(NamedTuple):
 
 
 class ClientHeartbeat(NamedTuple):
-    pass
+    window: Optional[float] = None
+    """Seconds this client may stay silent before the broker forgets its calls (None: the broker's own)."""
 
 
 class ClientCancel(NamedTuple):
     corr: int
 
 
-ClientMessage = Union[ClientRequest, ClientHeartbeat, ClientCancel]
+class ClientDisconnect(NamedTuple):
+    """The client is gone for good: its queued calls are dropped, and answers to its running ones discarded."""
+
+
+ClientMessage = Union[ClientRequest, ClientHeartbeat, ClientCancel, ClientDisconnect]
 
 
 class WorkerReady(NamedTuple):
@@ -260,6 +282,7 @@ class WorkerDisconnect(NamedTuple):
 WorkerMessage = Union[WorkerReady, WorkerReply, WorkerHeartbeat, WorkerDisconnect]
 
 _CLIENT_HEARTBEAT = ClientHeartbeat()
+_CLIENT_DISCONNECT = ClientDisconnect()
 _WORKER_HEARTBEAT = WorkerHeartbeat()
 _WORKER_DISCONNECT = WorkerDisconnect()
 
@@ -286,10 +309,18 @@ def parse_client(frames: Sequence[Buffer]) -> ClientMessage:
             list(frames[1:]),
         )
     if command == HEARTBEAT:
-        return _CLIENT_HEARTBEAT
+        if len(header) == _SHORT_LEN:
+            return _CLIENT_HEARTBEAT
+        _expect(frames, _CLIENT_HEARTBEAT_WINDOW.size, 1, "HEARTBEAT")
+        window = _CLIENT_HEARTBEAT_WINDOW.unpack(header)[2]
+        if not (0 < window <= MAX_CLIENT_WINDOW):
+            raise ProtocolError(f"HEARTBEAT window must be > 0 and <= {MAX_CLIENT_WINDOW:g} s, got {window!r}")
+        return ClientHeartbeat(window)
     if command == CANCEL:
         _expect(frames, _ANSWER.size, 1, "CANCEL")
         return ClientCancel(_ANSWER.unpack(header)[2])
+    if command == DISCONNECT:
+        return _CLIENT_DISCONNECT
     raise ProtocolError(f"unknown client command {command:#04x}")
 
 
@@ -349,6 +380,12 @@ class DisconnectToWorker(NamedTuple):
     pass
 
 
+class CancelToWorker(NamedTuple):
+    """Answer ``job`` at once, without running it, if it has not started; otherwise finish it as usual."""
+
+    job: int
+
+
 _HEARTBEAT_TO_CLIENT = HeartbeatToClient()
 _HEARTBEAT_TO_WORKER = HeartbeatToWorker()
 _DISCONNECT_TO_WORKER = DisconnectToWorker()
@@ -368,7 +405,9 @@ def parse_for_client(frames: Sequence[Buffer]) -> Union[ReplyToClient, Heartbeat
     raise ProtocolError(f"unknown broker command {command:#04x}")
 
 
-def parse_for_worker(frames: Sequence[Buffer]) -> Union[WorkerRequest, HeartbeatToWorker, DisconnectToWorker]:
+def parse_for_worker(
+    frames: Sequence[Buffer],
+) -> Union[WorkerRequest, HeartbeatToWorker, DisconnectToWorker, CancelToWorker]:
     """Parse what the broker sent to a worker."""
     command = _command(frames, WORKER_PROTOCOL)
     if command == REQUEST:
@@ -389,6 +428,9 @@ def parse_for_worker(frames: Sequence[Buffer]) -> Union[WorkerRequest, Heartbeat
         return _HEARTBEAT_TO_WORKER
     if command == DISCONNECT:
         return _DISCONNECT_TO_WORKER
+    if command == CANCEL:
+        _expect(frames, _ANSWER.size, 1, "CANCEL")
+        return CancelToWorker(_ANSWER.unpack(frames[0])[2])
     raise ProtocolError(f"unknown broker command {command:#04x}")
 
 
@@ -432,8 +474,16 @@ def _short(protocol: bytes, command: int) -> "list[Buffer]":
     return [protocol + bytes([command])]
 
 
-def client_heartbeat() -> "list[Buffer]":
-    return _short(CLIENT_PROTOCOL, HEARTBEAT)
+def client_heartbeat(window: Optional[float] = None) -> "list[Buffer]":
+    """A HEARTBEAT; ``window`` (seconds, at most :data:`MAX_CLIENT_WINDOW`) tells the broker how long this
+    client may stay silent before it forgets the client's calls."""
+    if window is None:
+        return _short(CLIENT_PROTOCOL, HEARTBEAT)
+    return [_CLIENT_HEARTBEAT_WINDOW.pack(CLIENT_PROTOCOL, HEARTBEAT, min(window, MAX_CLIENT_WINDOW))]
+
+
+def client_disconnect() -> "list[Buffer]":
+    return _short(CLIENT_PROTOCOL, DISCONNECT)
 
 
 def client_cancel(corr: int) -> "list[Buffer]":
@@ -474,6 +524,10 @@ def heartbeat_to_worker() -> "list[Buffer]":
 
 def disconnect_to_worker() -> "list[Buffer]":
     return _short(WORKER_PROTOCOL, DISCONNECT)
+
+
+def cancel_to_worker(job: int) -> "list[Buffer]":
+    return [_ANSWER.pack(WORKER_PROTOCOL, CANCEL, job)]
 
 
 def worker_ready(info: "dict[str, Any]") -> "list[Buffer]":
