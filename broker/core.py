@@ -527,6 +527,14 @@ class BrokerCore:
                 service.queue = keep
         return actions
 
+    def paused(self, now: float) -> None:
+        """The loop could not watch its sockets for a while (the process was stopped, a long GC, a swap storm,
+        one message that took long to read): silence over that time proves nothing, so every peer gets a fresh
+        liveness window from ``now`` instead of being judged on what the broker could not observe."""
+        window = self.heartbeat_interval * self.heartbeat_liveness
+        for worker in self._workers.values():
+            worker.expires = max(worker.expires, now + window)
+
     def _lapsed(self, worker: _Worker, now: float) -> str | None:
         """Why ``worker`` counts as lost by now, if it does."""
         if worker.state is WorkerState.GONE and now >= worker.gone_at + EXIT_REPORT_WAIT:
