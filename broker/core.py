@@ -17,12 +17,20 @@ Invariants the core keeps:
   worker of the service has a free run slot;
 - the queue is served in order: nothing overtakes a request that waits for
   a free run slot;
-- a reply is accepted only from the worker that holds that job.
+- a reply is accepted only from the worker that holds that job;
+- a client has a lifetime: one silent past its liveness window (or that
+  says it is gone) is forgotten with everything it had pending, and its
+  queued calls never run;
+- what waits is bounded in requests and in bytes, per service, per client
+  and for the whole broker; a call without a timeout still has the
+  service's ``max_call_seconds``.
 
 Each job has an explicit :class:`JobState` and each worker a
 :class:`WorkerState`; a worker holds its jobs in dispatch order, and since a
 worker starts them in that order, the first ``threads`` of them are the ones
-that may be running.
+that may be running. A job leaves its service's queue lazily: one cancelled
+or forgotten there is marked DONE and skipped (and swept out) later, so a
+client that gives up on thousands of calls costs one pass, not one per call.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from protocol import (
     Busy,
     CallError,
     ClientCancel,
+    ClientDisconnect,
     ClientHeartbeat,
     ClientRequest,
     ProtocolError,
@@ -66,6 +75,9 @@ POISON_SIGNALS = frozenset(
     int(getattr(signal, name)) for name in ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGABRT") if hasattr(signal, name)
 )
 """A worker that ended by one of these was killed by the call it ran, not from outside."""
+CLIENT_WINDOW_FLOOR = 3.0
+"""Seconds of silence before a client that asked for no window of its own is forgotten, at least: the window
+of a Client with default settings (heartbeat_interval 1 s x heartbeat_liveness 3)."""
 EXIT_REPORT_WAIT = 0.5
 """Seconds a worker whose socket went away waits for the supervisor to say how its process ended (a crashing
 worker's socket often closes before its exit can be reaped); then it is lost all the same."""
@@ -79,14 +91,18 @@ class ServicePolicy:
     idempotent: frozenset[str] = frozenset()
     queue_limit: int | None = None
     """Requests queued plus held ahead by workers; more are refused with Busy."""
+    queue_limit_bytes: int | None = None
+    """Bytes of the requests counted by ``queue_limit``; more are refused with Busy."""
+    max_call_seconds: float | None = None
+    """The deadline of a call that came without one."""
     prefetch: int = 0
     """Idempotent requests a worker may hold beyond its run slots, so its next call is already there."""
 
 
 class JobState(enum.Enum):
-    """Where an accepted, unanswered job is. An answered job is forgotten, except one answered
-    ``Timeout`` while a worker still holds it (``abandoned_at`` is set): it keeps its state until
-    the worker's own answer comes, which is then discarded."""
+    """Where an accepted job is. A job whose caller was answered while a worker still holds it
+    (Timeout, or its client is gone: ``answered`` is set) keeps its state until the worker's own
+    answer comes, which is then discarded."""
 
     QUEUED = "queued"
     """In its service's queue; no worker has it."""
@@ -94,14 +110,19 @@ class JobState(enum.Enum):
     """Sent to a worker whose run slots are all taken: waiting inside it, not started."""
     RUNNING = "running"
     """Among the first ``threads`` jobs its worker holds: it may have started."""
+    DONE = "done"
+    """Over: answered by its worker, lost with it, dropped from the queue, or expired there."""
 
 
 _TRANSITIONS = {
-    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.AHEAD}),
-    JobState.AHEAD: frozenset({JobState.RUNNING, JobState.QUEUED}),
-    JobState.RUNNING: frozenset({JobState.QUEUED}),
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.AHEAD, JobState.DONE}),
+    JobState.AHEAD: frozenset({JobState.RUNNING, JobState.QUEUED, JobState.DONE}),
+    JobState.RUNNING: frozenset({JobState.QUEUED, JobState.DONE}),
+    JobState.DONE: frozenset(),
 }
-"""Dispatch, promotion when a run slot of its worker frees, and re-queueing when the worker dies."""
+"""Dispatch, promotion when a run slot of its worker frees, re-queueing when the worker dies, the end."""
+_WAITING = frozenset({JobState.QUEUED, JobState.AHEAD})
+"""States that count toward a service's ``queue_limit`` and ``queue_limit_bytes``."""
 
 
 class WorkerState(enum.Enum):
@@ -149,17 +170,19 @@ class _Job:
     flags: int
     payload: list[Buffer]
     deadline: float | None
+    size: int
+    """Bytes of the request as it came: what it counts toward the byte limits."""
+    ceiling: bool = False
+    """The deadline is the service's ``max_call_seconds``: the caller gave none."""
     state: JobState = JobState.QUEUED
     attempts: int = 0
     worker: bytes | None = None
     running_since: float = 0.0
     """When it became RUNNING: a hung call gets ``kill_grace`` from the later of this and its deadline."""
-    abandoned_at: float | None = None
-    """When the caller was told ``Timeout`` while a worker still held the job."""
-
-    def move(self, state: JobState) -> None:
-        assert state in _TRANSITIONS[self.state], f"job {self.job_id}: {self.state} -> {state}"
-        self.state = state
+    expired_at: float | None = None
+    """When its deadline was seen to pass while a worker held it."""
+    answered: bool = False
+    """Its caller has had its one answer (Timeout, or its client is gone); the worker's is discarded."""
 
 
 @dataclass(eq=False)
@@ -176,6 +199,8 @@ class _Worker:
     last_reply: float = float("-inf")
     state: WorkerState = WorkerState.SERVING
     gone_at: float = 0.0
+    doomed_by: str = ""
+    """Why it was asked to be killed, for the other calls it held."""
 
 
 @dataclass(eq=False)
@@ -185,8 +210,27 @@ class _Service:
     idle: deque[bytes] = field(default_factory=deque)
     """One entry per free run slot of a ready worker, least recently freed first."""
     workers: dict[bytes, _Worker] = field(default_factory=dict)
+    queued: int = 0
+    """Jobs in state QUEUED (``queue`` may also hold DONE ones, not yet swept out)."""
     ahead: int = 0
     """Jobs in state AHEAD: they count toward ``queue_limit``."""
+    waiting_bytes: int = 0
+    """Bytes of the jobs QUEUED or AHEAD: they count toward ``queue_limit_bytes``."""
+
+
+@dataclass(eq=False)
+class _Client:
+    """A client socket with calls pending (or that asked for a longer liveness window): all the broker
+    remembers of it, dropped as soon as it has nothing pending and no window of its own."""
+
+    ident: bytes
+    expires: float
+    window: float | None = None
+    """The liveness window it asked for, if longer than the broker's own."""
+    jobs: dict[int, _Job] = field(default_factory=dict)
+    """Its unanswered jobs by correlation ID."""
+    bytes: int = 0
+    """Bytes of those jobs: they count toward ``client_bytes_in_flight``."""
 
 
 class BrokerCore:
@@ -199,15 +243,26 @@ class BrokerCore:
         heartbeat_interval: float = 1.0,
         heartbeat_liveness: int = 3,
         kill_grace: float = 1.0,
+        max_request_frames: int | None = None,
+        max_request_bytes: int | None = None,
+        client_bytes_in_flight: int | None = None,
+        queue_limit_bytes: int | None = None,
     ) -> None:
         self._services = {p.name: _Service(p) for p in services}
         self._workers: dict[bytes, _Worker] = {}
         self._by_pid: dict[int, bytes] = {}
-        self._jobs: dict[tuple[bytes, int], _Job] = {}
+        self._clients: dict[bytes, _Client] = {}
+        self._pending = 0
         self._job_ids = itertools.count(1)
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_liveness = heartbeat_liveness
         self.kill_grace = kill_grace
+        self.max_request_frames = max_request_frames
+        self.max_request_bytes = max_request_bytes
+        self.client_bytes_in_flight = client_bytes_in_flight
+        self.queue_limit_bytes = queue_limit_bytes
+        """For every service together: bytes of the requests whose payload the broker holds."""
+        self.held_bytes = 0
         self.accepting = True
         self._drops = _LogThrottle()
         self.stats: dict[str, int] = dict.fromkeys(
@@ -225,6 +280,10 @@ class BrokerCore:
                 "retried",
                 "sent_ahead",
                 "expired_ahead",
+                "clients_forgotten",
+                "dropped_unrun",
+                "discarded_replies",
+                "refused_too_big",
             ),
             0,
         )
@@ -256,11 +315,25 @@ class BrokerCore:
 
     def pending(self) -> int:
         """Requests accepted and not yet answered."""
-        return len(self._jobs)
+        return self._pending
+
+    def counters(self) -> dict[str, int]:
+        """The event counts of ``stats`` and the gauges of what the broker holds right now."""
+        return {**self.stats, "pending": self._pending, "clients": len(self._clients), "held_bytes": self.held_bytes}
+
+    def clients(self) -> int:
+        """Client sockets the broker remembers: those with requests pending (or a liveness window of their own)."""
+        return len(self._clients)
 
     # --- client side --------------------------------------------------------------
 
     def client_message(self, ident: bytes, frames: list[Buffer], now: float) -> list[Action]:
+        client = self._clients.get(ident)
+        if client is not None:  # any message proves the client alive
+            client.expires = now + self._window(client)
+        limit = self.max_request_frames
+        if limit is not None and len(frames) > limit:
+            return self.refuse_oversized(ident, frames[0], len(frames), now)
         try:
             message = parse_client(frames)
         except ProtocolError as exc:
@@ -270,13 +343,28 @@ class BrokerCore:
             if corr is None:
                 return []
             return [self._error_to(ident, corr, BadRequest(f"malformed request: {exc}"))]
+        if isinstance(message, ClientRequest):
+            return self._request(ident, message, now)
         if isinstance(message, ClientHeartbeat):
+            if message.window is not None:
+                self._declare_window(ident, message.window, now)
             return [ToClient(ident, wire.heartbeat_to_client())]
         if isinstance(message, ClientCancel):
             return self._cancel(ident, message.corr)
-        if isinstance(message, ClientRequest):
-            return self._request(ident, message, now)
-        return []
+        assert isinstance(message, ClientDisconnect)
+        return self._forget_client(ident, now, None)
+
+    def refuse_oversized(self, ident: bytes, header: Buffer, frame_count: int, now: float) -> list[Action]:
+        """A request with more frames than ``max_request_frames``: refused before any work (the loop may not
+        even have read all of it), with BadRequest when its header names a correlation ID."""
+        self.stats["bad_client_messages"] += 1
+        self.stats["refused_too_big"] += 1
+        self._drops.warn(now, "refused a message of %d frames from client %s", frame_count, ident.hex())
+        corr = wire.corr_of([header], wire.CLIENT_PROTOCOL)
+        if corr is None:
+            return []
+        message = f"the request has {frame_count} frames; the pool's max_request_frames is {self.max_request_frames}"
+        return [self._error_to(ident, corr, BadRequest(message, limit=self.max_request_frames, frames=frame_count))]
 
     def _request(self, ident: bytes, req: ClientRequest, now: float) -> list[Action]:
         self.stats["requests"] += 1
@@ -302,23 +390,8 @@ class BrokerCore:
                     BrokerUnavailable("the broker is shutting down and takes no new requests", service=req.service),
                 )
             ]
-        limit = service.policy.queue_limit
-        if limit is not None and len(service.queue) + service.ahead >= limit:
-            self.stats["busy"] += 1
-            return [
-                self._error_to(
-                    ident,
-                    req.corr,
-                    Busy(
-                        f"service {req.service!r} has {len(service.queue) + service.ahead} requests waiting "
-                        "(queued, or held by a busy worker), its limit; try again later",
-                        service=req.service,
-                        method=req.method,
-                        queue_limit=limit,
-                    ),
-                )
-            ]
-        if (ident, req.corr) in self._jobs:
+        client = self._clients.get(ident)
+        if client is not None and req.corr in client.jobs:
             self.stats["bad_client_messages"] += 1
             return [
                 self._error_to(
@@ -327,7 +400,16 @@ class BrokerCore:
                     BadRequest(f"correlation ID {req.corr:#x} is already in use by a pending request"),
                 )
             ]
+        size = sum(len(frame) for frame in req.payload)
+        refusal = self._refusal(service, client, req, size)
+        if refusal is not None:
+            return [self._error_to(ident, req.corr, refusal)]
+        if client is None:
+            client = self._clients[ident] = _Client(ident, now + self._window(None))
         timeout = req.timeout
+        ceiling = timeout is None and service.policy.max_call_seconds is not None
+        if ceiling:
+            timeout = service.policy.max_call_seconds
         job = _Job(
             job_id=next(self._job_ids),
             client=ident,
@@ -338,18 +420,145 @@ class BrokerCore:
             flags=req.flags,
             payload=req.payload,
             deadline=None if timeout is None else now + timeout,
+            size=size,
+            ceiling=ceiling,
         )
-        self._jobs[(ident, req.corr)] = job
+        client.jobs[req.corr] = job
+        client.bytes += size
+        self._pending += 1
+        self.held_bytes += size
+        service.queued += 1
+        service.waiting_bytes += size
         service.queue.append(job)
         return self._dispatch(service, now)
 
+    def _refusal(self, service: _Service, client: _Client | None, req: ClientRequest, size: int) -> CallError | None:
+        """Why a request of ``size`` bytes cannot be taken now, if it cannot: every limit is checked before any
+        work, so a refused request costs nothing but its answer."""
+        name, method = req.service, req.method
+        if self.max_request_bytes is not None and size > self.max_request_bytes:
+            self.stats["refused_too_big"] += 1
+            return BadRequest(
+                f"the request to {name}.{method} is {size} bytes; the pool's max_request_bytes is "
+                f"{self.max_request_bytes}",
+                service=name,
+                method=method,
+                size=size,
+                limit=self.max_request_bytes,
+            )
+        policy = service.policy
+        waiting = service.queued + service.ahead
+        if policy.queue_limit is not None and waiting >= policy.queue_limit:
+            why = f"has {waiting} requests waiting (queued, or held by a busy worker), its queue_limit"
+            return self._busy(req, why, queue_limit=policy.queue_limit)
+        if policy.queue_limit_bytes is not None and service.waiting_bytes + size > policy.queue_limit_bytes:
+            why = (
+                f"has {service.waiting_bytes} bytes of requests waiting and this one is {size} bytes; its "
+                f"queue_limit_bytes is {policy.queue_limit_bytes}"
+            )
+            return self._busy(req, why, queue_limit_bytes=policy.queue_limit_bytes, waiting_bytes=service.waiting_bytes)
+        in_flight = 0 if client is None else client.bytes
+        if self.client_bytes_in_flight is not None and in_flight + size > self.client_bytes_in_flight:
+            why = (
+                f"already holds {in_flight} bytes of this client's requests and this one is {size} bytes; the pool's "
+                f"client_bytes_in_flight is {self.client_bytes_in_flight}"
+            )
+            return self._busy(req, why, client_bytes_in_flight=self.client_bytes_in_flight, in_flight=in_flight)
+        if self.queue_limit_bytes is not None and self.held_bytes + size > self.queue_limit_bytes:
+            why = (
+                f"cannot take it: the broker holds {self.held_bytes} bytes of requests and this one is {size} bytes; "
+                f"the pool's queue_limit_bytes is {self.queue_limit_bytes}"
+            )
+            return self._busy(req, why, pool_queue_limit_bytes=self.queue_limit_bytes, held_bytes=self.held_bytes)
+        return None
+
+    def _busy(self, req: ClientRequest, why: str, **figures: int) -> Busy:
+        self.stats["busy"] += 1
+        return Busy(
+            f"service {req.service!r} {why}; try again later",
+            service=req.service,
+            method=req.method,
+            **figures,
+        )
+
     def _cancel(self, ident: bytes, corr: int) -> list[Action]:
-        """Forget a queued request the caller gave up on; one a worker holds cannot be recalled."""
-        job = self._jobs.get((ident, corr))
-        if job is not None and job.state is JobState.QUEUED:
-            self._services[job.service].queue.remove(job)
-            del self._jobs[(ident, corr)]
+        """The caller gave up on ``corr``: it gets no answer. A queued request is dropped unrun, one a worker holds
+        ahead is recalled (the worker answers it unrun), and a running one's answer will be discarded."""
+        client = self._clients.get(ident)
+        job = None if client is None else client.jobs.get(corr)
+        if job is None:
+            return []
+        actions = self._give_up(job)
+        self._unlink(job)
+        return actions
+
+    def _give_up(self, job: _Job) -> list[Action]:
+        """Nobody waits for ``job`` any more: drop it from its queue, or have its worker's answer discarded."""
+        if job.state is JobState.QUEUED:
+            self.stats["dropped_unrun"] += 1
+            self._move(job, JobState.DONE)
+            self._sweep(self._services[job.service])
+            return []
+        job.answered = True
+        self._release(job)
+        worker = None if job.worker is None else self._workers.get(job.worker)
+        if job.state is JobState.AHEAD and worker is not None and worker.state is not WorkerState.GONE:
+            return [ToWorker(worker.ident, wire.cancel_to_worker(job.job_id))]
         return []
+
+    def _window(self, client: _Client | None) -> float:
+        """How long ``client`` may stay silent: what it asked for, else the broker's own window, but never less
+        than a default Client's (the pool's heartbeat settings need not match its clients')."""
+        own = max(self.heartbeat_interval * self.heartbeat_liveness, CLIENT_WINDOW_FLOOR)
+        return own if client is None or client.window is None else client.window
+
+    def _declare_window(self, ident: bytes, window: float, now: float) -> None:
+        """A client asked for a liveness window: remembered only when longer than the broker's own."""
+        client = self._clients.get(ident)
+        longer = window if window > self._window(None) else None
+        if client is None:
+            if longer is None:
+                return
+            client = self._clients[ident] = _Client(ident, now)
+        client.window = longer
+        client.expires = now + self._window(client)
+
+    def _forget_client(self, ident: bytes, now: float, silence: float | None) -> list[Action]:
+        """The client is gone (it said so, or ``silence`` seconds passed without a word): its queued requests
+        are dropped unrun, those held by workers have their answers discarded, and nothing of it is kept.
+
+        A silent client may only be stopped or cut off, not dead, so it still gets one BrokerUnavailable
+        answer per request (a dead one's are dropped by its socket)."""
+        client = self._clients.get(ident)
+        if client is None:
+            return []
+        actions: list[Action] = []
+        if client.jobs:
+            self.stats["clients_forgotten"] += 1
+            log.warning(
+                "forgot client %s with %d request(s) pending: %s",
+                ident.hex(),
+                len(client.jobs),
+                "it disconnected" if silence is None else f"no word from it for {silence:.1f} s",
+            )
+        for job in list(client.jobs.values()):
+            if silence is not None:
+                actions.append(
+                    self._error_to(
+                        ident,
+                        job.corr,
+                        BrokerUnavailable(
+                            f"{job.service}.{job.method} was dropped: the broker heard nothing from this client for "
+                            f"{silence:.1f} s and forgot it",
+                            service=job.service,
+                            method=job.method,
+                        ),
+                    )
+                )
+            actions += self._give_up(job)
+            self._unlink(job)
+        self._clients.pop(ident, None)
+        return actions
 
     # --- worker side --------------------------------------------------------------
 
@@ -419,13 +628,17 @@ class BrokerCore:
         worker.last_reply = now
         self._free_slot(service, worker, job, now)
         actions: list[Action] = []
-        if job.abandoned_at is not None:
-            self.stats["late_replies"] += 1
-            log.info("discarded a late reply for %s.%s from worker pid %d", job.service, job.method, worker.pid)
+        if job.answered:
+            if job.expired_at is not None:
+                self.stats["late_replies"] += 1
+                log.info("discarded a late reply for %s.%s from worker pid %d", job.service, job.method, worker.pid)
+            else:
+                self.stats["discarded_replies"] += 1
         else:
-            del self._jobs[(job.client, job.corr)]
+            self._unlink(job)
             self.stats["errors" if reply.error else "replies"] += 1
             actions.append(ToClient(job.client, wire.answer_to_client(job.corr, reply.error, reply.payload)))
+        self._move(job, JobState.DONE)
         return actions + self._dispatch(service, now)
 
     def worker_exited(self, pid: int, returncode: int | None, now: float) -> list[Action]:
@@ -465,20 +678,21 @@ class BrokerCore:
         actions: list[Action] = []
         retries: list[_Job] = []
         for job in worker.jobs.values():
-            if job.state is JobState.AHEAD:
-                service.ahead -= 1
-            if job.abandoned_at is not None:
-                continue
-            retry = job.method in service.policy.idempotent and job.attempts < 2
+            retry = job.method in service.policy.idempotent and job.attempts < 2 and not job.answered
             if retry and not (poisoned and job.state is JobState.RUNNING):
                 self.stats["retried"] += 1
-                job.move(JobState.QUEUED)
+                self._move(job, JobState.QUEUED)
                 job.worker = None
                 retries.append(job)
                 continue
-            del self._jobs[(job.client, job.corr)]
             held = "running" if job.state is JobState.RUNNING else "holding"
+            self._move(job, JobState.DONE)
+            if job.answered:
+                continue
+            self._unlink(job)
             why = "; not sent again: its own run may have killed the worker" if retry else ""
+            if worker.doomed_by:
+                why += f"; {worker.doomed_by}"
             actions.append(
                 self._error_to(
                     job.client,
@@ -508,23 +722,25 @@ class BrokerCore:
                 actions += self._lose_worker(worker, now, lapsed)
                 continue
             actions += self._expire_held(worker, now)
-            if worker.state is WorkerState.SERVING and self._hung(worker, now):
+            hung = self._hung(worker, now) if worker.state is WorkerState.SERVING else None
+            if hung is not None:
                 self._retire(worker, WorkerState.DOOMED)
+                worker.doomed_by = (
+                    f"the worker was recycled because another call on it ({hung.service}.{hung.method}) ran past "
+                    "its deadline"
+                )
                 actions.append(KillWorker(worker.pid, "a call ran past its deadline and grace period"))
             if worker.state is not WorkerState.GONE and now >= worker.next_heartbeat:
                 worker.next_heartbeat = now + self.heartbeat_interval
                 actions.append(ToWorker(worker.ident, wire.heartbeat_to_worker()))
         for service in self._services.values():
-            if any(j.deadline is not None and now >= j.deadline for j in service.queue):
-                keep: deque[_Job] = deque()
+            if any(j.deadline is not None and now >= j.deadline for j in service.queue if j.state is JobState.QUEUED):
                 for job in service.queue:
-                    if job.deadline is not None and now >= job.deadline:
-                        self.stats["expired_in_queue"] += 1
-                        del self._jobs[(job.client, job.corr)]
-                        actions.append(self._timeout(job, "it was still queued; it never ran"))
-                    else:
-                        keep.append(job)
-                service.queue = keep
+                    if job.state is JobState.QUEUED and job.deadline is not None and now >= job.deadline:
+                        actions.append(self._expire_queued(job))
+                self._sweep(service, force=True)
+        for client in [c for c in self._clients.values() if now >= c.expires]:
+            actions += self._forget_client(client.ident, now, now - client.expires + self._window(client))
         return actions
 
     def paused(self, now: float) -> None:
@@ -534,6 +750,8 @@ class BrokerCore:
         window = self.heartbeat_interval * self.heartbeat_liveness
         for worker in self._workers.values():
             worker.expires = max(worker.expires, now + window)
+        for client in self._clients.values():
+            client.expires = max(client.expires, now + self._window(client))
 
     def _lapsed(self, worker: _Worker, now: float) -> str | None:
         """Why ``worker`` counts as lost by now, if it does."""
@@ -544,12 +762,18 @@ class BrokerCore:
         return None
 
     def _expire_held(self, worker: _Worker, now: float) -> list[Action]:
-        """Answer Timeout for the calls ``worker`` holds past their deadline; its own answer is discarded later."""
+        """Answer Timeout for the calls ``worker`` holds past their deadline; its own answer is discarded later.
+
+        A call whose client is gone was answered already, but its deadline still counts toward recycling a
+        hung worker."""
         actions: list[Action] = []
         for job in worker.jobs.values():
-            if job.abandoned_at is None and job.deadline is not None and now >= job.deadline:
-                job.abandoned_at = now
-                del self._jobs[(job.client, job.corr)]
+            if job.expired_at is None and job.deadline is not None and now >= job.deadline:
+                job.expired_at = now
+                if job.answered:
+                    continue
+                job.answered = True
+                self._unlink(job)
                 if job.state is JobState.RUNNING:
                     self.stats["timed_out_running"] += 1
                     actions.append(self._timeout(job, f"still running on worker pid {worker.pid}"))
@@ -559,26 +783,38 @@ class BrokerCore:
                     actions.append(self._timeout(job, where))
         return actions
 
-    def _hung(self, worker: _Worker, now: float) -> bool:
-        """A call that may be running is past its deadline and ``kill_grace``; a call waiting behind it, never
+    def _hung(self, worker: _Worker, now: float) -> _Job | None:
+        """A call that may be running past its deadline and ``kill_grace``; a call waiting behind it, never
         started, does not count, and one that reached the front late gets its grace from then."""
-        return any(
-            job.state is JobState.RUNNING
-            and job.abandoned_at is not None
-            and now >= max(job.abandoned_at, job.running_since) + self.kill_grace
-            for job in worker.jobs.values()
-        )
+        for job in worker.jobs.values():
+            if (
+                job.state is JobState.RUNNING
+                and job.expired_at is not None
+                and now >= max(job.expired_at, job.running_since) + self.kill_grace
+            ):
+                return job
+        return None
 
     def _timeout(self, job: _Job, where: str) -> ToClient:
+        limit = f"{job.timeout:g} s"
+        if job.ceiling:
+            limit += " (the service's max_call_seconds: the call gave no timeout)"
         return self._error_to(
             job.client,
             job.corr,
             Timeout(
-                f"{job.service}.{job.method} did not finish within {job.timeout} s: {where}",
+                f"{job.service}.{job.method} did not finish within {limit}: {where}",
                 service=job.service,
                 method=job.method,
+                timeout=job.timeout,
             ),
         )
+
+    def _expire_queued(self, job: _Job) -> ToClient:
+        self.stats["expired_in_queue"] += 1
+        self._move(job, JobState.DONE)
+        self._unlink(job)
+        return self._timeout(job, "it was still queued; it never ran")
 
     # --- shutdown -----------------------------------------------------------------
 
@@ -587,21 +823,26 @@ class BrokerCore:
 
     def abort_all(self, reason: str, now: float) -> list[Action]:
         """Answer every request still pending with BrokerUnavailable; the broker is going away."""
-        actions: list[Action] = [
-            self._error_to(
-                job.client,
-                job.corr,
-                BrokerUnavailable(f"{job.service}.{job.method} was not answered: {reason}", service=job.service),
-            )
-            for job in self._jobs.values()
-        ]
-        self._jobs.clear()
+        actions: list[Action] = []
+        for client in list(self._clients.values()):
+            for job in list(client.jobs.values()):
+                actions.append(
+                    self._error_to(
+                        job.client,
+                        job.corr,
+                        BrokerUnavailable(
+                            f"{job.service}.{job.method} was not answered: {reason}", service=job.service
+                        ),
+                    )
+                )
+                if job.state is JobState.QUEUED:
+                    self._move(job, JobState.DONE)
+                else:
+                    job.answered = True
+                    job.expired_at = now if job.expired_at is None else job.expired_at
+                self._unlink(job)
         for service in self._services.values():
-            service.queue.clear()
-        for worker in self._workers.values():
-            for job in worker.jobs.values():
-                if job.abandoned_at is None:
-                    job.abandoned_at = now
+            self._sweep(service, force=True)
         return actions
 
     # --- internals ----------------------------------------------------------------
@@ -611,25 +852,26 @@ class BrokerCore:
         idempotent job, ahead to the worker holding the fewest; the first job that can go nowhere waits."""
         actions: list[Action] = []
         queue = service.queue
+        idempotent = service.policy.idempotent
         while queue:
             job = queue[0]
+            if job.state is not JobState.QUEUED:  # dropped while it waited
+                queue.popleft()
+                continue
             if job.deadline is not None and now >= job.deadline:
                 queue.popleft()
-                self.stats["expired_in_queue"] += 1
-                del self._jobs[(job.client, job.corr)]
-                actions.append(self._timeout(job, "it was still queued; it never ran"))
+                actions.append(self._expire_queued(job))
                 continue
             if service.idle:
                 worker = self._workers[service.idle.popleft()]
-                job.move(JobState.RUNNING)
+                self._move(job, JobState.RUNNING)
                 job.running_since = now
             else:
-                ahead = self._ahead_worker(service) if job.method in service.policy.idempotent else None
+                ahead = self._ahead_worker(service) if job.method in idempotent else None
                 if ahead is None:
                     break
                 worker = ahead
-                job.move(JobState.AHEAD)
-                service.ahead += 1
+                self._move(job, JobState.AHEAD)
                 self.stats["sent_ahead"] += 1
             queue.popleft()
             job.attempts += 1
@@ -640,6 +882,8 @@ class BrokerCore:
             actions.append(
                 ToWorker(worker.ident, wire.request_to_worker(job.job_id, job.method, left, job.payload, job.flags))
             )
+            if job.method not in idempotent:  # never sent again: the broker need not hold on to its bytes
+                self._release(job)
         return actions
 
     def _ahead_worker(self, service: _Service) -> _Worker | None:
@@ -661,13 +905,11 @@ class BrokerCore:
         """``job`` left ``worker``: its run slot goes to the next job the worker holds, or back to the idle
         deque when it holds none ahead."""
         if job.state is JobState.AHEAD:  # answered before the broker saw it start (replies raced): no slot freed
-            service.ahead -= 1
             return
         waiting = next((j for j in worker.jobs.values() if j.state is JobState.AHEAD), None)
         if waiting is not None:
-            waiting.move(JobState.RUNNING)
+            self._move(waiting, JobState.RUNNING)
             waiting.running_since = now
-            service.ahead -= 1
         elif worker.state is WorkerState.SERVING:
             service.idle.append(worker.ident)
 
@@ -676,6 +918,46 @@ class BrokerCore:
         worker.state = state
         service = self._services[worker.service]
         service.idle = deque(i for i in service.idle if i != worker.ident)
+
+    def _move(self, job: _Job, state: JobState) -> None:
+        """Change ``job``'s state, and with it its service's counts of what waits."""
+        old = job.state
+        assert state in _TRANSITIONS[old], f"job {job.job_id}: {old} -> {state}"
+        job.state = state
+        service = self._services[job.service]
+        if old is JobState.QUEUED:
+            service.queued -= 1
+        elif old is JobState.AHEAD:
+            service.ahead -= 1
+        if state is JobState.QUEUED:
+            service.queued += 1
+        elif state is JobState.AHEAD:
+            service.ahead += 1
+        if (old in _WAITING) != (state in _WAITING):
+            service.waiting_bytes += job.size if state in _WAITING else -job.size
+
+    def _release(self, job: _Job) -> None:
+        """Let go of ``job``'s bytes: it will not be sent again."""
+        if job.payload:
+            job.payload = []
+            self.held_bytes -= job.size
+
+    def _unlink(self, job: _Job) -> None:
+        """``job``'s caller has had its answer (or gave up): it no longer counts for its client, which is
+        forgotten once it has nothing pending and no liveness window of its own."""
+        client = self._clients[job.client]
+        del client.jobs[job.corr]
+        client.bytes -= job.size
+        self._pending -= 1
+        self._release(job)
+        if not client.jobs and client.window is None:
+            del self._clients[job.client]
+
+    def _sweep(self, service: _Service, force: bool = False) -> None:
+        """Drop the DONE jobs from ``service``'s queue once they are many (or now, when ``force``)."""
+        dropped = len(service.queue) - service.queued
+        if dropped and (force or dropped > max(64, service.queued)):
+            service.queue = deque(job for job in service.queue if job.state is JobState.QUEUED)
 
     def _error_to(self, ident: bytes, corr: int, error: CallError) -> ToClient:
         return ToClient(ident, wire.error_to_client(corr, error_to_wire(error)))

@@ -76,13 +76,7 @@ class InProcessBroker:
             worker_curve = None
         supervisor = Supervisor(self.config, self.backend_address, make_worker_source(self._run_dir.path), worker_curve)
         supervisor.check_interpreters()
-        core = BrokerCore(
-            [ServicePolicy(s.name, s.idempotent, s.queue_limit, s.prefetch) for s in self.config.services],
-            heartbeat_interval=self.config.heartbeat_interval,
-            heartbeat_liveness=self.config.heartbeat_liveness,
-            kill_grace=self.config.kill_grace,
-        )
-        self._loop = BrokerLoop(core, supervisor, frontend, backend)
+        self._loop = BrokerLoop(core_for(self.config), supervisor, frontend, backend)
         self.thread = threading.Thread(target=self._loop.run, name="dllpool-broker", daemon=True)
         self.thread.start()
 
@@ -174,7 +168,7 @@ class InProcessBroker:
     def stats(self) -> dict[str, int]:
         loop = self._require_loop()
         with loop.lock:
-            return dict(loop.core.stats)
+            return loop.core.counters()
 
     def kill_worker(self, pid: int) -> None:
         loop = self._require_loop()
@@ -193,3 +187,27 @@ class InProcessBroker:
         if self._loop is None:
             raise RuntimeError(NOT_RUNNING)
         return self._loop
+
+
+def core_for(config: PoolConfig) -> BrokerCore:
+    """The routing core with the configuration's policies and limits."""
+    return BrokerCore(
+        [
+            ServicePolicy(
+                s.name,
+                s.idempotent,
+                queue_limit=s.queue_limit,
+                queue_limit_bytes=s.queue_limit_bytes,
+                max_call_seconds=s.max_call_seconds,
+                prefetch=s.prefetch,
+            )
+            for s in config.services
+        ],
+        heartbeat_interval=config.heartbeat_interval,
+        heartbeat_liveness=config.heartbeat_liveness,
+        kill_grace=config.kill_grace,
+        max_request_frames=config.max_request_frames,
+        max_request_bytes=config.max_request_bytes,
+        client_bytes_in_flight=config.client_bytes_in_flight,
+        queue_limit_bytes=config.queue_limit_bytes,
+    )

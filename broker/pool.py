@@ -197,6 +197,8 @@ class Pool:
         return self._require_broker().workers()
 
     def stats(self) -> dict[str, int]:
+        """The broker's event counts (requests, replies, busy, late_replies, clients_forgotten, dropped_unrun,
+        ...) and gauges of what it holds now: ``pending`` calls, ``clients`` with calls pending, ``held_bytes``."""
         return self._require_broker().stats()
 
     def kill_worker(self, pid: int) -> None:

@@ -445,7 +445,9 @@ def test_silent_worker_is_lost_after_interval_times_liveness() -> None:
     request(core, b"c", b"1", now=0.0)
     assert kills(core.tick(2.9)) == []
     assert core.worker_message(b"w", wire.worker_heartbeat(), 2.9) == []  # any traffic counts
+    core.client_message(b"c", wire.client_heartbeat(), 2.9)
     assert kills(core.tick(5.8)) == []
+    core.client_message(b"c", wire.client_heartbeat(), 5.8)
     actions = core.tick(5.9)
     assert kills(actions) == [77]
     error = only_error(actions, b"c", b"1")
@@ -577,13 +579,18 @@ def test_cancel_removes_a_queued_request() -> None:
     assert core.pending() == 0
 
 
-def test_cancel_of_a_running_request_does_not_stop_its_answer() -> None:
+def test_cancel_of_a_running_request_discards_its_answer() -> None:
+    """A running call cannot be recalled; its caller gave up, so its answer goes nowhere, and its run slot
+    is free again once it ends."""
     core = make_core()
     ready(core, b"w", 1)
     _, running = only_work(request(core, b"c", b"1"))
     assert core.client_message(b"c", wire.client_cancel(cid(b"1")), 0.1) == []
-    client, answer = only_answer(reply(core, b"w", running.job))
-    assert (client, answer.corr) == (b"c", cid(b"1"))
+    assert core.pending() == 0
+    assert core.clients() == 0
+    assert answers(reply(core, b"w", running.job)) == []
+    assert core.stats["discarded_replies"] == 1
+    assert only_work(request(core, b"c", b"2"))[0] == b"w"
 
 
 def test_cancelled_request_never_times_out() -> None:
@@ -805,16 +812,23 @@ def test_a_call_held_ahead_is_sent_at_most_twice() -> None:
     assert core.pending() == 0
 
 
-def test_cancel_does_not_recall_a_call_held_ahead() -> None:
+def test_cancel_recalls_a_call_held_ahead() -> None:
+    """The worker is asked to answer it unrun; whatever it answers is discarded."""
     core = credit_core(prefetch=1)
     ready(core, b"w", 1)
     _, running = only_work(request(core, b"c", 1, method="safe"))
     _, ahead = only_work(request(core, b"c", 2, method="safe"))
-    assert core.client_message(b"c", wire.client_cancel(2), 0.1) == []
-    assert core.pending() == 2
+    actions = core.client_message(b"c", wire.client_cancel(2), 0.1)
+    assert [wire.parse_for_worker(a.frames) for a in actions if isinstance(a, ToWorker)] == [
+        wire.CancelToWorker(ahead.job)
+    ]
+    assert core.pending() == 1
+    assert core.held_ahead("s") == 1, "it still waits in the worker until the worker answers it"
     only_answer(reply(core, b"w", running.job, now=0.2))
-    client, answer = only_answer(reply(core, b"w", ahead.job, now=0.3))
-    assert (client, answer.corr) == (b"c", 2)
+    recalled = wire.worker_error(ahead.job, {"type": "CallError", "message": "cancelled before it started"})
+    assert answers(core.worker_message(b"w", recalled, 0.3)) == []
+    assert core.held_ahead("s") == 0
+    assert core.stats["discarded_replies"] == 1
 
 
 def test_a_reply_to_a_call_held_ahead_before_the_running_one_frees_no_run_slot() -> None:
@@ -1008,6 +1022,194 @@ def test_abort_all_answers_every_pending_request_once() -> None:
     assert answers(core.tick(100.0)) == []
 
 
+# ============================================================ client lifetimes
+
+
+def test_a_silent_client_is_forgotten_with_its_queued_calls_unrun() -> None:
+    """After the liveness window without a word, its queued calls are dropped (never dispatched), the one running
+    finishes with its answer discarded, and nothing of the client is kept; it still gets one answer per call."""
+    core = make_core(heartbeat_interval=1.0, heartbeat_liveness=3)
+    ready(core, b"w", 1)
+    _, running = only_work(request(core, b"dead", 1, now=0.0))
+    for corr in range(2, 5001):
+        assert work(request(core, b"dead", corr, now=0.0)) == []
+    request(core, b"alive", 1, now=0.0)
+    core.client_message(b"alive", wire.client_heartbeat(), 2.5)
+    core.worker_message(b"w", wire.worker_heartbeat(), 2.5)
+    assert answers(core.tick(2.9)) == []
+    actions = core.tick(3.0)
+    errors = [(ident, error_from_wire(msg.error)) for ident, msg in answers(actions) if msg.error is not None]
+    assert len(errors) == 5000 and all(ident == b"dead" for ident, _ in errors)
+    assert all(isinstance(e, BrokerUnavailable) and "forgot" in e.message for _, e in errors)
+    assert core.clients() == 1 and core.pending() == 1
+    assert core.stats["clients_forgotten"] == 1 and core.stats["dropped_unrun"] == 4999
+    _, job = only_work(reply(core, b"w", running.job, now=3.1))
+    assert bytes(job.payload[0]) == b"alive/1", "the running call's answer is discarded, the dead client's queue gone"
+    assert core.stats["discarded_replies"] == 1
+    assert core.stats["replies"] == 0
+
+
+def test_a_heartbeating_client_keeps_its_calls_and_a_longer_window_is_honoured() -> None:
+    core = make_core(heartbeat_interval=1.0, heartbeat_liveness=3)
+    request(core, b"c", 1, now=0.0)
+    core.client_message(b"c", wire.client_heartbeat(), 2.0)
+    assert answers(core.tick(4.9)) == []
+    core.client_message(b"c", wire.client_heartbeat(10.0), 4.9)
+    assert answers(core.tick(14.8)) == [], "the client asked for 10 s"
+    error = only_error(core.tick(14.9), b"c", 1)
+    assert isinstance(error, BrokerUnavailable)
+    assert core.clients() == 0
+
+
+def test_a_longer_window_is_remembered_before_the_first_call() -> None:
+    core = make_core(heartbeat_interval=1.0, heartbeat_liveness=3)
+    core.client_message(b"c", wire.client_heartbeat(10.0), 0.0)
+    request(core, b"c", 1, now=0.0)
+    assert answers(core.tick(9.9)) == []
+    assert isinstance(only_error(core.tick(10.0), b"c", 1), BrokerUnavailable)
+    assert core.clients() == 0
+
+
+def test_a_client_without_calls_leaves_nothing_behind() -> None:
+    core = make_core()
+    ready(core, b"w", 1)
+    core.client_message(b"c", wire.client_heartbeat(), 0.0)
+    core.client_message(b"c", wire.client_heartbeat(1.0), 0.0)  # shorter than the broker's own: nothing to keep
+    assert core.clients() == 0
+    _, job = only_work(request(core, b"c", 1))
+    assert core.clients() == 1
+    only_answer(reply(core, b"w", job.job))
+    assert core.clients() == 0
+    assert core.held_bytes == 0
+
+
+def test_disconnect_drops_queued_calls_recalls_held_ones_and_answers_nothing() -> None:
+    core = make_core(ServicePolicy("s", idempotent=frozenset({"safe"}), prefetch=1))
+    ready(core, b"w", 1)
+    _, running = only_work(request(core, b"c", 1, method="safe"))
+    _, ahead = only_work(request(core, b"c", 2, method="safe"))
+    request(core, b"c", 3)
+    request(core, b"other", 1)
+    actions = core.client_message(b"c", wire.client_disconnect(), 0.1)
+    assert answers(actions) == []
+    assert [wire.parse_for_worker(a.frames) for a in actions if isinstance(a, ToWorker)] == [
+        wire.CancelToWorker(ahead.job)
+    ]
+    assert core.pending() == 1 and core.clients() == 1
+    assert answers(reply(core, b"w", running.job, now=0.2)) == []
+    recalled = wire.worker_error(ahead.job, {"type": "CallError", "message": "cancelled before it started"})
+    ident, job = only_work(core.worker_message(b"w", recalled, 0.3))
+    assert (ident, bytes(job.payload[0])) == (b"w", b"other/1"), "the dropped call 3 never ran"
+
+
+def test_a_cancel_of_many_queued_calls_sweeps_the_queue() -> None:
+    core = make_core()
+    ready(core, b"w", 1)
+    only_work(request(core, b"c", 0))
+    for corr in range(1, 1001):
+        request(core, b"c", corr)
+    for corr in range(1, 1001):
+        core.client_message(b"c", wire.client_cancel(corr), 0.1)
+    assert core.pending() == 1
+    assert core.stats["dropped_unrun"] == 1000
+    for corr in range(1001, 1011):  # the queue limit counts live calls only
+        request(core, b"c", corr)
+    assert core.pending() == 11
+
+
+def test_a_pause_gives_workers_and_clients_a_fresh_window() -> None:
+    core = make_core(heartbeat_interval=1.0, heartbeat_liveness=3)
+    ready(core, b"w", 7)
+    request(core, b"c", 1, now=0.0)
+    core.paused(9.0)
+    actions = core.tick(9.0)
+    assert kills(actions) == [] and answers(actions) == []
+    assert core.worker_pids() == [7]
+    assert kills(core.tick(12.0)) == [7], "silent past the fresh window: judged as usual"
+
+
+# ============================================================ ceilings and limits
+
+
+def test_a_call_without_timeout_gets_the_service_ceiling() -> None:
+    core = make_core(ServicePolicy("s", max_call_seconds=10.0), kill_grace=1.0)
+    ready(core, b"w", 7)
+    _, job = only_work(request(core, b"c", 1, now=0.0))
+    assert job.timeout == 10.0, "the worker knows the deadline too"
+    core.client_message(b"c", wire.client_heartbeat(3600.0), 0.0)
+    for now in range(1, 10):
+        core.worker_message(b"w", wire.worker_heartbeat(), float(now))
+        assert answers(core.tick(float(now))) == []
+    error = only_error(core.tick(10.0), b"c", 1)
+    assert isinstance(error, Timeout)
+    assert "max_call_seconds" in error.message
+    assert kills(core.tick(11.0)) == [7], "the hung worker is recycled"
+
+
+def test_a_threaded_worker_killed_for_one_hung_call_says_so_to_the_others() -> None:
+    core = make_core(kill_grace=1.0)
+    ready(core, b"w", 7, threads=2)
+    request(core, b"c", 1, method="hang", timeout=1.0)
+    request(core, b"c", 2, method="innocent")
+    core.client_message(b"c", wire.client_heartbeat(3600.0), 0.0)
+    only_error(core.tick(1.0), b"c", 1)
+    assert kills(core.tick(2.0)) == [7]
+    error = only_error(core.worker_exited(7, -signal.SIGKILL, 2.1), b"c", 2)
+    assert isinstance(error, WorkerCrashed)
+    assert "recycled because another call on it (s.hang) ran past its deadline" in error.message
+
+
+def test_a_request_with_too_many_frames_is_refused_unread() -> None:
+    core = make_core(max_request_frames=4)
+    frames = wire.client_request(9, "s", "m", None, [b"body", *([b""] * 4)])
+    error = only_error(core.client_message(b"c", frames, 0.0), b"c", 9)
+    assert isinstance(error, BadRequest)
+    assert "max_request_frames" in error.message and error.details["frames"] == 6
+    assert core.pending() == 0 and core.stats["refused_too_big"] == 1
+
+
+def test_a_request_over_max_request_bytes_is_refused() -> None:
+    core = make_core(max_request_bytes=100)
+    error = only_error(request(core, b"c", 1, body=b"x" * 101), b"c", 1)
+    assert isinstance(error, BadRequest)
+    assert error.details == {"service": "s", "method": "m", "size": 101, "limit": 100}
+    assert core.pending() == 0
+
+
+def test_queue_limit_bytes_refuses_with_busy_and_the_figures() -> None:
+    core = make_core(ServicePolicy("s", queue_limit_bytes=250))
+    request(core, b"c", 1, body=b"x" * 100)
+    request(core, b"c", 2, body=b"x" * 100)
+    error = only_error(request(core, b"c", 3, body=b"x" * 100), b"c", 3)
+    assert isinstance(error, Busy)
+    assert error.details["queue_limit_bytes"] == 250 and error.details["waiting_bytes"] == 200
+    ready(core, b"w", 1)  # one call leaves the queue: room again
+    assert answers(request(core, b"c", 4, body=b"x" * 100)) == []
+
+
+def test_client_bytes_in_flight_bound_one_client_not_the_others() -> None:
+    core = make_core(client_bytes_in_flight=150)
+    request(core, b"greedy", 1, body=b"x" * 100)
+    error = only_error(request(core, b"greedy", 2, body=b"x" * 100), b"greedy", 2)
+    assert isinstance(error, Busy) and error.details["in_flight"] == 100
+    assert answers(request(core, b"modest", 1, body=b"x" * 100)) == []
+
+
+def test_the_pool_wide_byte_cap_counts_what_the_broker_holds() -> None:
+    """Bytes of a call that will never be sent again are let go once it is sent to a worker."""
+    core = make_core(
+        ServicePolicy("s", idempotent=frozenset({"safe"})), queue_limit_bytes=250, client_bytes_in_flight=10**6
+    )
+    ready(core, b"w", 1)
+    only_work(request(core, b"c", 1, body=b"x" * 100))
+    assert core.held_bytes == 0, "not idempotent: never re-sent, so not kept"
+    request(core, b"c", 2, method="safe", body=b"x" * 100)
+    request(core, b"c", 3, method="safe", body=b"x" * 100)
+    error = only_error(request(core, b"c", 4, method="safe", body=b"x" * 100), b"c", 4)
+    assert isinstance(error, Busy)
+    assert error.details["pool_queue_limit_bytes"] == 250 and error.details["held_bytes"] == 200
+
+
 # ============================================================ state machine: exactly one answer
 
 
@@ -1069,7 +1271,7 @@ class CoreMachine(RuleBasedStateMachine):
                     continue
                 key = (action.ident, msg.corr)
                 assert key in self.sent, f"answer to a request never sent: {key}"
-                assert key not in self.cancelled, f"answer to a cancelled queued request: {key}"
+                assert key not in self.cancelled, f"answer to a cancelled request: {key}"
                 self.answered[key] += 1
                 assert self.answered[key] == 1, f"{key} answered {self.answered[key]} times"
                 if msg.error is None:
@@ -1098,6 +1300,11 @@ class CoreMachine(RuleBasedStateMachine):
                     worker["jobs"][command.job] = body
                 elif isinstance(command, wire.DisconnectToWorker):
                     self.workers.pop(action.ident, None)
+                elif isinstance(command, wire.CancelToWorker):
+                    worker = self.workers[action.ident]
+                    held = list(worker["jobs"])
+                    assert command.job in held, "CANCEL for a job the worker does not hold"
+                    assert held.index(command.job) >= worker["threads"], "CANCEL for a job that may be running"
             elif isinstance(action, KillWorker):
                 self.unreachable = {i: w for i, w in self.unreachable.items() if w["pid"] != action.pid}
                 ident = next((i for i, w in self.workers.items() if w["pid"] == action.pid), None)
@@ -1206,7 +1413,7 @@ class CoreMachine(RuleBasedStateMachine):
         may_run = [_key(body) for body in list(worker["jobs"].values())[: worker["threads"]]]
         self.poison.update(may_run)
         self.handle(self.core.worker_exited(worker["pid"], -signal.SIGSEGV, self.now))
-        assert all(self.answered[k] == 1 for k in may_run), "a poison call was kept"
+        assert all(self.answered[k] == 1 or k in self.cancelled for k in may_run), "a poison call was kept"
 
     @precondition(lambda self: self.workers)
     @rule(data=st.data())
@@ -1225,16 +1432,25 @@ class CoreMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.sent)
     @rule(data=st.data())
     def client_cancels(self, data: st.DataObject) -> None:
+        """Whether queued, held ahead or running, a cancelled call gets no answer from then on."""
         key = data.draw(st.sampled_from(sorted(self.sent)))
-        holders = [*self.workers.values(), *self.unreachable.values()]
-        running = any(key == _key(b) for w in holders for b in w["jobs"].values())
         before = self.core.pending()
         self.handle(self.core.client_message(key[0], wire.client_cancel(key[1]), self.now))
-        if not running and self.answered[key] == 0 and key not in self.cancelled:
+        if self.answered[key] == 0 and key not in self.cancelled:
             self.cancelled.add(key)
             assert self.core.pending() == before - 1
         else:
             assert self.core.pending() == before
+
+    @rule(client=st.sampled_from(CLIENTS), window=st.none() | st.floats(min_value=0.1, max_value=10.0))
+    def client_heartbeat(self, client: bytes, window: float | None) -> None:
+        self.handle(self.core.client_message(client, wire.client_heartbeat(window), self.now))
+
+    @rule(client=st.sampled_from(CLIENTS))
+    def client_disconnects(self, client: bytes) -> None:
+        """A client that says it is gone gets no answers; its queued calls never run."""
+        self.handle(self.core.client_message(client, wire.client_disconnect(), self.now))
+        self.cancelled.update(k for k in self.sent if k[0] == client and self.answered[k] == 0)
 
     @rule(dt=st.floats(min_value=0.0, max_value=2.0))
     def tick(self, dt: float) -> None:
