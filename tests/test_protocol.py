@@ -732,7 +732,7 @@ def test_property_parse_client_raises_only_protocol_error(frames: list[bytes]) -
         msg = wire.parse_client(frames)
     except ProtocolError:
         return
-    assert isinstance(msg, (wire.ClientRequest, wire.ClientHeartbeat, wire.ClientCancel))
+    assert isinstance(msg, (wire.ClientRequest, wire.ClientHeartbeat, wire.ClientCancel, wire.ClientDisconnect))
     if isinstance(msg, wire.ClientRequest):
         assert msg.timeout is None or msg.timeout >= 0
 
