@@ -191,6 +191,10 @@ class Worker:
                 service=self.service,
                 method=request.method,
             ) from None
+        finally:
+            # The call has its own copy now: free the frames during the call (a 32-bit process has
+            # room for few copies of a big argument).
+            request.payload.clear()
 
     def _run(self, function: Callable[..., Any], method: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         try:
