@@ -10,6 +10,10 @@ take minutes without the worker being declared dead.
 With ``threads = K > 1`` calls run on a pool of K threads; finished calls
 come back to the socket thread over an inproc PUSH/PULL pipe (one PUSH socket
 per pool thread: ZeroMQ sockets are not thread-safe).
+
+A result too big for the broker's ``max_message_size`` is answered
+:class:`ReplyTooLarge` rather than sent (the broker would drop this worker's
+connection for it).
 """
 
 import contextlib
@@ -36,6 +40,7 @@ from protocol import (
     ConfigError,
     ProtocolError,
     RemoteError,
+    ReplyTooLarge,
     Timeout,
     UnknownMethod,
     WorkerRequest,
@@ -116,6 +121,9 @@ class Worker:
         self.threads = int(spec.get("threads", 1))
         self.interval = float(spec.get("heartbeat_interval", 1.0))
         self.liveness = int(spec.get("heartbeat_liveness", 3))
+        limit = spec.get("max_message_size")
+        self.max_message_size: Optional[int] = None if limit is None else int(limit)
+        """The broker's bound on one frame (ZMQ_MAXMSGSIZE); None for a spec that does not say."""
         self.methods = methods
         self.parent_pid = parent_pid
         self.curve = curve
@@ -152,13 +160,31 @@ class Worker:
                     service=self.service,
                     method=request.method,
                 )
-            if request.flags & wire.FLAG_BATCH:
-                return wire.worker_reply(request.job, self._execute_batch(request))
-            return wire.worker_reply(request.job, self._execute(request))
+            payload = self._execute_batch(request) if request.flags & wire.FLAG_BATCH else self._execute(request)
+            self._check_size(request.method, payload)
+            return wire.worker_reply(request.job, payload)
         except CallError as exc:
             return _error_frames(request.job, exc)
         except BaseException as exc:  # SystemExit from a wrapper, say: still an answer, not silence
             return _error_frames(request.job, _remote_error(exc, self.service, request.method))
+
+    def _check_size(self, method: str, payload: list[Buffer]) -> None:
+        """Refuse a result the broker would refuse: it drops the connection of a peer that sends a frame
+        over its limit, so the caller would see this live worker as crashed."""
+        limit = self.max_message_size
+        if limit is None:
+            return
+        size = max(map(len, payload))  # pack_value's frames are bytes and byte views: len() counts bytes
+        if size > limit:
+            raise ReplyTooLarge(
+                f"{self.service}.{method} returned a result with a frame of {size:,} bytes, over the pool's "
+                f"max_message_size of {limit:,} bytes, so it was not sent: return less per call, or raise "
+                "max_message_size in the configuration's [pool] table",
+                service=self.service,
+                method=method,
+                limit=limit,
+                size=size,
+            )
 
     def _run_pooled(self, request: WorkerRequest, deadline: float) -> None:
         """On a pool thread: answer, and hand the reply to the socket thread."""
