@@ -11,13 +11,16 @@ With ``threads = K > 1`` calls run on a pool of K threads; finished calls
 come back to the socket thread over an inproc PUSH/PULL pipe (one PUSH socket
 per pool thread: ZeroMQ sockets are not thread-safe).
 
-A result too big for the broker's ``max_message_size`` is answered
-:class:`ReplyTooLarge` rather than sent (the broker would drop this worker's
-connection for it).
+Whatever happens, the broker gets exactly one answer per request it sent:
+a request the broker cancels before it started is answered at once without
+running, and a result too big for the broker's ``max_message_size`` is
+answered :class:`ReplyTooLarge` rather than sent (the broker would drop this
+worker's connection for it).
 """
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import random
@@ -29,7 +32,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
 import zmq
@@ -52,7 +55,7 @@ from protocol import (
     unpack_call,
 )
 from protocol import frames as wire
-from protocol.frames import Buffer, DisconnectToWorker
+from protocol.frames import Buffer, CancelToWorker, DisconnectToWorker
 
 from .hosting import build_methods, call
 
@@ -139,6 +142,8 @@ class Worker:
         self._inline: deque[tuple[WorkerRequest, float]] = deque()
         """Requests for the socket thread itself to run (threads = 1), with their local deadlines."""
         self._executor: Optional[ThreadPoolExecutor] = None
+        self._pending: dict[int, tuple[Future[None], WorkerRequest]] = {}
+        """The pool's calls by job until they end (threads > 1), so a CANCEL can stop one not yet started."""
         self._results: Optional[zmq.Socket[Any]] = None
         self._results_address = f"inproc://results-{id(self)}"
         self._local = threading.local()
@@ -185,6 +190,16 @@ class Worker:
                 limit=limit,
                 size=size,
             )
+
+    def _cancelled(self, request: WorkerRequest) -> list[Buffer]:
+        return _error_frames(
+            request.job,
+            CallError(
+                f"{self.service}.{request.method} was cancelled by the broker before it started; it never ran",
+                service=self.service,
+                method=request.method,
+            ),
+        )
 
     def _run_pooled(self, request: WorkerRequest, deadline: float) -> None:
         """On a pool thread: answer, and hand the reply to the socket thread."""
@@ -319,11 +334,14 @@ class Worker:
                 with self._lock:
                     wait = 0.0 if self._inline else self._next_heartbeat - time.monotonic()
                     self._step(wait)
-                while self._inline and not self._stop.is_set():
-                    frames = self._answer(*self._inline.popleft())
+                    entry = self._inline.popleft() if self._inline else None
+                # The watchdog may take a cancelled request out of _inline: it changes only under the lock.
+                while entry is not None and not self._stop.is_set():
+                    frames = self._answer(*entry)
                     with self._lock:
                         assert self._sock is not None
                         transport.send(self._sock, frames)
+                        entry = self._inline.popleft() if self._inline else None
         finally:
             self._stop.set()
             with self._lock:
@@ -373,11 +391,36 @@ class Worker:
             if self._executor is None:
                 self._inline.append((message, deadline))
             else:
-                self._executor.submit(self._run_pooled, message, deadline)
+                future = self._executor.submit(self._run_pooled, message, deadline)
+                self._pending[message.job] = future, message
+                future.add_done_callback(functools.partial(self._ended, message.job))
+        elif isinstance(message, CancelToWorker):
+            self._cancel(message.job)
         elif isinstance(message, DisconnectToWorker):
             log.info("the broker does not know this worker; registering again")
             assert self._sock is not None
             transport.send(self._sock, wire.worker_ready(self._info()))
+
+    def _ended(self, job: int, _: "Future[None]") -> None:
+        """Forget a pool call that ended or was cancelled. It is registered after the call's entry, so it
+        removes even the entry of a call that ended before it was registered."""
+        self._pending.pop(job, None)
+
+    def _cancel(self, job: int) -> None:
+        """Answer ``job`` now if it has not started; a running or finished job answers for itself.
+        Caller holds the lock."""
+        assert self._sock is not None
+        if self._executor is not None:
+            pending = self._pending.pop(job, None)
+            # A future that cannot be cancelled has started: its call answers when it ends.
+            if pending is not None and pending[0].cancel():
+                transport.send(self._sock, self._cancelled(pending[1]))
+            return
+        for entry in self._inline:
+            if entry[0].job == job:
+                self._inline.remove(entry)
+                transport.send(self._sock, self._cancelled(entry[0]))
+                return
 
     def _close(self) -> None:
         if self._sock is not None:
