@@ -7,11 +7,20 @@ and is never embedded in (or scanned by) the msgpack body.
 
 Unpacking takes untrusted input: every length is bounded, nesting is bounded
 by msgpack's own stack limit, and the only ext types are the ones below. No
-pickle, marshal or eval.
+pickle, marshal or eval. The body refers to each frame exactly once: a
+repeated reference would make the receiver copy one buffer as often as a
+small body says (copy amplification), and a frame it never refers to only
+takes the receiver's memory.
+
+Out-of-band buffers are copied out of their frames in slices of
+:data:`COPY_SLICE` bytes: a copy of hundreds of megabytes in one C call holds
+the GIL for seconds, during which a worker's heartbeat thread (or a client's
+I/O thread) could not run.
 """
 
 import array
-from collections.abc import Sequence
+import io
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, cast
 
@@ -29,6 +38,8 @@ __all__ = [
     "unpack_batch",
     "pack_value",
     "unpack_value",
+    "COPY_SLICE",
+    "slices",
 ]
 
 EXT_BUFFER = 1
@@ -38,6 +49,10 @@ EXT_ARRAY = 2
 
 OUT_OF_BAND_MIN = 16 * 1024
 """Values this big or bigger travel as frames of their own."""
+
+COPY_SLICE = 8 * 1024 * 1024
+"""Big buffers are copied this many bytes at a time (about 10 ms each): other threads get the GIL in between.
+A multiple of every array item size, so an array grows by whole items."""
 
 _INT_RANGE = "-2**63 .. 2**64-1"
 """What a msgpack integer holds."""
@@ -177,8 +192,37 @@ def pack_call(args: Sequence[Any], kwargs: dict[str, Any]) -> list[Buffer]:
     return pack_value([list(args), kwargs])
 
 
+def slices(data: Buffer) -> Iterator[memoryview]:
+    """``data`` as consecutive byte views of at most :data:`COPY_SLICE` bytes, for a copy that lets other
+    threads run between two of them."""
+    view = memoryview(data).cast("B")
+    for start in range(0, len(view), COPY_SLICE):
+        yield view[start : start + COPY_SLICE]
+
+
+def _copy_bytes(data: Buffer) -> bytes:
+    if len(data) <= COPY_SLICE:
+        return bytes(data)
+    out = io.BytesIO()  # grows in place and hands over its buffer: the copy below is the only one
+    for piece in slices(data):
+        out.write(piece)
+    return out.getvalue()
+
+
+def _copy_array(typecode: str, data: Buffer) -> "array.array[Any]":
+    result = array.array(typecode)
+    if len(data) % result.itemsize:
+        raise ProtocolError(f"array data of {len(data)} bytes is not a whole number of {typecode!r} items")
+    for piece in slices(data):
+        result.frombytes(piece)
+    return result
+
+
 def unpack_value(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> Any:
-    """Rebuild a value from frames sent by an untrusted peer."""
+    """Rebuild a value from frames sent by an untrusted peer.
+
+    Each frame after the body must be referred to by the body exactly once.
+    """
     if not frames:
         raise ProtocolError("payload has no body frame")
     if len(frames) > limits.max_frames:
@@ -187,9 +231,14 @@ def unpack_value(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> A
     if len(body) > limits.max_body:
         raise ProtocolError(f"payload body is {len(body)} bytes; the limit is {limits.max_body}")
 
+    used: set[int] = set()
+
     def frame(index: Any) -> Buffer:
         if not isinstance(index, int) or isinstance(index, bool) or not 0 < index < len(frames):
             raise ProtocolError(f"payload refers to frame {index!r}, which does not exist")
+        if index in used:
+            raise ProtocolError(f"payload refers to frame {index} more than once; each frame may be used once")
+        used.add(index)
         return frames[index]
 
     def ext_hook(code: int, data: bytes) -> Any:
@@ -197,21 +246,16 @@ def unpack_value(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> A
             raise ProtocolError(f"unknown ext type {code} in payload")
         ref = msgpack.unpackb(data, raw=False, max_array_len=2, max_map_len=0, max_ext_len=0)
         if code == EXT_BUFFER:
-            return bytes(frame(ref))
+            return _copy_bytes(frame(ref))
         if code == EXT_ARRAY:
             if not isinstance(ref, list) or len(ref) != 2 or ref[0] not in _TYPECODES:
                 raise ProtocolError("malformed array in payload")
             typecode, where = ref
-            raw = where if isinstance(where, bytes) else frame(where)
-            result = array.array(typecode)
-            if len(raw) % result.itemsize:
-                raise ProtocolError(f"array data of {len(raw)} bytes is not a whole number of {typecode!r} items")
-            result.frombytes(raw)
-            return result
+            return _copy_array(typecode, where if isinstance(where, bytes) else frame(where))
         raise ProtocolError(f"unknown ext type {code} in payload")
 
     try:
-        return msgpack.unpackb(
+        value = msgpack.unpackb(
             body,
             raw=False,
             ext_hook=ext_hook,
@@ -226,6 +270,10 @@ def unpack_value(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> A
         raise
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise ProtocolError(f"payload is not valid msgpack: {str(exc) or type(exc).__name__}") from None
+    if len(used) < len(frames) - 1:
+        unused = [i for i in range(1, len(frames)) if i not in used]
+        raise ProtocolError(f"payload has {len(unused)} frame(s) its body never refers to (frame {unused[0]} first)")
+    return value
 
 
 def unpack_call(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> tuple[list[Any], dict[str, Any]]:

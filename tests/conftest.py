@@ -30,18 +30,19 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def in_nanosleep(pid: int) -> bool:
-    """True while a thread of ``pid`` is blocked in nanosleep: a worker inside demo's ``sleep_ms``.
+def in_nanosleep(pid: int, threads: int = 1) -> bool:
+    """True while ``threads`` threads of ``pid`` (or more) are blocked in nanosleep: a worker inside demo's
+    ``sleep_ms`` that many times.
 
     The worker's own threads wait in poll, epoll and futex, never in nanosleep.
     """
+    sleeping = 0
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
-            if (task / "wchan").read_text() == "hrtimer_nanosleep":
-                return True
+            sleeping += (task / "wchan").read_text() == "hrtimer_nanosleep"
         except OSError:  # the thread or the process just ended
             continue
-    return False
+    return sleeping >= threads
 
 
 def library(bits: int, name: str = "libdemo.so") -> str:

@@ -13,6 +13,7 @@ import pytest
 
 from broker.config import PoolConfig, ServiceConfig, load_config
 from broker.locations import default_config_path
+from protocol import codec
 from protocol.errors import ArgumentError, ConfigError
 from workers32.signatures import CFunction, check_type, type_names
 
@@ -367,6 +368,25 @@ def test_cfunction_scale_sum(lib: ctypes.CDLL, values: Any) -> None:
     scale_sum = CFunction(lib, "scale_sum", ["double*", "int", "double"], "double")
     assert scale_sum(values, 3, 2.0) == 13.0
     assert scale_sum(values, 2, 1.0) == 3.0
+
+
+@needs_lib
+def test_cfunction_reads_an_array_argument_in_place_and_copies_only_read_only_bytes(
+    lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No second copy of a big argument in the worker: the decoded array is what the library gets."""
+    monkeypatch.setattr(codec, "COPY_SLICE", 16)  # bytes are copied in several slices
+    scale = CFunction(lib, "scale", ["double*", "int", "double"], "void")
+    values = array.array("d", [1.0, 2.0, 3.0, 4.0, 5.0])
+    scale(values, 5, 2.0)
+    assert values == array.array("d", [2.0, 4.0, 6.0, 8.0, 10.0]), "the library got a copy of the array"
+    raw = values.tobytes()
+    scale(raw, 5, 2.0)
+    assert raw == values.tobytes(), "the library wrote into immutable bytes"
+    scale_sum = CFunction(lib, "scale_sum", ["double*", "int", "double"], "double")
+    assert scale_sum(raw, 5, 1.0) == 30.0
+    assert scale_sum(array.array("d"), 0, 1.0) == 0.0
+    assert scale_sum(b"", 0, 1.0) == 0.0
 
 
 @needs_lib

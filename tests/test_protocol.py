@@ -553,6 +553,40 @@ def test_bad_frame_reference_is_a_protocol_error(ref: Any) -> None:
         unpack_value([body, b"frame one"])
 
 
+def _ref(code: int, index: int) -> msgpack.ExtType:
+    data = index if code == codec.EXT_BUFFER else ["d", index]
+    return msgpack.ExtType(code, msgpack.packb(data, use_bin_type=True))
+
+
+@pytest.mark.parametrize("first", [codec.EXT_BUFFER, codec.EXT_ARRAY])
+@pytest.mark.parametrize("second", [codec.EXT_BUFFER, codec.EXT_ARRAY])
+def test_a_frame_referred_to_twice_is_a_protocol_error(first: int, second: int) -> None:
+    """Otherwise a small body could make the receiver copy one big frame thousands of times."""
+    body = msgpack.packb([_ref(first, 1), {"k": _ref(second, 1)}])
+    with pytest.raises(ProtocolError, match="refers to frame 1 more than once"):
+        unpack_value([body, b"\x00" * 16])
+
+
+@pytest.mark.parametrize("extra", [1, 3])
+def test_a_frame_the_body_never_refers_to_is_a_protocol_error(extra: int) -> None:
+    frames = [*pack_value([b"x" * 20_000, b"y" * 20_000]), *[b"unused"] * extra]
+    with pytest.raises(ProtocolError, match=f"{extra} frame\\(s\\) its body never refers to \\(frame 3 first\\)"):
+        unpack_value(frames)
+    with pytest.raises(ProtocolError, match="never refers to"):
+        unpack_value([pack_value(1)[0], b"unused"])
+
+
+def test_big_buffers_are_copied_out_of_their_frames_in_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(codec, "COPY_SLICE", 64)
+    assert [len(piece) for piece in codec.slices(b"x" * 150)] == [64, 64, 22]
+    data = bytes(range(256)) * 100
+    values = array.array("d", range(5000))
+    args, kwargs = unpack_call(views(pack_call([data, values], {"empty": array.array("d")})))
+    assert type(args[0]) is bytes and args[0] == data
+    assert args[1] == values and args[1].typecode == "d"
+    assert kwargs == {"empty": array.array("d")}
+
+
 @pytest.mark.parametrize("code", [c for c in range(128) if c not in (codec.EXT_BUFFER, codec.EXT_ARRAY)])
 def test_unknown_ext_type_is_refused_and_never_unpickled(code: int, monkeypatch: pytest.MonkeyPatch) -> None:
     def forbidden(*args: Any, **kwargs: Any) -> Any:
@@ -732,7 +766,7 @@ def test_property_parse_client_raises_only_protocol_error(frames: list[bytes]) -
         msg = wire.parse_client(frames)
     except ProtocolError:
         return
-    assert isinstance(msg, (wire.ClientRequest, wire.ClientHeartbeat, wire.ClientCancel))
+    assert isinstance(msg, (wire.ClientRequest, wire.ClientHeartbeat, wire.ClientCancel, wire.ClientDisconnect))
     if isinstance(msg, wire.ClientRequest):
         assert msg.timeout is None or msg.timeout >= 0
 

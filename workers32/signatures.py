@@ -11,6 +11,7 @@ import ctypes
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
+from protocol.codec import slices
 from protocol.errors import ArgumentError, ConfigError, LibraryLoadError
 
 __all__ = ["CFunction", "SCALARS", "POINTER_SUFFIX", "check_type", "type_names"]
@@ -103,6 +104,17 @@ def _wchar_p(value: Any) -> Any:
     raise TypeError(f"expected str or None, got {type(value).__name__}")
 
 
+def _writable(value: Any) -> Any:
+    """``value`` itself when ctypes can point into it; a copy (in slices, so heartbeats go on) when it is
+    read-only bytes."""
+    if not isinstance(value, bytes):
+        return value
+    copy = bytearray()
+    for piece in slices(value):
+        copy += piece
+    return copy
+
+
 def _array_converter(ctype: Any, element: _Converter) -> _Converter:
     size = ctypes.sizeof(ctype)
 
@@ -110,10 +122,13 @@ def _array_converter(ctype: Any, element: _Converter) -> _Converter:
         if value is None:
             return None
         if isinstance(value, (bytes, bytearray, array.array)):
-            raw = memoryview(value).cast("B")
-            if len(raw) % size:
-                raise TypeError(f"{len(raw)} bytes is not a whole number of {size}-byte items")
-            return (ctype * (len(raw) // size)).from_buffer_copy(raw)
+            nbytes = memoryview(value).nbytes
+            if nbytes % size:
+                raise TypeError(f"{nbytes} bytes is not a whole number of {size}-byte items")
+            if not nbytes:  # an empty buffer may have no address at all; the library gets a valid one
+                return (ctype * 0)()
+            # The decoded argument is this call's own: the library may read it in place, never a copy of it.
+            return (ctype * (nbytes // size)).from_buffer(_writable(value))
         if isinstance(value, (list, tuple)):
             return (ctype * len(value))(*[element(v) for v in value])
         raise TypeError(f"expected a list, array.array or bytes, got {type(value).__name__}")

@@ -10,10 +10,17 @@ take minutes without the worker being declared dead.
 With ``threads = K > 1`` calls run on a pool of K threads; finished calls
 come back to the socket thread over an inproc PUSH/PULL pipe (one PUSH socket
 per pool thread: ZeroMQ sockets are not thread-safe).
+
+Whatever happens, the broker gets exactly one answer per request it sent:
+a request the broker cancels before it started is answered at once without
+running, and a result too big for the broker's ``max_message_size`` is
+answered :class:`ReplyTooLarge` rather than sent (the broker would drop this
+worker's connection for it).
 """
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import random
@@ -25,7 +32,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
 import zmq
@@ -36,6 +43,7 @@ from protocol import (
     ConfigError,
     ProtocolError,
     RemoteError,
+    ReplyTooLarge,
     Timeout,
     UnknownMethod,
     WorkerRequest,
@@ -47,7 +55,7 @@ from protocol import (
     unpack_call,
 )
 from protocol import frames as wire
-from protocol.frames import Buffer, DisconnectToWorker
+from protocol.frames import Buffer, CancelToWorker, DisconnectToWorker
 
 from .hosting import build_methods, call
 
@@ -116,6 +124,9 @@ class Worker:
         self.threads = int(spec.get("threads", 1))
         self.interval = float(spec.get("heartbeat_interval", 1.0))
         self.liveness = int(spec.get("heartbeat_liveness", 3))
+        limit = spec.get("max_message_size")
+        self.max_message_size: Optional[int] = None if limit is None else int(limit)
+        """The broker's bound on one frame (ZMQ_MAXMSGSIZE); None for a spec that does not say."""
         self.methods = methods
         self.parent_pid = parent_pid
         self.curve = curve
@@ -131,6 +142,8 @@ class Worker:
         self._inline: deque[tuple[WorkerRequest, float]] = deque()
         """Requests for the socket thread itself to run (threads = 1), with their local deadlines."""
         self._executor: Optional[ThreadPoolExecutor] = None
+        self._pending: dict[int, tuple[Future[None], WorkerRequest]] = {}
+        """The pool's calls by job until they end (threads > 1), so a CANCEL can stop one not yet started."""
         self._results: Optional[zmq.Socket[Any]] = None
         self._results_address = f"inproc://results-{id(self)}"
         self._local = threading.local()
@@ -152,13 +165,41 @@ class Worker:
                     service=self.service,
                     method=request.method,
                 )
-            if request.flags & wire.FLAG_BATCH:
-                return wire.worker_reply(request.job, self._execute_batch(request))
-            return wire.worker_reply(request.job, self._execute(request))
+            payload = self._execute_batch(request) if request.flags & wire.FLAG_BATCH else self._execute(request)
+            self._check_size(request.method, payload)
+            return wire.worker_reply(request.job, payload)
         except CallError as exc:
             return _error_frames(request.job, exc)
         except BaseException as exc:  # SystemExit from a wrapper, say: still an answer, not silence
             return _error_frames(request.job, _remote_error(exc, self.service, request.method))
+
+    def _check_size(self, method: str, payload: list[Buffer]) -> None:
+        """Refuse a result the broker would refuse: it drops the connection of a peer that sends a frame
+        over its limit, so the caller would see this live worker as crashed."""
+        limit = self.max_message_size
+        if limit is None:
+            return
+        size = max(map(len, payload))  # pack_value's frames are bytes and byte views: len() counts bytes
+        if size > limit:
+            raise ReplyTooLarge(
+                f"{self.service}.{method} returned a result with a frame of {size:,} bytes, over the pool's "
+                f"max_message_size of {limit:,} bytes, so it was not sent: return less per call, or raise "
+                "max_message_size in the configuration's [pool] table",
+                service=self.service,
+                method=method,
+                limit=limit,
+                size=size,
+            )
+
+    def _cancelled(self, request: WorkerRequest) -> list[Buffer]:
+        return _error_frames(
+            request.job,
+            CallError(
+                f"{self.service}.{request.method} was cancelled by the broker before it started; it never ran",
+                service=self.service,
+                method=request.method,
+            ),
+        )
 
     def _run_pooled(self, request: WorkerRequest, deadline: float) -> None:
         """On a pool thread: answer, and hand the reply to the socket thread."""
@@ -191,6 +232,10 @@ class Worker:
                 service=self.service,
                 method=request.method,
             ) from None
+        finally:
+            # The call has its own copy now: free the frames during the call (a 32-bit process has
+            # room for few copies of a big argument).
+            request.payload.clear()
 
     def _run(self, function: Callable[..., Any], method: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         try:
@@ -289,11 +334,14 @@ class Worker:
                 with self._lock:
                     wait = 0.0 if self._inline else self._next_heartbeat - time.monotonic()
                     self._step(wait)
-                while self._inline and not self._stop.is_set():
-                    frames = self._answer(*self._inline.popleft())
+                    entry = self._inline.popleft() if self._inline else None
+                # The watchdog may take a cancelled request out of _inline: it changes only under the lock.
+                while entry is not None and not self._stop.is_set():
+                    frames = self._answer(*entry)
                     with self._lock:
                         assert self._sock is not None
                         transport.send(self._sock, frames)
+                        entry = self._inline.popleft() if self._inline else None
         finally:
             self._stop.set()
             with self._lock:
@@ -343,11 +391,36 @@ class Worker:
             if self._executor is None:
                 self._inline.append((message, deadline))
             else:
-                self._executor.submit(self._run_pooled, message, deadline)
+                future = self._executor.submit(self._run_pooled, message, deadline)
+                self._pending[message.job] = future, message
+                future.add_done_callback(functools.partial(self._ended, message.job))
+        elif isinstance(message, CancelToWorker):
+            self._cancel(message.job)
         elif isinstance(message, DisconnectToWorker):
             log.info("the broker does not know this worker; registering again")
             assert self._sock is not None
             transport.send(self._sock, wire.worker_ready(self._info()))
+
+    def _ended(self, job: int, _: "Future[None]") -> None:
+        """Forget a pool call that ended or was cancelled. It is registered after the call's entry, so it
+        removes even the entry of a call that ended before it was registered."""
+        self._pending.pop(job, None)
+
+    def _cancel(self, job: int) -> None:
+        """Answer ``job`` now if it has not started; a running or finished job answers for itself.
+        Caller holds the lock."""
+        assert self._sock is not None
+        if self._executor is not None:
+            pending = self._pending.pop(job, None)
+            # A future that cannot be cancelled has started: its call answers when it ends.
+            if pending is not None and pending[0].cancel():
+                transport.send(self._sock, self._cancelled(pending[1]))
+            return
+        for entry in self._inline:
+            if entry[0].job == job:
+                self._inline.remove(entry)
+                transport.send(self._sock, self._cancelled(entry[0]))
+                return
 
     def _close(self) -> None:
         if self._sock is not None:

@@ -27,6 +27,9 @@ class Misbehaving:
     def pid(self) -> int:
         return os.getpid()
 
+    def blob(self, size: int) -> bytes:
+        return bytes(size)
+
     def nap(self, seconds: float) -> float:
         time.sleep(seconds)
         return seconds
