@@ -10,13 +10,17 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from typing import Any
 
 import pytest
+import zmq
 
 from broker import Pool
-from client import Busy, Timeout, WorkerCrashed
+from client import BadRequest, Busy, CallError, Timeout, WorkerCrashed
+from protocol import error_from_wire
+from protocol import frames as wire
 
 from .conftest import demo_service, in_nanosleep, wait_for
 
@@ -122,3 +126,75 @@ def test_a_client_that_heartbeats_keeps_its_long_call_past_the_liveness_window()
         assert client.submit("s", "sleep_ms", 4000).result(timeout=60) is None
         stats = pool.stats()
         assert stats["clients_forgotten"] == 0 and stats["discarded_replies"] == 0
+
+
+def flood_frames(address: str, count: int) -> CallError:
+    """A REQUEST of ``count`` frames (all but the header empty) from a raw socket; the broker's answer to it."""
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.rcvtimeo = 60_000
+    try:
+        sock.connect(address)
+        sock.send(wire.client_request_header(7, b"s", b"add", None), zmq.SNDMORE)
+        for _ in range(count - 2):
+            sock.send(b"", zmq.SNDMORE)
+        sock.send(b"")
+        while True:
+            answer = wire.parse_for_client(sock.recv_multipart())
+            if isinstance(answer, wire.ReplyToClient):
+                return error_from_wire(answer.error)
+    finally:
+        sock.close()
+
+
+def test_chaos_offenders_cost_the_innocent_nothing() -> None:
+    """While innocent threads call ``add`` with their own arguments, offenders do their worst at once: a client
+    process killed with thousands of calls queued, a request of 1,000,000 frames, and a call that never returns.
+    Every innocent call gets its own right answer, once; no worker but the hung one is lost; and no late or
+    duplicate reply reaches anyone."""
+    config = {"services": {"s": demo_service(workers=3, max_call_seconds=2.0)}}
+    with Pool.from_config(config) as pool, pool.client(timeout=60) as innocent:
+        pids = set(pool.worker_pids("s"))
+        stop = threading.Event()
+        results: list[tuple[int, int]] = []
+        failures: list[BaseException] = []
+
+        def call_add(base: int) -> None:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                try:
+                    results.append((base + i, innocent.call("s", "add", base, i)))
+                except BaseException as exc:  # recorded: the assertion below names it
+                    failures.append(exc)
+                    return
+
+        threads = [threading.Thread(target=call_add, args=(n * 1_000_000,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
+            child = subprocess.Popen(
+                [sys.executable, "-c", DEAD_CLIENT, pool.address, "100", "3000"], stdout=subprocess.PIPE, text=True
+            )
+            assert child.stdout is not None and child.stdout.readline().strip() == "submitted"
+            child.kill()
+            child.wait(10)
+            with pool.client(timeout=None) as careless:
+                endless = careless.submit("s", "sleep_ms", 2**31 - 1)
+                error = flood_frames(pool.address, 1_000_000)
+                assert isinstance(error, BadRequest) and "max_request_frames" in error.message
+                with pytest.raises(Timeout):
+                    endless.result(timeout=60)
+            wait_for(lambda: pool.stats()["clients_forgotten"] == 1, 30, "the broker to forget the killed client")
+            count = len(results)
+            wait_for(lambda: len(results) > count + 100, 30, "innocent calls after the storm")
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(60)
+        assert not failures, f"innocent calls failed: {failures[:3]}"
+        assert all(expected == got for expected, got in results), "an innocent call got another call's answer"
+        stats = pool.stats()
+        assert stats["workers_lost"] == 1, "only the worker of the endless call was recycled"
+        assert len(pids - set(pool.worker_pids("s"))) == 1
+        assert stats["late_replies"] == 0 and innocent.stats["late_replies"] == 0
