@@ -145,7 +145,10 @@ class Client:
     ``heartbeat_interval * heartbeat_liveness`` seconds without a connection,
     or at once when the broker refuses the handshake (CURVE keys refused or
     missing on one side). A connection lost while a call was pending fails
-    it with BrokerUnavailable: it may or may not have run.
+    it with BrokerUnavailable: it may or may not have run. The broker keeps
+    a client's calls while it hears from it: every socket of the client
+    tells it the window ``heartbeat_interval * heartbeat_liveness`` before
+    its first request and heartbeats while calls wait on it.
 
     Clients are cheap: those of one process that name the same broker with
     the same ``context``, ``curve`` keys and heartbeat settings share one
