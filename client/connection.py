@@ -201,7 +201,7 @@ class _Forget(NamedTuple):
 
 
 def _size(call: Call) -> int:
-    return sum(len(frame) for frame in call.payload)
+    return sum(map(len, call.payload))
 
 
 def _closed_error(address: str, call: Call | None) -> BrokerUnavailable:
