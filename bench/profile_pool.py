@@ -240,7 +240,7 @@ def dllpool_client(separate: bool) -> Iterator[tuple[Client, dict[int, Labeler]]
             return f"libzmq I/O thread of the {zmq_owner(tid)}"
         if tid == broker_tid:
             return "broker loop thread"
-        if tid == client._thread.native_id:
+        if tid == client._conn._thread.native_id:
             return "client I/O thread"
         if tid == main_tid or tid in CALLERS:
             return "calling thread(s)"

@@ -4,13 +4,16 @@ Like the broker's core (and h11), it takes events (a call to send, a message
 from the broker, a connection made or lost, the clock) and says what to do
 (frames to send, calls that ended, whether to replace the socket). The
 threaded :class:`~client.client.Client` drives one for its I/O thread's
-DEALER and one for each DEALER of its caller-thread fast path; tests drive it
-with a fake clock.
+DEALER, one for its DEALER of big requests and one for each DEALER of its
+caller-thread fast path; tests drive it with a fake clock.
 
 It keeps the calls sent and not yet answered (and those waiting for a
 connection), a backstop timer on each deadline, and the broker's liveness:
 heartbeats when the line is quiet, and a window after which a broker that
-answers nothing is given up on.
+answers nothing is given up on. Every heartbeat tells the broker that window
+too (``client_heartbeat(window)``), so a broker that judges clients by their
+own window forgets this one only after it: :meth:`ClientCore.greeting` says
+it before the first request on a fresh socket.
 """
 
 from __future__ import annotations
@@ -106,12 +109,22 @@ class ClientCore:
     """
 
     def __init__(
-        self, address: str, interval: float, liveness: int, now: float, stats: dict[str, int] | None = None
+        self,
+        address: str,
+        interval: float,
+        liveness: int,
+        now: float,
+        stats: dict[str, int] | None = None,
+        *,
+        watch_broker: bool = True,
     ) -> None:
         self.address = address
         self.interval = interval
         self.window = interval * liveness
         """Seconds without an answer (or without a connection) before calls fail with BrokerUnavailable."""
+        self.watch_broker = watch_broker
+        """Judge the broker's liveness on this socket. False where another socket's core does, and this one's
+        answers may wait longer than the window (behind a big upload, say)."""
         self.grace = max(MIN_GRACE, interval)
         """How long past a sent call's deadline the broker's Timeout answer is awaited."""
         self.stats = stats if stats is not None else dict.fromkeys(STAT_NAMES, 0)
@@ -130,6 +143,8 @@ class ClientCore:
         self._last_tick = now
         self._awaiting_since: float | None = None
         """When the first message went out that the broker has not answered anything since."""
+        self._greeted = False
+        """The broker was told this socket's window since the connection was made."""
 
     # --- calls -------------------------------------------------------------------------
 
@@ -177,6 +192,16 @@ class ClientCore:
     def next_deadline(self) -> float | None:
         """When :meth:`tick` next has a deadline to look at (maybe earlier: entries of answered calls linger)."""
         return self._deadlines[0][0] if self._deadlines else None
+
+    def greeting(self, now: float) -> list[Buffer] | None:
+        """The HEARTBEAT with this socket's window to send before a request, when the broker may not know it.
+
+        That is before the first request on a fresh connection, and after a whole interval of silence (a
+        broker may forget a socket that was quiet with nothing pending). None when the broker knows it.
+        """
+        if self._greeted and now - self._last_sent < self.interval:
+            return None
+        return self._heartbeat(now)
 
     def cancel(self, corr: int) -> list[Buffer] | None:
         """The caller gave up on ``corr``: forget it; the CANCEL to send, if the broker may hold it."""
@@ -234,6 +259,7 @@ class ClientCore:
     def connection_made(self, now: float) -> None:
         """The handshake completed: requests may go out."""
         self.connected = True
+        self._greeted = False
         self._last_heard = now
         self._awaiting_since = None
         if self.handshake_problem:
@@ -241,22 +267,24 @@ class ClientCore:
         self.handshake_problem = ""
         self.refused = False
 
-    def connection_lost(self, now: float) -> list[Outcome]:
+    def connection_lost(self, now: float, note: str = "") -> list[Outcome]:
         """The connection dropped: the calls it carried are lost (calls not yet sent wait for the next one).
 
         Read what arrived before the drop first: those answers still count. Then open a fresh socket.
+        ``note`` says more about what this connection carried, for the callers' errors.
         """
         lost = [call for call in self.pending.values() if call.sent]
         for call in lost:
             del self.pending[call.corr]
-        log.warning("lost the connection to the broker at %s; %d call(s) failed", self.address, len(lost))
+        if lost or self.watch_broker:
+            log.warning("lost the connection to the broker at %s; %d call(s) failed", self.address, len(lost))
         self._reset(now)
         return [
             Outcome(
                 call,
                 error=self._unavailable(
                     f"lost the connection to the broker at {self.address} while {call.service}.{call.method} "
-                    "was pending; it may or may not have run",
+                    f"was pending{note}; it may or may not have run",
                     call,
                 ),
             )
@@ -291,15 +319,13 @@ class ClientCore:
         self._expire_deadlines(now, sends, ended)
         reopen = False
         if self.connected:
-            if self._awaiting_since is not None and now - self._awaiting_since > self.window:
+            if self.watch_broker and self._awaiting_since is not None and now - self._awaiting_since > self.window:
                 ended += self._broker_silent(now - self._last_heard, now)
                 reopen = True
             elif now - self._last_ping >= self.interval and (
                 now - self._last_heard >= self.interval or now - self._last_sent >= self.interval
             ):
-                self._last_ping = now
-                sends.append(wire.client_heartbeat())
-                self._note_sent(now)
+                sends.append(self._heartbeat(now))
         elif self._backlog:
             ended += self._expire_backlog(now)
         return Tick(sends, ended, reopen)
@@ -373,6 +399,12 @@ class ClientCore:
             f"nothing answers at {self.address}: no broker accepted a connection there for {self.window:g} s "
             "(is the pool running, and is this its address?)"
         )
+
+    def _heartbeat(self, now: float) -> list[Buffer]:
+        self._greeted = True
+        self._last_ping = now
+        self._note_sent(now)
+        return wire.client_heartbeat(self.window)
 
     def _note_sent(self, now: float) -> None:
         self._last_sent = now

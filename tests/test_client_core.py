@@ -230,10 +230,43 @@ def test_answered_calls_deadlines_do_not_pile_up() -> None:
 def test_a_quiet_connection_is_heartbeated_once_per_interval() -> None:
     core = make_core()
     assert core.tick(0.5).sends == []
-    assert commands(core.tick(1.0).sends) == [wire.ClientHeartbeat()]
+    assert commands(core.tick(1.0).sends) == [wire.ClientHeartbeat(WINDOW)]
     assert core.tick(1.5).sends == []
     core.received(wire.heartbeat_to_client(), 1.6)
-    assert commands(core.tick(2.0).sends) == [wire.ClientHeartbeat()]
+    assert commands(core.tick(2.0).sends) == [wire.ClientHeartbeat(WINDOW)]
+
+
+def test_the_window_is_told_before_the_first_request_and_again_after_an_interval_of_silence() -> None:
+    """A broker that judges clients by their own window must hear it before it holds a call of this socket."""
+    core = make_core(connected=False)
+    core.connection_made(5.0)
+    assert commands([core.greeting(5.0) or []]) == [wire.ClientHeartbeat(WINDOW)]
+    assert core.greeting(5.1) is None, "the broker knows it now"
+    core.add(new_call(1))
+    send_all(core, 5.2)
+    core.received(reply(1, 2), 5.3)
+    assert core.greeting(5.2 + INTERVAL - 0.01) is None
+    assert commands([core.greeting(5.2 + INTERVAL) or []]) == [wire.ClientHeartbeat(WINDOW)], "it may be forgotten"
+    core.connection_lost(7.0)
+    core.connection_made(7.1)
+    assert core.greeting(7.1) is not None, "a new connection is a new socket to the broker"
+
+
+def test_a_core_that_does_not_watch_the_broker_heartbeats_but_never_gives_up_on_it() -> None:
+    """The bulk socket: its answers may wait behind an upload for longer than the window."""
+    core = ClientCore(ADDRESS, INTERVAL, LIVENESS, 0.0, watch_broker=False)
+    core.connection_made(0.0)
+    core.add(new_call(1))
+    send_all(core, 0.0)
+    heartbeats = 0
+    for tenth in range(1, 100 * int(WINDOW) + 1):  # ten windows without a word from the broker
+        tick = core.tick(tenth / 10)
+        assert tick.ended == [] and not tick.reopen
+        heartbeats += len(tick.sends)
+    assert heartbeats == 10 * WINDOW / INTERVAL, "it heartbeats once per interval: the broker holds a call of it"
+    (outcome,) = core.connection_lost(10 * WINDOW, " (on the bulk socket)")
+    assert isinstance(outcome.error, BrokerUnavailable)
+    assert "was pending (on the bulk socket); it may or may not have run" in str(outcome.error)
 
 
 def test_a_broker_that_answers_nothing_for_the_window_fails_every_call_and_asks_for_a_new_socket() -> None:
@@ -276,7 +309,7 @@ def test_silence_while_nobody_watched_is_not_held_against_the_broker() -> None:
     send_all(core, 0.0)
     tick = core.tick(10 * WINDOW)
     assert tick.ended == [] and not tick.reopen
-    assert commands(tick.sends) == [wire.ClientHeartbeat()], "it asks again at once"
+    assert commands(tick.sends) == [wire.ClientHeartbeat(WINDOW)], "it asks again at once"
     start = 10 * WINDOW
     for tenth in range(1, 10 * int(WINDOW)):
         assert not core.tick(start + tenth / 10).reopen

@@ -44,7 +44,7 @@ def start(client: Client, path: str, method: str, *args: Any, **options: Any) ->
 
 def on_fast_path(client: Client, calls: int = 1) -> Callable[[], bool]:
     """True once ``calls`` blocking calls wait on sockets of their own."""
-    return lambda: len(client._lanes_out) == calls
+    return lambda: len(client._conn._lanes_out) == calls
 
 
 class Brokers:
@@ -115,7 +115,7 @@ def test_a_broker_killed_mid_call_fails_the_call_at_once_and_its_successor_serve
         wait_for(lambda: answers(client), 30, "the client to reach the new broker")
         assert [client.call("s", "add", i, i) for i in range(20)] == [2 * i for i in range(20)]
         assert [client.submit("s", "add", i, 1).result(timeout=10) for i in range(20)] == list(range(1, 21))
-        assert not client._lanes_out
+        assert not client._conn._lanes_out
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -163,14 +163,14 @@ def test_many_threads_get_their_own_answers_on_as_many_sockets_as_calls_waited_a
     with ThreadPoolExecutor(threads) as executor:
         list(executor.map(caller, range(threads)))
     assert wrong == []
-    assert 1 <= len(client._lanes) <= threads
-    before = len(client._lanes)
+    assert 1 <= len(client._conn._lanes) <= threads
+    before = len(client._conn._lanes)
     for t in range(10):  # one thread after another: each takes the socket the last one gave back
         thread = threading.Thread(target=caller, args=(t,))
         thread.start()
         thread.join()
     assert wrong == []
-    assert len(client._lanes) == before, "a new thread opened a socket while one was free"
+    assert len(client._conn._lanes) == before, "a new thread opened a socket while one was free"
 
 
 def test_close_fails_calls_waiting_on_their_own_sockets_and_hangs_nothing() -> None:
@@ -184,7 +184,7 @@ def test_close_fails_calls_waiting_on_their_own_sockets_and_hangs_nothing() -> N
             with pytest.raises(BrokerUnavailable, match="client closed"):
                 future.result(timeout=10)
         assert any(in_nanosleep(pid) for pid in pool.worker_pids("s")), "close() or the calls waited for the sleeps"
-        assert not client._lanes and not client._lanes_out
+        assert not client._conn._lanes and not client._conn._lanes_out
         with pytest.raises(BrokerUnavailable, match="closed"):
             client.call("s", "add", 1, 1)
 
@@ -206,7 +206,7 @@ def test_ctrl_c_during_a_fast_call_cancels_it_at_the_broker() -> None:
         with pytest.raises(KeyboardInterrupt):
             client.call("s", "count_calls")  # queued behind the sleep: interrupted while it waits
         interrupter.join()
-        assert not client._lanes_out
+        assert not client._conn._lanes_out
         busy.result()
         assert client.call("s", "count_calls") == 2, "the interrupted call ran after all"
 
@@ -234,9 +234,9 @@ def test_a_call_made_before_the_handshake_completes_still_gets_its_answer(pool: 
 @pytest.mark.parametrize("path", PATHS)
 def test_an_argument_over_the_brokers_message_limit_fails_instead_of_waiting_forever(path: str) -> None:
     """The broker drops a connection that sends a frame over max_message_size; a call without a timeout
-    must still end (BrokerUnavailable), and the client must serve on."""
+    must still end (BrokerUnavailable, saying why that may be), and the client must serve on."""
     config = {"pool": {"max_message_size": 1 << 20}, "services": {"s": demo_service(workers=1)}}
     with Pool.from_config(config) as pool, pool.client() as client:
-        with pytest.raises(BrokerUnavailable):
+        with pytest.raises(BrokerUnavailable, match="bigger than its max_message_size"):
             start(client, path, "add", b"x" * (2 << 20), 1).result(timeout=60)
         assert client.call("s", "add", 2, 3, timeout=30) == 5

@@ -15,6 +15,7 @@ import pytest
 from broker import Pool, runtime32
 from broker.runtime32 import check_elf_bits
 from client import ArgumentError, Client, RemoteError, UnknownMethod, UnknownService
+from client.connection import Connection
 
 from .conftest import demo_service
 
@@ -218,22 +219,23 @@ def test_a_wake_up_after_the_io_thread_closed_its_end_does_not_block(
     has closed its PULL end and not yet the PUSH one when a caller sends a wake-up. The window is widened here
     by delaying the I/O thread's last step; the wake-up must return, and close() with it."""
     entered = threading.Event()
-    original = Client._close_push
+    original = Connection._close_push
 
-    def slow_close_push(self: Client) -> None:
+    def slow_close_push(self: Connection) -> None:
         entered.set()
         time.sleep(0.5)  # the window under test, held open
         original(self)
 
-    monkeypatch.setattr(Client, "_close_push", slow_close_push)
+    monkeypatch.setattr(Connection, "_close_push", slow_close_push)
     client = pool.client(timeout=10)
     assert client.call("demo", "add", 1, 2) == 3
+    connection = client._conn
     closer = threading.Thread(target=client.close)
-    with client._lock:
-        client._closed = True  # what close() does first: the I/O thread leaves its loop
+    with connection._lock:
+        connection._closed = True  # what the last close() does first: the I/O thread leaves its loop
     assert entered.wait(10), "the I/O thread did not reach its last step"
-    client._woken = False
-    waker = threading.Thread(target=client._to_io, args=(None,))  # blocked forever before the fix
+    connection._woken = False
+    waker = threading.Thread(target=connection.to_io, args=(None,))  # blocked forever before the fix
     waker.start()
     waker.join(10)
     assert not waker.is_alive(), "the wake-up blocked"

@@ -34,6 +34,11 @@ class Misbehaving:
         time.sleep(seconds)
         return seconds
 
+    def nap_holding(self, data: bytes, seconds: float) -> int:
+        """Sleeps while it holds a (big) argument; its length."""
+        time.sleep(seconds)
+        return len(data)
+
     @staticmethod
     def static_add(a: int, b: int) -> int:
         return a + b
