@@ -351,6 +351,35 @@ class BrokerCore:
             del self._jobs[(ident, corr)]
         return []
 
+    def refuse_unread(
+        self, ident: bytes, header: Buffer, frames: int, size: int, setting: str, limit: int, now: float
+    ) -> list[Action]:
+        """Refuse a message the loop stopped reading once it passed the pool's ``setting`` (``max_request_frames`` or
+        ``max_request_bytes``, whose value is ``limit``); it had ``frames`` frames, ``size`` bytes. Nothing of it was
+        queued or run. Answered with BadRequest only when ``header`` is a REQUEST that carries a correlation ID."""
+        self.stats["bad_client_messages"] += 1
+        self._drops.warn(
+            now, "refused a message of %d frames, %d bytes from client %s: over %s", frames, size, ident.hex(), setting
+        )
+        corr = wire.corr_of([header], wire.CLIENT_PROTOCOL)
+        if corr is None or header[4] != wire.REQUEST:
+            return []
+        if setting == "max_request_frames":
+            what = f"{frames:,} frames"
+            advice = "pass big data as fewer, larger buffers (an array, bytes), or raise"
+        else:
+            what = f"{size:,} bytes"
+            advice = "send less data per call, or raise"
+        error = BadRequest(
+            f"the request has {what}, over the pool's limit of {limit:,} ({setting}); it was refused unread: "
+            f"{advice} {setting} under [pool]",
+            setting=setting,
+            limit=limit,
+            frames=frames,
+            size=size,
+        )
+        return [self._error_to(ident, corr, error)]
+
     # --- worker side --------------------------------------------------------------
 
     def worker_message(self, ident: bytes, frames: list[Buffer], now: float) -> list[Action]:

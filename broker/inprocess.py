@@ -82,7 +82,14 @@ class InProcessBroker:
             heartbeat_liveness=self.config.heartbeat_liveness,
             kill_grace=self.config.kill_grace,
         )
-        self._loop = BrokerLoop(core, supervisor, frontend, backend)
+        self._loop = BrokerLoop(
+            core,
+            supervisor,
+            frontend,
+            backend,
+            max_request_frames=self.config.max_request_frames,
+            max_request_bytes=self.config.max_request_bytes,
+        )
         self.thread = threading.Thread(target=self._loop.run, name="dllpool-broker", daemon=True)
         self.thread.start()
 

@@ -1,0 +1,89 @@
+"""Nothing stalls the broker for long: one huge message, a broker that was itself stopped, a stop with endless calls."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+import zmq
+
+from broker import Pool
+from client import BadRequest, CallError
+from protocol import error_from_wire
+from protocol import frames as wire
+
+from .conftest import demo_service, in_nanosleep, wait_for
+
+
+@contextlib.contextmanager
+def raw_dealer(address: str) -> Iterator[zmq.Socket[bytes]]:
+    """A bare DEALER connected to the broker's frontend: a client that sends whatever it likes."""
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    try:
+        sock.connect(address)
+        yield sock
+    finally:
+        sock.close()
+
+
+def refusal(sock: zmq.Socket[bytes], corr: int) -> CallError:
+    """The error the broker answered the request ``corr`` with."""
+    assert sock.poll(60_000), "the broker never answered"
+    answer = wire.parse_for_client(sock.recv_multipart())
+    assert isinstance(answer, wire.ReplyToClient) and answer.corr == corr and answer.error is not None, answer
+    return error_from_wire(answer.error)
+
+
+def test_a_request_of_a_million_frames_is_refused_and_costs_nobody_else_anything() -> None:
+    config = {"services": {"s": demo_service(workers=3)}}
+    with Pool.from_config(config, broker="process") as pool, pool.client(timeout=60) as client:
+        pids = pool.worker_pids("s")
+        sleeping = [client.submit("s", "sleep_ms", 2000) for _ in range(2)]
+        wait_for(lambda: sum(in_nanosleep(pid) for pid in pids) == 2, 30, "two calls to run")
+        answered: list[int] = []
+        failed: list[Exception] = []
+        done = threading.Event()
+
+        def cheap_calls() -> None:  # an innocent caller, busy before, during and after the flood
+            while not done.is_set():
+                try:
+                    answered.append(client.call("s", "add", len(answered), 1))
+                except Exception as exc:
+                    failed.append(exc)
+                    return
+
+        caller = threading.Thread(target=cheap_calls)
+        caller.start()
+        try:
+            with raw_dealer(pool.address) as flood:
+                flood.send(wire.client_request_header(7, b"s", b"add", None), zmq.SNDMORE)
+                for _ in range(999_998):
+                    flood.send(b"", zmq.SNDMORE)
+                flood.send(b"")
+                error = refusal(flood, 7)
+        finally:
+            done.set()
+            caller.join()
+        assert isinstance(error, BadRequest), error
+        assert "max_request_frames" in error.message and "1,024" in error.message, error.message
+        assert error.details["frames"] == 1_000_000
+        assert [f.result() for f in sleeping] == [None, None]
+        assert not failed and answered == [i + 1 for i in range(len(answered))] and answered, failed
+        assert client.call("s", "add", 2, 3) == 5
+        assert pool.worker_pids("s") == pids
+        stats = pool.stats()
+        assert stats["workers_lost"] == 0 and stats["requests"] == len(answered) + 3, stats
+
+
+def test_a_request_over_max_request_bytes_gets_bad_request_naming_the_limit() -> None:
+    config = {"pool": {"max_request_bytes": 1 << 20}, "services": {"s": demo_service(workers=1)}}
+    with Pool.from_config(config, broker="process") as pool, pool.client(timeout=30) as client:
+        with raw_dealer(pool.address) as sock:
+            header = wire.client_request_header(9, b"s", b"add", None)
+            sock.send_multipart([header, b"\x90", *[bytes(256 << 10)] * 8])  # 2 MiB of buffers
+            error = refusal(sock, 9)
+        assert isinstance(error, BadRequest) and "max_request_bytes" in error.message, error
+        assert error.details["frames"] == 10 and error.details["size"] > 1 << 20
+        assert client.call("s", "add", 2, 3) == 5
