@@ -9,7 +9,10 @@ Nothing a peer sends can hold the loop for long. Each batch of messages is
 bounded in count and in time; a client message is read frame by frame and
 stops being kept past ``max_request_frames`` frames or ``max_request_bytes``
 bytes: its other frames are read and dropped a slice at a time, with the
-backend and the clock served between slices, and the core refuses it.
+backend and the clock served between slices, and the core refuses it. When
+the loop could not watch its sockets for longer than a heartbeat interval
+anyway (the process was stopped, a long GC, a swap storm), it tells the core,
+so peers are not judged on a silence it could not observe.
 """
 
 from __future__ import annotations
@@ -93,6 +96,8 @@ class BrokerLoop:
         """Why :meth:`run` ended on an error."""
         self._next_tick = 0.0
         self._next_forget = 0.0
+        self._watched = 0.0
+        """When the loop last looked at its sockets (a poll returned)."""
         self._unread: _Unread | None = None
         self._clients: dict[bytes, float] = {}
         """Frontend peers by when they were last heard: the clients to reassure while one message holds the socket."""
@@ -118,6 +123,7 @@ class BrokerLoop:
 
     def _serve(self) -> None:
         poller = self._poller()
+        self._watched = time.monotonic()
         while not self.stop_requested.is_set():
             self._step(poller)
 
@@ -129,6 +135,10 @@ class BrokerLoop:
 
     def _step(self, poller: zmq.Poller) -> None:
         events = dict(poller.poll(0 if self._unread is not None else int(TICK * 1000)))
+        now = time.monotonic()
+        if now - self._watched > self.core.heartbeat_interval:
+            self._paused(now)
+        self._watched = now
         if self.backend in events:
             self._drain_backend()
         if self._unread is not None or self.frontend in events:
@@ -137,6 +147,16 @@ class BrokerLoop:
         if now >= self._next_tick:
             self._next_tick = now + TICK
             self._tick(now)
+
+    def _paused(self, now: float) -> None:
+        """The loop could not look at its sockets for a while: no peer is judged on that silence."""
+        log.warning(
+            "the broker could not watch its sockets for %.1f s (was it stopped, or starved of CPU?); "
+            "every peer gets a fresh liveness window",
+            now - self._watched,
+        )
+        with self.lock:
+            self.core.paused(now)
 
     def _tick(self, now: float) -> None:
         with self.lock:

@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import signal
 import threading
+import time
 from collections.abc import Iterator
 
+import pytest
 import zmq
 
 from broker import Pool
-from client import BadRequest, CallError
+from client import BadRequest, CallError, Client
 from protocol import error_from_wire
 from protocol import frames as wire
 
 from .conftest import demo_service, in_nanosleep, wait_for
+
+
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
 
 
 @contextlib.contextmanager
@@ -87,3 +97,24 @@ def test_a_request_over_max_request_bytes_gets_bad_request_naming_the_limit() ->
         assert isinstance(error, BadRequest) and "max_request_bytes" in error.message, error
         assert error.details["frames"] == 10 and error.details["size"] > 1 << 20
         assert client.call("s", "add", 2, 3) == 5
+
+
+def test_a_broker_stopped_for_6_s_keeps_its_workers_and_the_calls_they_run(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="broker.loop")
+    config = {"services": {"s": demo_service(workers=3)}}
+    with Pool.from_config(config, broker="process") as pool, pool.client(timeout=30) as client:
+        pids = pool.worker_pids("s")
+        (broker,) = {parent_of(pid) for pid in pids}
+        with Client(pool.address, heartbeat_liveness=30) as patient:  # it waits out the pause itself
+            running = patient.submit("s", "sleep_ms", 8000)
+            wait_for(lambda: any(in_nanosleep(pid) for pid in pids), 30, "the call to run")
+            os.kill(broker, signal.SIGSTOP)
+            try:
+                time.sleep(6.0)  # the fault itself: twice the 3 s liveness window, not a wait for anything
+            finally:
+                os.kill(broker, signal.SIGCONT)
+            assert running.result(timeout=60) is None
+        assert [client.call("s", "add", i, i) for i in range(10)] == [2 * i for i in range(10)]
+        assert pool.worker_pids("s") == pids
+        assert pool.stats()["workers_lost"] == 0
+    assert "could not watch its sockets" in caplog.text
