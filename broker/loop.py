@@ -99,6 +99,8 @@ class BrokerLoop:
         self._watched = 0.0
         """When the loop last looked at its sockets (a poll returned)."""
         self._unread: _Unread | None = None
+        self._workers: dict[bytes, float] = {}
+        """Backend peers by when they were last heard: the workers to wake at shutdown."""
         self._clients: dict[bytes, float] = {}
         """Frontend peers by when they were last heard: the clients to reassure while one message holds the socket."""
 
@@ -169,12 +171,15 @@ class BrokerLoop:
         if now >= self._next_forget:
             self._next_forget = now + self.core.heartbeat_interval
             since = now - self.core.heartbeat_interval * self.core.heartbeat_liveness
+            self._workers = _heard_since(self._workers, since)
             self._clients = _heard_since(self._clients, since)
 
     def _drain_backend(self) -> None:
         deadline = time.monotonic() + _BATCH_SECONDS
         for ident, *frames in transport.drain(self.backend, _BATCH):
-            now = self._handle(self.core.worker_message, cast(bytes, ident), frames)
+            peer = cast(bytes, ident)  # the routing ID comes copied
+            now = self._handle(self.core.worker_message, peer, frames)
+            self._workers[peer] = now
             if now >= deadline:
                 return
 
@@ -296,7 +301,12 @@ class BrokerLoop:
                 self.supervisor.kill(action.pid, action.reason)
 
     def _shut_down(self) -> None:
-        """Finish what is running within the grace period, answer the rest, stop the workers."""
+        """Finish what is running within the grace period, answer the rest, stop the workers.
+
+        A worker still running a call when the grace period ends is killed at once: a call stuck in C code
+        would never let its SIGTERM handler run. The others get SIGTERM, then a heartbeat that wakes them
+        from their poll, so they stop now rather than at their next heartbeat.
+        """
         with self.lock:
             self.core.stop_accepting()
         deadline = time.monotonic() + self.grace
@@ -304,8 +314,19 @@ class BrokerLoop:
         while self.core.pending() and time.monotonic() < deadline:
             self._step(poller)
         with self.lock:
-            self._execute(self.core.abort_all("the pool shut down first", time.monotonic()), time.monotonic())
-        self.supervisor.stop_all()
+            now = time.monotonic()
+            self._execute(self.core.abort_all("the pool shut down first", now), now)
+            self.core.kill_grace = 0.0  # the grace period was the last chance of the calls still running
+            for action in self.core.tick(now):  # every call is answered: only the workers it would kill matter
+                if isinstance(action, KillWorker):
+                    self.supervisor.kill(action.pid, "the pool is stopping and its grace period is over")
+        self.supervisor.stop_all(wake=self._wake_workers)
+
+    def _wake_workers(self) -> None:
+        """A heartbeat to every worker heard from lately: an idle worker that got SIGTERM stops when its poll ends."""
+        heartbeat = wire.heartbeat_to_worker()
+        for ident in self._workers:
+            transport.try_send(self.backend, [ident, *heartbeat])
 
 
 def _heard_since(peers: dict[bytes, float], since: float) -> dict[bytes, float]:

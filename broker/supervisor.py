@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -328,12 +328,18 @@ class Supervisor:
     def _processes(self) -> Iterator[subprocess.Popen[bytes]]:
         return (slot.process for slot in self._slots if slot.process is not None)
 
-    def stop_all(self, timeout: float = 5.0) -> None:
-        """Ask every worker to stop, then kill what is left: no orphans."""
+    def stop_all(self, timeout: float = 5.0, wake: Callable[[], None] | None = None) -> None:
+        """Ask every worker to stop, then kill what is left: no orphans.
+
+        ``wake`` is called once every worker has its SIGTERM: an idle worker sees it only when its poll ends (at
+        its next heartbeat), and a message from the broker ends that poll now.
+        """
         self._stopping = True
         for process in self._processes():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
+        if wake is not None:
+            wake()
         deadline = time.monotonic() + timeout
         for process in self._processes():
             try:

@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import zmq
 
-from broker import Pool
-from client import BadRequest, CallError, Client
+from broker import BrokerKind, Pool
+from client import BadRequest, BrokerUnavailable, CallError, Client
 from protocol import error_from_wire
 from protocol import frames as wire
 
-from .conftest import demo_service, in_nanosleep, wait_for
+from .conftest import ROOT, assert_no_children_left, demo_service, in_nanosleep, wait_for
+from .test_cli import children_of
+
+DLLPOOL = [sys.executable, "-m", "broker.cli"]
+ENDLESS = 2**31 - 1
+"""Milliseconds of ``demo.sleep_ms`` that no test waits out: 24 days."""
 
 
 def parent_of(pid: int) -> int:
@@ -118,3 +127,63 @@ def test_a_broker_stopped_for_6_s_keeps_its_workers_and_the_calls_they_run(caplo
         assert pool.worker_pids("s") == pids
         assert pool.stats()["workers_lost"] == 0
     assert "could not watch its sockets" in caplog.text
+
+
+@pytest.mark.parametrize("broker", ["thread", "process"])
+def test_a_stop_with_endless_calls_is_quick_and_answers_them(broker: BrokerKind) -> None:
+    """The busy workers are killed when the grace period ends; the idle one, woken, stops at once, though its next
+    heartbeat (which would end its wait) is 10 s away."""
+    config = {"pool": {"heartbeat_interval": 10.0}, "services": {"s": demo_service(workers=3)}}
+    grace = 0.5
+    pool = Pool.from_config(config, broker=broker)
+    try:
+        pids = pool.worker_pids("s")
+        with pool.client() as client:
+            endless = [client.submit("s", "sleep_ms", ENDLESS) for _ in range(2)]
+            wait_for(lambda: sum(in_nanosleep(pid) for pid in pids) == 2, 30, "two endless calls to run")
+            started = time.monotonic()
+            pool.stop(grace=grace)
+            took = time.monotonic() - started
+            for future in endless:
+                with pytest.raises(BrokerUnavailable, match="shut down"):
+                    future.result(timeout=30)
+    finally:
+        pool.stop()
+    assert took < grace + 3.0, f"the stop took {took:.1f} s with a {grace} s grace period"
+    assert_no_children_left(pids)
+
+
+def test_dllpool_up_with_endless_calls_stops_soon_after_its_grace(tmp_path: Path) -> None:
+    config = tmp_path / "pool.toml"
+    service = demo_service()
+    config.write_text(
+        f'[services.s]\nworkers = 3\nlibrary = "{service["library"]}"\n'
+        '[services.s.functions]\nsleep_ms = { args = ["int"], returns = "void" }\n'
+    )
+    grace = 0.5
+    process = subprocess.Popen(
+        [*DLLPOOL, "up", "-c", str(config), "--json", "--grace", str(grace)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        announced = json.loads(process.stdout.readline())
+        pids = children_of(process.pid)
+        with Client(announced["address"]) as client:
+            endless = [client.submit("s", "sleep_ms", ENDLESS) for _ in range(2)]
+            wait_for(lambda: sum(in_nanosleep(pid) for pid in pids) == 2, 30, "two endless calls to run")
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0
+            took = time.monotonic() - started
+            for future in endless:
+                with pytest.raises(BrokerUnavailable):
+                    future.result(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert took < grace + 3.0, f"dllpool up took {took:.1f} s to stop with a {grace} s grace period"
+    assert_no_children_left(pids)
