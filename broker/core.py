@@ -333,7 +333,8 @@ class BrokerCore:
             client.expires = now + self._window(client)
         limit = self.max_request_frames
         if limit is not None and len(frames) > limit:
-            return self.refuse_oversized(ident, frames[0], len(frames), now)
+            size = sum(len(frame) for frame in frames)
+            return self.refuse_unread(ident, frames[0], len(frames), size, "max_request_frames", limit, now)
         try:
             message = parse_client(frames)
         except ProtocolError as exc:
@@ -353,18 +354,6 @@ class BrokerCore:
             return self._cancel(ident, message.corr)
         assert isinstance(message, ClientDisconnect)
         return self._forget_client(ident, now, None)
-
-    def refuse_oversized(self, ident: bytes, header: Buffer, frame_count: int, now: float) -> list[Action]:
-        """A request with more frames than ``max_request_frames``: refused before any work (the loop may not
-        even have read all of it), with BadRequest when its header names a correlation ID."""
-        self.stats["bad_client_messages"] += 1
-        self.stats["refused_too_big"] += 1
-        self._drops.warn(now, "refused a message of %d frames from client %s", frame_count, ident.hex())
-        corr = wire.corr_of([header], wire.CLIENT_PROTOCOL)
-        if corr is None:
-            return []
-        message = f"the request has {frame_count} frames; the pool's max_request_frames is {self.max_request_frames}"
-        return [self._error_to(ident, corr, BadRequest(message, limit=self.max_request_frames, frames=frame_count))]
 
     def _request(self, ident: bytes, req: ClientRequest, now: float) -> list[Action]:
         self.stats["requests"] += 1
@@ -559,6 +548,36 @@ class BrokerCore:
             self._unlink(job)
         self._clients.pop(ident, None)
         return actions
+
+    def refuse_unread(
+        self, ident: bytes, header: Buffer, frames: int, size: int, setting: str, limit: int, now: float
+    ) -> list[Action]:
+        """Refuse a message the loop stopped reading once it passed the pool's ``setting`` (``max_request_frames`` or
+        ``max_request_bytes``, whose value is ``limit``); it had ``frames`` frames, ``size`` bytes. Nothing of it was
+        queued or run. Answered with BadRequest only when ``header`` is a REQUEST that carries a correlation ID."""
+        self.stats["bad_client_messages"] += 1
+        self.stats["refused_too_big"] += 1
+        self._drops.warn(
+            now, "refused a message of %d frames, %d bytes from client %s: over %s", frames, size, ident.hex(), setting
+        )
+        corr = wire.corr_of([header], wire.CLIENT_PROTOCOL)
+        if corr is None or header[4] != wire.REQUEST:
+            return []
+        if setting == "max_request_frames":
+            what = f"{frames:,} frames"
+            advice = "pass big data as fewer, larger buffers (an array, bytes), or raise"
+        else:
+            what = f"{size:,} bytes"
+            advice = "send less data per call, or raise"
+        error = BadRequest(
+            f"the request has {what}, over the pool's limit of {limit:,} ({setting}); it was refused unread: "
+            f"{advice} {setting} under [pool]",
+            setting=setting,
+            limit=limit,
+            frames=frames,
+            size=size,
+        )
+        return [self._error_to(ident, corr, error)]
 
     # --- worker side --------------------------------------------------------------
 

@@ -4,18 +4,31 @@ All decisions live in :class:`broker.core.BrokerCore`; this loop only polls,
 receives, hands events to the core, and carries out the actions it returns.
 It also maps ZeroMQ's delivery failures (``ROUTER_MANDATORY``) back into
 core events, and never lets an exception out: a peer cannot crash it.
+
+Nothing a peer sends can hold the loop for long. Each batch of messages is
+bounded in count and in time; a client message is read frame by frame and
+stops being kept past ``max_request_frames`` frames or ``max_request_bytes``
+bytes: its other frames are read and dropped a slice at a time, with the
+backend and the clock served between slices, and the core refuses it. When
+the loop could not watch its sockets for longer than a heartbeat interval
+anyway (the process was stopped, a long GC, a swap storm), it tells the core,
+so peers are not judged on a silence it could not observe.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
 
 import zmq
 
-from protocol import transport
+from protocol import Buffer, transport
+from protocol import frames as wire
 
 from .core import Action, BrokerCore, KillWorker, ToClient, ToWorker
 from .supervisor import Supervisor
@@ -29,18 +42,53 @@ TICK = 0.05
 
 _BATCH = 256
 """Messages taken from one socket before looking at the other: neither side can starve the other."""
+_BATCH_SECONDS = 0.02
+"""Longest the loop spends on one socket's messages before it looks at the other socket and the clock: big
+messages count, not only many."""
+_DISCARD_SLICE = 1024
+"""Frames of a refused message dropped between looks at the clock."""
+
+_NOBLOCK = int(zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_COPIED = 2
+"""Header and body arrive as ``bytes``; later frames, the out-of-band buffers, as zero-copy views."""
+
+
+@dataclass(eq=False)
+class _Unread:
+    """A client message the loop stopped keeping past a limit: the rest of its frames are still to be dropped."""
+
+    ident: bytes
+    header: Buffer
+    frames: int
+    size: int
+    setting: str
+    """The limit it passed: ``max_request_frames`` or ``max_request_bytes``."""
+    reassure_at: float = 0.0
+    """When the other clients are next told that the broker is alive (see :meth:`BrokerLoop._reassure_clients`)."""
 
 
 class BrokerLoop:
     """Owns the frontend and backend ROUTER sockets once :meth:`run` starts."""
 
     def __init__(
-        self, core: BrokerCore, supervisor: Supervisor, frontend: zmq.Socket[Any], backend: zmq.Socket[Any]
+        self,
+        core: BrokerCore,
+        supervisor: Supervisor,
+        frontend: zmq.Socket[Any],
+        backend: zmq.Socket[Any],
     ) -> None:
         self.core = core
         self.supervisor = supervisor
         self.frontend = frontend
         self.backend = backend
+        self.limits: dict[str, float] = {
+            "max_request_frames": core.max_request_frames or math.inf,
+            "max_request_bytes": core.max_request_bytes or math.inf,
+        }
+        """The core's limits on one request, which the loop applies while it reads (no limit: infinite)."""
         self.lock = threading.Lock()
         """Held while the core changes; other threads take it to read the core's state."""
         self.stop_requested = threading.Event()
@@ -49,6 +97,14 @@ class BrokerLoop:
         self.failure: str | None = None
         """Why :meth:`run` ended on an error."""
         self._next_tick = 0.0
+        self._next_forget = 0.0
+        self._watched = 0.0
+        """When the loop last looked at its sockets (a poll returned)."""
+        self._unread: _Unread | None = None
+        self._workers: dict[bytes, float] = {}
+        """Backend peers by when they were last heard: the workers to wake at shutdown."""
+        self._clients: dict[bytes, float] = {}
+        """Frontend peers by when they were last heard: the clients to reassure while one message holds the socket."""
 
     def run(self) -> None:
         """Start the workers, serve until asked to stop, then stop them.
@@ -71,6 +127,7 @@ class BrokerLoop:
 
     def _serve(self) -> None:
         poller = self._poller()
+        self._watched = time.monotonic()
         while not self.stop_requested.is_set():
             self._step(poller)
 
@@ -81,15 +138,29 @@ class BrokerLoop:
         return poller
 
     def _step(self, poller: zmq.Poller) -> None:
-        events = dict(poller.poll(int(TICK * 1000)))
+        events = dict(poller.poll(0 if self._unread is not None else int(TICK * 1000)))
+        now = time.monotonic()
+        if now - self._watched > self.core.heartbeat_interval:
+            self._paused(now)
+        self._watched = now
         if self.backend in events:
-            self._drain(self.backend, self.core.worker_message)
-        if self.frontend in events:
-            self._drain(self.frontend, self.core.client_message)
+            self._drain_backend()
+        if self._unread is not None or self.frontend in events:
+            self._read_frontend(self.frontend in events)
         now = time.monotonic()
         if now >= self._next_tick:
             self._next_tick = now + TICK
             self._tick(now)
+
+    def _paused(self, now: float) -> None:
+        """The loop could not look at its sockets for a while: no peer is judged on that silence."""
+        log.warning(
+            "the broker could not watch its sockets for %.1f s (was it stopped, or starved of CPU?); "
+            "every peer gets a fresh liveness window",
+            now - self._watched,
+        )
+        with self.lock:
+            self.core.paused(now)
 
     def _tick(self, now: float) -> None:
         with self.lock:
@@ -99,17 +170,126 @@ class BrokerLoop:
             actions += self.core.tick(now)
             self.supervisor.mark_ready(set(self.core.worker_pids()))
             self._execute(actions, now)
+        if now >= self._next_forget:
+            self._next_forget = now + self.core.heartbeat_interval
+            since = now - self.core.heartbeat_interval * self.core.heartbeat_liveness
+            self._workers = _heard_since(self._workers, since)
+            self._clients = _heard_since(self._clients, since)
 
-    def _drain(self, sock: zmq.Socket[Any], handler: Any) -> None:
-        for ident, *frames in transport.drain(sock, _BATCH):
-            now = time.monotonic()
-            with self.lock:
+    def _drain_backend(self) -> None:
+        deadline = time.monotonic() + _BATCH_SECONDS
+        for ident, *frames in transport.drain(self.backend, _BATCH):
+            peer = cast(bytes, ident)  # the routing ID comes copied
+            now = self._handle(self.core.worker_message, peer, frames)
+            self._workers[peer] = now
+            if now >= deadline:
+                return
+
+    def _read_frontend(self, readable: bool) -> None:
+        """Client messages until the socket is empty or the batch's count or time is used up; a message being
+        dropped (``_unread``) is finished first, a slice at a time."""
+        deadline = time.monotonic() + _BATCH_SECONDS
+        ask = not readable  # the first message is taken without asking when the poll said there is one
+        for _ in range(_BATCH):
+            if self._unread is None:
+                if ask and not int(self.frontend.getsockopt(_EVENTS)) & _POLLIN:
+                    return
+                ask = True
                 try:
-                    actions = handler(ident, frames, now)
-                except Exception:  # a bug in the core must not take the broker down with it
-                    log.exception("failed to handle a message from %s; dropped", bytes(ident).hex())
+                    message = self._recv_client()
+                except zmq.Again:  # a spurious wake-up
+                    return
+                if message is not None:
+                    now = self._handle(self.core.client_message, *message)
+                    self._clients[message[0]] = now
+                    if now >= deadline:
+                        return
                     continue
-                self._execute(actions, now)
+            if not self._drop_rest(deadline):
+                self._reassure_clients()
+                return
+            self._refuse()
+
+    def _recv_client(self) -> tuple[bytes, list[Buffer]] | None:
+        """One client message, or None once it passed a limit (then ``_unread`` holds what was read of it)."""
+        sock = self.frontend
+        recv = sock.recv
+        ident = recv(_NOBLOCK)
+        frames: list[Buffer] = []
+        size = 0
+        max_frames, max_bytes = self.limits["max_request_frames"], self.limits["max_request_bytes"]
+        while sock.getsockopt(_RCVMORE):
+            if len(frames) == max_frames:
+                self._unread = _Unread(ident, frames[0], len(frames), size, "max_request_frames")
+                return None
+            frame = recv(_NOBLOCK) if len(frames) < _COPIED else recv(_NOBLOCK, copy=False).buffer
+            frames.append(frame)
+            size += len(frame)
+            if size > max_bytes:
+                self._unread = _Unread(ident, frames[0], len(frames), size, "max_request_bytes")
+                return None
+        return ident, frames
+
+    def _drop_rest(self, deadline: float) -> bool:
+        """Read and drop frames of the message being refused until its last one (True) or the deadline (False)."""
+        unread = self._unread
+        assert unread is not None
+        sock = self.frontend
+        recv = sock.recv
+        frames, size = unread.frames, unread.size
+        more = bool(sock.getsockopt(_RCVMORE))
+        try:
+            while more:
+                for _ in range(_DISCARD_SLICE):
+                    frame = recv(_NOBLOCK, copy=False)
+                    frames += 1
+                    size += len(frame)
+                    if not frame.more:
+                        more = False
+                        break
+                if more and time.monotonic() >= deadline:
+                    return False
+            return True
+        finally:
+            unread.frames, unread.size = frames, size
+
+    def _reassure_clients(self) -> None:
+        """Once a heartbeat interval while a message is being dropped, a heartbeat to every client heard lately.
+
+        The socket hands out the rest of a message before anything other clients sent, so their heartbeats wait
+        behind it; unanswered, they would take the broker for dead.
+        """
+        unread = self._unread
+        assert unread is not None
+        now = time.monotonic()
+        if now < unread.reassure_at:
+            return
+        unread.reassure_at = now + self.core.heartbeat_interval
+        heartbeat = wire.heartbeat_to_client()
+        for ident in self._clients:
+            if ident != unread.ident:
+                transport.try_send(self.frontend, [ident, *heartbeat])
+
+    def _refuse(self) -> None:
+        unread = self._unread
+        assert unread is not None
+        self._unread = None
+        limit = int(self.limits[unread.setting])  # finite: the message passed it
+        self._handle(
+            self.core.refuse_unread, unread.ident, unread.header, unread.frames, unread.size, unread.setting, limit
+        )
+
+    def _handle(self, handler: Callable[..., list[Action]], ident: bytes, *args: Any) -> float:
+        """Have the core handle one event from a peer and carry out its actions; returns the time it used."""
+        now = time.monotonic()
+        with self.lock:
+            try:
+                actions = handler(ident, *args, now)
+            except Exception:  # a bug in the core must not take the broker down with it
+                log.exception("failed to handle a message from %s; dropped", bytes(ident).hex())
+                return now
+            self._execute(actions, now)
+        return now
 
     def _execute(self, actions: list[Action], now: float) -> None:
         for action in actions:
@@ -123,7 +303,12 @@ class BrokerLoop:
                 self.supervisor.kill(action.pid, action.reason)
 
     def _shut_down(self) -> None:
-        """Finish what is running within the grace period, answer the rest, stop the workers."""
+        """Finish what is running within the grace period, answer the rest, stop the workers.
+
+        A worker still running a call when the grace period ends is killed at once: a call stuck in C code
+        would never let its SIGTERM handler run. The others get SIGTERM, then a heartbeat that wakes them
+        from their poll, so they stop now rather than at their next heartbeat.
+        """
         with self.lock:
             self.core.stop_accepting()
         deadline = time.monotonic() + self.grace
@@ -131,5 +316,23 @@ class BrokerLoop:
         while self.core.pending() and time.monotonic() < deadline:
             self._step(poller)
         with self.lock:
-            self._execute(self.core.abort_all("the pool shut down first", time.monotonic()), time.monotonic())
-        self.supervisor.stop_all()
+            now = time.monotonic()
+            self._execute(self.core.abort_all("the pool shut down first", now), now)
+            self.core.kill_grace = 0.0  # the grace period was the last chance of the calls still running
+            for action in self.core.tick(now):  # every call is answered: only the workers it would kill matter
+                if isinstance(action, KillWorker):
+                    self.supervisor.kill(action.pid, "the pool is stopping and its grace period is over")
+        self.supervisor.stop_all(wake=self._wake_workers)
+
+    def _wake_workers(self) -> None:
+        """A heartbeat to every worker heard from lately: an idle worker that got SIGTERM stops when its poll ends."""
+        heartbeat = wire.heartbeat_to_worker()
+        for ident in self._workers:
+            transport.try_send(self.backend, [ident, *heartbeat])
+
+
+def _heard_since(peers: dict[bytes, float], since: float) -> dict[bytes, float]:
+    """``peers`` without those last heard before ``since``."""
+    if all(heard >= since for heard in peers.values()):
+        return peers
+    return {ident: heard for ident, heard in peers.items() if heard >= since}

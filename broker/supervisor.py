@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -49,6 +49,11 @@ _BACKOFF_FIRST = 0.5
 _BACKOFF_MAX = 10.0
 _HEALTHY_AFTER = 5.0
 """A worker that ran this long started fine, even if no broker saw it ready: restart it at once."""
+_PARENT_BROKER_SILENCE = 60.0
+"""Seconds a worker whose broker is its parent waits for a word from it before it connects again. It watches that
+parent itself (parent-death signal, the parent's pid on every heartbeat), so silence from it means a broker that
+is paused (SIGSTOP, a swap storm), not gone: connecting again would only cost the calls the worker runs. Workers
+of a broker elsewhere (``dllpool worker``) wait the pool's ``heartbeat_interval * heartbeat_liveness``."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,7 @@ class Supervisor:
         source_dir: Path,
         curve: dict[str, str] | None = None,
         start_log_level: int = logging.DEBUG,
+        parent_broker: bool = True,
     ) -> None:
         self.config = config
         self.backend = backend
@@ -106,6 +112,8 @@ class Supervisor:
         self.curve = curve
         self.start_log_level = start_log_level
         """``dllpool worker`` announces each worker it starts; a Pool keeps that to DEBUG."""
+        self.parent_broker = parent_broker
+        """The workers' broker runs in this process (a Pool's), not elsewhere (``dllpool worker``)."""
         slots = [(s, i) for s in config.services for i in range(s.workers)]
         self._slots = [_Slot(s, i, source_dir.parent / f"status-{n}") for n, (s, i) in enumerate(slots)]
         self._interpreters: dict[str, runtime32.Interpreter] = {}
@@ -149,13 +157,20 @@ class Supervisor:
             "service": service.name,
             "threads": service.threads,
             "heartbeat_interval": self.config.heartbeat_interval,
-            "heartbeat_liveness": self.config.heartbeat_liveness,
+            "heartbeat_liveness": self._broker_liveness(),
             "max_message_size": self.config.max_message_size,
             **service.hosting,
         }
         if self.curve:
             spec["curve"] = self.curve
         return spec
+
+    def _broker_liveness(self) -> int:
+        """Heartbeat intervals a worker waits for a word from its broker before it connects again."""
+        liveness = self.config.heartbeat_liveness
+        if not self.parent_broker:
+            return liveness
+        return max(liveness, math.ceil(_PARENT_BROKER_SILENCE / self.config.heartbeat_interval))
 
     def _start(self, slot: _Slot, now: float) -> None:
         interp = self._interpreter(slot.service)
@@ -313,12 +328,18 @@ class Supervisor:
     def _processes(self) -> Iterator[subprocess.Popen[bytes]]:
         return (slot.process for slot in self._slots if slot.process is not None)
 
-    def stop_all(self, timeout: float = 5.0) -> None:
-        """Ask every worker to stop, then kill what is left: no orphans."""
+    def stop_all(self, timeout: float = 5.0, wake: Callable[[], None] | None = None) -> None:
+        """Ask every worker to stop, then kill what is left: no orphans.
+
+        ``wake`` is called once every worker has its SIGTERM: an idle worker sees it only when its poll ends (at
+        its next heartbeat), and a message from the broker ends that poll now.
+        """
         self._stopping = True
         for process in self._processes():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
+        if wake is not None:
+            wake()
         deadline = time.monotonic() + timeout
         for process in self._processes():
             try:
@@ -339,7 +360,7 @@ def serve_workers(config: PoolConfig, backend: str, stop: threading.Event, curve
     other workers keep serving.
     """
     with RunDir("dllpool-workers-") as folder:
-        supervisor = Supervisor(config, backend, make_worker_source(folder), curve, logging.INFO)
+        supervisor = Supervisor(config, backend, make_worker_source(folder), curve, logging.INFO, parent_broker=False)
         supervisor.check_interpreters()
         log.info(
             "connecting workers to the broker backend at %s%s: %s",

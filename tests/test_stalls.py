@@ -1,0 +1,189 @@
+"""Nothing stalls the broker for long: one huge message, a broker that was itself stopped, a stop with endless calls."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from broker import BrokerKind, Pool
+from client import BadRequest, BrokerUnavailable, CallError, Client
+from protocol import error_from_wire
+from protocol import frames as wire
+
+from .conftest import ROOT, assert_no_children_left, demo_service, in_nanosleep, wait_for
+from .test_cli import children_of
+
+DLLPOOL = [sys.executable, "-m", "broker.cli"]
+ENDLESS = 2**31 - 1
+"""Milliseconds of ``demo.sleep_ms`` that no test waits out: 24 days."""
+
+
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+@contextlib.contextmanager
+def raw_dealer(address: str) -> Iterator[zmq.Socket[bytes]]:
+    """A bare DEALER connected to the broker's frontend: a client that sends whatever it likes."""
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    try:
+        sock.connect(address)
+        yield sock
+    finally:
+        sock.close()
+
+
+def refusal(sock: zmq.Socket[bytes], corr: int) -> CallError:
+    """The error the broker answered the request ``corr`` with."""
+    assert sock.poll(60_000), "the broker never answered"
+    answer = wire.parse_for_client(sock.recv_multipart())
+    assert isinstance(answer, wire.ReplyToClient) and answer.corr == corr and answer.error is not None, answer
+    return error_from_wire(answer.error)
+
+
+def test_a_request_of_a_million_frames_is_refused_and_costs_nobody_else_anything() -> None:
+    config = {"services": {"s": demo_service(workers=3)}}
+    with Pool.from_config(config, broker="process") as pool, pool.client(timeout=60) as client:
+        pids = pool.worker_pids("s")
+        sleeping = [client.submit("s", "sleep_ms", 2000) for _ in range(2)]
+        wait_for(lambda: sum(in_nanosleep(pid) for pid in pids) == 2, 30, "two calls to run")
+        answered: list[int] = []
+        failed: list[Exception] = []
+        done = threading.Event()
+
+        def cheap_calls() -> None:  # an innocent caller, busy before, during and after the flood
+            while not done.is_set():
+                try:
+                    answered.append(client.call("s", "add", len(answered), 1))
+                except Exception as exc:
+                    failed.append(exc)
+                    return
+
+        caller = threading.Thread(target=cheap_calls)
+        caller.start()
+        try:
+            with raw_dealer(pool.address) as flood:
+                flood.send(wire.client_request_header(7, b"s", b"add", None), zmq.SNDMORE)
+                for _ in range(999_998):
+                    flood.send(b"", zmq.SNDMORE)
+                flood.send(b"")
+                error = refusal(flood, 7)
+        finally:
+            done.set()
+            caller.join()
+        assert isinstance(error, BadRequest), error
+        assert "max_request_frames" in error.message and "1,024" in error.message, error.message
+        assert error.details["frames"] == 1_000_000
+        assert [f.result() for f in sleeping] == [None, None]
+        assert not failed and answered == [i + 1 for i in range(len(answered))] and answered, failed
+        assert client.call("s", "add", 2, 3) == 5
+        assert pool.worker_pids("s") == pids
+        stats = pool.stats()
+        assert stats["workers_lost"] == 0 and stats["requests"] == len(answered) + 3, stats
+
+
+def test_a_request_over_max_request_bytes_gets_bad_request_naming_the_limit() -> None:
+    config = {"pool": {"max_request_bytes": 1 << 20}, "services": {"s": demo_service(workers=1)}}
+    with Pool.from_config(config, broker="process") as pool, pool.client(timeout=30) as client:
+        with raw_dealer(pool.address) as sock:
+            header = wire.client_request_header(9, b"s", b"add", None)
+            sock.send_multipart([header, b"\x90", *[bytes(256 << 10)] * 8])  # 2 MiB of buffers
+            error = refusal(sock, 9)
+        assert isinstance(error, BadRequest) and "max_request_bytes" in error.message, error
+        assert error.details["frames"] == 10 and error.details["size"] > 1 << 20
+        assert client.call("s", "add", 2, 3) == 5
+
+
+def test_a_broker_stopped_for_6_s_keeps_its_workers_and_the_calls_they_run(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="broker.loop")
+    config = {"services": {"s": demo_service(workers=3)}}
+    with Pool.from_config(config, broker="process") as pool, pool.client(timeout=30) as client:
+        pids = pool.worker_pids("s")
+        (broker,) = {parent_of(pid) for pid in pids}
+        with Client(pool.address, heartbeat_liveness=30) as patient:  # it waits out the pause itself
+            running = patient.submit("s", "sleep_ms", 8000)
+            wait_for(lambda: any(in_nanosleep(pid) for pid in pids), 30, "the call to run")
+            os.kill(broker, signal.SIGSTOP)
+            try:
+                time.sleep(6.0)  # the fault itself: twice the 3 s liveness window, not a wait for anything
+            finally:
+                os.kill(broker, signal.SIGCONT)
+            assert running.result(timeout=60) is None
+        assert [client.call("s", "add", i, i) for i in range(10)] == [2 * i for i in range(10)]
+        assert pool.worker_pids("s") == pids
+        assert pool.stats()["workers_lost"] == 0
+    assert "could not watch its sockets" in caplog.text
+
+
+@pytest.mark.parametrize("broker", ["thread", "process"])
+def test_a_stop_with_endless_calls_is_quick_and_answers_them(broker: BrokerKind) -> None:
+    """The busy workers are killed when the grace period ends; the idle one, woken, stops at once, though its next
+    heartbeat (which would end its wait) is 10 s away."""
+    config = {"pool": {"heartbeat_interval": 10.0}, "services": {"s": demo_service(workers=3)}}
+    grace = 0.5
+    pool = Pool.from_config(config, broker=broker)
+    try:
+        pids = pool.worker_pids("s")
+        with pool.client() as client:
+            endless = [client.submit("s", "sleep_ms", ENDLESS) for _ in range(2)]
+            wait_for(lambda: sum(in_nanosleep(pid) for pid in pids) == 2, 30, "two endless calls to run")
+            started = time.monotonic()
+            pool.stop(grace=grace)
+            took = time.monotonic() - started
+            for future in endless:
+                with pytest.raises(BrokerUnavailable, match="shut down"):
+                    future.result(timeout=30)
+    finally:
+        pool.stop()
+    assert took < grace + 3.0, f"the stop took {took:.1f} s with a {grace} s grace period"
+    assert_no_children_left(pids)
+
+
+def test_dllpool_up_with_endless_calls_stops_soon_after_its_grace(tmp_path: Path) -> None:
+    config = tmp_path / "pool.toml"
+    service = demo_service()
+    config.write_text(
+        f'[services.s]\nworkers = 3\nlibrary = "{service["library"]}"\n'
+        '[services.s.functions]\nsleep_ms = { args = ["int"], returns = "void" }\n'
+    )
+    grace = 0.5
+    process = subprocess.Popen(
+        [*DLLPOOL, "up", "-c", str(config), "--json", "--grace", str(grace)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        announced = json.loads(process.stdout.readline())
+        pids = children_of(process.pid)
+        with Client(announced["address"]) as client:
+            endless = [client.submit("s", "sleep_ms", ENDLESS) for _ in range(2)]
+            wait_for(lambda: sum(in_nanosleep(pid) for pid in pids) == 2, 30, "two endless calls to run")
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0
+            took = time.monotonic() - started
+            for future in endless:
+                with pytest.raises(BrokerUnavailable):
+                    future.result(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert took < grace + 3.0, f"dllpool up took {took:.1f} s to stop with a {grace} s grace period"
+    assert_no_children_left(pids)
