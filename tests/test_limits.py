@@ -30,7 +30,9 @@ DEAD_CLIENT = textwrap.dedent(
     from client import Client
     client = Client(sys.argv[1], timeout=None)
     client.submit("s", "sleep_ms", int(sys.argv[2]))
-    queued = [client.submit("s", "count_calls") for _ in range(int(sys.argv[3]))]
+    each = int(sys.argv[4]) if len(sys.argv) > 4 else 0  # 0: count_calls, else sleep_ms(each)
+    calls = [("count_calls",) if not each else ("sleep_ms", each) for _ in range(int(sys.argv[3]))]
+    queued = [client.submit("s", *call) for call in calls]
     print("submitted", flush=True)
     time.sleep(3600)  # killed by the test long before
     """
@@ -152,9 +154,10 @@ def test_chaos_offenders_cost_the_innocent_nothing() -> None:
     process killed with thousands of calls queued, a request of 1,000,000 frames, and a call that never returns.
     Every innocent call gets its own right answer, once; no worker but the hung one is lost; and no late or
     duplicate reply reaches anyone."""
-    config = {"services": {"s": demo_service(workers=3, max_call_seconds=2.0)}}
+    config = {"services": {"s": demo_service(workers=3), "endless": demo_service(workers=1, max_call_seconds=2.0)}}
     with Pool.from_config(config) as pool, pool.client(timeout=60) as innocent:
         pids = set(pool.worker_pids("s"))
+        (endless_pid,) = pool.worker_pids("endless")
         stop = threading.Event()
         results: list[tuple[int, int]] = []
         failures: list[BaseException] = []
@@ -174,13 +177,14 @@ def test_chaos_offenders_cost_the_innocent_nothing() -> None:
             thread.start()
         try:
             child = subprocess.Popen(
-                [sys.executable, "-c", DEAD_CLIENT, pool.address, "100", "3000"], stdout=subprocess.PIPE, text=True
+                [sys.executable, "-c", DEAD_CLIENT, pool.address, "100", "3000", "5"], stdout=subprocess.PIPE, text=True
             )
             assert child.stdout is not None and child.stdout.readline().strip() == "submitted"
+            wait_for(lambda: pool.stats()["pending"] >= 2000, 30, "the broker to hold the doomed client's calls")
             child.kill()
             child.wait(10)
             with pool.client(timeout=None) as careless:
-                endless = careless.submit("s", "sleep_ms", 2**31 - 1)
+                endless = careless.submit("endless", "sleep_ms", 2**31 - 1)
                 error = flood_frames(pool.address, 1_000_000)
                 assert isinstance(error, BadRequest) and "max_request_frames" in error.message
                 with pytest.raises(Timeout):
@@ -196,5 +200,7 @@ def test_chaos_offenders_cost_the_innocent_nothing() -> None:
         assert all(expected == got for expected, got in results), "an innocent call got another call's answer"
         stats = pool.stats()
         assert stats["workers_lost"] == 1, "only the worker of the endless call was recycled"
-        assert len(pids - set(pool.worker_pids("s"))) == 1
+        assert set(pool.worker_pids("s")) == pids
+        assert stats["dropped_unrun"] > 0
+        wait_for(lambda: pool.worker_pids("endless") not in ([], [endless_pid]), 30, "the endless worker's successor")
         assert stats["late_replies"] == 0 and innocent.stats["late_replies"] == 0
