@@ -80,8 +80,9 @@ class ServiceConfig:
     queue_limit: int = 10_000
     """Requests that may wait for a worker (queued, or held ahead by one); more are refused with Busy, so a flood
     cannot exhaust memory."""
-    queue_limit_bytes: int = 1 << 30
-    """Bytes of requests that may wait for a worker (queued, or held ahead by one); more are refused with Busy."""
+    queue_limit_bytes: int = 2 << 30
+    """Bytes of requests that may wait for a worker (queued, or held ahead by one); more are refused with Busy. Twice
+    a client's ``client_bytes_in_flight``, so one client alone cannot fill it."""
     max_call_seconds: float = 3600.0
     """The deadline of a call whose caller gave none: past it the call gets Timeout and its worker is recycled, so
     a call that never returns cannot hold a worker forever."""
@@ -117,8 +118,10 @@ class PoolConfig:
     """Frames one request may have; more are refused with BadRequest, unread."""
     max_request_bytes: int = 1 << 30
     """Bytes one request may have, all frames together; more are refused with BadRequest."""
-    client_bytes_in_flight: int = 2 << 30
-    """Bytes of requests one client connection may have pending at the broker; more are refused with Busy."""
+    client_bytes_in_flight: int = 1 << 30
+    """Bytes of requests one client socket may have pending at the broker; more are refused with Busy. The Clients of
+    one process share a connection, so their submitted calls share this budget (each blocking call's socket has its
+    own)."""
     queue_limit_bytes: int = 4 << 30
     """Bytes of requests the broker holds for all services together (queued or at a worker); more get Busy."""
     curve_secret_key: str | None = None
@@ -225,28 +228,53 @@ def _parse(data: Mapping[str, Any], base: Path, origin: str) -> PoolConfig:
     _unknown(pool, _POOL_KEYS, f"{origin} [pool]")
     _unknown(runtime, {"python"}, f"{origin} [runtime32]")
     where = f"{origin} [pool]"
-    return PoolConfig(
-        services=tuple(_service(str(name), table, base, origin) for name, table in services.items()),
-        frontend=_get(pool, "frontend", str, None, where),
-        backend=_get(pool, "backend", str, None, where),
-        heartbeat_interval=float(
-            _positive(_get(pool, "heartbeat_interval", (int, float), 1.0, where), f"{where}.heartbeat_interval")
+    return _checked(
+        PoolConfig(
+            services=tuple(_service(str(name), table, base, origin) for name, table in services.items()),
+            frontend=_get(pool, "frontend", str, None, where),
+            backend=_get(pool, "backend", str, None, where),
+            heartbeat_interval=float(
+                _positive(_get(pool, "heartbeat_interval", (int, float), 1.0, where), f"{where}.heartbeat_interval")
+            ),
+            heartbeat_liveness=_positive(
+                _get(pool, "heartbeat_liveness", int, 3, where), f"{where}.heartbeat_liveness"
+            ),
+            kill_grace=float(_get(pool, "kill_grace", (int, float), 1.0, where)),
+            ready_timeout=float(
+                _positive(_get(pool, "ready_timeout", (int, float), 60.0, where), f"{where}.ready_timeout")
+            ),
+            python32=_get(runtime, "python", str, None, f"{origin} [runtime32]"),
+            insecure=_get(pool, "insecure", bool, False, where),
+            max_message_size=_positive(
+                _get(pool, "max_message_size", int, 1 << 30, where), f"{where}.max_message_size"
+            ),
+            **{
+                key: _positive(
+                    _get(pool, key, int, PoolConfig.__dataclass_fields__[key].default, where), f"{where}.{key}"
+                )
+                for key in ("max_request_frames", "max_request_bytes", "client_bytes_in_flight", "queue_limit_bytes")
+            },
+            curve_secret_key=_resolve(_get(pool, "curve_secret_key", str, None, where), base),
+            curve_clients=tuple(_resolve(p, base) for p in _get(pool, "curve_clients", list, [], where)),
         ),
-        heartbeat_liveness=_positive(_get(pool, "heartbeat_liveness", int, 3, where), f"{where}.heartbeat_liveness"),
-        kill_grace=float(_get(pool, "kill_grace", (int, float), 1.0, where)),
-        ready_timeout=float(
-            _positive(_get(pool, "ready_timeout", (int, float), 60.0, where), f"{where}.ready_timeout")
-        ),
-        python32=_get(runtime, "python", str, None, f"{origin} [runtime32]"),
-        insecure=_get(pool, "insecure", bool, False, where),
-        max_message_size=_positive(_get(pool, "max_message_size", int, 1 << 30, where), f"{where}.max_message_size"),
-        **{
-            key: _positive(_get(pool, key, int, PoolConfig.__dataclass_fields__[key].default, where), f"{where}.{key}")
-            for key in ("max_request_frames", "max_request_bytes", "client_bytes_in_flight", "queue_limit_bytes")
-        },
-        curve_secret_key=_resolve(_get(pool, "curve_secret_key", str, None, where), base),
-        curve_clients=tuple(_resolve(p, base) for p in _get(pool, "curve_clients", list, [], where)),
+        origin,
     )
+
+
+def _checked(config: PoolConfig, origin: str) -> PoolConfig:
+    """Refuse byte limits under which a request of ``max_request_bytes`` could never be taken."""
+    budgets = {
+        "[pool] client_bytes_in_flight": config.client_bytes_in_flight,
+        "[pool] queue_limit_bytes": config.queue_limit_bytes,
+        **{f"[services.{s.name}] queue_limit_bytes": s.queue_limit_bytes for s in config.services},
+    }
+    for name, budget in budgets.items():
+        if budget < config.max_request_bytes:
+            raise ConfigError(
+                f"{origin} {name} is {budget}, less than [pool] max_request_bytes ({config.max_request_bytes}): "
+                "a request of the largest allowed size could never be taken; lower max_request_bytes or raise it"
+            )
+    return config
 
 
 def _service(name: str, table: Any, base: Path, origin: str) -> ServiceConfig:

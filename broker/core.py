@@ -413,6 +413,7 @@ class BrokerCore:
             ceiling=ceiling,
         )
         client.jobs[req.corr] = job
+        client.expires = max(client.expires, now + self._window(client))
         client.bytes += size
         self._pending += 1
         self.held_bytes += size
@@ -490,16 +491,23 @@ class BrokerCore:
             return []
         job.answered = True
         self._release(job)
+        return self._recall(job)
+
+    def _recall(self, job: _Job) -> list[Action]:
+        """Ask the worker holding ``job`` ahead to answer it unrun (if it has started by then, it finishes)."""
         worker = None if job.worker is None else self._workers.get(job.worker)
         if job.state is JobState.AHEAD and worker is not None and worker.state is not WorkerState.GONE:
             return [ToWorker(worker.ident, wire.cancel_to_worker(job.job_id))]
         return []
 
     def _window(self, client: _Client | None) -> float:
-        """How long ``client`` may stay silent: what it asked for, else the broker's own window, but never less
-        than a default Client's (the pool's heartbeat settings need not match its clients')."""
+        """How long ``client`` may stay silent: what it asked for while it has calls pending, else the broker's
+        own window, but never less than a default Client's (the pool's heartbeat settings need not match its
+        clients'). A client without calls keeps no record past that, whatever it asked for."""
         own = max(self.heartbeat_interval * self.heartbeat_liveness, CLIENT_WINDOW_FLOOR)
-        return own if client is None or client.window is None else client.window
+        if client is None or client.window is None or not client.jobs:
+            return own
+        return client.window
 
     def _declare_window(self, ident: bytes, window: float, now: float) -> None:
         """A client asked for a liveness window: remembered only when longer than the broker's own."""
@@ -800,6 +808,7 @@ class BrokerCore:
                     self.stats["expired_ahead"] += 1
                     where = f"it was waiting in worker pid {worker.pid} behind another call; it will not be started"
                     actions.append(self._timeout(job, where))
+                    actions += self._recall(job)
         return actions
 
     def _hung(self, worker: _Worker, now: float) -> _Job | None:

@@ -39,6 +39,9 @@ __all__ = ["BrokerLoop", "TICK"]
 
 TICK = 0.05
 """Seconds between supervisor polls and core ticks: bounds how late a crash or deadline is noticed."""
+_PAUSE_MIN = 4 * TICK
+"""The shortest gap between looks at the sockets that counts as a pause, whatever the heartbeat interval: an idle
+poll alone takes a TICK."""
 
 _BATCH = 256
 """Messages taken from one socket before looking at the other: neither side can starve the other."""
@@ -139,25 +142,27 @@ class BrokerLoop:
 
     def _step(self, poller: zmq.Poller) -> None:
         events = dict(poller.poll(0 if self._unread is not None else int(TICK * 1000)))
-        now = time.monotonic()
-        if now - self._watched > self.core.heartbeat_interval:
-            self._paused(now)
-        self._watched = now
+        self._watch(time.monotonic())
         if self.backend in events:
             self._drain_backend()
         if self._unread is not None or self.frontend in events:
             self._read_frontend(self.frontend in events)
         now = time.monotonic()
+        self._watch(now)  # a stall while handling (a GC, a stop, the GIL held by another thread) counts too
         if now >= self._next_tick:
             self._next_tick = now + TICK
             self._tick(now)
 
-    def _paused(self, now: float) -> None:
-        """The loop could not look at its sockets for a while: no peer is judged on that silence."""
+    def _watch(self, now: float) -> None:
+        """The loop looks at its sockets now; if it could not for a while, no peer is judged on that silence."""
+        unwatched = now - self._watched
+        self._watched = now
+        if unwatched <= max(self.core.heartbeat_interval, _PAUSE_MIN):
+            return
         log.warning(
             "the broker could not watch its sockets for %.1f s (was it stopped, or starved of CPU?); "
             "every peer gets a fresh liveness window",
-            now - self._watched,
+            unwatched,
         )
         with self.lock:
             self.core.paused(now)

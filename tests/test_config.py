@@ -47,6 +47,15 @@ def test_default_config_loads() -> None:
     assert {s.name for s in config.services} >= {"demo", "demo_threaded", "cpp", "fortran", "wrapped"}
 
 
+def test_default_limits_leave_room_for_a_largest_request_and_for_more_than_one_client() -> None:
+    config = load_config()
+    assert (config.max_request_frames, config.max_request_bytes) == (1024, 1 << 30)
+    assert config.max_request_bytes <= config.client_bytes_in_flight < config.queue_limit_bytes
+    for service in config.services:
+        assert config.client_bytes_in_flight < service.queue_limit_bytes, "one client alone could fill a service"
+        assert service.max_call_seconds == 3600.0
+
+
 def test_default_demo_service() -> None:
     demo = load_config().service("demo")
     assert demo.bits == 32
@@ -179,6 +188,12 @@ class = "Cls"
         (minimal(workers=2.5), ["workers", "integer"]),
         (minimal(threads=0), ["threads", "greater than 0"]),
         (minimal(queue_limit=0), ["queue_limit", "greater than 0"]),
+        (minimal(max_call_seconds=0), ["max_call_seconds", "greater than 0"]),
+        (minimal(max_call_seconds="1h"), ["max_call_seconds", "number"]),
+        (minimal(queue_limit_bytes=1024), ["[services.svc] queue_limit_bytes", "max_request_bytes", "never"]),
+        ({"pool": {"client_bytes_in_flight": 1}, **minimal()}, ["client_bytes_in_flight", "max_request_bytes"]),
+        ({"pool": {"queue_limit_bytes": 0}, **minimal()}, ["queue_limit_bytes", "greater than 0"]),
+        ({"pool": {"max_request_frames": 1.5}, **minimal()}, ["max_request_frames", "integer"]),
         (minimal(prefetch=-1), ["prefetch", "0 or more"]),
         (minimal(prefetch=1.5), ["prefetch", "integer"]),
         (minimal(prefetch=True), ["prefetch", "boolean"]),

@@ -704,6 +704,7 @@ def test_a_call_held_ahead_past_its_deadline_gets_timeout_and_never_kills_its_wo
     error = only_error(actions, b"c", 2)
     assert isinstance(error, Timeout)
     assert "waiting in worker pid 55" in error.message
+    assert worker_commands(actions, b"w") == [wire.CancelToWorker], "recalled: it no longer counts as waiting"
     assert core.stats["expired_ahead"] == 1
     assert core.stats["timed_out_running"] == 0
     assert core.pending() == 1
@@ -1068,6 +1069,17 @@ def test_a_longer_window_is_remembered_before_the_first_call() -> None:
     assert answers(core.tick(9.9)) == []
     assert isinstance(only_error(core.tick(10.0), b"c", 1), BrokerUnavailable)
     assert core.clients() == 0
+
+
+def test_a_window_asked_for_without_calls_is_kept_only_the_broker_s_own_window() -> None:
+    """A peer reconnecting over and over with hour-long windows cannot park records at the broker."""
+    core = make_core(heartbeat_interval=1.0, heartbeat_liveness=3)
+    for n in range(100):
+        core.client_message(b"c%d" % n, wire.client_heartbeat(3600.0), 0.0)
+    assert core.clients() == 100
+    core.client_message(b"c0", wire.client_heartbeat(3600.0), 2.0)
+    assert core.tick(3.0) == [] and core.clients() == 1
+    assert core.tick(5.0) == [] and core.clients() == 0
 
 
 def test_a_client_without_calls_leaves_nothing_behind() -> None:

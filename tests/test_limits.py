@@ -92,7 +92,7 @@ def bytes_service(**extra: Any) -> dict[str, Any]:
 
 
 def test_queued_bytes_are_bounded_per_service_with_busy_and_the_figures() -> None:
-    config = {"services": {"s": bytes_service(queue_limit_bytes=1 << 20)}}
+    config = {"pool": {"max_request_bytes": 1 << 20}, "services": {"s": bytes_service(queue_limit_bytes=1 << 20)}}
     text = b"x" * (400 << 10)
     with Pool.from_config(config) as pool, pool.client(timeout=60) as client:
         running = client.submit("s", "sleep_ms", 2000)

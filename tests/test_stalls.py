@@ -13,11 +13,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
 
-from broker import BrokerKind, Pool
+from broker import BrokerCore, BrokerKind, Pool
 from client import BadRequest, BrokerUnavailable, CallError, Client
 from protocol import error_from_wire
 from protocol import frames as wire
@@ -127,6 +128,30 @@ def test_a_broker_stopped_for_6_s_keeps_its_workers_and_the_calls_they_run(caplo
         assert pool.worker_pids("s") == pids
         assert pool.stats()["workers_lost"] == 0
     assert "could not watch its sockets" in caplog.text
+
+
+def test_a_stall_while_the_broker_handles_a_message_costs_no_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pause can strike anywhere in the loop (a GC, the GIL held by another thread of an in-process pool), not
+    only while it polls: the heartbeats that arrived meanwhile are unread, so nobody is judged on them."""
+    stalled = threading.Event()
+    original = BrokerCore.client_message
+
+    def stall_once(core: BrokerCore, ident: bytes, frames: list[Any], now: float) -> Any:
+        if not stalled.is_set() and wire.parse_client(frames).__class__ is wire.ClientRequest:
+            stalled.set()
+            time.sleep(5.0)  # the fault itself: longer than the 3 s liveness window, not a wait for anything
+        return original(core, ident, frames, now)
+
+    monkeypatch.setattr(BrokerCore, "client_message", stall_once)
+    config = {"services": {"s": demo_service(workers=3)}}
+    with Pool.from_config(config, broker="thread") as pool:
+        pids = pool.worker_pids("s")
+        with Client(pool.address, heartbeat_liveness=30) as patient:  # it waits out the stall itself
+            assert patient.call("s", "add", 2, 3, timeout=60) == 5
+            assert [patient.call("s", "add", i, i) for i in range(10)] == [2 * i for i in range(10)]
+        assert stalled.is_set()
+        assert pool.worker_pids("s") == pids
+        assert pool.stats()["workers_lost"] == 0
 
 
 @pytest.mark.parametrize("broker", ["thread", "process"])
