@@ -161,8 +161,12 @@ class Client:
     at that moment, reused), so it costs one round trip through the broker.
     A call or submit with more than 1 MiB of arguments goes out on a socket
     kept for big requests, so heartbeats never wait behind an upload.
-    Result callbacks added to the Futures of :meth:`submit` run in the I/O
-    thread: keep them short and never block on another call inside them.
+    Callbacks added to the Futures of :meth:`submit` run one at a time, in
+    the order the calls completed, in a thread of the connection's own (the
+    I/O thread hands them over, so they never hold up its heartbeats): a
+    slow one delays only the callbacks after it, and one may call, map or
+    wait for other calls. A callback added to a Future already done runs at
+    once, in the thread that adds it.
     Buffers passed as arguments are sent without copying; do not change them
     until the call's Future is done.
     """
@@ -204,7 +208,6 @@ class Client:
         Raises the error the worker or broker answered with (a CallError
         subclass), Timeout, or BrokerUnavailable.
         """
-        self._not_in_io_thread("call")
         return self._conn.call(self._owner, self._new_call(service, method, args, kwargs, timeout))
 
     def submit(
@@ -256,7 +259,6 @@ class Client:
         _check_name(method, "method")
         size = _check_chunksize(chunksize)
         seconds = _check_timeout(timeout)
-        self._not_in_io_thread("map")
         items = iter(iterable)
         deadline = None if seconds is None else time.monotonic() + seconds
         return self._map(service, method, items, size, seconds, deadline, return_exceptions)
@@ -297,13 +299,6 @@ class Client:
         owner = self._owner
         state = "closed" if owner.closed else f"{len(owner.futures) + self._conn.lanes_of(owner)} pending"
         return f"<Client {self.address} {state}>"
-
-    def _not_in_io_thread(self, what: str) -> None:
-        if self._conn.in_io_thread():
-            raise RuntimeError(
-                f"Client.{what}() from a Future callback would wait on the thread that must deliver its answer; "
-                "use submit() there"
-            )
 
     def _new_call(
         self, service: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | _Unset | None

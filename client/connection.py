@@ -32,19 +32,29 @@ before its first request and heartbeats while calls wait on it, and says
 DISCONNECT when the connection closes. A fast-path call learns of a dropped
 connection from the I/O thread (a connection generation it checks while it
 waits) and fails with BrokerUnavailable as a submitted call does.
+
+The I/O thread settles Futures but runs no user code: the done-callbacks of a
+Future it settles go, in completion order, to a callback thread of the
+connection (started on first use). A slow callback delays only the callbacks
+after it, never the heartbeats that keep every Client's calls alive at the
+broker, and a callback may wait on another call: Futures are settled by the
+I/O thread, not by the thread that runs their callbacks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import itertools
 import logging
 import math
 import os
+import queue
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any, Final, NamedTuple
 
@@ -156,6 +166,10 @@ class CallFuture(Future[Any]):
         self.corr = corr
         owner.futures[corr] = self
 
+    def add_done_callback(self, fn: Callable[[Future[Any]], object]) -> None:
+        """As ``Future.add_done_callback``, except that the I/O thread hands ``fn`` to the callback thread."""
+        super().add_done_callback(functools.partial(self._connection.run_callback, fn))
+
     def cancel(self) -> bool:
         if not super().cancel():
             return False
@@ -191,6 +205,40 @@ class _Lane:
         """The Client whose call it carries."""
         self.linger = 0
         """Milliseconds to linger at close: set when a CANCEL or DISCONNECT must still go out."""
+
+
+_Callback = tuple[Callable[[Future[Any]], object], Future[Any]]
+
+
+class _Callbacks:
+    """A connection's callback thread: runs the done-callbacks of the Futures the I/O thread settles, in
+    that order, so that no user code holds up the I/O thread (its heartbeats above all)."""
+
+    __slots__ = ("_queue", "thread")
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[_Callback | None] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+        """Started by the first callback; only the I/O thread starts it and queues for it."""
+
+    def put(self, fn: Callable[[Future[Any]], object], future: Future[Any]) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="dllpool-client-callbacks", daemon=True)
+            self.thread.start()
+        self._queue.put((fn, future))
+
+    def stop(self) -> None:
+        """The I/O thread's last step: the thread runs what is queued, then ends."""
+        if self.thread is not None:
+            self._queue.put(None)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            fn, future = item
+            try:
+                fn(future)
+            except BaseException:  # as Future does, but this thread must live on for the callbacks after it
+                log.exception("exception calling callback for %r", future)
 
 
 class _Forget(NamedTuple):
@@ -281,8 +329,8 @@ class Connection:
         """The I/O thread has stopped taking work: submitting now fails at once."""
         self._inbox: deque[Call | int | _Forget] = deque()
         """The I/O thread's own copy of the outbox, worked off ``_BATCH`` at a time."""
-        # Unbounded on purpose: a caller must never block here, least of all a
-        # Future callback running in the I/O thread, which is the only reader.
+        self._callbacks = _Callbacks()
+        # Unbounded on purpose: a caller must never block here.
         inbox = f"inproc://dllpool-client-{next(_instances)}-{id(self):x}"
         self._pull = self._socket(zmq.PULL)
         try:
@@ -340,13 +388,14 @@ class Connection:
 
     def detach(self, owner: Owner) -> None:
         """A Client closes: fail its calls with BrokerUnavailable and tell the broker to drop them (CANCEL);
-        the last Client closes the connection. Idempotent; safe from any thread, including a Future callback."""
+        the last Client closes the connection. Idempotent; safe from any thread, including a Future callback
+        (the I/O thread, which this waits on, runs none)."""
         with self._lock:
             if owner.closed:
                 return
             owner.closed = True
         done = threading.Event()
-        if self.to_io(_Forget(owner, done)) and not self.in_io_thread():
+        if self.to_io(_Forget(owner, done)):
             while not done.wait(_MAX_WAIT) and self._thread.is_alive():
                 pass
         with self._lock:  # its fast-path calls notice within _MAX_WAIT, send their CANCEL and close their lanes
@@ -358,8 +407,13 @@ class Connection:
         """How many fast-path calls ``owner`` has waiting."""
         return sum(lane.owner is owner for lane in list(self._lanes_out))
 
-    def in_io_thread(self) -> bool:
-        return threading.get_ident() == self._thread.ident
+    def run_callback(self, fn: Callable[[Future[Any]], object], future: Future[Any]) -> None:
+        """Run a done-callback of ``future`` now, unless this is the I/O thread: then, in turn, in the
+        callback thread."""
+        if threading.get_ident() == self._thread.ident:
+            self._callbacks.put(fn, future)
+        else:
+            fn(future)
 
     @property
     def stats(self) -> dict[str, int]:
@@ -402,9 +456,11 @@ class Connection:
         for lane in idle:
             self._retire(lane)
         self.to_io(None)
-        if not self.in_io_thread():
-            self._thread.join()
-            self._close_push()
+        self._thread.join()
+        self._close_push()
+        callbacks = self._callbacks.thread  # settled now: the I/O thread that starts it has ended
+        if callbacks is not None and callbacks is not threading.current_thread():
+            callbacks.join()  # when close() returns, every callback of this connection's calls has run
         with self._lock:
             if not self._lanes_back.wait_for(lambda: not self._lanes_out, _CLOSE_WAIT):
                 log.warning("%d call(s) still hold a socket after close()", len(self._lanes_out))
@@ -640,6 +696,7 @@ class Connection:
                     item.done.set()
             for outcome in ended:
                 outcome.call.handle.settle(error=outcome.error)
+            self._callbacks.stop()
 
     def _close_sockets(self) -> None:
         """Say DISCONNECT on the sockets that reached the broker (it then forgets them at once), and close them."""

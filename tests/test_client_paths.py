@@ -211,20 +211,6 @@ def test_ctrl_c_during_a_fast_call_cancels_it_at_the_broker() -> None:
         assert client.call("s", "count_calls") == 2, "the interrupted call ran after all"
 
 
-def test_call_from_a_future_callback_is_refused_and_says_use_submit(client: Client) -> None:
-    seen: Future[BaseException] = Future()
-
-    def callback(_: Future[Any]) -> None:
-        try:
-            client.call("demo", "add", 1, 2)
-        except BaseException as exc:
-            seen.set_result(exc)
-
-    client.submit("demo", "add", 1, 1).add_done_callback(callback)
-    error = seen.result(timeout=10)
-    assert isinstance(error, RuntimeError) and "submit()" in str(error)
-
-
 def test_a_call_made_before_the_handshake_completes_still_gets_its_answer(pool: Pool) -> None:
     for _ in range(5):
         with pool.client(timeout=30) as client:
