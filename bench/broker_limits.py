@@ -60,6 +60,8 @@ from concurrent.futures import Future, wait
 from pathlib import Path
 from typing import Any
 
+from demo_pool import demo_service, sleeping_threads, status_mib, wait_until
+
 import broker
 import client
 from broker import Pool
@@ -67,7 +69,6 @@ from client import Busy, Client, DllPoolError
 
 log = logging.getLogger("broker_limits")
 
-LIBRARY = Path(__file__).resolve().parent.parent / "examples" / "build" / "32" / "libdemo.so"
 CODE = Path(broker.__file__).resolve().parent.parent
 """The root of the dllpool code under test (a ``PYTHONPATH`` checkout, or this one)."""
 ENDLESS_MS = 2**31 - 1
@@ -86,48 +87,16 @@ threading.Event().wait()
 Figures = dict[str, Any]
 
 
-def service(workers: int, threads: int = 1, extra: Mapping[str, object] | None = None) -> dict[str, Any]:
+def service(workers: int, threads: int = 1, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The demo library's service ``s`` (with ``extra`` keys), as a pool configuration."""
-    functions = {
-        "add": {"args": ["int", "int"], "returns": "int"},
-        "sleep_ms": {"args": ["int"], "returns": "void"},
-        "str_len": {"args": ["char*"], "returns": "int"},
+    return {
+        "services": {"s": demo_service("add", "sleep_ms", "str_len", workers=workers, threads=threads, **(extra or {}))}
     }
-    spec = {"bits": 32, "workers": workers, "threads": threads, "library": str(LIBRARY), "functions": functions}
-    return {"services": {"s": {**spec, **(extra or {})}}}
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def counted(pool: Pool, requests: int) -> Callable[[], bool]:
     """Whether the broker has counted ``requests`` requests (taken, or refused with Busy) by now."""
     return lambda: pool.stats()["requests"] >= requests
-
-
-def sleeping_threads(pid: int) -> int:
-    """Threads of ``pid`` blocked in nanosleep: calls inside demo's ``sleep_ms`` (a worker's own threads wait in
-    poll, epoll and futex)."""
-    count = 0
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            count += (task / "wchan").read_text() == "hrtimer_nanosleep"
-        except OSError:  # the thread or the process just ended
-            continue
-    return count
-
-
-def status_mib(pid: int, field: str) -> float:
-    """A ``/proc/<pid>/status`` memory field (VmRSS, VmHWM) in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return round(int(line.split()[1]) / 1024, 1)
-    raise RuntimeError(f"no {field} for pid {pid}")
 
 
 def hosted_broker_pid() -> int:

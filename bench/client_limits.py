@@ -34,6 +34,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from demo_pool import demo_service
+
 from broker import Pool
 from client import Client, DllPoolError
 
@@ -41,22 +43,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def config(bits: int, workers: int, worker_liveness: int = 3) -> dict[str, Any]:
-    return {
-        "pool": {"heartbeat_liveness": worker_liveness},
-        "services": {
-            "s": {
-                "bits": bits,
-                "workers": workers,
-                "library": str(ROOT / "examples" / "build" / str(bits) / "libdemo.so"),
-                "functions": {
-                    "add": {"args": ["int", "int"], "returns": "int"},
-                    "sleep_ms": {"args": ["int"], "returns": "void"},
-                    "count_calls": {"returns": "int"},
-                    "scale_sum": {"args": ["double*", "int", "double"], "returns": "double"},
-                },
-            }
-        },
-    }
+    functions = ("add", "sleep_ms", "count_calls", "scale_sum")
+    service = demo_service(*functions, workers=workers, bits=bits)
+    return {"pool": {"heartbeat_liveness": worker_liveness}, "services": {"s": service}}
 
 
 def usage() -> tuple[int, int]:

@@ -20,13 +20,12 @@ import sys
 import threading
 import time
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 import zmq
+from demo_pool import demo_service, sleeping_threads, wait_until
 
 from broker import BrokerKind, Pool
-from broker.config import load_config
 from client import Client
 from protocol import frames as wire
 
@@ -35,21 +34,13 @@ ENDLESS = 2**31 - 1
 
 
 def demo(workers: int) -> dict[str, Any]:
-    """The default configuration's demo service alone, with ``workers`` workers."""
-    functions = {"add": {"args": ["int", "int"], "returns": "int"}, "sleep_ms": {"args": ["int"], "returns": "void"}}
-    library = load_config().service("demo").hosting["library"]
-    return {"services": {"demo": {"workers": workers, "library": library, "functions": functions}}}
-
-
-def in_sleep_ms(pid: int) -> bool:
-    """A thread of worker ``pid`` is in nanosleep: inside demo's ``sleep_ms`` (its own threads never are)."""
-    return any(wchan.read_text() == "hrtimer_nanosleep" for wchan in Path(f"/proc/{pid}/task").glob("*/wchan"))
+    """The demo library as a service ``demo`` alone, with ``workers`` workers."""
+    return {"services": {"demo": demo_service("add", "sleep_ms", workers=workers)}}
 
 
 def sleeping(pids: list[int], count: int) -> None:
     """Return once ``count`` of the workers ``pids`` run ``sleep_ms``."""
-    while sum(map(in_sleep_ms, pids)) < count:
-        time.sleep(0.01)
+    wait_until(lambda: sum(sleeping_threads(pid) > 0 for pid in pids) >= count, 60, f"{count} workers in sleep_ms")
 
 
 def replaced(pids: list[int], pool: Pool) -> None:

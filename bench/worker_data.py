@@ -14,43 +14,22 @@ from __future__ import annotations
 import argparse
 import array
 import time
-from pathlib import Path
 from typing import Any
 
 import msgpack
 import zmq
+from demo_pool import demo_service, status_mib
 
 from broker import Pool
 from protocol import frames as wire
 from protocol.codec import EXT_BUFFER
-
-LIBRARY = Path(__file__).resolve().parent.parent / "examples" / "build" / "32" / "libdemo.so"
-
-
-def _service(workers: int) -> dict[str, Any]:
-    return {
-        "workers": workers,
-        "library": str(LIBRARY),
-        "functions": {
-            "add": {"args": ["int", "int"], "returns": "int"},
-            "scale_sum": {"args": ["double*", "int", "double"], "returns": "double"},
-        },
-    }
-
-
-def _peak_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def big(mib: int, interval: float) -> None:
     count = mib * 1024 * 1024 // 8
     values = array.array("d", [0.0]) * count
     values[0], values[-1] = 1.0, 2.0
-    config = {"pool": {"heartbeat_interval": interval}, "services": {"s": _service(2)}}
+    config = {"pool": {"heartbeat_interval": interval}, "services": {"s": demo_service("add", "scale_sum", workers=2)}}
     # The caller's own heartbeats may queue behind its upload: a wide window keeps this about the worker.
     with (
         Pool.from_config(config) as pool,
@@ -74,7 +53,7 @@ def big(mib: int, interval: float) -> None:
         print(f"big: {cheap} cheap calls meanwhile, the slowest in {worst:.3f} s")
         same = sorted(pool.worker_pids("s")) == pids
         print(f"big: workers lost {pool.stats()['workers_lost']}, worker pids unchanged {same}")
-        print("big: worker peak RSS " + ", ".join(f"{_peak_rss_mib(pid):.0f} MiB" for pid in pids))
+        print("big: worker peak RSS " + ", ".join(f"{status_mib(pid, 'VmHWM'):.0f} MiB" for pid in pids))
 
 
 def refs(count: int) -> None:
@@ -82,9 +61,13 @@ def refs(count: int) -> None:
     body = msgpack.packb([[ext] * count, {}], use_bin_type=True)
     sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
     sock.linger = 0
-    with Pool.from_config({"services": {"s": _service(1)}}) as pool, pool.client(timeout=30) as client, sock:
+    with (
+        Pool.from_config({"services": {"s": demo_service("add", "scale_sum")}}) as pool,
+        pool.client(timeout=30) as client,
+        sock,
+    ):
         (pid,) = pool.worker_pids("s")
-        before = _peak_rss_mib(pid)
+        before = status_mib(pid, "VmHWM")
         sock.connect(pool.address)
         started = time.monotonic()
         sock.send_multipart(wire.client_request(1, "s", "add", 600.0, [body, bytes(1 << 20)]))
@@ -94,7 +77,7 @@ def refs(count: int) -> None:
         error = answer.error if isinstance(answer, wire.ReplyToClient) else None
         shown = f"{error['type']}: {error['message']}" if error else "a result"
         print(f"refs: one 1 MiB frame named {count} times: {shown} after {took:.2f} s")
-        print(f"refs: worker peak RSS {before:.0f} MiB before, {_peak_rss_mib(pid):.0f} MiB after")
+        print(f"refs: worker peak RSS {before:.0f} MiB before, {status_mib(pid, 'VmHWM'):.0f} MiB after")
         serving = client.call("s", "add", 1, 2) == 3 and pool.worker_pids("s") == [pid]
         print(f"refs: the same worker serves on: {serving}")
 

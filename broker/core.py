@@ -304,6 +304,10 @@ class BrokerCore:
         """What each ready worker reported when it registered (pid, pointer size, Python, threads)."""
         return sorted((dict(w.info) for w in self._registered()), key=lambda i: (i["service"], i["pid"]))
 
+    def worker_idents(self) -> list[bytes]:
+        """The sockets of the registered workers."""
+        return [w.ident for w in self._registered()]
+
     def _registered(self) -> list[_Worker]:
         """Workers that are still reachable: a GONE one only waits for the report of its end."""
         return [w for w in self._workers.values() if w.state is not WorkerState.GONE]

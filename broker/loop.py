@@ -104,8 +104,6 @@ class BrokerLoop:
         self._watched = 0.0
         """When the loop last looked at its sockets (a poll returned)."""
         self._unread: _Unread | None = None
-        self._workers: dict[bytes, float] = {}
-        """Backend peers by when they were last heard: the workers to wake at shutdown."""
         self._clients: dict[bytes, float] = {}
         """Frontend peers by when they were last heard: the clients to reassure while one message holds the socket."""
 
@@ -178,16 +176,12 @@ class BrokerLoop:
         if now >= self._next_forget:
             self._next_forget = now + self.core.heartbeat_interval
             since = now - self.core.heartbeat_interval * self.core.heartbeat_liveness
-            self._workers = _heard_since(self._workers, since)
             self._clients = _heard_since(self._clients, since)
 
     def _drain_backend(self) -> None:
         deadline = time.monotonic() + _BATCH_SECONDS
         for ident, *frames in transport.drain(self.backend, _BATCH):
-            peer = cast(bytes, ident)  # the routing ID comes copied
-            now = self._handle(self.core.worker_message, peer, frames)
-            self._workers[peer] = now
-            if now >= deadline:
+            if self._handle(self.core.worker_message, cast(bytes, ident), frames) >= deadline:
                 return
 
     def _read_frontend(self, readable: bool) -> None:
@@ -330,9 +324,11 @@ class BrokerLoop:
         self.supervisor.stop_all(wake=self._wake_workers)
 
     def _wake_workers(self) -> None:
-        """A heartbeat to every worker heard from lately: an idle worker that got SIGTERM stops when its poll ends."""
+        """A heartbeat to every registered worker: an idle worker that got SIGTERM stops when its poll ends."""
         heartbeat = wire.heartbeat_to_worker()
-        for ident in self._workers:
+        with self.lock:
+            idents = self.core.worker_idents()
+        for ident in idents:
             transport.try_send(self.backend, [ident, *heartbeat])
 
 

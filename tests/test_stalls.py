@@ -154,43 +154,53 @@ def test_a_stall_while_the_broker_handles_a_message_costs_no_worker(monkeypatch:
         assert pool.stats()["workers_lost"] == 0
 
 
+def assert_stopped_without_waiting_out(busy: list[int], log_text: str) -> None:
+    """The workers in endless calls were killed as the grace period ended, and no worker had to be waited out
+    (an idle one stops on its SIGTERM at once, woken from a poll that would otherwise last until its next
+    heartbeat). How long that takes is measured by ``bench/stalls.py stop``."""
+    for pid in busy:
+        assert f"killing worker pid {pid}: the pool is stopping and its grace period is over" in log_text
+    assert "did not stop in" not in log_text, "a worker was waited out, then killed"
+
+
 @pytest.mark.parametrize("broker", ["thread", "process"])
-def test_a_stop_with_endless_calls_is_quick_and_answers_them(broker: BrokerKind) -> None:
+def test_a_stop_with_endless_calls_kills_their_workers_and_answers_them(
+    broker: BrokerKind, caplog: pytest.LogCaptureFixture
+) -> None:
     """The busy workers are killed when the grace period ends; the idle one, woken, stops at once, though its next
     heartbeat (which would end its wait) is 10 s away."""
+    caplog.set_level(logging.WARNING, logger="broker.supervisor")
     config = {"pool": {"heartbeat_interval": 10.0}, "services": {"s": demo_service(workers=3)}}
-    grace = 0.5
     pool = Pool.from_config(config, broker=broker)
     try:
         pids = pool.worker_pids("s")
         with pool.client() as client:
             endless = [client.submit("s", "sleep_ms", ENDLESS) for _ in range(2)]
             wait_for(lambda: sum(in_nanosleep(pid) for pid in pids) == 2, 30, "two endless calls to run")
-            started = time.monotonic()
-            pool.stop(grace=grace)
-            took = time.monotonic() - started
+            busy = [pid for pid in pids if in_nanosleep(pid)]
+            pool.stop(grace=0.5)
             for future in endless:
                 with pytest.raises(BrokerUnavailable, match="shut down"):
                     future.result(timeout=30)
     finally:
         pool.stop()
-    assert took < grace + 3.0, f"the stop took {took:.1f} s with a {grace} s grace period"
+    assert_stopped_without_waiting_out(busy, caplog.text)
     assert_no_children_left(pids)
 
 
-def test_dllpool_up_with_endless_calls_stops_soon_after_its_grace(tmp_path: Path) -> None:
+def test_dllpool_up_with_endless_calls_kills_their_workers_at_its_grace(tmp_path: Path) -> None:
     config = tmp_path / "pool.toml"
     service = demo_service()
     config.write_text(
         f'[services.s]\nworkers = 3\nlibrary = "{service["library"]}"\n'
         '[services.s.functions]\nsleep_ms = { args = ["int"], returns = "void" }\n'
     )
-    grace = 0.5
+    log_file = tmp_path / "up.log"
     process = subprocess.Popen(
-        [*DLLPOOL, "up", "-c", str(config), "--json", "--grace", str(grace)],
+        [*DLLPOOL, "up", "-c", str(config), "--json", "--grace", "0.5"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=log_file.open("w"),
         text=True,
     )
     try:
@@ -200,15 +210,14 @@ def test_dllpool_up_with_endless_calls_stops_soon_after_its_grace(tmp_path: Path
         with Client(announced["address"]) as client:
             endless = [client.submit("s", "sleep_ms", ENDLESS) for _ in range(2)]
             wait_for(lambda: sum(in_nanosleep(pid) for pid in pids) == 2, 30, "two endless calls to run")
-            started = time.monotonic()
+            busy = [pid for pid in pids if in_nanosleep(pid)]
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=60) == 0
-            took = time.monotonic() - started
             for future in endless:
                 with pytest.raises(BrokerUnavailable):
                     future.result(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
-    assert took < grace + 3.0, f"dllpool up took {took:.1f} s to stop with a {grace} s grace period"
+    assert_stopped_without_waiting_out(busy, log_file.read_text())
     assert_no_children_left(pids)
