@@ -29,6 +29,8 @@ from protocol.codec import unpack_value
 from protocol.errors import BrokerUnavailable, CallError, ProtocolError, Timeout, error_from_wire
 from protocol.frames import Buffer
 
+from .arrays import from_wire
+
 log = logging.getLogger(__name__)
 
 __all__ = ["MIN_GRACE", "Call", "ClientCore", "Outcome", "Tick", "remote_error", "unavailable"]
@@ -241,7 +243,7 @@ class ClientCore:
         if answer.error is not None:
             return Outcome(call, error=remote_error(answer.error, call.service, call.method))
         try:
-            return Outcome(call, unpack_value(answer.payload))
+            return Outcome(call, unpack_value(answer.payload, arrays=from_wire))
         except ProtocolError as exc:
             return Outcome(call, error=exc)
 

@@ -4,7 +4,17 @@ Pure and sans-io: runs on any CPython 3.9+ (32- or 64-bit) with msgpack. The one
 :mod:`protocol.transport` (the socket boundary shared by all three), needs pyzmq and is not imported here.
 """
 
-from .codec import DEFAULT_LIMITS, Limits, pack_batch, pack_call, pack_value, unpack_batch, unpack_call, unpack_value
+from .codec import (
+    DEFAULT_LIMITS,
+    Limits,
+    NDArray,
+    pack_batch,
+    pack_call,
+    pack_value,
+    unpack_batch,
+    unpack_call,
+    unpack_value,
+)
 from .errors import (
     ArgumentError,
     BadRequest,
@@ -19,6 +29,7 @@ from .errors import (
     RemoteError,
     ReplyTooLarge,
     RuntimeMissing,
+    SharedMemoryError,
     Timeout,
     UnknownMethod,
     UnknownService,
@@ -67,10 +78,12 @@ __all__ = [
     "DllPoolError",
     "LibraryLoadError",
     "Limits",
+    "NDArray",
     "PoolStartError",
     "ProtocolError",
     "RemoteError",
     "ReplyTooLarge",
+    "SharedMemoryError",
     "RuntimeMissing",
     "Timeout",
     "UnknownMethod",

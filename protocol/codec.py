@@ -20,6 +20,7 @@ I/O thread) could not run.
 
 import array
 import io
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, cast
@@ -32,6 +33,11 @@ from .frames import Buffer
 __all__ = [
     "Limits",
     "DEFAULT_LIMITS",
+    "NDArray",
+    "ArrayHook",
+    "ShareHook",
+    "SHARED_NAME",
+    "TYPESTRS",
     "pack_call",
     "unpack_call",
     "pack_batch",
@@ -46,6 +52,9 @@ EXT_BUFFER = 1
 """Out-of-band bytes: ext data is the msgpack index of the frame that holds them."""
 EXT_ARRAY = 2
 """An ``array.array``: ext data is msgpack ``[typecode, frame index or inline bytes]``."""
+EXT_NDARRAY = 3
+"""A typed n-dimensional array (a NumPy array, an :class:`NDArray`): ext data is msgpack
+``[typestr, shape, data]``, data being inline bytes, a frame index, or the name of a shared-memory segment."""
 
 OUT_OF_BAND_MIN = 16 * 1024
 """Values this big or bigger travel as frames of their own."""
@@ -80,6 +89,100 @@ def _array_code(value: "array.array[Any]") -> str:
     return code
 
 
+TYPESTRS = {
+    "|i1": "b",
+    "|u1": "B",
+    "|b1": "?",
+    "<i2": "h",
+    "<u2": "H",
+    "<i4": "i",
+    "<u4": "I",
+    "<i8": "q",
+    "<u8": "Q",
+    "<f4": "f",
+    "<f8": "d",
+}
+"""The element types an :class:`NDArray` may have (NumPy's ``__array_interface__`` type strings, little-endian as
+both ends of a pool are), each with its ``struct`` format: what ctypes can represent as a scalar."""
+
+SHARED_NAME = re.compile(r"dllpool\.[0-9]{1,10}\.[0-9a-f]{8,64}")
+"""What a shared-memory segment's name must look like (``dllpool.<creator pid>.<random hex>``): a peer can only
+name segments of dllpool's own, never another program's file in /dev/shm."""
+
+_MAX_DIMS = 32
+"""NumPy's own limit on dimensions."""
+
+
+class NDArray:
+    """A typed, shaped array on the wire, without NumPy: what a 32-bit worker gets for a NumPy argument.
+
+    ``data`` holds the elements in C order, or is ``None`` while the array lives in the shared-memory segment
+    named ``shared`` (whoever maps it sets ``data`` to the mapping). :meth:`view` gives a memoryview of the
+    right format and shape, which ``numpy.asarray`` takes without a copy where NumPy is installed.
+    """
+
+    __slots__ = ("data", "shape", "shared", "typestr")
+
+    def __init__(
+        self, typestr: str, shape: Sequence[int], data: Optional[Buffer] = None, shared: Optional[str] = None
+    ) -> None:
+        self.typestr = typestr
+        self.shape = tuple(shape)
+        self.data = data
+        self.shared = shared
+
+    @property
+    def itemsize(self) -> int:
+        return int(self.typestr[2:])
+
+    @property
+    def size(self) -> int:
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.itemsize
+
+    def view(self) -> memoryview:
+        """The elements as a memoryview with this array's format and shape."""
+        if self.data is None:
+            raise ValueError(f"shared-memory segment {self.shared!r} is not mapped")
+        flat: Any = memoryview(self.data).cast("B")  # typeshed knows cast() only for literal formats
+        return cast(memoryview, flat.cast(TYPESTRS[self.typestr], list(self.shape)))
+
+    def __repr__(self) -> str:
+        where = f"shared={self.shared!r}" if self.shared else f"{self.nbytes} bytes"
+        return f"NDArray({self.typestr!r}, {self.shape}, {where})"
+
+
+ArrayHook = Callable[[NDArray], Any]
+"""What a receiver makes of each :class:`NDArray` it unpacks (a client: a NumPy array)."""
+ShareHook = Callable[[Any, memoryview], Optional[str]]
+"""A sender's choice for a big array (the object and its bytes): the name of a shared-memory segment that holds
+the bytes, or ``None`` to send them as a frame."""
+
+
+def _array_like(value: Any) -> tuple[str, tuple[int, ...], memoryview]:
+    """``(typestr, shape, C-ordered bytes)`` of an object with NumPy's ``__array_interface__``.
+
+    A non-contiguous array is copied into C order here (the one copy a sender makes of it).
+    """
+    interface = value.__array_interface__
+    typestr = str(interface["typestr"])
+    if typestr not in TYPESTRS:
+        raise TypeError(
+            f"an array of type {typestr!r} cannot be sent: use one of {', '.join(sorted(TYPESTRS))} (little-endian "
+            "integers, floats or bools)"
+        )
+    data = memoryview(value)
+    if not data.c_contiguous:
+        data = memoryview(data.tobytes())
+    return typestr, tuple(int(d) for d in interface["shape"]), data.cast("B")
+
+
 class _NeedsFrames(Exception):
     """A value holds a buffer big enough for a frame of its own: pack it the thorough way."""
 
@@ -91,6 +194,8 @@ def _inline(value: Any) -> Any:
         if len(data) >= OUT_OF_BAND_MIN:
             raise _NeedsFrames
         return msgpack.ExtType(EXT_ARRAY, msgpack.packb([_array_code(value), data.tobytes()], use_bin_type=True))
+    if isinstance(value, NDArray) or hasattr(type(value), "__array_interface__"):
+        return _Packer(inline_only=True).prepare(value)
     if isinstance(value, (set, frozenset)):
         return list(value)
     if isinstance(value, int):  # with a hook, msgpack hands over an integer it cannot carry instead of raising
@@ -99,16 +204,45 @@ def _inline(value: Any) -> Any:
 
 
 class _Packer:
-    """Replaces big buffers and arrays by ext references to frames of their own."""
+    """Replaces big buffers and arrays by ext references to frames of their own (or to shared memory)."""
 
-    def __init__(self) -> None:
+    def __init__(self, share: Optional[ShareHook] = None, inline_only: bool = False) -> None:
         self.frames: list[Buffer] = []
+        self.share = share
+        self.inline_only = inline_only
 
     def _ref(self, data: memoryview) -> Any:
         if len(data) < OUT_OF_BAND_MIN:
             return data.tobytes()
+        if self.inline_only:
+            raise _NeedsFrames
         self.frames.append(data)
         return len(self.frames)
+
+    def _ndarray(self, value: Any) -> Any:
+        if isinstance(value, NDArray):
+            if value.typestr not in TYPESTRS:
+                raise TypeError(f"an array of type {value.typestr!r} cannot be sent")
+            typestr, shape = value.typestr, value.shape
+            if value.shared is not None:
+                where: Any = value.shared
+            elif value.data is None:
+                raise TypeError("an NDArray without data or a shared-memory segment cannot be sent")
+            else:
+                where = None
+                data = memoryview(value.data).cast("B")
+        else:
+            interface_shape = value.__array_interface__["shape"]
+            if not interface_shape and hasattr(value, "item"):
+                return self.prepare(value.item())  # a NumPy scalar or 0-d array is the Python number it holds
+            typestr, shape, data = _array_like(value)
+            where = None
+        if where is None:
+            if self.share is not None and len(data) >= OUT_OF_BAND_MIN and not self.inline_only:
+                where = self.share(value, data)
+            if where is None:
+                where = self._ref(data)
+        return msgpack.ExtType(EXT_NDARRAY, msgpack.packb([typestr, list(shape), where], use_bin_type=True))
 
     def prepare(self, value: Any) -> Any:
         if isinstance(value, (bytes, bytearray, memoryview)):
@@ -118,6 +252,8 @@ class _Packer:
         if isinstance(value, array.array):
             ref = self._ref(memoryview(value).cast("B"))
             return msgpack.ExtType(EXT_ARRAY, msgpack.packb([_array_code(value), ref], use_bin_type=True))
+        if isinstance(value, NDArray) or hasattr(type(value), "__array_interface__"):
+            return self._ndarray(value)
         if isinstance(value, (list, tuple)):
             return [self.prepare(v) for v in value]
         if isinstance(value, dict):
@@ -167,16 +303,17 @@ _CONTAINERS = (list, tuple, dict)
 _LOOKED_INTO = frozenset((bytes, bytearray, memoryview, *_CONTAINERS))
 
 
-def pack_value(value: Any) -> list[Buffer]:
+def pack_value(value: Any, share: Optional[ShareHook] = None) -> list[Buffer]:
     """Frames for one value (a call's result).
 
     One pass in msgpack's C code does it when the body stays below
     :data:`OUT_OF_BAND_MIN` (then no buffer in it can need a frame of its
     own); otherwise, or for a big array, a walk over the value moves each
-    big buffer to a frame of its own.
+    big buffer to a frame of its own (or, where ``share`` says so, a big
+    typed array to shared memory).
     """
     if _holds_big_buffer(value):
-        return _Packer().pack(value)
+        return _Packer(share).pack(value)
     try:
         body = _packb(value, _inline)
     except _NeedsFrames:
@@ -184,12 +321,12 @@ def pack_value(value: Any) -> list[Buffer]:
     else:
         if len(body) < OUT_OF_BAND_MIN:
             return [body]
-    return _Packer().pack(value)
+    return _Packer(share).pack(value)
 
 
-def pack_call(args: Sequence[Any], kwargs: dict[str, Any]) -> list[Buffer]:
+def pack_call(args: Sequence[Any], kwargs: dict[str, Any], share: Optional[ShareHook] = None) -> list[Buffer]:
     """Frames for a call's arguments."""
-    return pack_value([list(args), kwargs])
+    return pack_value([list(args), kwargs], share)
 
 
 def slices(data: Buffer) -> Iterator[memoryview]:
@@ -209,6 +346,44 @@ def _copy_bytes(data: Buffer) -> bytes:
     return out.getvalue()
 
 
+def _copy_writable(data: Buffer) -> bytearray:
+    """A private, writable copy: a library may write into an array in place."""
+    result = bytearray(len(data))
+    view = memoryview(result)
+    for start, piece in zip(range(0, len(data), COPY_SLICE), slices(data)):
+        view[start : start + len(piece)] = piece
+    return result
+
+
+def _ndarray(ref: Any, frame: Callable[[Any], Buffer]) -> NDArray:
+    """An NDArray from its ext data, every field checked: the sizes come from an untrusted peer."""
+    if not isinstance(ref, list) or len(ref) != 3:
+        raise ProtocolError("malformed typed array in payload")
+    typestr, shape, where = ref
+    if typestr not in TYPESTRS:
+        raise ProtocolError(f"typed array in payload has unknown element type {typestr!r}")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > _MAX_DIMS
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 62 for d in shape)
+    ):
+        raise ProtocolError(f"typed array in payload has a malformed shape {shape!r:.100}")
+    array_ = NDArray(typestr, shape)
+    if isinstance(where, str):
+        if not SHARED_NAME.fullmatch(where):
+            raise ProtocolError(f"typed array in payload names shared memory {where!r:.80}, not a dllpool segment")
+        array_.shared = where
+        return array_
+    data = where if isinstance(where, bytes) else frame(where)
+    if len(data) != array_.nbytes:
+        raise ProtocolError(
+            f"typed array in payload has {len(data)} bytes of data; its shape {tuple(shape)} of "
+            f"{typestr!r} needs {array_.nbytes}"
+        )
+    array_.data = _copy_writable(data)
+    return array_
+
+
 def _copy_array(typecode: str, data: Buffer) -> "array.array[Any]":
     result = array.array(typecode)
     if len(data) % result.itemsize:
@@ -218,10 +393,12 @@ def _copy_array(typecode: str, data: Buffer) -> "array.array[Any]":
     return result
 
 
-def unpack_value(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> Any:
+def unpack_value(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS, arrays: Optional[ArrayHook] = None) -> Any:
     """Rebuild a value from frames sent by an untrusted peer.
 
-    Each frame after the body must be referred to by the body exactly once.
+    Each frame after the body must be referred to by the body exactly once. A typed array becomes an
+    :class:`NDArray` holding a private writable copy of its data (or naming its shared-memory segment), or
+    whatever ``arrays`` makes of that.
     """
     if not frames:
         raise ProtocolError("payload has no body frame")
@@ -242,9 +419,12 @@ def unpack_value(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> A
         return frames[index]
 
     def ext_hook(code: int, data: bytes) -> Any:
-        if code not in (EXT_BUFFER, EXT_ARRAY):
+        if code not in (EXT_BUFFER, EXT_ARRAY, EXT_NDARRAY):
             raise ProtocolError(f"unknown ext type {code} in payload")
-        ref = msgpack.unpackb(data, raw=False, max_array_len=2, max_map_len=0, max_ext_len=0)
+        ref = msgpack.unpackb(data, raw=False, max_array_len=_MAX_DIMS, max_map_len=0, max_ext_len=0)
+        if code == EXT_NDARRAY:
+            received = _ndarray(ref, frame)
+            return received if arrays is None else arrays(received)
         if code == EXT_BUFFER:
             return _copy_bytes(frame(ref))
         if code == EXT_ARRAY:
@@ -276,9 +456,11 @@ def unpack_value(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> A
     return value
 
 
-def unpack_call(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> tuple[list[Any], dict[str, Any]]:
+def unpack_call(
+    frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS, arrays: Optional[ArrayHook] = None
+) -> tuple[list[Any], dict[str, Any]]:
     """Rebuild ``(args, kwargs)``; anything else is a ProtocolError."""
-    value = unpack_value(frames, limits)
+    value = unpack_value(frames, limits, arrays)
     if (
         not isinstance(value, list)
         or len(value) != 2

@@ -27,6 +27,7 @@ __all__ = [
     "Busy",
     "BrokerUnavailable",
     "ReplyTooLarge",
+    "SharedMemoryError",
     "error_from_wire",
     "error_to_wire",
 ]
@@ -130,6 +131,11 @@ class ReplyTooLarge(CallError):
     (``details["limit"]``, ``details["size"]``), so it cannot be sent; the worker keeps serving."""
 
 
+class SharedMemoryError(CallError):
+    """A buffer could not go through shared memory: the segment is gone or too small, or the 32-bit worker
+    cannot map that many bytes (``details["limit"]``, ``details["size"]``). The library was not called."""
+
+
 _WIRE_TYPES: dict[str, type[CallError]] = {
     cls.__name__: cls
     for cls in (
@@ -144,6 +150,7 @@ _WIRE_TYPES: dict[str, type[CallError]] = {
         Busy,
         BrokerUnavailable,
         ReplyTooLarge,
+        SharedMemoryError,
     )
 }
 
