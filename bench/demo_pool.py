@@ -16,7 +16,11 @@ FUNCTIONS: dict[str, dict[str, Any]] = {
     "add": {"args": ["int", "int"], "returns": "int"},
     "sleep_ms": {"args": ["int"], "returns": "void"},
     "count_calls": {"returns": "int"},
-    "scale_sum": {"args": ["double*", "int", "double"], "returns": "double"},
+    "scale_sum": {
+        "args": ["const double *values", "int n", "double factor"],
+        "returns": "double",
+        "params": {"values": "in[n]"},
+    },
     "str_len": {"args": ["char*"], "returns": "int"},
 }
 """Declarations of the demo library's functions the scripts call."""

@@ -18,8 +18,8 @@ from typing import Any
 
 from protocol import ConfigError
 from workers32.hosting import LIBRARY_KINDS
-from workers32.signatures import check_type
 
+from .declarations import legacy_prototype, parse_function, parse_structs
 from .locations import default_config_path
 
 if sys.version_info >= (3, 11):
@@ -62,8 +62,9 @@ _SERVICE_KEYS = {
     "queue_limit_bytes",
     "max_call_seconds",
     "prefetch",
+    "structs",
 }
-_FUNCTION_KEYS = {"args", "returns", "symbol", "idempotent", "doc"}
+_FUNCTION_KEYS = {"c", "args", "returns", "params", "symbol", "idempotent", "doc"}
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,8 @@ class ServiceConfig:
     shows with at most two such calls per worker. Services of short calls only may go deeper; services whose
     idempotent calls can take seconds should use 0."""
     hosting: dict[str, Any] = field(default_factory=dict)
-    """What the worker gets: ``library``/``kind``/``functions`` or ``module``/``class``/``options``/``path``."""
+    """What the worker gets: ``library``/``kind``/``functions``/``structs`` (the normalized declarations of
+    broker/declarations.py) or ``module``/``class``/``options``/``path``."""
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,15 @@ def _get(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], defa
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     return " or ".join(
-        {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(k, k.__name__) for k in kinds
+        {
+            int: "an integer",
+            float: "a number",
+            str: "a string",
+            bool: "true or false",
+            list: "a list",
+            Mapping: "a table",
+        }.get(k, k.__name__)
+        for k in kinds
     )
 
 
@@ -295,12 +305,16 @@ def _service(name: str, table: Any, base: Path, origin: str) -> ServiceConfig:
         functions = _get(table, "functions", Mapping, None, where)
         if not functions:
             raise ConfigError(f"{where}: a declared library needs a [services.{name}.functions] table")
+        structs = parse_structs(_get(table, "structs", Mapping, {}, where), f"{where}.structs")
         hosting = {
             "library": _path(_get(table, "library", str, None, where), base, bits),
             "kind": _kind(_get(table, "kind", str, "cdll", where), f"{where}.kind"),
-            "functions": {fn: _function(fn, decl, f"{where}.functions") for fn, decl in functions.items()},
+            "functions": {fn: _function(fn, decl, structs, f"{where}.functions") for fn, decl in functions.items()},
+            "structs": structs,
         }
-        idempotent |= {fn for fn, decl in functions.items() if decl.get("idempotent") is True}
+        idempotent |= {
+            fn for fn, decl in functions.items() if isinstance(decl, Mapping) and decl.get("idempotent") is True
+        }
     elif "module" in table:
         module = _get(table, "module", str, None, where)
         if "class" not in table:
@@ -343,18 +357,24 @@ def _kind(kind: str, where: str) -> str:
     return kind
 
 
-def _function(name: str, decl: Any, where: str) -> dict[str, Any]:
+def _function(name: str, decl: Any, structs: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """FUNC (broker/declarations.py) from a prototype string, or a table with ``c`` or the old ``args``/``returns``."""
     where = f"{where}.{name}"
+    if isinstance(decl, str):
+        decl = {"c": decl}
     if not isinstance(decl, Mapping):
-        raise ConfigError(f'{where} must be a table such as {{ args = ["int"], returns = "int" }}')
+        raise ConfigError(f'{where} must be a C prototype such as "int add(int a, int b)" or a table with c = ...')
     _unknown(decl, _FUNCTION_KEYS, where)
-    args = _get(decl, "args", list, [], where)
-    returns = _get(decl, "returns", str, "int", where)
-    try:
-        for arg in args:
-            check_type(str(arg))
-        check_type(returns, returns=True)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    if "c" in decl and ("args" in decl or "returns" in decl):
+        raise ConfigError(f"{where}: give either c (the prototype) or args and returns, not both")
+    symbol = _get(decl, "symbol", str, None, where)
+    if "c" in decl:
+        prototype = _get(decl, "c", str, None, where)
+    else:
+        args = _get(decl, "args", list, [], where)
+        if not all(isinstance(arg, str) for arg in args):
+            raise ConfigError(f'{where}.args must be a list of C parameter declarations such as ["int n"]')
+        prototype = legacy_prototype(symbol or name, args, _get(decl, "returns", str, "int", where))
     _get(decl, "idempotent", bool, False, where)
-    return {"args": list(args), "returns": returns, "symbol": _get(decl, "symbol", str, None, where)}
+    _get(decl, "doc", str, None, where)
+    return parse_function(prototype, _get(decl, "params", Mapping, {}, where), structs, where, symbol)

@@ -66,6 +66,10 @@ def demo_service(bits: int = 32, workers: int = 1, threads: int = 1, **extra: ob
             "worker_pid": {"returns": "int"},
             "count_calls": {"returns": "int"},
             "crash": {"returns": "int"},
+            "scale_sum": {
+                "c": "double scale_sum(const double *values, int n, double factor)",
+                "params": {"values": "in[n]"},
+            },
         },
         **extra,
     }

@@ -275,10 +275,6 @@ def test_a_big_upload_leaves_the_heartbeats_and_other_calls_of_its_client_alone(
     answered meanwhile, and the calls it submits reach the broker before the upload does, on the socket that
     carries its heartbeats, so the Client never takes the broker for silent."""
     service = demo_service(bits=64, workers=2)
-    service["functions"] = {
-        **cast(dict[str, Any], service["functions"]),
-        "scale_sum": {"args": ["double*", "int", "double"], "returns": "double"},
-    }
     # The workers get a long window: how fast a worker takes in 384 MiB is another matter.
     config = {"pool": {"heartbeat_liveness": 30}, "services": {"s": service}}
     doubles = (384 << 20) // 8

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import array
 import ctypes
+import json
+import re
 import struct
 import sys
 from pathlib import Path
@@ -64,10 +66,23 @@ def test_default_demo_service() -> None:
     assert demo.prefetch == ServiceConfig.prefetch
     functions = demo.hosting["functions"]
     assert {"add", "version", "pointer_size", "sleep_ms", "scale_sum"} <= set(functions)
-    assert functions["add"] == {"args": ["int", "int"], "returns": "int", "symbol": None}
-    assert functions["scale_sum"]["args"] == ["double*", "int", "double"]
-    assert functions["scale_sum"]["returns"] == "double"
-    assert functions["sleep_ms"]["returns"] == "void"
+    assert functions["add"] == {
+        "symbol": "add",
+        "signature": "int add(int, int)",
+        "returns": {"kind": "value", "type": "int"},
+        "params": [{"name": "arg1", "kind": "value", "type": "int"}, {"name": "arg2", "kind": "value", "type": "int"}],
+    }
+    assert functions["scale_sum"]["params"][0] == {
+        "name": "values",
+        "kind": "array",
+        "dir": "in",
+        "type": "double",
+        "dims": ["n"],
+        "storage": [None],
+    }
+    assert functions["scale_sum"]["returns"] == {"kind": "value", "type": "double"}
+    assert functions["sleep_ms"]["returns"] is None
+    assert demo.hosting["structs"] == {}
     assert demo.hosting["kind"] == "cdll"
     library = Path(demo.hosting["library"])
     assert library.is_absolute()
@@ -124,8 +139,13 @@ def test_dict_config_works_and_resolves_against_cwd(tmp_path: Path, monkeypatch:
     service = config.service("lib")
     assert (service.bits, service.workers, service.threads, service.queue_limit, service.prefetch) == (64, 3, 2, 10, 3)
     assert service.hosting["library"] == str(tmp_path.resolve() / "libs" / "64" / "x.so")
-    assert service.hosting["functions"]["f"] == {"args": [], "returns": "double", "symbol": "real_f"}
-    assert service.hosting["functions"]["g"]["returns"] == "int"
+    assert service.hosting["functions"]["f"] == {
+        "symbol": "real_f",
+        "signature": "double real_f()",
+        "returns": {"kind": "value", "type": "double"},
+        "params": [],
+    }
+    assert service.hosting["functions"]["g"]["returns"] == {"kind": "value", "type": "int"}
     assert service.idempotent == frozenset({"f", "g"})
 
 
@@ -139,7 +159,7 @@ def test_relative_paths_resolve_against_the_config_files_folder(
 [services.c]
 library = "../lib/{bits}/libc.so"
 [services.c.functions]
-f = { args = ["double*", "int"], returns = "double" }
+f = { args = ["const double *values", "int n"], returns = "double", params = { values = "in[n]" } }
 
 [services.w]
 bits = 64
@@ -170,6 +190,106 @@ class = "Cls"
     assert config.backend is None
 
 
+# ============================================================ declared signatures in a whole configuration
+
+NOTEBOOK_TOML = """
+[services.notebook]
+library = "libnotebook.so"
+
+[services.notebook.structs]
+Complex = "struct Complex { double re; double im; };"
+Pair = \"\"\"
+struct Pair {      /* a C definition as pasted from the header */
+    struct Complex z[2];
+    char name[20];
+};
+\"\"\"
+
+[services.notebook.functions]
+add = "struct Complex add(struct Complex a, struct Complex b)"
+swap = { c = "void swap(struct Complex *a, struct Complex *b)", params = { a = "inout", b = "inout" } }
+sum = { c = "double sum(double f[], int n)", params = { f = "in[n]" }, idempotent = true }
+titlecase = { c = "void titlecase(char *s)", params = { s = "inout[256]" } }
+tokenize = { c = "int tokenize(char sep, const char *str, char t[][20])", params = { t = "out[20]" } }
+mult = { c = "void mult(double a[][100], double b[][100], double c[][100], int n, int r, int m)", \\
+params = { a = "in[n][r]", b = "in[r][m]", c = "out[n][m]" } }
+first = { c = "struct Complex first(const struct Pair *p)", symbol = "pair_first", doc = "The first of two." }
+add_i = { args = ["int", "int"], returns = "int" }
+"""
+
+
+def test_a_service_with_structs_and_prototypes_loads_into_its_hosting(tmp_path: Path) -> None:
+    path = tmp_path / "notebook.toml"
+    path.write_text(NOTEBOOK_TOML.replace("\\\n", ""), encoding="utf-8")
+    service = load_config(path).service("notebook")
+    hosting = service.hosting
+    assert hosting["structs"] == {
+        "Complex": [{"name": "re", "type": "double", "shape": []}, {"name": "im", "type": "double", "shape": []}],
+        "Pair": [
+            {"name": "z", "type": {"struct": "Complex"}, "shape": [2]},
+            {"name": "name", "type": "char", "shape": [20]},
+        ],
+    }
+    functions = hosting["functions"]
+    complex_ = {"struct": "Complex"}
+    assert functions["add"] == {
+        "symbol": "add",
+        "signature": "struct Complex add(struct Complex a, struct Complex b)",
+        "returns": {"kind": "value", "type": complex_},
+        "params": [{"name": "a", "kind": "value", "type": complex_}, {"name": "b", "kind": "value", "type": complex_}],
+    }
+    assert [p["dir"] for p in functions["swap"]["params"]] == ["inout", "inout"]
+    assert functions["sum"]["params"][0] == {
+        "name": "f",
+        "kind": "array",
+        "dir": "in",
+        "type": "double",
+        "dims": ["n"],
+        "storage": [None],
+    }
+    assert functions["tokenize"]["params"][2]["dims"] == [20, 20]
+    assert functions["mult"]["params"][2]["dims"] == ["n", "m"]
+    assert functions["first"]["symbol"] == "pair_first"
+    assert functions["first"]["params"] == [{"name": "p", "kind": "ref", "dir": "in", "type": {"struct": "Pair"}}]
+    assert functions["add_i"]["signature"] == "int add_i(int, int)"
+    assert service.idempotent == frozenset({"sum"})
+    assert json.loads(json.dumps(hosting)) == hosting, "the worker gets it as JSON"
+    assert PoolConfig.from_dict(json.loads(json.dumps(load_config(path).to_dict()))) == load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("functions", "needles"),
+    [
+        (
+            {"scale_sum": {"args": ["double*", "int", "double"], "returns": "double"}},
+            ["[services.svc].functions.scale_sum", "parameter arg1 (double *)", 'params = { arg1 = "in[arg2]" }'],
+        ),
+        (
+            {"open": "void *open(const char *path)"},
+            ["functions.open", "void*", "wrapper", "handles that cross calls are planned"],
+        ),
+        ({"on": "void on(void (*cb)(int))"}, ["functions.on", "parameter cb", "callback", "wrapper"]),
+        ({"norm": "double norm(struct Vec v)"}, ["functions.norm", "parameter v", "struct Vec", "structs table"]),
+    ],
+)
+def test_an_unsafe_declaration_is_refused_naming_service_function_and_parameter(
+    functions: dict[str, Any], needles: list[str]
+) -> None:
+    message = config_error(minimal(functions=functions))
+    for needle in needles:
+        assert needle in message, f"{needle!r} not in {message!r}"
+
+
+def test_the_readme_configuration_loads(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```toml\n(.*?)```", readme, re.S)
+    assert block is not None
+    (tmp_path / "pool.toml").write_text(block.group(1), encoding="utf-8")
+    config = load_config(tmp_path / "pool.toml")
+    scale_sum = config.service("demo").hosting["functions"]["scale_sum"]
+    assert scale_sum["params"][0]["dims"] == ["n"]
+
+
 # ============================================================ errors
 
 
@@ -197,13 +317,20 @@ class = "Cls"
         (minimal(prefetch=-1), ["prefetch", "0 or more"]),
         (minimal(prefetch=1.5), ["prefetch", "integer"]),
         (minimal(prefetch=True), ["prefetch", "boolean"]),
-        (minimal(functions={"f": {"args": ["int33"]}}), ["functions.f", "int33", "unknown argument type"]),
-        (minimal(functions={"f": {"args": ["int"], "returns": "int33"}}), ["functions.f", "unknown return type"]),
-        (minimal(functions={"f": {"returns": "double*"}}), ["functions.f", "return type"]),
-        (minimal(functions={"f": {"args": ["bool*"]}}), ["functions.f", "bool*"]),
+        (minimal(functions={"f": {"args": ["int33"]}}), ["functions.f", "unknown type 'int33'"]),
+        (minimal(functions={"f": {"args": ["int"], "returns": "int33"}}), ["functions.f", "unknown type 'int33'"]),
+        (minimal(functions={"f": {"returns": "double*"}}), ["functions.f", "return type", "pointer"]),
+        (minimal(functions={"f": {"args": ["bool*"]}}), ["functions.f", "parameter arg1 (bool *)", '"in[N]"']),
         (minimal(functions={"f": {"arg": ["int"]}}), ["functions.f", "arg", "allowed"]),
-        (minimal(functions={"f": "int f(int)"}), ["functions.f", "must be a table"]),
+        (minimal(functions={"f": 5}), ["functions.f", "C prototype", "c = "]),
         (minimal(functions={"f": {"args": "int"}}), ["functions.f.args", "list"]),
+        (minimal(functions={"f": {"args": [5]}}), ["functions.f.args", "C parameter declarations"]),
+        (minimal(functions={"f": {"c": "int f(int)", "args": ["int"]}}), ["functions.f", "c", "args", "not both"]),
+        (minimal(functions={"f": {"c": 5}}), ["functions.f.c", "string"]),
+        (minimal(functions={"f": {"c": "int f(int a)", "params": "in"}}), ["functions.f.params", "a table"]),
+        (minimal(functions={"f": {"c": "int f(int a)", "doc": 5}}), ["functions.f.doc", "string"]),
+        (minimal(structs=["x"]), ["[services.svc].structs", "a table"]),
+        (minimal(structs={"S": "int a; void *p;"}), ["[services.svc].structs.S", "field p", "pointer"]),
         (minimal(functions={}), ["functions"]),
         (minimal(module="m.py", **{"class": "C"}), ["library", "module", "not both"]),
         ({"services": {"svc": {"workers": 2}}}, ["[services.svc]", "library", "module"]),

@@ -119,7 +119,6 @@ def test_a_600_mib_array_argument_does_not_stop_its_workers_heartbeats() -> None
     """The worker copies the argument once, in slices (the GIL is free between two), and the library reads that
     copy in place: the watchdog keeps heartbeating, and the call next door runs as usual."""
     service = demo_service(workers=2)
-    service["functions"]["scale_sum"] = {"args": ["double*", "int", "double"], "returns": "double"}  # type: ignore[index]
     count = 600 * 1024 * 1024 // 8
     values = array.array("d", [0.0]) * count
     values[0], values[-1] = 1.0, 2.0
