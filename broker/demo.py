@@ -6,6 +6,7 @@ import os
 import sys
 import threading
 import time
+from array import array
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,23 @@ from .pool import Pool
 from .runtime32 import check_elf_bits
 
 __all__ = ["run_demo"]
+
+_DECLARED = (
+    ("a struct by value", "notebook", "add", ({"re": 1.0, "im": 2.0}, {"re": 4.0, "im": 5.0}), {"re": 5.0, "im": 7.0}),
+    ("out-parameters", "demo", "divmod", (17, 5), {"return": 0, "q": 3, "r": 2}),
+    ("an output array", "demo", "fill_squares", (5,), {"out": array("d", [0.0, 1.0, 4.0, 9.0, 16.0])}),
+    ("an array scaled in place", "cpp", "cpp_scale", ([1.0, 2.0, 3.0], 3, 2.0), {"x": [2.0, 4.0, 6.0]}),
+    ("text into a buffer", "fortran", "f_upper", ("hello, fortran", 32), {"return": 14, "out": "HELLO, FORTRAN"}),
+    (
+        "2-D arrays",
+        "notebook",
+        "mult",
+        ([[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0, 8.0]], 2, 2, 2),
+        {"c": [[19.0, 22.0], [43.0, 50.0]]},
+    ),
+)
+"""(kind, service, function, arguments, expected result): one call of each kind config/pool.toml declares from
+a C prototype; a result is {"return": ..., <out or inout parameter>: ...} (docs/data.md)."""
 
 
 def _process_bits(pid: int) -> int | None:
@@ -66,6 +84,12 @@ def run_demo(config: str | Path | None = None) -> dict[str, Any]:
         }
         lines.append("calls:")
         lines += [f"  {call} -> {value!r}" for call, value in results.items()]
+        lines.append("declared pointers, arrays and structs:")
+        for kind, service, function, args, expected in _DECLARED:
+            call = f"{service}.{function}({', '.join(map(repr, args))})"
+            results[call] = client.call(service, function, *args)
+            lines.append(f"  {kind + ':':<26} {call} -> {results[call]!r}")
+            checks[f"{kind} is right"] = results[call] == expected
         checks["pointer size is 4"] = results["demo.pointer_size()"] == 4
         checks["add is right"] = results["demo.add(2, 3)"] == 5
 

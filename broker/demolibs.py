@@ -1,6 +1,6 @@
 """Build the demo libraries (C, C++, Fortran; 32- and 64-bit) from the demo tree's sources.
 
-``<tree>/examples/build/{32,64}/libdemo*.so`` are what the default
+``<tree>/examples/build/{32,64}/lib*.so`` are what the default
 configuration hosts.  The compilers come through :mod:`broker.syspkg`, like
 the 32-bit runtime's libraries: each (compiler, bits) pair is probed by
 linking a tiny shared library with the real build's flags, and a failing probe
@@ -82,6 +82,7 @@ _FORTRAN = _Language(
 
 _LIBRARIES = (
     ("libdemo.so", "c/demo.c", _C),
+    ("libctest.so", "c/ctest.c", _C),
     ("libdemo_cpp.so", "cpp/demo_cpp.cpp", _CXX),
     ("libdemo_f.so", "fortran/demo_f.f90", _FORTRAN),
 )

@@ -10,6 +10,7 @@ tests exercise them through the real 32-bit workers.
 
 from __future__ import annotations
 
+import ast
 import ctypes
 import shutil
 import signal
@@ -19,15 +20,18 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from broker import demolibs, runtime32
 
+from . import libcalls
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 BUILD = EXAMPLES / "build"
-LIB_NAMES = ("libdemo.so", "libdemo_cpp.so", "libdemo_f.so")
+LIB_NAMES = ("libdemo.so", "libctest.so", "libdemo_cpp.so", "libdemo_f.so")
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the demo build makes Linux .so files")
 
@@ -261,8 +265,6 @@ def test_32bit_builds_in_32bit_python(built: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    import ast
-
     out = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
     assert out["pointer_size"] == 4
     assert out["cpp_pointer_size"] == 4
@@ -274,3 +276,92 @@ def test_32bit_builds_in_32bit_python(built: Path) -> None:
     assert out["cpp_mean"] == pytest.approx(6.5 / 3)
     assert out["f_add"] == 5
     assert out["f_sum"] == pytest.approx(6.5)
+
+
+# ------------- structs, arrays, out-parameters and text, called directly at both bitnesses
+
+
+@pytest.fixture(scope="module", params=[64, 32], ids=["64-bit in process", "32-bit runtime"])
+def observed(request: pytest.FixtureRequest, built: Path) -> dict[str, Any]:
+    """What tests/libcalls.py sees calling one build: the same ctypes calls on each, no worker involved."""
+    if request.param == 64:
+        if struct.calcsize("P") != 8:
+            pytest.skip("the test process is not 64-bit")
+        return libcalls.observe(str(built / "64"))
+    command, env = _runtime32()
+    proc = subprocess.run(
+        [*command, libcalls.__file__, str(built / "32")], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = ast.literal_eval(proc.stdout)
+    return result
+
+
+def test_notebook_structs_by_value_and_by_pointer(observed: dict[str, Any]) -> None:
+    notebook = observed["notebook"]
+    assert notebook["add"] == (5.0, 7.0)
+    assert notebook["swap"] == ((-1.0, 0.5), (3.0, 4.0))
+
+
+def test_notebook_sum_reads_n_doubles(observed: dict[str, Any]) -> None:
+    notebook = observed["notebook"]
+    assert (notebook["sum"], notebook["sum_first_3"], notebook["sum_none"]) == (32.0, 6.0, 0.0)
+
+
+def test_notebook_titlecase_capitalises_each_word_in_place(observed: dict[str, Any]) -> None:
+    assert observed["notebook"]["titlecase"] == "The Quick  Brown\tFox, 2nd Edition"
+
+
+def test_notebook_tokenize_cuts_long_tokens_and_stops_at_20_rows(observed: dict[str, Any]) -> None:
+    """Each case: (count, the rows written, the row after the caller's 20, which must keep its sentinel)."""
+    notebook = observed["notebook"]
+    words = [word.encode() for word in libcalls.SENTENCE.split()]
+    assert notebook["tokenize"] == (8, words, b"sentinel")
+    assert notebook["tokenize_runs"] == (2, [b"a", b"b"], b"sentinel")
+    assert notebook["tokenize_long"] == (2, [b"x" * 19, b"y"], b"sentinel")
+    assert notebook["tokenize_many"] == (20, [str(i).encode() for i in range(20)], b"sentinel")
+    assert notebook["tokenize_empty"] == (0, [], b"sentinel")
+
+
+def test_notebook_mult_writes_the_product_and_nothing_else(observed: dict[str, Any]) -> None:
+    """c's first 2 x 3 cells, -1.0 where mult must not write."""
+    notebook = observed["notebook"]
+    untouched = [[-1.0] * 3] * 2
+    assert notebook["mult"] == [[19.0, 22.0, -1.0], [43.0, 50.0, -1.0]]
+    assert notebook["mult_1x3_3x2"] == [[4.0, 5.0, -1.0], [-1.0, -1.0, -1.0]]
+    assert notebook["mult_too_wide"] == untouched
+    assert notebook["mult_negative"] == untouched
+
+
+@pytest.mark.parametrize("library", libcalls.LIBRARIES)
+def test_in_place_and_output_arrays(observed: dict[str, Any], library: str) -> None:
+    got = observed[library]
+    assert got["scale"] == [2.0, 4.0, 6.0]
+    assert got["scale_first_2"] == [-0.5, -1.0, 3.0]
+    assert got["scale_none"] == [1.0]
+    assert got["fill_squares"] == [0.0, 1.0, 4.0, 9.0, -1.0]  # -1.0: the element after n, untouched
+    assert got["fill_squares_none"] == [-1.0]
+
+
+@pytest.mark.parametrize("library", libcalls.LIBRARIES)
+def test_out_parameters(observed: dict[str, Any], library: str) -> None:
+    """(return, q, r) with q and r starting at 99: truncated toward zero as in C; -1 leaves them alone."""
+    assert observed[library]["divmod"] == [
+        (0, 3, 2),
+        (0, -3, -2),
+        (0, -3, 2),
+        (-1, 99, 99),
+        (-1, 99, 99),
+        (0, libcalls.INT_MIN, 0),
+    ]
+
+
+@pytest.mark.parametrize("library", libcalls.LIBRARIES)
+def test_text_into_the_callers_buffer(observed: dict[str, Any], library: str) -> None:
+    """(return, the 16-byte buffer): the copy, its NUL, then the # the call must not touch."""
+    got = observed[library]
+    assert got["upper"] == (12, b"HELLO, WORLD\0##\0")
+    assert got["upper_cut"] == (5, b"HELLO\0" + b"#" * 9 + b"\0")
+    assert got["upper_one"] == (0, b"\0" + b"#" * 14 + b"\0")
+    assert got["upper_zero"] == (0, b"#" * 15 + b"\0")
+    assert got["upper_bytes"] == (7, "CAFé 1".encode() + b"\0" + b"#" * 7 + b"\0")

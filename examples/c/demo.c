@@ -1,9 +1,9 @@
 /*
  * demo.c - a small C99 library used by the dllpool examples and tests.
  *
- * It is built twice by examples/Makefile: as a 32-bit library (hosted by the
- * 32-bit worker processes) and as a 64-bit library (loaded directly by the
- * tests, to check the functions themselves).
+ * It is built twice by `dllpool setup` (broker/demolibs.py): as a 32-bit
+ * library (hosted by the 32-bit worker processes) and as a 64-bit library
+ * (loaded directly by the tests, to check the functions themselves).
  *
  * Builds on Linux/macOS (gcc/clang) and on Windows (MSVC or MinGW) as a DLL.
  */
@@ -11,6 +11,7 @@
 #define _POSIX_C_SOURCE 199309L /* nanosleep */
 #endif
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -70,15 +71,51 @@ DEMO_EXPORT double scale_sum(const double *values, int n, double factor) {
     return factor * total;
 }
 
-/* Multiplies values[0..n-1] by factor in place (msl-loadlib's scalar_multiply example does the same). */
-DEMO_EXPORT void scale(double *values, int n, double factor) {
+/* Multiplies x[0..n-1] by k in place (msl-loadlib's scalar_multiply example does the same). */
+DEMO_EXPORT void scale(double *x, int n, double k) {
     int i;
-    if (values == NULL) {
+    if (x == NULL) {
         return;
     }
     for (i = 0; i < n; ++i) {
-        values[i] *= factor;
+        x[i] *= k;
     }
+}
+
+/* An output array: out[i] = i * i for i in 0..n-1. */
+DEMO_EXPORT void fill_squares(double *out, int n) {
+    int i;
+    if (out == NULL) {
+        return;
+    }
+    for (i = 0; i < n; ++i) {
+        out[i] = (double)i * i;
+    }
+}
+
+/* Out-parameters: *q = a / b and *r = a % b (truncated toward zero, as C does).
+ * Returns 0, or -1 (q and r untouched) when b is 0 or the quotient overflows (INT_MIN / -1). */
+DEMO_EXPORT int divmod(int a, int b, int *q, int *r) {
+    if (q == NULL || r == NULL || b == 0 || (a == INT_MIN && b == -1)) {
+        return -1;
+    }
+    *q = a / b;
+    *r = a % b;
+    return 0;
+}
+
+/* Text into the caller's buffer: the ASCII upper-case copy of s, cut to size - 1
+ * characters and NUL-terminated. Returns the length written (0 when out cannot hold even the NUL). */
+DEMO_EXPORT int upper(const char *s, char *out, int size) {
+    int i = 0;
+    if (out == NULL || size <= 0) {
+        return 0;
+    }
+    for (; s != NULL && s[i] != '\0' && i < size - 1; ++i) {
+        out[i] = (s[i] >= 'a' && s[i] <= 'z') ? (char)(s[i] - 'a' + 'A') : s[i];
+    }
+    out[i] = '\0';
+    return i;
 }
 
 /* Deliberately crashes the process (segmentation fault / access violation),
