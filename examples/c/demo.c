@@ -82,6 +82,17 @@ DEMO_EXPORT void scale(double *x, int n, double k) {
     }
 }
 
+/* msl-loadlib's Cpp32 example with its very signature: xout[i] = a * xin[i] (what bench/arrays.py times). */
+DEMO_EXPORT void scalar_multiply(double a, const double *xin, int n, double *xout) {
+    int i;
+    if (xin == NULL || xout == NULL) {
+        return;
+    }
+    for (i = 0; i < n; ++i) {
+        xout[i] = a * xin[i];
+    }
+}
+
 /* An output array: out[i] = i * i for i in 0..n-1. */
 DEMO_EXPORT void fill_squares(double *out, int n) {
     int i;
