@@ -44,6 +44,7 @@ _POOL_KEYS = {
     "queue_limit_bytes",
     "curve_secret_key",
     "curve_clients",
+    "shared_memory_min",
 }
 _SERVICE_KEYS = {
     "bits",
@@ -130,6 +131,9 @@ class PoolConfig:
     """The pool's ``*.key_secret`` file from ``dllpool keys``: enables CURVE on TCP endpoints."""
     curve_clients: tuple[str, ...] = ()
     """Public ``*.key`` files (or folders of them) of the clients allowed to connect."""
+    shared_memory_min: int = 1 << 20
+    """Bytes from which the array arguments of this pool's clients (``Pool.client()``) go through shared memory
+    when they are on the broker's host; 0: never (see ``client/shm.py``)."""
 
     def service(self, name: str) -> ServiceConfig:
         for service in self.services:
@@ -266,6 +270,9 @@ def _parse(data: Mapping[str, Any], base: Path, origin: str) -> PoolConfig:
             },
             curve_secret_key=_resolve(_get(pool, "curve_secret_key", str, None, where), base),
             curve_clients=tuple(_resolve(p, base) for p in _get(pool, "curve_clients", list, [], where)),
+            shared_memory_min=_not_negative(
+                _get(pool, "shared_memory_min", int, PoolConfig.shared_memory_min, where), f"{where}.shared_memory_min"
+            ),
         ),
         origin,
     )

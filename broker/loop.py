@@ -27,6 +27,7 @@ from typing import Any, cast
 
 import zmq
 
+from client import shm
 from protocol import Buffer, transport
 from protocol import frames as wire
 
@@ -35,7 +36,7 @@ from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BrokerLoop", "TICK"]
+__all__ = ["SWEEP_SECONDS", "BrokerLoop", "TICK"]
 
 TICK = 0.05
 """Seconds between supervisor polls and core ticks: bounds how late a crash or deadline is noticed."""
@@ -50,6 +51,8 @@ _BATCH_SECONDS = 0.02
 messages count, not only many."""
 _DISCARD_SLICE = 1024
 """Frames of a refused message dropped between looks at the clock."""
+SWEEP_SECONDS = 2.0
+"""Seconds between looks for shared-memory segments whose client process died (one listing of /dev/shm)."""
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
@@ -101,6 +104,7 @@ class BrokerLoop:
         """Why :meth:`run` ended on an error."""
         self._next_tick = 0.0
         self._next_forget = 0.0
+        self._next_sweep = 0.0
         self._watched = 0.0
         """When the loop last looked at its sockets (a poll returned)."""
         self._unread: _Unread | None = None
@@ -177,6 +181,9 @@ class BrokerLoop:
             self._next_forget = now + self.core.heartbeat_interval
             since = now - self.core.heartbeat_interval * self.core.heartbeat_liveness
             self._clients = _heard_since(self._clients, since)
+        if now >= self._next_sweep:  # the first tick sweeps too: what clients killed before this start left
+            self._next_sweep = now + SWEEP_SECONDS
+            shm.sweep()
 
     def _drain_backend(self) -> None:
         deadline = time.monotonic() + _BATCH_SECONDS

@@ -185,7 +185,9 @@ class Pool:
     # --- use ------------------------------------------------------------------------
 
     def client(self, timeout: float | None = None, **options: Any) -> Client:
-        """A Client connected to this pool's frontend."""
+        """A Client connected to this pool's frontend, with the configuration's ``shared_memory_min`` unless
+        ``options`` say."""
+        options.setdefault("shared_memory_min", self.config.shared_memory_min)
         return Client(self.address, timeout, **options)
 
     def worker_pids(self, service: str | None = None) -> list[int]:

@@ -26,6 +26,7 @@ from .client import Client
 from .core import ClientCore
 from .keys import CurveKeys
 from .proxy import RemoteMethod, ServiceProxy
+from .shm import close_shared_array, shared_array
 
 __all__ = [
     "ArgumentError",
@@ -48,4 +49,6 @@ __all__ = [
     "UnknownMethod",
     "UnknownService",
     "WorkerCrashed",
+    "close_shared_array",
+    "shared_array",
 ]

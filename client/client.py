@@ -29,6 +29,7 @@ from protocol.errors import (
     Timeout,
 )
 
+from . import shm
 from .connection import Connection, Owner
 from .core import Call, remote_error
 from .keys import CurveKeys
@@ -169,6 +170,19 @@ class Client:
     once, in the thread that adds it.
     Buffers passed as arguments are sent without copying; do not change them
     until the call's Future is done.
+
+    When the broker is on this host (``ipc://``, loopback TCP), a NumPy
+    array (or NDArray) argument of at least ``shared_memory_min`` bytes
+    (default 1 MiB; 0 turns this off) is written once into a shared-memory
+    segment that the worker maps and the library works in; a result array
+    the library changed in place comes back over this process's mapping of
+    that segment, without another copy. An array from
+    :func:`client.shared_array` is not copied at all. Segments made for a
+    call are unlinked when it ends, whichever way it ends
+    (:mod:`client.shm`). A worker that cannot open a segment (on another
+    host) gets the call again with frames, so results never depend on the
+    path. Arrays under 16 KiB always travel inside the request, and
+    :meth:`map` sends its batches with frames.
     """
 
     def __init__(
@@ -180,6 +194,7 @@ class Client:
         curve: CurveKeys | Mapping[str, str] | None = None,
         heartbeat_interval: float = 1.0,
         heartbeat_liveness: int = 3,
+        shared_memory_min: int = shm.DEFAULT_MIN,
     ) -> None:
         if not isinstance(address, str) or not address:
             raise ConfigError(
@@ -189,6 +204,8 @@ class Client:
             raise ValueError(f"heartbeat_interval must be > 0 seconds, got {heartbeat_interval!r}")
         if isinstance(heartbeat_liveness, bool) or not isinstance(heartbeat_liveness, int) or heartbeat_liveness < 1:
             raise ValueError(f"heartbeat_liveness must be an integer >= 1, got {heartbeat_liveness!r}")
+        if isinstance(shared_memory_min, bool) or not isinstance(shared_memory_min, int) or shared_memory_min < 0:
+            raise ValueError(f"shared_memory_min must be an integer >= 0 (0: off), got {shared_memory_min!r}")
         self.address = address
         self.timeout = _check_timeout(timeout)
         keys = None if curve is None else CurveKeys.coerce(curve)
@@ -197,6 +214,10 @@ class Client:
         self._owner = Owner()
         """This Client's own calls on the shared connection, and its closed flag."""
         self._conn = Connection.acquire(address, context, keys, float(heartbeat_interval), heartbeat_liveness)
+        self._share_min = shared_memory_min if shm.available() and shm.on_this_host(address) else 0
+        """Bytes from which arrays go through shared memory; 0: never."""
+        if self._share_min:
+            shm.sweep_once()
 
     # --- the caller's side ----------------------------------------------------------
 
@@ -306,11 +327,20 @@ class Client:
         _check_name(service, "service")
         _check_name(method, "method")
         seconds = self.timeout if timeout is _UNSET else _check_timeout(timeout)
+        segments = None
+        if self._share_min and self._conn.shares_with(service):
+            segments = shm.CallSegments(self._share_min, args, kwargs)
         try:
-            payload = pack_call(args, kwargs)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise _unsendable(service, method, args, kwargs, exc) from None
-        return Call(next(self._conn.corr_ids), service, method, seconds, payload, time.monotonic())
+            payload = pack_call(args, kwargs, None if segments is None else segments.share)
+        except BaseException as exc:
+            if segments is not None:
+                segments.release()
+            if isinstance(exc, (TypeError, ValueError, OverflowError)):
+                raise _unsendable(service, method, args, kwargs, exc) from None
+            raise
+        if segments is not None and not segments.used:
+            segments = None
+        return Call(next(self._conn.corr_ids), service, method, seconds, payload, time.monotonic(), shm=segments)
 
     # --- map --------------------------------------------------------------------------
 

@@ -63,11 +63,12 @@ from zmq.utils.monitor import parse_monitor_message
 
 from protocol import frames as wire
 from protocol import transport
-from protocol.errors import BrokerUnavailable, ConfigError, DllPoolError
+from protocol.errors import BrokerUnavailable, ConfigError, DllPoolError, SharedMemoryError
 from protocol.frames import Buffer
 
 from .core import Call, ClientCore, Outcome, Tick, unavailable
 from .keys import CurveKeys
+from .shm import CallSegments, wants_frames
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,8 @@ _ZAP_DENIED = 400
 _ZMTP_MECHANISM_MISMATCH = 0x11000002
 """ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: one peer uses CURVE, the other does not."""
 _NOBLOCK: Final = int(zmq.NOBLOCK)
+_FRAMES_ONLY_SECONDS = 60.0
+"""How long a service whose worker could not open a shared-memory segment gets frames only."""
 _instances = itertools.count()
 
 
@@ -159,11 +162,13 @@ class CallFuture(Future[Any]):
     cannot be stopped, and its late answer is discarded).
     """
 
-    def __init__(self, connection: Connection, owner: Owner, corr: int) -> None:
+    def __init__(self, connection: Connection, owner: Owner, corr: int, shm: CallSegments | None = None) -> None:
         super().__init__()
         self._connection = connection
         self.owner = owner
         self.corr = corr
+        self.shm = shm
+        """The call's shared-memory segments: released when it ends, however it ends."""
         owner.futures[corr] = self
 
     def add_done_callback(self, fn: Callable[[Future[Any]], object]) -> None:
@@ -171,6 +176,8 @@ class CallFuture(Future[Any]):
         super().add_done_callback(functools.partial(self._connection.run_callback, fn))
 
     def cancel(self) -> bool:
+        if not self.done():
+            self._release()  # before a waiter wakes; harmless should the call end first: it is over either way
         if not super().cancel():
             return False
         self.owner.futures.pop(self.corr, None)
@@ -178,8 +185,10 @@ class CallFuture(Future[Any]):
         return True
 
     def settle(self, result: Any = None, error: BaseException | None = None) -> None:
-        """Complete this Future unless its caller cancelled it in the meantime."""
+        """Complete this Future unless its caller cancelled it in the meantime (its segments first: whoever
+        waits on it finds them gone)."""
         self.owner.futures.pop(self.corr, None)
+        self._release()
         try:
             if error is None:
                 self.set_result(result)
@@ -187,6 +196,10 @@ class CallFuture(Future[Any]):
                 self.set_exception(error)
         except InvalidStateError:
             pass
+
+    def _release(self) -> None:
+        if self.shm is not None:
+            self.shm.release()
 
 
 class _Lane:
@@ -316,6 +329,8 @@ class Connection:
         """Counters of lanes already closed."""
         self._generation = 0
         """Bumped by the I/O thread whenever it replaces its connection: a fast-path call then fails."""
+        self._frames_only: dict[str, float] = {}
+        """Services whose calls go without shared memory until the time given (see :meth:`shares_with`)."""
 
         # Callers append to the outbox and wake the I/O thread through an inproc PUSH, both under one lock;
         # only the first append after the I/O thread emptied the outbox sends a wake-up, so a busy client
@@ -359,10 +374,12 @@ class Connection:
 
     def submit(self, owner: Owner, call: Call) -> CallFuture:
         """Hand ``call`` to the I/O thread; its Future holds the outcome."""
-        future = CallFuture(self, owner, call.corr)
+        future = CallFuture(self, owner, call.corr, call.shm)
         call.handle = future
         if owner.closed or not self.to_io(call):
             owner.futures.pop(call.corr, None)
+            if call.shm is not None:
+                call.shm.release()
             raise BrokerUnavailable("client is closed", address=self.address, service=call.service, method=call.method)
         return future
 
@@ -371,11 +388,52 @@ class Connection:
 
         Big arguments go on the bulk socket (through the I/O thread), so the main socket keeps heartbeating
         and a broker that drops the connection over a message (max_message_size) fails the call at once.
+        A call whose worker could not open its shared memory goes again with frames, through the I/O thread.
         """
-        lane = None if _size(call) > BULK_MIN else self._checkout(owner)
-        if lane is None:  # no connection yet (or closed): the I/O thread's path knows how to wait or fail
-            return self.wait(self.submit(owner, call))
-        return self._call_on(lane, call)
+        try:
+            lane = None if _size(call) > BULK_MIN else self._checkout(owner)
+            if lane is None:  # no connection yet (or closed): the I/O thread's path knows how to wait or fail
+                return self.wait(self.submit(owner, call))
+            try:
+                return self._call_on(lane, call)
+            except SharedMemoryError as exc:
+                if not self.with_frames(call, exc):
+                    raise
+                return self.wait(self.submit(owner, call))
+        finally:
+            if call.shm is not None:
+                call.shm.release()
+
+    def shares_with(self, service: str) -> bool:
+        """Whether calls to ``service`` may use shared memory: not for a while after one of its workers could
+        not open a segment (a worker on another host), which would cost each call a second round trip."""
+        until = self._frames_only.get(service)
+        if until is None:
+            return True
+        if time.monotonic() < until:
+            return False
+        self._frames_only.pop(service, None)
+        return True
+
+    def with_frames(self, call: Call, error: BaseException | None) -> bool:
+        """Turn a call whose worker could not open its shared memory into one with frames, to send again;
+        False for any other ending."""
+        segments = call.shm
+        if segments is None or not wants_frames(error):
+            return False
+        log.info(
+            "a worker of %r could not open a shared-memory segment (%s); sending %s.%s again with frames",
+            call.service,
+            error,
+            call.service,
+            call.method,
+        )
+        self._frames_only[call.service] = time.monotonic() + _FRAMES_ONLY_SECONDS
+        call.payload = segments.frames()
+        call.shm = None
+        call.sent = False
+        segments.release()
+        return True
 
     @staticmethod
     def wait(future: Future[Any]) -> Any:
@@ -808,8 +866,13 @@ class Connection:
             except Exception:  # a bug here must not stop the thread every call depends on
                 log.exception("failed to handle a message from the broker at %s; dropped", self.address)
                 continue
-            if outcome is not None:
-                outcome.call.handle.settle(outcome.result, outcome.error)
+            if outcome is None:
+                continue
+            call = outcome.call
+            if not call.handle.cancelled() and self.with_frames(call, outcome.error):
+                (self._bulk_core if _size(call) > BULK_MIN else self._core).add(call)
+            else:
+                call.handle.settle(outcome.result, outcome.error)
 
     def _apply(self, tick: Tick) -> None:
         for frames in tick.sends:

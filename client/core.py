@@ -30,6 +30,7 @@ from protocol.errors import BrokerUnavailable, CallError, ProtocolError, Timeout
 from protocol.frames import Buffer
 
 from .arrays import from_wire
+from .shm import CallSegments
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,19 @@ STAT_NAMES = ("late_replies", "timeouts", "cancels_sent", "malformed", "reconnec
 class Call:
     """One call as the core tracks it; ``handle`` is the driver's own (a Future, say)."""
 
-    __slots__ = ("corr", "created", "deadline", "flags", "handle", "method", "payload", "sent", "service", "timeout")
+    __slots__ = (
+        "corr",
+        "created",
+        "deadline",
+        "flags",
+        "handle",
+        "method",
+        "payload",
+        "sent",
+        "service",
+        "shm",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -55,6 +68,7 @@ class Call:
         now: float,
         flags: int = 0,
         handle: Any = None,
+        shm: CallSegments | None = None,
     ) -> None:
         self.corr = corr
         self.service = service
@@ -67,6 +81,8 @@ class Call:
         self.handle = handle
         self.sent = False
         """Handed to the socket: the broker may have it."""
+        self.shm = shm
+        """The call's shared-memory segments, if its arguments named any (the driver releases them)."""
 
 
 class Outcome(NamedTuple):
@@ -243,7 +259,9 @@ class ClientCore:
         if answer.error is not None:
             return Outcome(call, error=remote_error(answer.error, call.service, call.method))
         try:
-            return Outcome(call, unpack_value(answer.payload, arrays=from_wire))
+            return Outcome(
+                call, unpack_value(answer.payload, arrays=from_wire if call.shm is None else call.shm.from_wire)
+            )
         except ProtocolError as exc:
             return Outcome(call, error=exc)
 

@@ -58,6 +58,7 @@ from protocol import frames as wire
 from protocol.frames import Buffer, CancelToWorker, DisconnectToWorker
 
 from .hosting import build_methods, call
+from .shm import SharedArguments, limit_of
 
 log = logging.getLogger("workers32")
 
@@ -127,6 +128,8 @@ class Worker:
         limit = spec.get("max_message_size")
         self.max_message_size: Optional[int] = None if limit is None else int(limit)
         """The broker's bound on one frame (ZMQ_MAXMSGSIZE); None for a spec that does not say."""
+        self.shared_memory_max = limit_of(spec)
+        """Bytes of shared memory one call may map (see :mod:`workers32.shm`)."""
         self.methods = methods
         self.parent_pid = parent_pid
         self.curve = curve
@@ -259,9 +262,16 @@ class Worker:
             ) from None
 
     def _execute(self, request: WorkerRequest) -> list[Buffer]:
+        """Run one call. Its shared-memory arguments are mapped before (a segment that cannot be mapped fails
+        the call unrun) and unmapped once the reply is packed (a result may name a segment, not hold it)."""
         function = self._function(request.method)
-        args, kwargs = self._decode(request, unpack_call)
-        return self._pack(request.method, self._run(function, request.method, args, kwargs))
+        shared = SharedArguments(self.shared_memory_max)
+        args, kwargs = self._decode(request, functools.partial(unpack_call, arrays=shared.collect))
+        try:
+            shared.map(self.service, request.method)
+            return self._pack(request.method, self._run(function, request.method, args, kwargs))
+        finally:
+            shared.release()
 
     def _execute_batch(self, request: WorkerRequest) -> list[Buffer]:
         """Many calls of one method (``Client.map``): one outcome per call, in order; one failing call
