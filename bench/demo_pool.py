@@ -22,6 +22,10 @@ FUNCTIONS: dict[str, dict[str, Any]] = {
         "params": {"values": "in[n]"},
     },
     "str_len": {"args": ["char*"], "returns": "int"},
+    "scalar_multiply": {
+        "c": "void scalar_multiply(double a, const double *xin, int n, double *xout)",
+        "params": {"xin": "in[n]", "xout": "out[n]"},
+    },
 }
 """Declarations of the demo library's functions the scripts call."""
 
