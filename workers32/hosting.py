@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from protocol.errors import ArgumentError, ConfigError, LibraryLoadError
 
+from .legacy import normalize
 from .signatures import CFunction
 
 __all__ = ["LIBRARY_KINDS", "Server32", "load_library", "build_methods", "call"]
@@ -107,8 +108,10 @@ def _wrapper_methods(spec: Mapping[str, Any]) -> dict[str, Callable[..., Any]]:
 
 def _declared_methods(spec: Mapping[str, Any]) -> dict[str, Callable[..., Any]]:
     library = load_library(str(spec["library"]), str(spec.get("kind", "cdll")))
+    structs = spec.get("structs", {})
+    limit = spec.get("max_message_size")
     return {
-        name: CFunction(library, name, list(decl.get("args", [])), str(decl.get("returns", "int")), decl.get("symbol"))
+        name: CFunction(library, name, decl if "params" in decl else normalize(name, decl), structs, limit)
         for name, decl in dict(spec.get("functions", {})).items()
     }
 
