@@ -1,13 +1,9 @@
-"""Unit tests of configuration loading and of declared C signatures (no worker processes)."""
+"""Unit tests of configuration loading (no worker processes); declared signatures: tests/test_marshal.py."""
 
 from __future__ import annotations
 
-import array
-import ctypes
 import json
 import re
-import struct
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +11,9 @@ import pytest
 
 from broker.config import PoolConfig, ServiceConfig, load_config
 from broker.locations import default_config_path
-from protocol import codec
-from protocol.errors import ArgumentError, ConfigError
-from workers32.signatures import CFunction, check_type, type_names
+from protocol.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
-LIBDEMO64 = ROOT / "examples" / "build" / "64" / "libdemo.so"
 
 
 def minimal(**service: Any) -> dict[str, Any]:
@@ -387,191 +380,6 @@ def test_function_idempotent_flag_must_be_a_boolean() -> None:
     """``idempotent = "no"`` must not silently make a function re-runnable after a crash."""
     message = config_error(minimal(functions={"f": {"idempotent": "no"}}))
     assert "idempotent" in message
-
-
-def test_check_type_knows_every_listed_name() -> None:
-    names = type_names()
-    assert "int" in names
-    assert "double*" in names
-    assert "char*" in names
-    assert "void" in names
-    for name in names:
-        if name != "void":
-            check_type(name)
-    for name in ("void", "char*", "wchar*", "int32_t", "unsigned int", "double"):
-        check_type(name, returns=True)
-    with pytest.raises(ConfigError, match="int33"):
-        check_type("int33")
-    with pytest.raises(ConfigError, match="unknown return type"):
-        check_type("int*", returns=True)
-
-
-# ============================================================ CFunction on the 64-bit demo library
-
-needs_lib = pytest.mark.skipif(
-    not LIBDEMO64.exists() or struct.calcsize("P") != 8 or not sys.platform.startswith("linux"),
-    reason="needs the 64-bit demo library (dllpool setup) in a 64-bit Linux process",
-)
-
-
-@pytest.fixture(scope="module")
-def lib() -> ctypes.CDLL:
-    return ctypes.CDLL(str(LIBDEMO64))
-
-
-@needs_lib
-def test_cfunction_add(lib: ctypes.CDLL) -> None:
-    add = CFunction(lib, "add", ["int", "int"], "int")
-    assert add(2, 3) == 5
-    assert add(-7, 2) == -5
-    assert add(2**31 - 1, 0) == 2**31 - 1
-    assert add.signature == "int add(int, int)"
-
-
-@needs_lib
-def test_cfunction_declared_under_another_symbol(lib: ctypes.CDLL) -> None:
-    plus = CFunction(lib, "plus", ["int32", "int32_t"], "int", symbol="add")
-    assert plus(40, 2) == 42
-    with pytest.raises(ConfigError, match="no_such_function"):
-        CFunction(lib, "no_such_function", [], "int")
-
-
-@needs_lib
-def test_cfunction_no_arguments(lib: ctypes.CDLL) -> None:
-    assert CFunction(lib, "version", [], "int")() == 10203
-    assert CFunction(lib, "pointer_size", [], "int")() == 8
-    assert CFunction(lib, "sleep_ms", ["int"], "void")(0) is None
-
-
-@needs_lib
-def test_cfunction_int64(lib: ctypes.CDLL) -> None:
-    add_i64 = CFunction(lib, "add_i64", ["int64", "int64"], "int64")
-    assert add_i64(2**62, 2**62 - 1) == 2**63 - 1
-    assert add_i64(-(2**63), 0) == -(2**63)
-    assert add_i64(5_000_000_000, 5_000_000_000) == 10_000_000_000
-    with pytest.raises(ArgumentError, match="64-bit"):
-        add_i64(2**63, 0)
-
-
-@needs_lib
-def test_cfunction_float_and_bool(lib: ctypes.CDLL) -> None:
-    half = CFunction(lib, "half", ["float"], "float")
-    assert half(3.0) == 1.5
-    assert half(5) == 2.5
-    is_true = CFunction(lib, "is_true", ["bool"], "int")
-    assert is_true(True) == 1
-    assert is_true(False) == 0
-    assert is_true(7) == 1
-    with pytest.raises(ArgumentError, match="bool"):
-        is_true("yes")
-    with pytest.raises(ArgumentError, match="number"):
-        half("1.0")
-    with pytest.raises(ArgumentError, match="number"):
-        half(True)
-
-
-@needs_lib
-def test_cfunction_unsigned_char(lib: ctypes.CDLL) -> None:
-    echo = CFunction(lib, "echo_u8", ["uint8"], "uint8")
-    assert echo(255) == 255
-    with pytest.raises(ArgumentError, match="8-bit unsigned"):
-        echo(256)
-    with pytest.raises(ArgumentError, match="8-bit unsigned"):
-        echo(-1)
-
-
-@needs_lib
-def test_cfunction_strings(lib: ctypes.CDLL) -> None:
-    str_len = CFunction(lib, "str_len", ["char*"], "int")
-    assert str_len("hello") == 5
-    assert str_len("héllo") == 6, "str is sent as UTF-8"
-    assert str_len(b"bytes!") == 6
-    assert str_len(None) == -1
-    with pytest.raises(ArgumentError, match="bytes, str or None"):
-        str_len(5)
-    greet = CFunction(lib, "greet", [], "char*")
-    result = greet()
-    assert isinstance(result, bytes)
-    assert result == b"hello from 64-bit C"
-
-
-@needs_lib
-@pytest.mark.parametrize(
-    "values",
-    [
-        [1.0, 2.0, 3.5],
-        (1, 2, 3.5),
-        array.array("d", [1.0, 2.0, 3.5]),
-        array.array("d", [1.0, 2.0, 3.5]).tobytes(),
-        bytearray(array.array("d", [1.0, 2.0, 3.5]).tobytes()),
-    ],
-)
-def test_cfunction_scale_sum(lib: ctypes.CDLL, values: Any) -> None:
-    scale_sum = CFunction(lib, "scale_sum", ["double*", "int", "double"], "double")
-    assert scale_sum(values, 3, 2.0) == 13.0
-    assert scale_sum(values, 2, 1.0) == 3.0
-
-
-@needs_lib
-def test_cfunction_reads_an_array_argument_in_place_and_copies_only_read_only_bytes(
-    lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """No second copy of a big argument in the worker: the decoded array is what the library gets."""
-    monkeypatch.setattr(codec, "COPY_SLICE", 16)  # bytes are copied in several slices
-    scale = CFunction(lib, "scale", ["double*", "int", "double"], "void")
-    values = array.array("d", [1.0, 2.0, 3.0, 4.0, 5.0])
-    scale(values, 5, 2.0)
-    assert values == array.array("d", [2.0, 4.0, 6.0, 8.0, 10.0]), "the library got a copy of the array"
-    raw = values.tobytes()
-    scale(raw, 5, 2.0)
-    assert raw == values.tobytes(), "the library wrote into immutable bytes"
-    scale_sum = CFunction(lib, "scale_sum", ["double*", "int", "double"], "double")
-    assert scale_sum(raw, 5, 1.0) == 30.0
-    assert scale_sum(array.array("d"), 0, 1.0) == 0.0
-    assert scale_sum(b"", 0, 1.0) == 0.0
-
-
-@needs_lib
-def test_cfunction_scale_sum_null_and_bad_arrays(lib: ctypes.CDLL) -> None:
-    scale_sum = CFunction(lib, "scale_sum", ["double*", "int", "double"], "double")
-    assert scale_sum(None, 3, 2.0) == 0.0
-    with pytest.raises(ArgumentError, match="whole number"):
-        scale_sum(b"\x00" * 12, 1, 1.0)
-    with pytest.raises(ArgumentError, match="number"):
-        scale_sum([1.0, "x"], 2, 1.0)
-    with pytest.raises(ArgumentError, match=r"list, array\.array or bytes"):
-        scale_sum({1.0}, 1, 1.0)
-
-
-@needs_lib
-def test_cfunction_argument_errors_name_the_signature(lib: ctypes.CDLL) -> None:
-    add = CFunction(lib, "add", ["int", "int"], "int")
-    cases: list[tuple[tuple[Any, ...], dict[str, Any], str]] = [
-        ((1,), {}, "takes 2 argument(s), got 1"),
-        ((1, 2, 3), {}, "takes 2 argument(s), got 3"),
-        ((1, "2"), {}, "argument 2"),
-        ((1.5, 2), {}, "argument 1"),
-        ((2**31, 0), {}, "does not fit in 32-bit signed"),
-        ((0, -(2**31) - 1), {}, "does not fit"),
-        ((1,), {"b": 2}, "positional arguments only"),
-    ]
-    for args, kwargs, needle in cases:
-        with pytest.raises(ArgumentError) as info:
-            add(*args, **kwargs)
-        assert "int add(int, int)" in str(info.value)
-        assert needle in str(info.value)
-        assert info.value.details["signature"] == "int add(int, int)"
-
-
-def test_cfunction_refuses_unknown_types() -> None:
-    class FakeLibrary:
-        def __init__(self) -> None:
-            self.f = lambda *args: 0
-
-    with pytest.raises(ConfigError, match="int33"):
-        CFunction(FakeLibrary(), "f", ["int33"], "int")
-    with pytest.raises(ConfigError, match="unknown return type"):
-        CFunction(FakeLibrary(), "f", [], "banana")
 
 
 def test_zero_workers_means_workers_started_elsewhere() -> None:

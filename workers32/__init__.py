@@ -4,7 +4,7 @@ Runs under a bare CPython 3.9+ (32- or 64-bit) with only pyzmq and msgpack.
 """
 
 from .hosting import LIBRARY_KINDS, Server32, build_methods, load_library
-from .signatures import CFunction, type_names
+from .signatures import CFunction
 from .worker import EXIT_BROKER_GONE, EXIT_STARTUP_FAILED, EXIT_UNLOADABLE, Worker, run
 
 __all__ = [
@@ -18,5 +18,4 @@ __all__ = [
     "build_methods",
     "load_library",
     "run",
-    "type_names",
 ]

@@ -107,9 +107,10 @@ def _wrapper_methods(spec: Mapping[str, Any]) -> dict[str, Callable[..., Any]]:
 
 def _declared_methods(spec: Mapping[str, Any]) -> dict[str, Callable[..., Any]]:
     library = load_library(str(spec["library"]), str(spec.get("kind", "cdll")))
+    structs = spec.get("structs", {})
+    limit = spec.get("max_message_size")
     return {
-        name: CFunction(library, name, list(decl.get("args", [])), str(decl.get("returns", "int")), decl.get("symbol"))
-        for name, decl in dict(spec.get("functions", {})).items()
+        name: CFunction(library, name, decl, structs, limit) for name, decl in dict(spec.get("functions", {})).items()
     }
 
 

@@ -1,218 +1,427 @@
-"""Declared C signatures: type names from the configuration turned into ctypes.
+"""Declared C signatures: a library function made callable with Python values, every argument checked first.
 
-A service that declares ``add = { args = ["int", "int"], returns = "int" }``
-needs no Python code in the worker. Arguments are checked before the call:
-ctypes silently truncates an out-of-range integer, which for a legacy DLL is
-a wrong answer nobody notices, so we refuse it with an ArgumentError.
+A declaration (the normalized form the 64-bit side makes of the configuration) says what the C prototype says:
+each pointer's direction, the lengths of its arrays, the size of its text buffers, its structs. The worker
+checks every argument against it before the call (a declared call can never have the library read or write
+out of bounds) and hands back what the library wrote through out and inout pointers.
+
+Calling convention: positional arguments bind, in C order, to the parameters that are not ``out``; any
+parameter may be given by keyword. A function without out/inout parameters returns its return value; one with
+them returns ``{"return": value, <name>: value, ...}`` (no "return" for void), in C order.
 """
 
 import array
 import ctypes
-from collections.abc import Sequence
+import functools
+import math
+from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
-from protocol.codec import slices
+from protocol.codec import NDArray
 from protocol.errors import ArgumentError, ConfigError, LibraryLoadError
 
-__all__ = ["CFunction", "SCALARS", "POINTER_SUFFIX", "check_type", "type_names"]
+from .marshal import ARRAY, LIST, NDARRAY, SCALARS, Buffer, Char, Layout, Number, Refused, Struct, Types
 
-_Converter = Callable[[Any], Any]
+__all__ = ["CFunction", "DEFAULT_OUT_LIMIT", "SCALARS"]
 
-SCALARS: dict[str, Any] = {
-    "int8": ctypes.c_int8,
-    "int16": ctypes.c_int16,
-    "int32": ctypes.c_int32,
-    "int64": ctypes.c_int64,
-    "uint8": ctypes.c_uint8,
-    "uint16": ctypes.c_uint16,
-    "uint32": ctypes.c_uint32,
-    "uint64": ctypes.c_uint64,
-    "byte": ctypes.c_byte,
-    "ubyte": ctypes.c_ubyte,
-    "short": ctypes.c_short,
-    "ushort": ctypes.c_ushort,
-    "int": ctypes.c_int,
-    "uint": ctypes.c_uint,
-    "long": ctypes.c_long,
-    "ulong": ctypes.c_ulong,
-    "longlong": ctypes.c_longlong,
-    "ulonglong": ctypes.c_ulonglong,
-    "size_t": ctypes.c_size_t,
-    "ssize_t": ctypes.c_ssize_t,
-    "float": ctypes.c_float,
-    "double": ctypes.c_double,
-    "bool": ctypes.c_bool,
-}
-_ALIASES = {name + "_t": name for name in SCALARS if name[-1].isdigit()}
-_ALIASES.update({"unsigned int": "uint", "unsigned": "uint", "char": "int8", "unsigned char": "uint8"})
+DEFAULT_OUT_LIMIT = 1 << 30
+"""Bytes an output array may have when the worker's spec gives no ``max_message_size``."""
 
-POINTER_SUFFIX = "*"
-"""``double*`` etc.: an input array, passed as a list of numbers, an ``array.array`` or raw bytes."""
+_MISSING: Any = object()
+"""An ``out`` parameter the caller did not give: the worker allocates it."""
 
-_STRINGS = {"char*": ctypes.c_char_p, "wchar*": ctypes.c_wchar_p}
+_Finish = Callable[[], Any]
+_Prepared = tuple[Any, Optional[_Finish]]
+"""A pointer parameter's C argument, and (for out/inout) what gives its value after the call."""
 
 
-def type_names() -> list[str]:
-    """Every type name a configuration may use."""
-    names = sorted(SCALARS) + sorted(_ALIASES) + sorted(_STRINGS)
-    return names + [n + POINTER_SUFFIX for n in sorted(SCALARS) if n != "bool"] + ["void"]
+class _Param:
+    """One C parameter: what ctypes is told (``argtype``) and how a Python value becomes the C argument."""
+
+    argtype: Any = None
+
+    def __init__(self, spec: Mapping[str, Any], position: int) -> None:
+        self.name = str(spec["name"])
+        self.position = position
+        self.dir = str(spec.get("dir", "in"))
+        if self.dir not in ("in", "out", "inout"):
+            raise ConfigError(f"parameter {self.name!r} has direction {self.dir!r}; use in, out or inout")
+        self.ref = str(position + 1) if self.name == f"arg{position + 1}" else repr(self.name)
+        """How messages name it: its position when the prototype left it unnamed."""
+
+    def load(self, value: Any) -> Any:
+        """The C argument for a value passed by value."""
+        raise NotImplementedError
+
+    def prepare(self, value: Any, lengths: Mapping[str, int], any_nd: bool, limit: int) -> _Prepared:
+        """The C argument for a pointer, and (for out/inout) what gives its value after the call."""
+        raise NotImplementedError
 
 
-def _canonical(name: str) -> str:
-    name = " ".join(str(name).split()).replace(" *", "*")
-    return _ALIASES.get(name, name)
+class _Value(_Param):
+    """A number, character or struct passed by value."""
+
+    def __init__(self, spec: Mapping[str, Any], position: int, types: Types) -> None:
+        super().__init__(spec, position)
+        self.element = types.element(spec["type"])
+        self.argtype = self.element.ctype
+
+    def load(self, value: Any) -> Any:
+        return self.element.load(value)
 
 
-def _int_converter(ctype: Any) -> _Converter:
-    bits = 8 * ctypes.sizeof(ctype)
-    signed = ctype(-1).value == -1
-    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+class _Text(_Param):
+    """A NUL-terminated string the library reads (``const char *``): str (sent as UTF-8), bytes or None."""
 
-    def convert(value: Any) -> Any:
-        if not isinstance(value, int):
-            raise TypeError(f"expected an integer, got {type(value).__name__}")
-        if not low <= value <= high:
-            raise TypeError(f"{value} does not fit in {bits}-bit {'signed' if signed else 'unsigned'}")
-        return value
+    def __init__(self, spec: Mapping[str, Any], position: int) -> None:
+        super().__init__(spec, position)
+        self.wide = spec["type"] == "wchar"
+        self.argtype = ctypes.c_wchar_p if self.wide else ctypes.c_char_p
 
-    return convert
-
-
-def _float(value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"expected a number, got {type(value).__name__}")
-    return float(value)
-
-
-def _bool(value: Any) -> Any:
-    if not isinstance(value, (bool, int)):
-        raise TypeError(f"expected a bool, got {type(value).__name__}")
-    return bool(value)
+    def load(self, value: Any) -> Any:
+        if value is None or isinstance(value, str if self.wide else bytes):
+            return value
+        if self.wide:
+            raise Refused(f"expected str or None, got {type(value).__name__}")
+        if isinstance(value, str):
+            return value.encode("utf-8")
+        if isinstance(value, bytearray):
+            return bytes(value)
+        raise Refused(f"expected bytes, str or None, got {type(value).__name__}")
 
 
-def _char_p(value: Any) -> Any:
-    if value is None or isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    raise TypeError(f"expected bytes, str or None, got {type(value).__name__}")
+class _Ref(_Param):
+    """A pointer to one value (``int *q``, ``struct Complex *z``)."""
+
+    def __init__(self, spec: Mapping[str, Any], position: int, types: Types) -> None:
+        super().__init__(spec, position)
+        self.element = types.element(spec["type"])
+        self.argtype = ctypes.POINTER(self.element.ctype)
+
+    def prepare(self, value: Any, lengths: Mapping[str, int], any_nd: bool, limit: int) -> _Prepared:
+        element = self.element
+        if value is _MISSING:
+            native = element.ctype()
+        elif isinstance(element, Struct):
+            native = element.load(value)
+        else:
+            native = element.ctype(element.load(value))
+        pointer = ctypes.byref(native)
+        if self.dir == "in":
+            return pointer, None
+        if isinstance(element, Struct):
+            return pointer, lambda: element.dump(native)
+        return pointer, lambda: element.dump(native.value, value)
 
 
-def _wchar_p(value: Any) -> Any:
-    if value is None or isinstance(value, str):
-        return value
-    raise TypeError(f"expected str or None, got {type(value).__name__}")
+def _dim_names(dim: Any) -> list[str]:
+    terms = dim if isinstance(dim, list) else [dim]
+    return [t for t in terms if isinstance(t, str)]
 
 
-def _writable(value: Any) -> Any:
-    """``value`` itself when ctypes can point into it; a copy (in slices, so heartbeats go on) when it is
-    read-only bytes."""
-    if not isinstance(value, bytes):
-        return value
-    copy = bytearray()
-    for piece in slices(value):
-        copy += piece
-    return copy
+def _dim_text(dim: Any) -> str:
+    if dim is None:
+        return ""
+    return "*".join(map(str, dim)) if isinstance(dim, list) else str(dim)
 
 
-def _array_converter(ctype: Any, element: _Converter) -> _Converter:
-    size = ctypes.sizeof(ctype)
+def _first_leaf(value: Any) -> Any:
+    while isinstance(value, (list, tuple)) and value:
+        value = value[0]
+    return value
 
-    def convert(value: Any) -> Any:
-        if value is None:
-            return None
-        if isinstance(value, (bytes, bytearray, array.array)):
-            nbytes = memoryview(value).nbytes
-            if nbytes % size:
-                raise TypeError(f"{nbytes} bytes is not a whole number of {size}-byte items")
-            if not nbytes:  # an empty buffer may have no address at all; the library gets a valid one
-                return (ctype * 0)()
-            # The decoded argument is this call's own: the library may read it in place, never a copy of it.
-            return (ctype * (nbytes // size)).from_buffer(_writable(value))
+
+class _Array(_Param):
+    """A pointer to an array: its logical dims come from constants, length parameters or (``out[]``) the caller,
+    inside the extents the C type fixes (``storage``)."""
+
+    def __init__(self, spec: Mapping[str, Any], position: int, types: Types) -> None:
+        super().__init__(spec, position)
+        self.element = types.element(spec["type"])
+        self.argtype = ctypes.POINTER(self.element.ctype)
+        self.dims = list(spec["dims"])
+        self.storage = list(spec.get("storage") or [None] * len(self.dims))
+        if not self.dims or len(self.storage) != len(self.dims):
+            raise ConfigError(f"array {self.name!r} needs dims and storage of the same length, at least one")
+        for index, dim in enumerate(self.dims):
+            terms = dim if isinstance(dim, list) else [dim]
+            if dim is None:
+                if index or self.dir != "out":
+                    raise ConfigError(f"array {self.name!r}: only an out array's first dim may be left to the caller")
+            elif not terms or not all(
+                isinstance(t, str) or (isinstance(t, int) and not isinstance(t, bool) and t >= 0) for t in terms
+            ):
+                raise ConfigError(f"array {self.name!r} has a bad dim {dim!r}")
+        if not all(s is None or (isinstance(s, int) and not isinstance(s, bool) and s > 0) for s in self.storage):
+            raise ConfigError(f"array {self.name!r} has a bad storage {self.storage!r}")
+        self.free = all(s is None for s in self.storage)
+        """No extent fixed by the C type: the storage is the logical dims."""
+        self.names = sorted({n for dim in self.dims for n in _dim_names(dim)})
+        self.annotation = self.dir + "".join(f"[{_dim_text(d)}]" for d in self.dims)
+
+    @staticmethod
+    def _extent(dim: Any, lengths: Mapping[str, int]) -> int:
+        if isinstance(dim, list):
+            return math.prod(lengths[t] if isinstance(t, str) else t for t in dim)
+        return lengths[dim] if isinstance(dim, str) else int(dim)
+
+    def _label(self, lengths: Mapping[str, int], given: Optional[int]) -> str:
+        """``in[n] with n = 6``: the annotation and the values it took in this call, for messages."""
+        used = [f"{n} = {lengths[n]}" for n in self.names] + ([] if given is None else [f"{given} given"])
+        return self.annotation + (f" with {', '.join(used)}" if used else "")
+
+    def _count(self, value: Any, width: int) -> int:
+        """The first dim of an ``out[]`` array from the buffer the caller gave to fill."""
         if isinstance(value, (list, tuple)):
-            return (ctype * len(value))(*[element(v) for v in value])
-        raise TypeError(f"expected a list, array.array or bytes, got {type(value).__name__}")
+            return len(value)
+        if isinstance(value, NDArray) and len(value.shape) == len(self.dims):
+            return value.shape[0]
+        if isinstance(self.element, Char):
+            if len(self.dims) == 1 and self.element.kind == "c" and isinstance(value, (bytes, bytearray)):
+                return len(value)
+        elif isinstance(value, (NDArray, array.array, bytes, bytearray)):
+            nbytes = value.nbytes if isinstance(value, NDArray) else memoryview(value).nbytes
+            return nbytes // self.element.size // width if width else 0
+        raise Refused(
+            f"is {self.annotation}: give its length as an int, or a buffer to fill, got {type(value).__name__}"
+        )
 
-    return convert
+    def layout(self, value: Any, lengths: Mapping[str, int]) -> tuple[Layout, bool]:
+        """This call's layout, and whether ``value`` is an array to use (not a count or nothing)."""
+        given = value is not _MISSING
+        inner = [self._extent(dim, lengths) for dim in self.dims[1:]]
+        storage = inner if self.free else [s if s is not None else e for s, e in zip(self.storage[1:], inner)]
+        counted: Optional[int] = None
+        if self.dims[0] is not None:
+            first = self._extent(self.dims[0], lengths)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if value < 0:
+                raise Refused(f"is {self.annotation}: its length must be >= 0, got {value}")
+            first = counted = value
+            given = False
+        else:
+            first = counted = self._count(value, math.prod(storage))
+        extents = [first, *inner]
+        label = functools.partial(self._label, lengths, counted)
+        if self.free:
+            return Layout(self.element, extents, extents, label), given
+        for extent, fixed in zip(extents, self.storage):
+            if fixed is not None and extent > fixed:
+                raise Refused(f"{label()}: {extent} is more than the C array's extent of {fixed}")
+        storage.insert(0, first if self.storage[0] is None else self.storage[0])
+        return Layout(self.element, extents, storage, label), given
+
+    def _default_form(self, any_nd: bool) -> str:
+        if any_nd and self.element.typestr is not None:
+            return NDARRAY
+        if len(self.dims) == 1 and self.element.typecode is not None:
+            return ARRAY
+        return LIST
+
+    def prepare(self, value: Any, lengths: Mapping[str, int], any_nd: bool, limit: int) -> _Prepared:
+        layout, given = self.layout(value, lengths)
+        if not given:
+            own, flat = self._allocate(layout, limit)
+            form = self._default_form(any_nd)
+            return flat, lambda: layout.read(flat, form, own=own)
+        source = layout.source(value)
+        if isinstance(source, Buffer):
+            result = source.owner if isinstance(value, bytes) else value
+            if layout.in_place(source):
+                return layout.flat(source.owner), None if self.dir == "in" else lambda: result
+        own, flat = self._allocate(layout, limit)
+        layout.fill(source, flat)
+        if self.dir == "in":
+            return flat, None
+        if not isinstance(source, Buffer):
+            like = _first_leaf(value)
+            return flat, lambda: layout.read(flat, LIST, like)
+        buffer = source
+
+        def copy_back() -> Any:
+            layout.copy_back(buffer, flat)
+            return result
+
+        return flat, copy_back
+
+    @staticmethod
+    def _allocate(layout: Layout, limit: int) -> tuple[bytearray, Any]:
+        """Zeroed memory for the call's copy of the array, within the bytes one message may carry."""
+        if layout.nbytes > limit:
+            raise Refused(
+                f"{layout.what} needs {layout.nbytes:,} bytes, over the limit of {limit:,} bytes for one array "
+                "(max_message_size)"
+            )
+        own = bytearray(layout.nbytes)
+        return own, layout.flat(own)
 
 
-def _argument(name: str) -> tuple[Any, _Converter]:
-    canonical = _canonical(name)
-    if canonical in _STRINGS:
-        return _STRINGS[canonical], _char_p if canonical == "char*" else _wchar_p
-    if canonical.endswith(POINTER_SUFFIX) and canonical[:-1] in SCALARS and canonical != "bool*":
-        ctype = SCALARS[canonical[:-1]]
-        element = _float if ctype in (ctypes.c_float, ctypes.c_double) else _int_converter(ctype)
-        return ctypes.POINTER(ctype), _array_converter(ctype, element)
-    if canonical in SCALARS:
-        ctype = SCALARS[canonical]
-        if ctype in (ctypes.c_float, ctypes.c_double):
-            return ctype, _float
-        if ctype is ctypes.c_bool:
-            return ctype, _bool
-        return ctype, _int_converter(ctype)
-    raise ConfigError(f"unknown argument type {name!r}; known types: {', '.join(type_names())}")
-
-
-def _restype(name: str) -> Any:
-    canonical = _canonical(name)
-    if canonical == "void":
-        return None
-    if canonical in _STRINGS:
-        return _STRINGS[canonical]
-    if canonical in SCALARS:
-        return SCALARS[canonical]
-    raise ConfigError(f"unknown return type {name!r}; use void, char*, wchar* or one of: {', '.join(sorted(SCALARS))}")
-
-
-def check_type(name: str, *, returns: bool = False) -> None:
-    """Raise ConfigError for a type name a worker would refuse, before any worker starts."""
-    if returns:
-        _restype(name)
-    else:
-        _argument(name)
+def _param(spec: Mapping[str, Any], position: int, types: Types) -> _Param:
+    kind = spec["kind"]
+    if kind == "value":
+        return _Value(spec, position, types)
+    if kind == "string":
+        return _Text(spec, position)
+    if kind == "ref":
+        return _Ref(spec, position, types)
+    if kind == "array":
+        return _Array(spec, position, types)
+    raise ConfigError(f"parameter {spec.get('name')!r} has kind {kind!r}; use value, string, ref or array")
 
 
 class CFunction:
     """One library function with its declared signature, callable with Python values.
 
-    Built at start-up: a symbol the library lacks is a :class:`LibraryLoadError` naming it and the
-    library, and an unknown type name a :class:`ConfigError`, before any call.
+    Built at start-up from the normalized declaration ``func`` and the library's ``structs``: a symbol the
+    library lacks is a :class:`LibraryLoadError` naming it and the library, a declaration that cannot work a
+    :class:`ConfigError`, before any call. ``out_limit`` bounds the bytes of each output array the worker
+    allocates (the pool's ``max_message_size``: a bigger result could not be sent anyway).
     """
 
     def __init__(
-        self, library: Any, name: str, args: Sequence[str], returns: str, symbol: Optional[str] = None
+        self,
+        library: Any,
+        name: str,
+        func: Mapping[str, Any],
+        structs: Optional[Mapping[str, Any]] = None,
+        out_limit: Optional[int] = None,
     ) -> None:
         self.name = name
-        self.signature = f"{returns} {name}({', '.join(args)})"
+        self.signature = str(func.get("signature") or name)
+        symbol = str(func.get("symbol") or name)
         try:
-            self._func = getattr(library, symbol or name)
+            self._func = getattr(library, symbol)
         except AttributeError:
             path = getattr(library, "_name", None)
             owner = f"library {path!r}" if path else "the library"
-            raise LibraryLoadError(f"{owner} has no function {symbol or name!r} (declared as {name!r})") from None
-        parts = [_argument(a) for a in args]
-        self._converters = [c for _, c in parts]
-        self._func.argtypes = [t for t, _ in parts]
-        self._func.restype = _restype(returns)
+            raise LibraryLoadError(f"{owner} has no function {symbol!r} (declared as {name!r})") from None
+        self._limit = out_limit or DEFAULT_OUT_LIMIT
+        try:
+            self._declare(func, Types(structs or {}))
+        except ConfigError as exc:
+            raise ConfigError(f"function {name!r} ({self.signature}): {exc}") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"function {name!r} ({self.signature}): malformed declaration ({type(exc).__name__}: {exc})"
+            ) from None
+
+    def _declare(self, func: Mapping[str, Any], types: Types) -> None:
+        params = [_param(spec, position, types) for position, spec in enumerate(func["params"])]
+        by_name = {p.name: p for p in params}
+        if len(by_name) != len(params):
+            raise ConfigError("two parameters have the same name")
+        lengths: set[str] = set()
+        for param in params:
+            for length in getattr(param, "names", []):
+                target = by_name.get(length)
+                element = getattr(target, "element", None)
+                if not isinstance(target, _Value) or not (isinstance(element, Number) and element.kind in "iu"):
+                    raise ConfigError(f"array {param.name!r} takes a length from {length!r}, not an integer parameter")
+                lengths.add(length)
+        self._params = params
+        self._by_name = by_name
+        self._inputs = [p for p in params if p.dir != "out"]
+        self._values = [p for p in params if isinstance(p, (_Value, _Text))]
+        self._pointers = [p for p in params if isinstance(p, (_Ref, _Array))]
+        self._lengths = lengths
+        self._caller_sized = [p for p in params if isinstance(p, _Array) and p.dims[0] is None]
+        self._plain = len(self._inputs) == len(params) and not self._caller_sized
+        """Every parameter is an input: positional arguments are the C arguments in order."""
+        self._outputs = any(p.dir != "in" for p in self._pointers)
+        self._allocates = any(isinstance(p, _Array) and p.dir == "out" for p in params)
+        """Some out array may be left to the worker, in a form that depends on the other arguments."""
+        self._func.argtypes = [p.argtype for p in params]
+        returns = func.get("returns")
+        self._void = returns is None
+        self._returned: Callable[[Any], Any] = lambda value: value
+        if returns is None:
+            self._func.restype = None
+        elif returns["kind"] == "string":
+            self._func.restype = ctypes.c_wchar_p if returns["type"] == "wchar" else ctypes.c_char_p
+        elif returns["kind"] == "value":
+            element = types.element(returns["type"])
+            self._func.restype = element.ctype
+            if isinstance(element, (Char, Struct)):
+                self._returned = element.dump
+        else:
+            raise ConfigError(f"return kind {returns['kind']!r}; use value or string")
+
+    def _error(self, message: str) -> ArgumentError:
+        return ArgumentError(f"{self.signature} {message}", signature=self.signature)
+
+    def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+        """The arguments in C order, ``_MISSING`` for out parameters the caller left to the worker."""
+        inputs = self._inputs
+        if not kwargs and self._plain and len(args) == len(inputs):
+            return list(args)
+        if len(args) > len(inputs):
+            raise self._error(f"takes {len(inputs)} argument(s), got {len(args)}")
+        given = [_MISSING] * len(self._params)
+        for param, value in zip(inputs, args):
+            given[param.position] = value
+        for key, value in kwargs.items():
+            named = self._by_name.get(key)
+            if named is None:
+                names = ", ".join(p.name for p in self._params) or "none"
+                raise self._error(f"has no parameter {key!r}; its parameters are: {names}")
+            if given[named.position] is not _MISSING:
+                raise self._error(f"got argument {named.ref} both by position and by keyword")
+            given[named.position] = value
+        missing = [p.ref for p in inputs if given[p.position] is _MISSING]
+        if missing:
+            got = len(args) + len(kwargs)
+            raise self._error(f"takes {len(inputs)} argument(s), got {got}: missing argument {', '.join(missing)}")
+        for param in self._caller_sized:
+            if given[param.position] is _MISSING:
+                raise self._error(
+                    f"needs the length of its out[] array {param.name!r} by keyword: {param.name}=<count>, "
+                    f"or {param.name}=<buffer to fill>"
+                )
+        return given
+
+    def _prepare(
+        self, given: list[Any], natives: list[Any], finishers: list[tuple[str, _Finish]]
+    ) -> Optional[ArgumentError]:
+        """Fill ``natives`` with the C arguments and ``finishers`` with what gives the out values; the error for an
+        argument that does not fit (returned, not raised: the refusal's frames, which may point into a caller's
+        buffer, end here)."""
+        lengths: dict[str, int] = {}
+        param: _Param
+        try:
+            for param in self._values:
+                native = natives[param.position] = param.load(given[param.position])
+                if param.name in self._lengths:
+                    if native < 0:
+                        raise Refused(f"{native} is an array length, which cannot be negative")
+                    lengths[param.name] = native
+            any_nd = self._allocates and any(isinstance(value, NDArray) for value in given)
+            for param in self._pointers:
+                natives[param.position], finish = param.prepare(given[param.position], lengths, any_nd, self._limit)
+                if finish is not None:
+                    finishers.append((param.name, finish))
+        except Refused as exc:
+            return ArgumentError(
+                f"argument {param.ref}{exc.path} of {self.signature}: {exc.message}", signature=self.signature
+            )
+        return None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if kwargs:
-            raise ArgumentError(
-                f"{self.signature} takes positional arguments only, got keyword(s) {', '.join(sorted(kwargs))}",
-                signature=self.signature,
-            )
-        if len(args) != len(self._converters):
-            raise ArgumentError(
-                f"{self.signature} takes {len(self._converters)} argument(s), got {len(args)}",
-                signature=self.signature,
-            )
-        converted = []
-        for index, (convert, value) in enumerate(zip(self._converters, args)):
-            try:
-                converted.append(convert(value))
-            except TypeError as exc:
-                raise ArgumentError(
-                    f"argument {index + 1} of {self.signature}: {exc}", signature=self.signature
-                ) from None
-        return self._func(*converted)
+        given = self._bind(args, kwargs)
+        natives: list[Any] = [None] * len(given)
+        finishers: list[tuple[str, _Finish]] = []
+        try:
+            refusal = self._prepare(given, natives, finishers)
+            if refusal is None:
+                returned = self._returned(self._func(*natives))
+                if not self._outputs:
+                    return returned
+                result = {} if self._void else {"return": returned}
+                for name, finish in finishers:
+                    result[name] = finish()
+                return result
+        finally:
+            # No ctypes object may outlive the call: one over a caller's buffer (a shared-memory mapping) would
+            # keep it from being closed.
+            natives.clear()
+            finishers.clear()
+        raise refusal
