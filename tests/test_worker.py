@@ -20,6 +20,7 @@ import pytest
 import zmq
 
 from broker import Pool, runtime32
+from broker.config import load_config
 from protocol import BadRequest, ReplyTooLarge, pack_call, unpack_value
 from protocol import frames as wire
 from protocol.codec import EXT_BUFFER
@@ -63,15 +64,14 @@ def _worker(tmp_path: Path, threads: int) -> Iterator[_Backend]:
     router.linger = 0
     endpoint = f"ipc://{tmp_path}/backend"
     router.bind(endpoint)
-    service = demo_service(threads=threads)
+    hosting = load_config({"services": {"s": demo_service(threads=threads)}}).service("s").hosting
     spec = {
         "service": "s",
         "threads": threads,
         "heartbeat_interval": 1.0,
         "heartbeat_liveness": 60,  # this test sends no heartbeats: the worker must not give up on it
         "max_message_size": 1 << 30,
-        "library": service["library"],
-        "functions": service["functions"],
+        **hosting,
     }
     interp = runtime32.load()
     command = [*interp.command, "-s", "-m", "workers32", "--connect", endpoint, "--spec", json.dumps(spec)]

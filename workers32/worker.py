@@ -58,7 +58,7 @@ from protocol import frames as wire
 from protocol.frames import Buffer, CancelToWorker, DisconnectToWorker
 
 from .hosting import build_methods, call
-from .shm import SharedArguments, limit_of
+from .shm import MAPPINGS, SharedArguments, limit_of
 
 log = logging.getLogger("workers32")
 
@@ -383,6 +383,7 @@ class Worker:
         if now >= self._next_heartbeat:
             transport.send(self._sock, wire.worker_heartbeat())
             self._next_heartbeat = now + self.interval
+            MAPPINGS.prune()  # segments their clients let go of since
             if not _parent_alive(self.parent_pid):
                 log.warning("the broker process is gone; exiting")
                 logging.shutdown()
