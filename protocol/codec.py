@@ -147,11 +147,13 @@ class NDArray:
         return self.size * self.itemsize
 
     def view(self) -> memoryview:
-        """The elements as a memoryview with this array's format and shape."""
+        """The elements as a memoryview with this array's format and shape (an empty array's is flat: a
+        memoryview cannot have a dimension of 0)."""
         if self.data is None:
             raise ValueError(f"shared-memory segment {self.shared!r} is not mapped")
         flat: Any = memoryview(self.data).cast("B")  # typeshed knows cast() only for literal formats
-        return cast(memoryview, flat.cast(TYPESTRS[self.typestr], list(self.shape)))
+        shape = list(self.shape) if self.size else [0]
+        return cast(memoryview, flat.cast(TYPESTRS[self.typestr], shape))
 
     def __repr__(self) -> str:
         where = f"shared={self.shared!r}" if self.shared else f"{self.nbytes} bytes"
@@ -178,7 +180,7 @@ def _array_like(value: Any) -> tuple[str, tuple[int, ...], memoryview]:
             "integers, floats or bools)"
         )
     data = memoryview(value)
-    if not data.c_contiguous:
+    if not data.c_contiguous or not data.nbytes:  # an empty n-D view cannot be cast
         data = memoryview(data.tobytes())
     return typestr, tuple(int(d) for d in interface["shape"]), data.cast("B")
 

@@ -237,6 +237,26 @@ def test_a_shared_array_is_never_copied_and_the_library_changes_it_in_place(clie
     assert values[0, 1] == 2.0, "a closed shared array is copied like any other"
 
 
+def _mappings_of(pid: int, name: str) -> int:
+    """How many mappings of segment ``name`` process ``pid`` has."""
+    return sum(f"/dev/shm/{name}" in line for line in Path(f"/proc/{pid}/maps").read_text().splitlines())
+
+
+def test_the_worker_keeps_a_shared_arrays_mapping_between_calls_and_lets_go_once_it_is_closed(
+    pool: Pool, client: Client
+) -> None:
+    values = shared_array(BIG)
+    values[:] = 1.0
+    (name,) = segments()
+    (worker,) = pool.worker_pids("a")
+    for _ in range(3):
+        client.call("a", "scale", values, 2.0)
+    assert numpy.array_equal(values, numpy.full(BIG, 8.0))
+    assert _mappings_of(worker, name) == 1, "each call mapped the segment again"
+    close_shared_array(values)
+    wait_for(lambda: not _mappings_of(worker, name), 30, "the worker to let go of the unlinked segment")
+
+
 def test_a_shared_array_is_unlinked_when_garbage_collected(client: Client) -> None:
     small = shared_array(MIN // 16, "i4")  # under the threshold, over 16 KiB: shared all the same
     assert client.call("a", "segment", small) == segments()[0]
