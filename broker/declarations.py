@@ -10,6 +10,7 @@ whose length nobody declared is how a library reads or writes out of bounds, so 
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -219,7 +220,10 @@ def _constant(node: c_ast.Node | None) -> int | None:
     if isinstance(node, c_ast.Constant) and node.type == "int":
         digits = node.value.rstrip("uUlL")
         base = 16 if digits[:2].lower() == "0x" else 8 if digits.startswith("0") and len(digits) > 1 else 10
-        return int(digits, base)
+        try:
+            return int(digits, base)
+        except ValueError:  # 0b11 and other spellings C does not have
+            return None
     if isinstance(node, c_ast.BinaryOp) and node.op in ("*", "+", "-"):
         left, right = _constant(node.left), _constant(node.right)
         if left is not None and right is not None:
@@ -301,6 +305,15 @@ def _definition(nodes: list[c_ast.Node], name: str) -> c_ast.Struct | None:
     return None
 
 
+_MAX_ELEMENTS = (1 << 31) - 1
+"""More elements than this in one fixed array cannot exist in a 32-bit process."""
+
+
+def _check_extent(elements: int, where: str) -> None:
+    if elements > _MAX_ELEMENTS:
+        raise ConfigError(f"{where}: an array of {elements:,} elements cannot exist in a 32-bit process")
+
+
 def _field(decl: c_ast.Decl, names: set[str], where: str) -> Field:
     if decl.name is None:
         raise ConfigError(f"{where}: every field needs a name (anonymous structs and unions cannot be declared)")
@@ -312,6 +325,7 @@ def _field(decl: c_ast.Decl, names: set[str], where: str) -> Field:
         if extent is None or extent < 1:
             raise ConfigError(f"{where}: an array field needs a fixed size such as [20]")
         shape.append(extent)
+        _check_extent(math.prod(shape), where)
         node = node.type
     if isinstance(node, (c_ast.PtrDecl, c_ast.FuncDecl)):
         raise ConfigError(
@@ -383,6 +397,7 @@ def _declared(node: c_ast.Decl | c_ast.Typename, name: str, structs: Iterable[st
             extent = _constant(typ.dim)
             if extent is not None and extent < 1:
                 raise ConfigError(f"{where}: an array extent must be 1 or more")
+            _check_extent(math.prod(e or 1 for e in [*storage, extent]), where)
             if extent is None and depth:
                 raise ConfigError(
                     f"{where}: only the first dimension of an array parameter may be open ([] or a variable); the "
@@ -460,7 +475,7 @@ def _annotated(p: _Declared, annotation: str | None, declared: list[_Declared], 
     if flat and p.elem in _TEXT and direction in (None, "in") and not dims:
         return {"name": p.name, "kind": "string", "type": p.elem}
     if dims:
-        return _array(p, direction or "in", dims, where)
+        return _array(p, direction or "in", dims, where, [d.name for d in declared if _says_a_length(d)])
     if direction is None and flat and p.pointer and p.const and isinstance(p.elem, dict):
         return {"name": p.name, "kind": "ref", "dir": "in", "type": p.elem}
     if direction is not None and flat and p.pointer and p.elem not in _TEXT:
@@ -506,8 +521,19 @@ def _pointer_text(p: _Declared) -> str:
     return f"{elem} *{p.name}"
 
 
-def _array(p: _Declared, direction: str, dims: list[Dim], where: str) -> Param:
+def _says_a_length(p: _Declared) -> bool:
+    return p.storage is None and _is_length_type(p.elem)
+
+
+def _array(p: _Declared, direction: str, dims: list[Dim], where: str, lengths: list[str]) -> Param:
+    """``lengths``: the integer parameters passed by value, one of which may be the array's length."""
     storage = list(p.storage or [])
+    if dims[:1] == [None] and lengths:
+        raise ConfigError(
+            f'{where}: "out[]" would let the length the caller gives and the one the library is told '
+            f"({', '.join(lengths)}) disagree, and the library write past the buffer: tie it to the parameter that "
+            f'gives it, such as "out[{lengths[-1]}]", or give a fixed size such as "out[256]"'
+        )
     if len(dims) > len(storage):
         if storage != [None]:
             raise ConfigError(

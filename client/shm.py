@@ -33,7 +33,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from protocol.codec import SHARED_NAME, NDArray, pack_call, slices
+from protocol.codec import KEPT_SUFFIX, SHARED_NAME, NDArray, pack_call, slices
 from protocol.errors import DllPoolError, ProtocolError, SharedMemoryError
 from protocol.frames import Buffer
 
@@ -145,10 +145,14 @@ def _unlink(name: str) -> None:
         log.warning("cannot remove the shared-memory segment %s: %s", _path(name), exc)
 
 
-def _create(size: int) -> tuple[str, int]:
-    """A new segment of ``size`` bytes (zeros), only this user's: its name and an open descriptor."""
+def _create(size: int, suffix: str = "") -> tuple[str, int]:
+    """A new segment of ``size`` bytes (zeros), only this user's: its name and an open descriptor.
+
+    Its memory is allocated now: a sparse segment on a full /dev/shm would kill with SIGBUS whichever process
+    first touched a page that has no memory behind it (the library in the worker, say).
+    """
     for _ in range(8):
-        name = f"dllpool.{os.getpid()}.{secrets.token_hex(8)}"
+        name = f"dllpool.{os.getpid()}.{secrets.token_hex(8)}{suffix}"
         try:
             fd = os.open(_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except FileExistsError:
@@ -156,6 +160,8 @@ def _create(size: int) -> tuple[str, int]:
         _live.add(name)
         try:
             os.ftruncate(fd, size)
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fd, 0, size)
         except BaseException:
             os.close(fd)
             _unlink(name)
@@ -210,13 +216,15 @@ def shared_array(shape: int | Sequence[int], dtype: Any = "float64") -> Any:
         raise SharedMemoryError(f"this system has no POSIX shared memory in {SHM_DIR}: pass a plain NumPy array")
     dims = (shape,) if isinstance(shape, int) else tuple(shape)
     kind = numpy.dtype(dtype)
+    if not all(isinstance(dim, int) and dim >= 0 for dim in dims):
+        raise ValueError(f"a shape is whole numbers of 0 or more, not {shape!r}")
     count = 1
     for dim in dims:
         count *= dim
     nbytes = count * kind.itemsize
     size = max(nbytes, 1)  # mmap cannot map 0 bytes
     try:
-        name, fd = _create(size)
+        name, fd = _create(size, KEPT_SUFFIX)
     except OSError as exc:
         raise SharedMemoryError(
             f"cannot create a shared-memory segment of {size:,} bytes in {SHM_DIR}: {exc}", size=size
@@ -230,7 +238,7 @@ def shared_array(shape: int | Sequence[int], dtype: Any = "float64") -> Any:
         os.close(fd)
     _live.discard(name)  # the caller's now: the finalizer below unlinks it, not the end of a call
     array = numpy.frombuffer(mapping, dtype=kind, count=count).reshape(dims)
-    address = int(array.__array_interface__["data"][0])
+    address = _address(array)
     _helpers[address] = _Helper(name, size, weakref.ref(mapping))
     weakref.finalize(mapping, _release_helper, address, name, os.getpid())
     return array
@@ -287,9 +295,9 @@ class CallSegments:
         """What to pack again, with frames, should the worker not open the segments."""
         self._maps: dict[str, mmap.mmap] = {}
         """Every segment the call names, with this process's mapping of it."""
-        self._owned: dict[int, str] = {}
-        """The segments made for this call (unlinked when it ends), by the ``id`` of the array each holds: an
-        array passed twice is written once, and the worker sees one memory as the caller does."""
+        self._owned: list[str] = []
+        """The segments made for this call, unlinked when it ends: one per array argument, so an array passed
+        twice is two arrays to the library, as it is with frames."""
 
     @property
     def used(self) -> bool:
@@ -305,15 +313,12 @@ class CallSegments:
                 return helper.name
         if len(data) < self.minimum:
             return None
-        name = self._owned.get(id(value))
-        if name is not None:
-            return name
         try:
             name, mapping = _write_segment(data)
         except OSError as exc:  # /dev/shm full, out of descriptors: the frames still work
             log.warning("cannot put %d bytes in shared memory (%s); sending them as a frame", len(data), exc)
             return None
-        self._owned[id(value)] = name
+        self._owned.append(name)
         self._maps[name] = mapping
         return name
 
@@ -341,9 +346,9 @@ class CallSegments:
 
     def release(self) -> None:
         """Unlink the call's own segments and let go of the mappings (arrays over them keep theirs)."""
-        owned, self._owned = self._owned, {}
+        owned, self._owned = self._owned, []
         self._maps = {}
-        for name in owned.values():
+        for name in owned:
             _unlink(name)
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "ArrayHook",
     "ShareHook",
     "SHARED_NAME",
+    "KEPT_SUFFIX",
     "TYPESTRS",
     "pack_call",
     "unpack_call",
@@ -46,6 +47,7 @@ __all__ = [
     "unpack_value",
     "COPY_SLICE",
     "slices",
+    "writable_copy",
 ]
 
 EXT_BUFFER = 1
@@ -105,9 +107,12 @@ TYPESTRS = {
 """The element types an :class:`NDArray` may have (NumPy's ``__array_interface__`` type strings, little-endian as
 both ends of a pool are), each with its ``struct`` format: what ctypes can represent as a scalar."""
 
-SHARED_NAME = re.compile(r"dllpool\.[0-9]{1,10}\.[0-9a-f]{8,64}")
+SHARED_NAME = re.compile(r"dllpool\.[0-9]{1,10}\.[0-9a-f]{8,64}(\.array)?")
 """What a shared-memory segment's name must look like (``dllpool.<creator pid>.<random hex>``): a peer can only
 name segments of dllpool's own, never another program's file in /dev/shm."""
+KEPT_SUFFIX = ".array"
+"""Ends the name of a segment a caller keeps for many calls (``client.shared_array``), as opposed to one made
+for a single call: a worker keeps the mapping of the first kind only."""
 
 _MAX_DIMS = 32
 """NumPy's own limit on dimensions."""
@@ -163,8 +168,8 @@ class NDArray:
 ArrayHook = Callable[[NDArray], Any]
 """What a receiver makes of each :class:`NDArray` it unpacks (a client: a NumPy array)."""
 ShareHook = Callable[[Any, memoryview], Optional[str]]
-"""A sender's choice for a big array (the object and its bytes): the name of a shared-memory segment that holds
-the bytes, or ``None`` to send them as a frame."""
+"""A sender's choice for a typed array (the object and its bytes): the name of a shared-memory segment that holds
+the bytes, or ``None`` to send them in the body or a frame."""
 
 
 def _array_like(value: Any) -> tuple[str, tuple[int, ...], memoryview]:
@@ -205,6 +210,14 @@ def _inline(value: Any) -> Any:
     raise TypeError(f"can not serialize {type(value).__name__!r} object")
 
 
+def _inline_unless_array(value: Any) -> Any:
+    """:func:`_inline` for a sender with a ``share`` hook: a typed array takes the thorough way, where the hook
+    is asked about it (a caller's shared array is shared whatever its size)."""
+    if isinstance(value, NDArray) or hasattr(type(value), "__array_interface__"):
+        raise _NeedsFrames
+    return _inline(value)
+
+
 class _Packer:
     """Replaces big buffers and arrays by ext references to frames of their own (or to shared memory)."""
 
@@ -240,7 +253,7 @@ class _Packer:
             typestr, shape, data = _array_like(value)
             where = None
         if where is None:
-            if self.share is not None and len(data) >= OUT_OF_BAND_MIN and not self.inline_only:
+            if self.share is not None and not self.inline_only:
                 where = self.share(value, data)
             if where is None:
                 where = self._ref(data)
@@ -315,13 +328,13 @@ def pack_value(value: Any, share: Optional[ShareHook] = None) -> list[Buffer]:
     One pass in msgpack's C code does it when the body stays below
     :data:`OUT_OF_BAND_MIN` (then no buffer in it can need a frame of its
     own); otherwise, or for a big array, a walk over the value moves each
-    big buffer to a frame of its own (or, where ``share`` says so, a big
-    typed array to shared memory).
+    big buffer to a frame of its own (or, where ``share`` says so, a typed
+    array to shared memory).
     """
     if _holds_big_buffer(value):
         return _Packer(share).pack(value)
     try:
-        body = _packb(value, _inline)
+        body = _packb(value, _inline if share is None else _inline_unless_array)
     except _NeedsFrames:
         pass
     else:
@@ -352,7 +365,7 @@ def _copy_bytes(data: Buffer) -> bytes:
     return out.getvalue()
 
 
-def _copy_writable(data: Buffer) -> bytearray:
+def writable_copy(data: Buffer) -> bytearray:
     """A private, writable copy: a library may write into an array in place."""
     result = bytearray(len(data))
     view = memoryview(result)
@@ -386,7 +399,7 @@ def _ndarray(ref: Any, frame: Callable[[Any], Buffer]) -> NDArray:
             f"typed array in payload has {len(data)} bytes of data; its shape {tuple(shape)} of "
             f"{typestr!r} needs {array_.nbytes}"
         )
-    array_.data = _copy_writable(data)
+    array_.data = writable_copy(data)
     return array_
 
 

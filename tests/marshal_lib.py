@@ -360,8 +360,8 @@ FUNCTIONS: dict[str, dict[str, Any]] = {
         value("cols", "int"),
         arr("out", "out", "double", ["cols", "rows"]),
     ),
-    # read_some = { c = "int read_block(unsigned char *buf, int size)", symbol = "read_block",
-    #               params = { buf = "out[]" } }
+    # The worker's caller-given length, on a function the configuration would only take as out[size] (out[]
+    # next to an integer parameter is refused there, as the two could disagree).
     "read_some": {
         **func(
             "int read_block(unsigned char *buf, int size)",

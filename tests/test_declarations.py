@@ -245,7 +245,7 @@ def test_fill_squares_and_read_block() -> None:
     assert param("void fill_squares(double *out, int n)", {"out": "out[n]"}) == array(
         "out", "out", "double", ["n"], [None]
     )
-    assert param("int read_block(unsigned char *buf, int size)", {"buf": "out[]"}) == array(
+    assert param("void read_block(unsigned char *buf)", {"buf": "out[]"}) == array(
         "buf", "out", "ubyte", [None], [None]
     )
 
@@ -291,9 +291,7 @@ def test_inner_dims_the_annotation_leaves_out_come_from_the_c_type() -> None:
     assert param("void f(double a[][100], int n)", {"a": "in[n]"}) == array(
         "a", "in", "double", ["n", 100], [None, 100]
     )
-    assert param("void f(double a[][100], int n)", {"a": "out[]"}) == array(
-        "a", "out", "double", [None, 100], [None, 100]
-    )
+    assert param("void f(double a[][100])", {"a": "out[]"}) == array("a", "out", "double", [None, 100], [None, 100])
     assert param("void f(double a[10][100], int n)", {"a": "out[n][50]"}) == array(
         "a", "out", "double", ["n", 50], [10, 100]
     )
@@ -509,6 +507,8 @@ def test_a_legacy_pointer_argument_without_annotation_is_refused_with_what_to_wr
         ("void f(double x[][10])", {"x": "out[3][]"}, ["parameter x", "[]", "first dimension of an out array"]),
         ("void f(double *x)", {"x": "in[]"}, ["parameter x", "[]", "out array"]),
         ("void f(double *x)", {"x": "inout[]"}, ["parameter x", "[]", "out array"]),
+        # out[] next to a length the library is told: they could disagree
+        ("int read_block(unsigned char *buf, int size)", {"buf": "out[]"}, ["parameter buf", '"out[size]"']),
         # not one prototype
         ("int x", {}, ["not one function prototype"]),
         ("int f(int a); int g(int b)", {}, ["not one function prototype"]),

@@ -130,6 +130,16 @@ def test_strings_of_the_first_form(demo: ctypes.CDLL) -> None:
     assert legacy(demo, "greet", [], "char*")() == b"hello from 64-bit C"
 
 
+def test_a_library_writing_into_an_input_string_changes_only_the_calls_copy() -> None:
+    """An input ``char *`` gets a buffer of the call's own: libc's memset writing into it must not change the
+    caller's bytes (nor CPython's shared one-character objects)."""
+    memset = legacy(ctypes.CDLL(None), "memset", ["char *s", "int c", "size_t n"])
+    text = b"hello world"
+    memset(text, ord("X"), 5)
+    memset(b"a", ord("Z"), 1)
+    assert text == b"hello world" and bytes([97]) == b"a"
+
+
 @pytest.mark.parametrize(
     "values",
     [

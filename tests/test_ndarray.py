@@ -55,7 +55,7 @@ def test_numpy_scalars_are_the_numbers_they_hold() -> None:
     assert round_trip([numpy.int32(5), numpy.float64(2.5), numpy.array(7)]) == [5, 2.5, 7]
 
 
-def test_a_big_array_gets_a_frame_of_its_own_and_only_a_big_one_is_offered_to_the_share_hook() -> None:
+def test_a_big_array_gets_a_frame_of_its_own_and_every_array_is_offered_to_the_share_hook() -> None:
     big = numpy.zeros(OUT_OF_BAND_MIN // 8, "float64")
     small = numpy.zeros(4, "float64")
     offered: list[int] = []
@@ -66,11 +66,11 @@ def test_a_big_array_gets_a_frame_of_its_own_and_only_a_big_one_is_offered_to_th
 
     frames = pack_value([big, small], share)
     assert len(frames) == 2 and memoryview(frames[1]).nbytes == big.nbytes
-    assert offered == [big.nbytes]
-    named = pack_value([big], lambda value, data: "dllpool.42.00112233aabbccdd")
-    assert len(named) == 1
+    assert offered == [big.nbytes, small.nbytes], "a caller's shared array is shared whatever its size"
+    assert len(pack_value([small, 1.5], share)) == 1 and offered[-1] == small.nbytes
+    named = pack_value([small], lambda value, data: "dllpool.42.00112233aabbccdd.array")
     (received,) = unpack_value(named)
-    assert (received.shared, received.data, received.shape) == ("dllpool.42.00112233aabbccdd", None, big.shape)
+    assert (received.shared, received.data, received.shape) == ("dllpool.42.00112233aabbccdd.array", None, (4,))
 
 
 @pytest.mark.parametrize(

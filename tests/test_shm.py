@@ -197,12 +197,12 @@ def test_a_worker_with_threads_maps_and_releases_as_well(client: Client) -> None
         assert numpy.array_equal(future.result(), values * float(i))
 
 
-def test_an_array_passed_twice_is_written_once_and_seen_as_one_memory(client: Client) -> None:
+def test_an_array_passed_twice_is_two_arrays_to_the_library_as_with_frames(client: Client) -> None:
     values = _array("<f8", (BIG,))
     first, second = client.call("a", "segment", values), client.call("a", "segment", values)
     assert first != second, "two calls shared a segment"
     first, second, aliased = client.call("t", "alias", values, values)
-    assert first == second is not None and aliased
+    assert None not in (first, second) and first != second and not aliased, "as with frames, two arrays"
 
 
 def test_a_ctypes_array_a_wrapper_keeps_over_the_mapping_stays_valid(client: Client) -> None:
@@ -255,6 +255,18 @@ def test_the_worker_keeps_a_shared_arrays_mapping_between_calls_and_lets_go_once
     assert _mappings_of(worker, name) == 1, "each call mapped the segment again"
     close_shared_array(values)
     wait_for(lambda: not _mappings_of(worker, name), 30, "the worker to let go of the unlinked segment")
+
+
+def test_a_small_shared_array_is_shared_too_and_a_bad_shape_leaves_no_segment(client: Client) -> None:
+    tiny = shared_array(4, "f8")
+    tiny[:] = 1.0
+    assert client.call("a", "segment", tiny) == segments()[0]
+    assert numpy.array_equal(client.call("a", "scale", tiny, 3.0), numpy.full(4, 3.0))
+    assert numpy.array_equal(tiny, numpy.full(4, 3.0)), "the library's change did not show in the array"
+    close_shared_array(tiny)
+    with pytest.raises(ValueError, match="shape"):
+        shared_array((-1,))
+    assert not segments()
 
 
 def test_a_shared_array_is_unlinked_when_garbage_collected(client: Client) -> None:

@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, NamedTuple, Optional, Union
 
-from protocol.codec import TYPESTRS, NDArray, slices
+from protocol.codec import TYPESTRS, NDArray, slices, writable_copy
 from protocol.errors import ConfigError
 
 __all__ = ["SCALARS", "Buffer", "Element", "Layout", "Refused", "Row", "Struct", "Types"]
@@ -436,12 +436,6 @@ def _copy_region(
         _copy(dst, at, src, start, run)
 
 
-def _writable_copy(data: Any) -> bytearray:
-    copy = bytearray(memoryview(data).nbytes)
-    _copy(memoryview(copy), 0, memoryview(data).cast("B"), 0, len(copy))
-    return copy
-
-
 class Layout:
     """An n-dimensional array in C memory: its logical ``dims`` inside the C ``storage`` extents (row-major).
 
@@ -495,7 +489,7 @@ class Layout:
                 raise Refused(self._mismatch(given, "typestr"))
             owner = value.data
             if memoryview(owner).readonly:
-                owner = value.data = _writable_copy(owner)
+                owner = value.data = writable_copy(memoryview(owner).cast("B"))
             memory = memoryview(owner).cast("B")
             if memory.nbytes < value.nbytes:
                 raise Refused(f"is an array of shape {value.shape} with only {memory.nbytes} bytes of data")
@@ -509,7 +503,7 @@ class Layout:
         if isinstance(value, (bytes, bytearray)):
             if len(value) % element.size:
                 raise Refused(f"{len(value)} bytes is not a whole number of {element.size}-byte {element.name} items")
-            owner = value if isinstance(value, bytearray) else _writable_copy(value)
+            owner = value if isinstance(value, bytearray) else writable_copy(memoryview(value).cast("B"))
             return Buffer(owner, memoryview(owner), (len(value) // element.size,))
         return None
 

@@ -13,10 +13,14 @@ a few GB of address space. Each failure is a SharedMemoryError and the library i
 that cannot be opened at all (the client is on another host, or the segment is gone) says reason
 ``"unavailable"``, and the client then sends the call again with frames.
 
-Mappings are kept between calls (:class:`Mappings`): a segment passed again, a caller's ``shared_array``, is
-neither mapped nor faulted in again. The profile of ``scalar_multiply`` on two 8 MB segments in the 32-bit
-worker (bench/arrays.py) showed 6.0 ms in the call, of which the library's loop is 0.85 ms and the rest page
-faults on the fresh mappings (about 1.2 us a page on this VM), and 1.1 ms unmapping them after.
+The mappings of a caller's own arrays (``shared_array``, whose segment names end in ``.array``) are kept
+between calls (:class:`Mappings`): passed again, such an array is neither mapped nor faulted in again. The
+profile of ``scalar_multiply`` on two 8 MB segments in the 32-bit worker (bench/arrays.py) showed 6.0 ms in
+the call, of which the library's loop is 0.85 ms and the rest page faults on the fresh mappings (about
+1.2 us a page on this VM), and 1.1 ms unmapping them after.
+
+A client of the same user can still shrink a segment after the worker checked its size; the library would
+then die of SIGBUS touching the missing pages (a crash like any other: the call gets WorkerCrashed).
 """
 
 import contextlib
@@ -31,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional
 
-from protocol.codec import SHARED_NAME, NDArray
+from protocol.codec import KEPT_SUFFIX, SHARED_NAME, NDArray
 from protocol.errors import SharedMemoryError
 
 log = logging.getLogger("workers32")
@@ -81,18 +85,20 @@ class Mappings:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, name: str, info: os.stat_result, nbytes: int) -> Optional[mmap.mmap]:
-        """The kept mapping of this very file, if it covers ``nbytes``."""
+    def view(self, name: str, info: os.stat_result, nbytes: int) -> Optional[memoryview]:
+        """A view of ``nbytes`` of the kept mapping of this very file, if there is one that covers them. Taken
+        under the lock: once it exists, no other thread's prune or eviction can unmap the memory under it."""
         with self._lock:
             kept = self._kept.get(name)
             if kept is None or kept.identity != (info.st_dev, info.st_ino) or len(kept.mapping) < nbytes:
                 return None
             self._kept.move_to_end(name)
-            return kept.mapping
+            return memoryview(kept.mapping)[:nbytes]
 
     def put(self, name: str, info: os.stat_result, mapping: mmap.mmap) -> bool:
-        """Keep ``mapping`` (evicting the least recently used beyond the budget); False if it is too big to."""
-        if len(mapping) > self.budget:
+        """Keep ``mapping`` (evicting the least recently used beyond the budget); False if it is not one to keep
+        (a segment made for one call, which its client unlinks when the call ends) or too big to keep."""
+        if not name.endswith(KEPT_SUFFIX) or len(mapping) > self.budget:
             return False
         with self._lock:
             old = self._kept.pop(name, None)
@@ -206,14 +212,14 @@ class SharedArguments:
             if not array.nbytes:
                 array.data = bytearray()
                 return
-            mapping = self.kept.get(name, info, array.nbytes)
-            if mapping is None:
+            view = self.kept.view(name, info, array.nbytes)
+            if view is None:
                 mapping = self._new_mapping(fd, array, refuse)
+                view = memoryview(mapping)
                 if not self.kept.put(name, info, mapping):
                     self._own.append(mapping)
         finally:
             os.close(fd)
-        view = memoryview(mapping)[: array.nbytes]
         self._views.append((array, view))
         array.data = view
 

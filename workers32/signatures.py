@@ -71,7 +71,12 @@ class _Value(_Param):
 
 
 class _Text(_Param):
-    """A NUL-terminated string the library reads (``const char *``): str (sent as UTF-8), bytes or None."""
+    """A NUL-terminated string the library reads (``const char *``): str (sent as UTF-8), bytes or None.
+
+    The library gets a buffer of the call's own, never the interpreter's string object: a library that writes
+    into a ``char *`` declared as input (within the text) would otherwise change an immutable object, one
+    CPython may share with all of the process (``b"a"``).
+    """
 
     def __init__(self, spec: Mapping[str, Any], position: int) -> None:
         super().__init__(spec, position)
@@ -79,15 +84,17 @@ class _Text(_Param):
         self.argtype = ctypes.c_wchar_p if self.wide else ctypes.c_char_p
 
     def load(self, value: Any) -> Any:
-        if value is None or isinstance(value, str if self.wide else bytes):
-            return value
+        if value is None:
+            return None
         if self.wide:
-            raise Refused(f"expected str or None, got {type(value).__name__}")
+            if not isinstance(value, str):
+                raise Refused(f"expected str or None, got {type(value).__name__}")
+            return ctypes.create_unicode_buffer(value)
         if isinstance(value, str):
-            return value.encode("utf-8")
-        if isinstance(value, bytearray):
-            return bytes(value)
-        raise Refused(f"expected bytes, str or None, got {type(value).__name__}")
+            value = value.encode("utf-8")
+        if not isinstance(value, (bytes, bytearray)):
+            raise Refused(f"expected bytes, str or None, got {type(value).__name__}")
+        return ctypes.create_string_buffer(bytes(value))
 
 
 class _Ref(_Param):
@@ -252,7 +259,13 @@ class _Array(_Param):
                 f"{layout.what} needs {layout.nbytes:,} bytes, over the limit of {limit:,} bytes for one array "
                 "(max_message_size)"
             )
-        own = bytearray(layout.nbytes)
+        try:
+            own = bytearray(layout.nbytes)
+        except MemoryError:  # within the limit, but more than this (32-bit) process has room for now
+            raise Refused(
+                f"{layout.what} needs {layout.nbytes:,} bytes, more than this {8 * ctypes.sizeof(ctypes.c_void_p)}-bit "
+                "worker can allocate now: pass less per call"
+            ) from None
         return own, layout.flat(own)
 
 
@@ -300,7 +313,7 @@ class CFunction:
             self._declare(func, Types(structs or {}))
         except ConfigError as exc:
             raise ConfigError(f"function {name!r} ({self.signature}): {exc}") from None
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError, MemoryError) as exc:  # a struct too big for ctypes
             raise ConfigError(
                 f"function {name!r} ({self.signature}): malformed declaration ({type(exc).__name__}: {exc})"
             ) from None
