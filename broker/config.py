@@ -63,6 +63,7 @@ _SERVICE_KEYS = {
     "queue_limit_bytes",
     "max_call_seconds",
     "prefetch",
+    "session_idle",
     "structs",
 }
 _FUNCTION_KEYS = {"c", "args", "returns", "params", "symbol", "idempotent", "doc"}
@@ -96,6 +97,9 @@ class ServiceConfig:
     ahead may wait behind a long call while another worker frees up, so the default takes most of the gain the noise
     shows with at most two such calls per worker. Services of short calls only may go deeper; services whose
     idempotent calls can take seconds should use 0."""
+    session_idle: float = 600.0
+    """Seconds a worker leased to a session (``Client.session``) may go without a call before the lease ends, so
+    a session its caller forgot does not hold a worker forever."""
     hosting: dict[str, Any] = field(default_factory=dict)
     """What the worker gets: ``library``/``kind``/``functions``/``structs`` (the normalized declarations of
     broker/declarations.py) or ``module``/``class``/``options``/``path``."""
@@ -353,6 +357,11 @@ def _service(name: str, table: Any, base: Path, origin: str) -> ServiceConfig:
             )
         ),
         prefetch=_not_negative(_get(table, "prefetch", int, ServiceConfig.prefetch, where), f"{where}.prefetch"),
+        session_idle=float(
+            _positive(
+                _get(table, "session_idle", (int, float), ServiceConfig.session_idle, where), f"{where}.session_idle"
+            )
+        ),
         hosting=hosting,
     )
 

@@ -62,6 +62,7 @@ from protocol import (
     WorkerReady,
     WorkerReply,
     error_to_wire,
+    pack_value,
     parse_client,
     parse_worker,
 )
@@ -97,6 +98,8 @@ class ServicePolicy:
     """The deadline of a call that came without one."""
     prefetch: int = 0
     """Idempotent requests a worker may hold beyond its run slots, so its next call is already there."""
+    session_idle: float = 600.0
+    """Seconds a leased worker (a session's) may go without a call before its lease ends."""
 
 
 class JobState(enum.Enum):
@@ -183,6 +186,8 @@ class _Job:
     """When its deadline was seen to pass while a worker held it."""
     answered: bool = False
     """Its caller has had its one answer (Timeout, or its client is gone); the worker's is discarded."""
+    pin: int | None = None
+    """The pid of the one worker that may run it (a session's, a handle's, a broadcast's); never re-sent."""
 
 
 @dataclass(eq=False)
@@ -201,6 +206,14 @@ class _Worker:
     gone_at: float = 0.0
     doomed_by: str = ""
     """Why it was asked to be killed, for the other calls it held."""
+    pinned: deque[_Job] = field(default_factory=deque)
+    """Jobs pinned to it that wait for one of its run slots, in arrival order."""
+    lease: bytes | None = None
+    """The client socket it is leased to (a session): it gets pinned jobs only."""
+    spare: int = 0
+    """Free run slots of a leased worker: kept out of its service's idle deque."""
+    lease_used: float = 0.0
+    """When its lease last saw a call: an idle lease ends after the service's ``session_idle``."""
 
 
 @dataclass(eq=False)
@@ -216,6 +229,8 @@ class _Service:
     """Jobs in state AHEAD: they count toward ``queue_limit``."""
     waiting_bytes: int = 0
     """Bytes of the jobs QUEUED or AHEAD: they count toward ``queue_limit_bytes``."""
+    lease_waiters: deque[_Job] = field(default_factory=deque)
+    """LEASE requests waiting for a worker with nothing to do."""
 
 
 @dataclass(eq=False)
@@ -229,6 +244,8 @@ class _Client:
     """The liveness window it asked for, if longer than the broker's own."""
     jobs: dict[int, _Job] = field(default_factory=dict)
     """Its unanswered jobs by correlation ID."""
+    leases: set[bytes] = field(default_factory=set)
+    """The workers leased to it: its record is kept while it has any, so its going away ends them."""
     bytes: int = 0
     """Bytes of those jobs: they count toward ``client_bytes_in_flight``."""
 
@@ -284,6 +301,8 @@ class BrokerCore:
                 "dropped_unrun",
                 "discarded_replies",
                 "refused_too_big",
+                "leases",
+                "leases_ended",
             ),
             0,
         )
@@ -302,7 +321,10 @@ class BrokerCore:
 
     def workers(self) -> list[dict[str, Any]]:
         """What each ready worker reported when it registered (pid, pointer size, Python, threads)."""
-        return sorted((dict(w.info) for w in self._registered()), key=lambda i: (i["service"], i["pid"]))
+        return sorted(
+            ({**w.info, "leased": w.lease is not None} for w in self._registered()),
+            key=lambda i: (i["service"], i["pid"]),
+        )
 
     def worker_idents(self) -> list[bytes]:
         """The sockets of the registered workers."""
@@ -383,6 +405,10 @@ class BrokerCore:
                     BrokerUnavailable("the broker is shutting down and takes no new requests", service=req.service),
                 )
             ]
+        if req.method == wire.WORKERS:
+            return [ToClient(ident, wire.reply_to_client(req.corr, pack_value(self._worker_list(service))))]
+        if req.method == wire.RELEASE:
+            return self._release_lease(ident, req, now)
         client = self._clients.get(ident)
         if client is not None and req.corr in client.jobs:
             self.stats["bad_client_messages"] += 1
@@ -397,6 +423,9 @@ class BrokerCore:
         refusal = self._refusal(service, client, req, size)
         if refusal is not None:
             return [self._error_to(ident, req.corr, refusal)]
+        target = None if req.pin is None else self._pinned_worker(req.pin, req.service)
+        if req.pin is not None and target is None:
+            return [self._error_to(ident, req.corr, self._bound_worker_gone(req.pin, req.service, req.method))]
         if client is None:
             client = self._clients[ident] = _Client(ident, now + self._window(None))
         timeout = req.timeout
@@ -415,6 +444,7 @@ class BrokerCore:
             deadline=None if timeout is None else now + timeout,
             size=size,
             ceiling=ceiling,
+            pin=req.pin,
         )
         client.jobs[req.corr] = job
         client.expires = max(client.expires, now + self._window(client))
@@ -423,6 +453,12 @@ class BrokerCore:
         self.held_bytes += size
         service.queued += 1
         service.waiting_bytes += size
+        if req.method == wire.LEASE:
+            service.lease_waiters.append(job)
+            return self._grant_leases(service, now)
+        if target is not None:
+            target.pinned.append(job)
+            return self._dispatch_pinned(target, now)
         service.queue.append(job)
         return self._dispatch(service, now)
 
@@ -558,6 +594,11 @@ class BrokerCore:
                 )
             actions += self._give_up(job)
             self._unlink(job)
+        for worker_ident in list(client.leases):
+            worker = self._workers.get(worker_ident)
+            if worker is not None:
+                self._end_lease(worker, "its client is gone")
+                actions += self._dispatch_all(self._services[worker.service], worker, now)
         self._clients.pop(ident, None)
         return actions
 
@@ -647,7 +688,7 @@ class BrokerCore:
             8 * (pointer_size if isinstance(pointer_size := ready.info.get("pointer_size"), int) else 0),
             worker.capacity,
         )
-        return actions + self._dispatch(service, now)
+        return actions + self._grant_leases(service, now) + self._dispatch(service, now)
 
     def _reply(self, worker: _Worker, reply: WorkerReply, now: float) -> list[Action]:
         job = worker.jobs.pop(reply.job, None)
@@ -670,7 +711,11 @@ class BrokerCore:
             self.stats["errors" if reply.error else "replies"] += 1
             actions.append(ToClient(job.client, wire.answer_to_client(job.corr, reply.error, reply.payload)))
         self._move(job, JobState.DONE)
-        return actions + self._dispatch(service, now)
+        return actions + self._dispatch_all(service, worker, now)
+
+    def _dispatch_all(self, service: _Service, worker: _Worker, now: float) -> list[Action]:
+        """After ``worker`` freed a run slot: first the jobs pinned to it, then a waiting lease, then the queue."""
+        return self._dispatch_pinned(worker, now) + self._grant_leases(service, now) + self._dispatch(service, now)
 
     def worker_exited(self, pid: int, returncode: int | None, now: float) -> list[Action]:
         """The supervisor saw a worker process end."""
@@ -697,6 +742,17 @@ class BrokerCore:
         service = self._services[worker.service]
         del service.workers[worker.ident]
         service.idle = deque(i for i in service.idle if i != worker.ident)
+        if worker.lease is not None:
+            worker.spare = 0
+            self._end_lease(worker, f"the worker was lost: {reason}")
+        actions: list[Action] = []
+        for job in worker.pinned:
+            if job.state is JobState.QUEUED:
+                self._move(job, JobState.DONE)
+                self._unlink(job)
+                actions.append(
+                    self._error_to(job.client, job.corr, self._bound_worker_gone(worker.pid, job.service, job.method))
+                )
         if worker.jobs:
             log.warning(
                 "worker pid %d of %r lost with %d call(s) in flight: %s",
@@ -706,10 +762,11 @@ class BrokerCore:
                 reason,
             )
         poisoned = returncode is not None and -returncode in POISON_SIGNALS
-        actions: list[Action] = []
         retries: list[_Job] = []
         for job in worker.jobs.values():
-            retry = job.method in service.policy.idempotent and job.attempts < 2 and not job.answered
+            retry = (
+                job.pin is None and job.method in service.policy.idempotent and job.attempts < 2 and not job.answered
+            )
             if retry and not (poisoned and job.state is JobState.RUNNING):
                 self.stats["retried"] += 1
                 self._move(job, JobState.QUEUED)
@@ -738,7 +795,7 @@ class BrokerCore:
                 )
             )
         service.queue.extendleft(reversed(retries))
-        return actions + self._dispatch(service, now)
+        return actions + self._grant_leases(service, now) + self._dispatch(service, now)
 
     # --- time ---------------------------------------------------------------------
 
@@ -764,7 +821,16 @@ class BrokerCore:
             if worker.state is not WorkerState.GONE and now >= worker.next_heartbeat:
                 worker.next_heartbeat = now + self.heartbeat_interval
                 actions.append(ToWorker(worker.ident, wire.heartbeat_to_worker()))
+        for worker in list(self._workers.values()):
+            if worker.pinned:
+                actions += self._dispatch_pinned(worker, now)  # expires those past their deadline
+            idle_limit = self._services[worker.service].policy.session_idle
+            if worker.lease is not None and not worker.jobs and now - worker.lease_used > idle_limit:
+                self._end_lease(worker, f"no call for {idle_limit:g} s (session_idle)")
+                actions += self._dispatch_all(self._services[worker.service], worker, now)
         for service in self._services.values():
+            if service.lease_waiters:
+                actions += self._grant_leases(service, now)  # expires those past their deadline
             if any(j.deadline is not None and now >= j.deadline for j in service.queue if j.state is JobState.QUEUED):
                 for job in service.queue:
                     if job.state is JobState.QUEUED and job.deadline is not None and now >= job.deadline:
@@ -906,17 +972,142 @@ class BrokerCore:
                 self._move(job, JobState.AHEAD)
                 self.stats["sent_ahead"] += 1
             queue.popleft()
-            job.attempts += 1
-            job.worker = worker.ident
-            worker.jobs[job.job_id] = job
-            worker.next_heartbeat = now + self.heartbeat_interval
-            left = None if job.deadline is None else max(0.0, job.deadline - now)
-            actions.append(
-                ToWorker(worker.ident, wire.request_to_worker(job.job_id, job.method, left, job.payload, job.flags))
-            )
-            if job.method not in idempotent:  # never sent again: the broker need not hold on to its bytes
-                self._release(job)
+            actions.append(self._send(job, worker, now))
         return actions
+
+    def _send(self, job: _Job, worker: _Worker, now: float) -> ToWorker:
+        """Hand ``job`` (RUNNING or AHEAD by now) to ``worker``."""
+        job.attempts += 1
+        job.worker = worker.ident
+        worker.jobs[job.job_id] = job
+        worker.next_heartbeat = now + self.heartbeat_interval
+        left = None if job.deadline is None else max(0.0, job.deadline - now)
+        message = ToWorker(worker.ident, wire.request_to_worker(job.job_id, job.method, left, job.payload, job.flags))
+        if job.pin is not None or job.method not in self._services[job.service].policy.idempotent:
+            self._release(job)  # never sent again: the broker need not hold on to its bytes
+        return message
+
+    # --- pinned jobs and leases ---------------------------------------------------------
+
+    def _pinned_worker(self, pid: int, service: str) -> _Worker | None:
+        """The registered worker of ``service`` with that pid, if it is still there to take work."""
+        ident = self._by_pid.get(pid)
+        worker = None if ident is None else self._workers.get(ident)
+        if worker is None or worker.service != service or worker.state is not WorkerState.SERVING:
+            return None
+        return worker
+
+    @staticmethod
+    def _bound_worker_gone(pid: int, service: str, method: str) -> WorkerCrashed:
+        return WorkerCrashed(
+            f"{service}.{method} is bound to worker pid {pid} (a session's, or a handle's), which is gone or "
+            f"no longer serves {service!r}; the call was not run elsewhere",
+            service=service,
+            method=method,
+            pid=pid,
+            bound=True,
+        )
+
+    def _dispatch_pinned(self, worker: _Worker, now: float) -> list[Action]:
+        """Give ``worker``'s free run slots to the jobs pinned to it, in order."""
+        actions: list[Action] = []
+        service = self._services[worker.service]
+        while worker.pinned and worker.state is WorkerState.SERVING:
+            job = worker.pinned[0]
+            if job.state is not JobState.QUEUED:  # cancelled while it waited
+                worker.pinned.popleft()
+                continue
+            if job.deadline is not None and now >= job.deadline:
+                worker.pinned.popleft()
+                actions.append(self._expire_queued(job))
+                continue
+            if worker.spare:
+                worker.spare -= 1
+            elif worker.lease is None and worker.ident in service.idle:
+                service.idle.remove(worker.ident)
+            else:
+                break
+            worker.pinned.popleft()
+            worker.lease_used = now
+            self._move(job, JobState.RUNNING)
+            job.running_since = now
+            actions.append(self._send(job, worker, now))
+        return actions
+
+    def _grant_leases(self, service: _Service, now: float) -> list[Action]:
+        """Lease workers with nothing to do to the LEASE requests waiting, oldest first."""
+        actions: list[Action] = []
+        waiters = service.lease_waiters
+        while waiters:
+            job = waiters[0]
+            if job.state is not JobState.QUEUED:
+                waiters.popleft()
+                continue
+            if job.deadline is not None and now >= job.deadline:
+                waiters.popleft()
+                actions.append(self._expire_queued(job))
+                continue
+            worker = next(
+                (
+                    w
+                    for w in service.workers.values()
+                    if w.state is WorkerState.SERVING
+                    and w.lease is None
+                    and not w.jobs
+                    and not w.pinned
+                    and service.idle.count(w.ident) == w.capacity
+                ),
+                None,
+            )
+            if worker is None:
+                break
+            waiters.popleft()
+            service.idle = deque(i for i in service.idle if i != worker.ident)
+            worker.spare, worker.lease, worker.lease_used = worker.capacity, job.client, now
+            self._clients[job.client].leases.add(worker.ident)
+            self._move(job, JobState.DONE)
+            self._unlink(job)
+            self.stats["leases"] += 1
+            log.info("worker pid %d of %r leased to client %s", worker.pid, worker.service, job.client.hex())
+            actions.append(ToClient(job.client, wire.reply_to_client(job.corr, pack_value({"pid": worker.pid}))))
+        return actions
+
+    def _release_lease(self, ident: bytes, req: ClientRequest, now: float) -> list[Action]:
+        """A RELEASE: end the lease ``ident`` holds on the pinned worker (answers whether it held one); the
+        worker then takes what its service has waiting."""
+        worker = None if req.pin is None else self._pinned_worker(req.pin, req.service)
+        actions: list[Action] = [
+            ToClient(
+                ident,
+                wire.reply_to_client(req.corr, pack_value({"released": worker is not None and worker.lease == ident})),
+            )
+        ]
+        if worker is not None and worker.lease == ident:
+            self._end_lease(worker, "its session ended")
+            actions += self._dispatch_all(self._services[worker.service], worker, now)
+        return actions
+
+    def _end_lease(self, worker: _Worker, why: str) -> None:
+        """``worker`` serves its whole service again; the dispatch that follows gives it work."""
+        client = None if worker.lease is None else self._clients.get(worker.lease)
+        if client is not None:
+            client.leases.discard(worker.ident)
+            if not client.jobs and client.window is None and not client.leases:
+                del self._clients[client.ident]
+        worker.lease = None
+        if worker.state is WorkerState.SERVING:
+            self._services[worker.service].idle.extend([worker.ident] * worker.spare)
+        worker.spare = 0
+        self.stats["leases_ended"] += 1
+        log.info("the lease of worker pid %d of %r ended: %s", worker.pid, worker.service, why)
+
+    def _worker_list(self, service: _Service) -> list[dict[str, Any]]:
+        """What a WORKERS request answers: each registered worker of the service."""
+        return [
+            {"pid": w.pid, "host": w.info.get("host"), "threads": w.capacity, "leased": w.lease is not None}
+            for w in service.workers.values()
+            if w.state is WorkerState.SERVING
+        ]
 
     def _ahead_worker(self, service: _Service) -> _Worker | None:
         """The worker to hold a job ahead: the fewest held, then the most recent reply (a worker stuck
@@ -927,7 +1118,11 @@ class BrokerCore:
             return None
         for worker in service.workers.values():
             held = len(worker.jobs)
-            if worker.state is not WorkerState.SERVING or held >= worker.capacity + prefetch:
+            if (
+                worker.state is not WorkerState.SERVING
+                or worker.lease is not None
+                or held >= worker.capacity + prefetch
+            ):
                 continue
             if best is None or (held, -worker.last_reply) < (len(best.jobs), -best.last_reply):
                 best = worker
@@ -943,7 +1138,11 @@ class BrokerCore:
             self._move(waiting, JobState.RUNNING)
             waiting.running_since = now
         elif worker.state is WorkerState.SERVING:
-            service.idle.append(worker.ident)
+            if worker.lease is not None:
+                worker.spare += 1
+                worker.lease_used = now
+            else:
+                service.idle.append(worker.ident)
 
     def _retire(self, worker: _Worker, state: WorkerState) -> None:
         """No more work for ``worker``: its free run slots leave the idle deque."""
@@ -982,7 +1181,7 @@ class BrokerCore:
         client.bytes -= job.size
         self._pending -= 1
         self._release(job)
-        if not client.jobs and client.window is None:
+        if not client.jobs and client.window is None and not client.leases:
             del self._clients[job.client]
 
     def _sweep(self, service: _Service, force: bool = False) -> None:

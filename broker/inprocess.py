@@ -200,6 +200,7 @@ def core_for(config: PoolConfig) -> BrokerCore:
                 queue_limit_bytes=s.queue_limit_bytes,
                 max_call_seconds=s.max_call_seconds,
                 prefetch=s.prefetch,
+                session_idle=s.session_idle,
             )
             for s in config.services
         ],

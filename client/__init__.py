@@ -22,7 +22,7 @@ from protocol.errors import (
     WorkerCrashed,
 )
 
-from .client import Client
+from .client import Client, Session
 from .core import ClientCore
 from .keys import CurveKeys
 from .proxy import RemoteMethod, ServiceProxy
@@ -35,6 +35,7 @@ __all__ = [
     "Busy",
     "CallError",
     "Client",
+    "Session",
     "ClientCore",
     "ConfigError",
     "CurveKeys",

@@ -8,6 +8,7 @@ sent) and answers into results (``map``'s batches item by item).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
 import time
@@ -23,6 +24,7 @@ from protocol import frames as wire
 from protocol.codec import pack_batch, pack_call, pack_value
 from protocol.errors import (
     ArgumentError,
+    CallError,
     ConfigError,
     DllPoolError,
     ProtocolError,
@@ -35,7 +37,7 @@ from .core import Call, remote_error
 from .keys import CurveKeys
 from .proxy import ServiceProxy
 
-__all__ = ["Client"]
+__all__ = ["Client", "Session"]
 
 
 class _Unset(enum.Enum):
@@ -289,6 +291,65 @@ class Client:
         _check_name(name, "service")
         return ServiceProxy(self, name)
 
+    def session(self, service: str, /, *, timeout: float | _Unset | None = _UNSET) -> Session:
+        """Lease one worker of ``service`` to this caller alone, for a stateful library: ``with
+        client.session("driver") as s: s.call("open", 3); s.call("read")``.
+
+        Every call of the session runs on that worker, in order, while other callers are served by the
+        service's other workers. Waits up to ``timeout`` (default: the client's) for a worker with nothing
+        to do. The lease ends with the ``with`` block (or :meth:`Session.close`), when this client goes
+        away, or after the service's ``session_idle`` seconds without a call. If the worker dies, the
+        session's calls fail with WorkerCrashed: a session never moves to another worker.
+        """
+        _check_name(service, "service")
+        return Session(self, service, self.timeout if timeout is _UNSET else _check_timeout(timeout))
+
+    def broadcast(
+        self, service: str, method: str, /, *args: Any, timeout: float | _Unset | None = _UNSET, **kwargs: Any
+    ) -> dict[int, Any]:
+        """Run ``service.method(*args, **kwargs)`` on every worker of ``service``: ``{pid: result}``, where a
+        worker's result is the CallError it failed with, if it did (one worker's failure fails no other).
+
+        For what each worker must do or say for itself: configure, initialise, report its state. A worker
+        leased to a session runs its call between the session's calls.
+        """
+        workers = self.submit(service, wire.WORKERS, timeout=timeout).result()
+        futures = {
+            int(worker["pid"]): self._submit_pinned(service, method, args, kwargs, timeout, int(worker["pid"]))
+            for worker in workers
+        }
+        results: dict[int, Any] = {}
+        for pid, future in futures.items():
+            try:
+                results[pid] = future.result()
+            except CallError as exc:
+                results[pid] = exc
+        return results
+
+    def _call_pinned(
+        self,
+        service: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | _Unset | None,
+        pin: int,
+    ) -> Any:
+        return self._conn.call(self._owner, self._new_call(service, method, args, kwargs, timeout, pin))
+
+    def _submit_pinned(
+        self,
+        service: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | _Unset | None,
+        pin: int | None,
+    ) -> Future[Any]:
+        """A call that only worker ``pin`` may run, sent on the connection's own socket (a lease belongs to
+        the socket that asked for it: the one that heartbeats while the connection lives)."""
+        return self._conn.submit(self._owner, self._new_call(service, method, args, kwargs, timeout, pin))
+
     def close(self) -> None:
         """Fail this Client's pending calls with BrokerUnavailable and have the broker drop them (CANCEL).
 
@@ -322,7 +383,13 @@ class Client:
         return f"<Client {self.address} {state}>"
 
     def _new_call(
-        self, service: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | _Unset | None
+        self,
+        service: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | _Unset | None,
+        pin: int | None = None,
     ) -> Call:
         _check_name(service, "service")
         _check_name(method, "method")
@@ -340,7 +407,9 @@ class Client:
             raise
         if segments is not None and not segments.used:
             segments = None
-        return Call(next(self._conn.corr_ids), service, method, seconds, payload, time.monotonic(), shm=segments)
+        return Call(
+            next(self._conn.corr_ids), service, method, seconds, payload, time.monotonic(), shm=segments, pin=pin
+        )
 
     # --- map --------------------------------------------------------------------------
 
@@ -432,3 +501,67 @@ class Client:
             return outcomes
         remote = iter(outcomes)
         return [[False, chunk.local[i]] if i in chunk.local else next(remote) for i in range(chunk.count)]
+
+
+class Session:
+    """One worker of a service, leased to its caller alone (made by :meth:`Client.session`).
+
+    ``call``, ``submit`` and ``service`` are the Client's, for this service, on this worker only. ``pid`` is the
+    worker's. Closing it (or leaving its ``with`` block) gives the worker back to the service; a second close
+    does nothing.
+    """
+
+    def __init__(self, client: Client, service: str, timeout: float | None) -> None:
+        self._client = client
+        self.service_name = service
+        self.pid: int = int(client._submit_pinned(service, wire.LEASE, (), {}, timeout, None).result()["pid"])
+        self.closed = False
+
+    def call(self, method: str, /, *args: Any, timeout: float | _Unset | None = _UNSET, **kwargs: Any) -> Any:
+        """``service.method(*args, **kwargs)`` on the session's worker; WorkerCrashed if it is gone."""
+        self._check_open()
+        return self._client._call_pinned(self.service_name, method, args, kwargs, timeout, self.pid)
+
+    def submit(self, method: str, /, *args: Any, timeout: float | _Unset | None = _UNSET, **kwargs: Any) -> Future[Any]:
+        """Start ``service.method(*args, **kwargs)`` on the session's worker; calls run in submission order."""
+        self._check_open()
+        return self._client._submit_pinned(self.service_name, method, args, kwargs, timeout, self.pid)
+
+    def service(self) -> ServiceProxy:
+        """A proxy for attribute-style calls on the session's worker: ``s.service().read(4)``."""
+        return ServiceProxy(_SessionCalls(self), self.service_name)
+
+    def close(self) -> None:
+        """End the lease. A session whose worker or broker is gone has nothing left to end."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(CallError):
+            self._client._submit_pinned(self.service_name, wire.RELEASE, (), {}, _UNSET, self.pid).result()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError(f"the session on {self.service_name!r} (worker pid {self.pid}) is closed")
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Session {self.service_name!r} worker pid {self.pid}{' closed' if self.closed else ''}>"
+
+
+class _SessionCalls:
+    """What a ServiceProxy needs of a client, for a session."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self.address = session._client.address
+
+    def call(self, service: str, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        return self._session.call(method, *args, **kwargs)
+
+    def submit(self, service: str, method: str, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return self._session.submit(method, *args, **kwargs)

@@ -52,6 +52,7 @@ class Call:
         "handle",
         "method",
         "payload",
+        "pin",
         "sent",
         "service",
         "shm",
@@ -69,6 +70,7 @@ class Call:
         flags: int = 0,
         handle: Any = None,
         shm: CallSegments | None = None,
+        pin: int | None = None,
     ) -> None:
         self.corr = corr
         self.service = service
@@ -83,6 +85,8 @@ class Call:
         """Handed to the socket: the broker may have it."""
         self.shm = shm
         """The call's shared-memory segments, if its arguments named any (the driver releases them)."""
+        self.pin = pin
+        """The pid of the one worker that must run it (a session's), or None."""
 
 
 class Outcome(NamedTuple):
@@ -187,7 +191,9 @@ class ClientCore:
             call = backlog[0]
             if pending.get(call.corr) is call:
                 left = None if call.deadline is None else max(0.0, call.deadline - now)
-                return wire.client_request(call.corr, call.service, call.method, left, call.payload, call.flags)
+                return wire.client_request(
+                    call.corr, call.service, call.method, left, call.payload, call.flags, call.pin
+                )
             backlog.popleft()
         return None
 

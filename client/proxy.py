@@ -8,12 +8,19 @@ for names Python itself probes (``__reduce_ex__``, ``_ipython_display_``,
 from __future__ import annotations
 
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from .client import Client
+__all__ = ["Caller", "RemoteMethod", "ServiceProxy"]
 
-__all__ = ["RemoteMethod", "ServiceProxy"]
+
+class Caller(Protocol):
+    """What a proxy calls through: a Client, or a session of one."""
+
+    address: str
+
+    def call(self, service: str, method: str, /, *args: Any, **kwargs: Any) -> Any: ...
+
+    def submit(self, service: str, method: str, /, *args: Any, **kwargs: Any) -> Future[Any]: ...
 
 
 class ServiceProxy:
@@ -24,7 +31,7 @@ class ServiceProxy:
 
     __slots__ = ("_client", "_service")
 
-    def __init__(self, client: Client, service: str) -> None:
+    def __init__(self, client: Caller, service: str) -> None:
         self._client = client
         self._service = service
 
@@ -42,7 +49,7 @@ class RemoteMethod:
 
     __slots__ = ("_client", "_method", "_service")
 
-    def __init__(self, client: Client, service: str, method: str) -> None:
+    def __init__(self, client: Caller, service: str, method: str) -> None:
         self._client = client
         self._service = service
         self._method = method

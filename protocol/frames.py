@@ -11,7 +11,7 @@ Headers (big-endian; ``corr`` is the client's correlation ID, ``job`` the
 broker's own ID for one dispatch, so a worker can only answer what it was
 given; both unsigned 64-bit)::
 
-    REQUEST, client -> broker   tag cmd flags len(service) len(method) corr:u64 timeout:f64 service method
+    REQUEST, client -> broker   tag cmd flags len(service) len(method) corr:u64 timeout:f64 service method [pid:u32]
     REQUEST, broker -> worker   tag cmd flags len(method)  pad         job:u64  timeout:f64 method
     REPLY, ERROR, CANCEL        tag cmd pad pad pad corr-or-job:u64
     HEARTBEAT, client -> broker tag cmd [pad pad pad window:f64]
@@ -28,7 +28,9 @@ Messages::
                        CANCEL [header]
 
 ``timeout`` counts only with :data:`FLAG_TIMEOUT` set: the seconds left
-until the caller's deadline when the message was sent. :data:`FLAG_BATCH`
+until the caller's deadline when the message was sent. ``pid`` is there only
+with :data:`FLAG_PINNED`: the one worker that must run the call. Methods whose
+name starts with ``$`` are the broker's own (:data:`BROKER_METHODS`). :data:`FLAG_BATCH`
 marks a request whose body holds many argument lists for one method
 (``Client.map``). ``info`` (READY) and ``error`` are small msgpack maps; the
 broker reads ``info`` and forwards ``error`` untouched.
@@ -63,6 +65,11 @@ __all__ = [
     "CANCEL",
     "FLAG_TIMEOUT",
     "FLAG_BATCH",
+    "FLAG_PINNED",
+    "LEASE",
+    "RELEASE",
+    "WORKERS",
+    "BROKER_METHODS",
     "MAX_ID",
     "MAX_NAME_LEN",
     "MAX_HEADER_LEN",
@@ -130,7 +137,20 @@ FLAG_TIMEOUT = 1
 """The header's ``timeout`` field holds the seconds left until the caller's deadline."""
 FLAG_BATCH = 2
 """The body is a list of argument lists, each a call of the one method; the result is a list of outcomes."""
-_FLAGS = FLAG_TIMEOUT | FLAG_BATCH
+FLAG_PINNED = 4
+"""Client requests only: the header ends with the pid (u32) of the one worker that must run the call (a
+session's worker, the worker a handle belongs to, one worker of a broadcast)."""
+_FLAGS = FLAG_TIMEOUT | FLAG_BATCH | FLAG_PINNED
+_PIN = struct.Struct(">I")
+
+LEASE = "$lease"
+"""Broker method: lease one worker of the service to this client alone (a session); the answer is
+``{"pid": pid}`` once a worker is free. Calls pinned to that pid then go to it, in order."""
+RELEASE = "$release"
+"""Broker method, pinned to the leased pid: end the lease."""
+WORKERS = "$workers"
+"""Broker method: the service's registered workers, a list of ``{"pid", "host", "threads", "leased"}``."""
+BROKER_METHODS = frozenset((LEASE, RELEASE, WORKERS))
 
 MAX_ID = 2**64 - 1
 MAX_NAME_LEN = 255
@@ -229,6 +249,8 @@ class ClientRequest(NamedTuple):
     """Seconds the client will wait, or None."""
     flags: int
     payload: "list[Buffer]"
+    pin: Optional[int] = None
+    """The pid of the worker that must run it (:data:`FLAG_PINNED`), or None for any worker of the service."""
 
 
 class ClientHeartbeat(NamedTuple):
@@ -296,17 +318,21 @@ def parse_client(frames: Sequence[Buffer]) -> ClientMessage:
             raise ProtocolError(f"REQUEST header must be at least {_CLIENT_REQUEST.size} bytes, got {len(header)}")
         _, _, flags, service_len, method_len, corr, timeout = _CLIENT_REQUEST.unpack_from(header)
         end = _CLIENT_REQUEST.size + service_len
-        if len(header) != end + method_len:
-            raise ProtocolError(f"REQUEST header is {len(header)} bytes; its name lengths say {end + method_len}")
+        pin_len = _PIN.size if flags & FLAG_PINNED else 0
+        if len(header) != end + method_len + pin_len:
+            raise ProtocolError(
+                f"REQUEST header is {len(header)} bytes; its name lengths and flags say {end + method_len + pin_len}"
+            )
         if len(frames) < 2:
             raise ProtocolError("REQUEST has no body frame")
         return ClientRequest(
             corr,
             _name(header[_CLIENT_REQUEST.size : end], "service name"),
-            _name(header[end:], "method name"),
+            _name(header[end : end + method_len], "method name"),
             _timeout(flags, timeout, "REQUEST"),
-            flags,
+            flags & ~FLAG_PINNED,
             list(frames[1:]),
+            _PIN.unpack_from(header, end + method_len)[0] if pin_len else None,
         )
     if command == HEARTBEAT:
         if len(header) == _SHORT_LEN:
@@ -454,20 +480,30 @@ def _encoded_name(name: str, what: str) -> bytes:
 
 
 def client_request(
-    corr: int, service: str, method: str, timeout: Optional[float], payload: Sequence[Buffer], flags: int = 0
+    corr: int,
+    service: str,
+    method: str,
+    timeout: Optional[float],
+    payload: Sequence[Buffer],
+    flags: int = 0,
+    pin: Optional[int] = None,
 ) -> "list[Buffer]":
     """A REQUEST; names that do not fit raise ValueError (the caller's mistake, found before sending)."""
     names = _encoded_name(service, "service"), _encoded_name(method, "method")
-    return [client_request_header(corr, *names, timeout, flags), *payload]
+    return [client_request_header(corr, *names, timeout, flags, pin), *payload]
 
 
-def client_request_header(corr: int, service: bytes, method: bytes, timeout: Optional[float], flags: int = 0) -> bytes:
-    """The header frame alone, for names already encoded (and checked)."""
-    flags &= ~FLAG_TIMEOUT
+def client_request_header(
+    corr: int, service: bytes, method: bytes, timeout: Optional[float], flags: int = 0, pin: Optional[int] = None
+) -> bytes:
+    """The header frame alone, for names already encoded (and checked); ``pin``: the one worker's pid."""
+    flags &= ~(FLAG_TIMEOUT | FLAG_PINNED)
     if timeout is not None:
         flags |= FLAG_TIMEOUT
+    if pin is not None:
+        flags |= FLAG_PINNED
     fixed = _CLIENT_REQUEST.pack(CLIENT_PROTOCOL, REQUEST, flags, len(service), len(method), corr, timeout or 0.0)
-    return fixed + service + method
+    return fixed + service + method + (b"" if pin is None else _PIN.pack(pin))
 
 
 def _short(protocol: bytes, command: int) -> "list[Buffer]":

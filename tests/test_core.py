@@ -1543,3 +1543,77 @@ def test_a_flood_of_bad_messages_is_logged_as_a_count_not_line_by_line(caplog: p
     summary = caplog.records[-1].getMessage()
     assert "and 80 more dropped messages" in summary
     assert core.stats["bad_client_messages"] == 100
+
+
+# --- pinned requests and leases (sessions, broadcast) ----------------------------------------------------------
+
+
+def pinned(
+    core: BrokerCore, client: bytes, corr: int, pid: int | None, method: str = "m", now: float = 0.0
+) -> list[Action]:
+    frames = wire.client_request(corr, "s", method, None, [b"args"], pin=pid)
+    return core.client_message(client, frames, now)
+
+
+def answer_body(actions: list[Action], client: bytes) -> Any:
+    ((to, answer),) = answers(actions)
+    assert to == client and not answer.error
+    return msgpack.unpackb(answer.payload[0])
+
+
+def test_a_pinned_request_runs_on_its_worker_only_and_waits_for_it() -> None:
+    core = make_core(ServicePolicy("s"))
+    ready(core, b"w1", 101)
+    ready(core, b"w2", 102)
+    assert only_work(pinned(core, b"c", 1, 102))[0] == b"w2"
+    assert work(pinned(core, b"c", 2, 102)) == [], "a pinned request waits for its own worker's free slot"
+    assert only_work(request(core, b"c", 3))[0] == b"w1", "unpinned work goes to the other worker"
+    (first,) = work(reply(core, b"w2", 1))  # job ids follow dispatch order: w2's first job is 1
+    assert first[0] == b"w2"
+
+
+def test_a_request_pinned_to_a_worker_that_is_gone_is_answered_worker_crashed() -> None:
+    core = make_core(ServicePolicy("s"))
+    ready(core, b"w1", 101)
+    error = only_error(pinned(core, b"c", 1, 999), b"c", 1)
+    assert isinstance(error, WorkerCrashed) and error.details["pid"] == 999
+    assert work(pinned(core, b"c", 2, 101))  # occupies the worker
+    assert work(pinned(core, b"c", 3, 101)) == []
+    lost = core.worker_exited(101, -9, 0.0)
+    errors = [only_error([a], b"c", corr) for a, corr in zip(lost, (3, 2))]
+    assert all(isinstance(e, WorkerCrashed) for e in errors), "neither was sent to another worker"
+    assert core.pending() == 0
+
+
+def test_a_lease_takes_an_idle_worker_from_the_service_until_its_client_is_gone() -> None:
+    core = make_core(ServicePolicy("s"))
+    ready(core, b"w1", 101)
+    ready(core, b"w2", 102)
+    assert answer_body(pinned(core, b"holder", 1, None, wire.LEASE), b"holder") == {"pid": 101}
+    for corr in range(2, 5):
+        to, job = only_work(request(core, b"other", corr))
+        assert to == b"w2", "unpinned work never goes to the leased worker"
+        reply(core, b"w2", job.job)
+    assert only_work(pinned(core, b"holder", 9, 101))[0] == b"w1", "the lease holder's pinned call runs"
+    workers = wire.client_request(1, "s", wire.WORKERS, None, [b""])
+    listed = answer_body(core.client_message(b"x", workers, 0.0), b"x")
+    assert {w["pid"]: w["leased"] for w in listed} == {101: True, 102: False}
+    assert answer_body(pinned(core, b"other", 5, 101, wire.RELEASE), b"other") == {"released": False}
+    core.client_message(b"holder", wire.client_disconnect(), 0.0)
+    assert core.counters()["leases_ended"] == 1
+    listed = answer_body(core.client_message(b"x", workers, 0.0), b"x")
+    assert not any(w["leased"] for w in listed)
+
+
+def test_a_lease_waits_until_a_worker_has_nothing_to_do() -> None:
+    core = make_core(ServicePolicy("s"))
+    ready(core, b"w1", 101)
+    (job,) = work(request(core, b"other", 1))
+    assert answers(pinned(core, b"holder", 2, None, wire.LEASE)) == []
+    granted = reply(core, b"w1", job[1].job)
+    assert [to for to, _ in answers(granted)] == [b"other", b"holder"]
+    assert work(request(core, b"other", 3)) == [], "the leased worker takes no unpinned work"
+    released = pinned(core, b"holder", 4, 101, wire.RELEASE)
+    assert answer_body(released, b"holder") == {"released": True}
+    assert only_work(released)[0] == b"w1", "the released worker takes the queued call at once"
+    assert core.counters()["leases_ended"] == 1
