@@ -951,15 +951,7 @@ class BrokerCore:
         actions: list[Action] = []
         queue = service.queue
         idempotent = service.policy.idempotent
-        while queue:
-            job = queue[0]
-            if job.state is not JobState.QUEUED:  # dropped while it waited
-                queue.popleft()
-                continue
-            if job.deadline is not None and now >= job.deadline:
-                queue.popleft()
-                actions.append(self._expire_queued(job))
-                continue
+        while (job := self._first_waiting(queue, now, actions)) is not None:
             if service.idle:
                 worker = self._workers[service.idle.popleft()]
                 self._move(job, JobState.RUNNING)
@@ -974,6 +966,18 @@ class BrokerCore:
             queue.popleft()
             actions.append(self._send(job, worker, now))
         return actions
+
+    def _first_waiting(self, waiting: deque[_Job], now: float, actions: list[Action]) -> _Job | None:
+        """The first job of ``waiting`` still to be run, left in place; those dropped while they waited go,
+        and those past their deadline go with a Timeout added to ``actions``."""
+        while waiting:
+            job = waiting[0]
+            if job.state is JobState.QUEUED and (job.deadline is None or now < job.deadline):
+                return job
+            waiting.popleft()
+            if job.state is JobState.QUEUED:
+                actions.append(self._expire_queued(job))
+        return None
 
     def _send(self, job: _Job, worker: _Worker, now: float) -> ToWorker:
         """Hand ``job`` (RUNNING or AHEAD by now) to ``worker``."""
@@ -1012,15 +1016,7 @@ class BrokerCore:
         """Give ``worker``'s free run slots to the jobs pinned to it, in order."""
         actions: list[Action] = []
         service = self._services[worker.service]
-        while worker.pinned and worker.state is WorkerState.SERVING:
-            job = worker.pinned[0]
-            if job.state is not JobState.QUEUED:  # cancelled while it waited
-                worker.pinned.popleft()
-                continue
-            if job.deadline is not None and now >= job.deadline:
-                worker.pinned.popleft()
-                actions.append(self._expire_queued(job))
-                continue
+        while worker.state is WorkerState.SERVING and (job := self._first_waiting(worker.pinned, now, actions)):
             if worker.spare:
                 worker.spare -= 1
             elif worker.lease is None and worker.ident in service.idle:
@@ -1038,15 +1034,7 @@ class BrokerCore:
         """Lease workers with nothing to do to the LEASE requests waiting, oldest first."""
         actions: list[Action] = []
         waiters = service.lease_waiters
-        while waiters:
-            job = waiters[0]
-            if job.state is not JobState.QUEUED:
-                waiters.popleft()
-                continue
-            if job.deadline is not None and now >= job.deadline:
-                waiters.popleft()
-                actions.append(self._expire_queued(job))
-                continue
+        while (job := self._first_waiting(waiters, now, actions)) is not None:
             worker = next(
                 (
                     w

@@ -315,7 +315,7 @@ class Client:
         """
         workers = self.submit(service, wire.WORKERS, timeout=timeout).result()
         futures = {
-            int(worker["pid"]): self._submit_pinned(service, method, args, kwargs, timeout, int(worker["pid"]))
+            int(worker["pid"]): self._pinned(service, method, args, kwargs, timeout, int(worker["pid"]), wait=False)
             for worker in workers
         }
         results: dict[int, Any] = {}
@@ -326,18 +326,7 @@ class Client:
                 results[pid] = exc
         return results
 
-    def _call_pinned(
-        self,
-        service: str,
-        method: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        timeout: float | _Unset | None,
-        pin: int,
-    ) -> Any:
-        return self._conn.call(self._owner, self._new_call(service, method, args, kwargs, timeout, pin))
-
-    def _submit_pinned(
+    def _pinned(
         self,
         service: str,
         method: str,
@@ -345,10 +334,14 @@ class Client:
         kwargs: dict[str, Any],
         timeout: float | _Unset | None,
         pin: int | None,
-    ) -> Future[Any]:
-        """A call that only worker ``pin`` may run, sent on the connection's own socket (a lease belongs to
-        the socket that asked for it: the one that heartbeats while the connection lives)."""
-        return self._conn.submit(self._owner, self._new_call(service, method, args, kwargs, timeout, pin))
+        *,
+        wait: bool,
+    ) -> Any:
+        """A call only worker ``pin`` may run: its result (``wait``), or its Future, sent on the connection's
+        own socket (a lease belongs to the socket that asked for it: the one that heartbeats while the
+        connection lives)."""
+        call = self._new_call(service, method, args, kwargs, timeout, pin)
+        return self._conn.call(self._owner, call) if wait else self._conn.submit(self._owner, call)
 
     def close(self) -> None:
         """Fail this Client's pending calls with BrokerUnavailable and have the broker drop them (CANCEL).
@@ -514,18 +507,21 @@ class Session:
     def __init__(self, client: Client, service: str, timeout: float | None) -> None:
         self._client = client
         self.service_name = service
-        self.pid: int = int(client._submit_pinned(service, wire.LEASE, (), {}, timeout, None).result()["pid"])
+        self.pid: int = int(client._pinned(service, wire.LEASE, (), {}, timeout, None, wait=False).result()["pid"])
         self.closed = False
 
     def call(self, method: str, /, *args: Any, timeout: float | _Unset | None = _UNSET, **kwargs: Any) -> Any:
         """``service.method(*args, **kwargs)`` on the session's worker; WorkerCrashed if it is gone."""
         self._check_open()
-        return self._client._call_pinned(self.service_name, method, args, kwargs, timeout, self.pid)
+        return self._client._pinned(self.service_name, method, args, kwargs, timeout, self.pid, wait=True)
 
     def submit(self, method: str, /, *args: Any, timeout: float | _Unset | None = _UNSET, **kwargs: Any) -> Future[Any]:
         """Start ``service.method(*args, **kwargs)`` on the session's worker; calls run in submission order."""
         self._check_open()
-        return self._client._submit_pinned(self.service_name, method, args, kwargs, timeout, self.pid)
+        future: Future[Any] = self._client._pinned(
+            self.service_name, method, args, kwargs, timeout, self.pid, wait=False
+        )
+        return future
 
     def service(self) -> ServiceProxy:
         """A proxy for attribute-style calls on the session's worker: ``s.service().read(4)``."""
@@ -537,7 +533,7 @@ class Session:
             return
         self.closed = True
         with contextlib.suppress(CallError):
-            self._client._submit_pinned(self.service_name, wire.RELEASE, (), {}, _UNSET, self.pid).result()
+            self._client._pinned(self.service_name, wire.RELEASE, (), {}, _UNSET, self.pid, wait=False).result()
 
     def _check_open(self) -> None:
         if self.closed:
