@@ -75,7 +75,10 @@ _SYNTAX_HELP = (
     'parameter, a product such as n*m, or [] for an out array whose length the caller gives ("out[]")'
 )
 _WRAPPER = "call it from a wrapper class instead (the service keys module and class)"
-_HANDLES = "handles that cross calls are planned"
+_HANDLES = (
+    'a pointer the library gives out and takes back is a handle: params = { return = "handle" } where it is '
+    'returned, "handle" (or "close") where it is passed'
+)
 
 _parser: c_parser.CParser | None = None
 _parser_lock = threading.Lock()
@@ -131,9 +134,13 @@ def parse_function(
             "(struct definitions go in the service's structs table)"
         )
     func: c_ast.FuncDecl = nodes[0].type
-    declared = _parameters(func.args, structs, where)
-    names = [p.name for p in declared]
+    handles = {name for name, annotation in params.items() if annotation in _HANDLE_WORDS and name != "return"}
+    nodes_by_name = _parameter_nodes(func.args, where)
+    declared = [_declared(node, name, structs, where) for name, node in nodes_by_name if name not in handles]
+    names = [name for name, _ in nodes_by_name]
     for key, annotation in params.items():
+        if key == "return" and annotation == "handle":
+            continue
         if key not in names:
             listed = ", ".join(names) or "none"
             raise ConfigError(
@@ -142,15 +149,45 @@ def parse_function(
             )
         if not isinstance(annotation, str):
             raise ConfigError(f'{where}: params.{key} must be a string such as "in[n]", not {annotation!r}')
-    resolved = [_annotated(p, params.get(p.name), declared, where) for p in declared]
+    by_name = {p.name: p for p in declared}
+    resolved = [
+        _handle_param(node, name, params[name], where)
+        if name in handles
+        else _annotated(by_name[name], params.get(name), declared, where)
+        for name, node in nodes_by_name
+    ]
     for param in resolved:
         _check_lengths(param, resolved, declared, where)
-    return {
-        "symbol": symbol or nodes[0].name,
-        "signature": signature,
-        "returns": _returns(func.type, structs, f"{where}: the return type"),
-        "params": resolved,
-    }
+    if params.get("return") == "handle":
+        returns: dict[str, Any] | None = {
+            "kind": "handle",
+            "type": _handle_kind(func.type, f"{where}: the return type"),
+        }
+    else:
+        returns = _returns(func.type, structs, f"{where}: the return type")
+    return {"symbol": symbol or nodes[0].name, "signature": signature, "returns": returns, "params": resolved}
+
+
+_HANDLE_WORDS = ("handle", "close")
+"""Annotations of a pointer the library gave out earlier: passed back (``handle``), or closed by this call."""
+
+
+def _handle_kind(node: c_ast.Node, where: str) -> str:
+    """The kind of a handle: what its pointer points to, ``void`` or a struct's name (declared or opaque)."""
+    if isinstance(node, c_ast.PtrDecl) and isinstance(node.type, c_ast.TypeDecl):
+        target = node.type.type
+        if isinstance(target, c_ast.Struct) and target.name and target.decls is None:
+            return str(target.name)
+        if isinstance(target, c_ast.IdentifierType) and target.names == ["void"]:
+            return "void"
+    raise ConfigError(
+        f"{where}: only a void* or a pointer to a struct (struct Device *) can be a handle, not {_text(node)!r}"
+    )
+
+
+def _handle_param(node: c_ast.Node, name: str, annotation: str, where: str) -> Param:
+    kind = _handle_kind(node.type, f"{where}: parameter {name} ({_text(node)})")
+    return {"name": name, "kind": "handle", "type": kind, "close": annotation == "close"}
 
 
 # ------------------------------------------------------------------ parsing
@@ -350,22 +387,23 @@ def _refuse_cycles(name: str, structs: Mapping[str, list[Field]], path: list[str
 # ------------------------------------------------------------------ parameters
 
 
-def _parameters(params: c_ast.ParamList | None, structs: Iterable[str], where: str) -> list[_Declared]:
+def _parameter_nodes(params: c_ast.ParamList | None, where: str) -> list[tuple[str, Any]]:
+    """Each parameter's name (``argN`` when the prototype gives none) and node."""
     nodes = list(params.params) if params is not None else []
     if len(nodes) == 1 and _is_void(nodes[0]):
         return []
-    declared: list[_Declared] = []
+    named: list[tuple[str, Any]] = []
     for index, node in enumerate(nodes, 1):
         if isinstance(node, c_ast.EllipsisParam):
             raise ConfigError(f"{where}: a variadic function (...) cannot be declared; {_WRAPPER}")
         if isinstance(node, c_ast.ID):
             raise ConfigError(f"{where}: parameter {node.name}: {_unknown_type(node.name)}")
-        declared.append(_declared(node, node.name or f"arg{index}", structs, where))
-    names = [p.name for p in declared]
+        named.append((node.name or f"arg{index}", node))
+    names = [name for name, _ in named]
     for name in names:
         if names.count(name) > 1:
             raise ConfigError(f"{where}: two parameters are named {name!r}")
-    return declared
+    return named
 
 
 def _is_void(node: c_ast.Node) -> bool:

@@ -34,6 +34,7 @@ from protocol.errors import (
 from . import shm
 from .connection import Connection, Owner
 from .core import Call, remote_error
+from .handles import pin_of
 from .keys import CurveKeys
 from .proxy import ServiceProxy
 
@@ -387,6 +388,9 @@ class Client:
         _check_name(service, "service")
         _check_name(method, "method")
         seconds = self.timeout if timeout is _UNSET else _check_timeout(timeout)
+        bound = pin_of(service, args, kwargs)
+        if bound is not None and pin not in (None, bound):
+            raise ArgumentError(f"{service}.{method}: handles of worker pid {bound} in a session on worker pid {pin}")
         segments = None
         if self._share_min and self._conn.shares_with(service):
             segments = shm.CallSegments(self._share_min, args, kwargs)
@@ -400,9 +404,12 @@ class Client:
             raise
         if segments is not None and not segments.used:
             segments = None
-        return Call(
+        call = Call(
             next(self._conn.corr_ids), service, method, seconds, payload, time.monotonic(), shm=segments, pin=pin
         )
+        if bound is not None:
+            call.pin, call.via_handle = bound, True
+        return call
 
     # --- map --------------------------------------------------------------------------
 

@@ -63,10 +63,12 @@ from zmq.utils.monitor import parse_monitor_message
 
 from protocol import frames as wire
 from protocol import transport
+from protocol.codec import HandleRef, pack_call
 from protocol.errors import BrokerUnavailable, ConfigError, DllPoolError, SharedMemoryError
-from protocol.frames import Buffer
+from protocol.frames import DROP_HANDLES, Buffer
 
 from .core import Call, ClientCore, Outcome, Tick, unavailable
+from .handles import Handle
 from .keys import CurveKeys
 from .shm import CallSegments, wants_frames
 
@@ -310,9 +312,13 @@ class Connection:
         self.corr_ids = itertools.count(1)
         """Correlation IDs, unique on this connection: its Clients share the I/O thread's socket."""
         now = time.monotonic()
-        self._core = ClientCore(address, interval, liveness, now)
+        self._drops: deque[tuple[str, int, int]] = deque()
+        """Handles their callers let go of: (service, worker pid, id), sent by the I/O thread as ``$drop`` calls
+        (a Handle's finalizer may run on any thread, at any point, so it only appends here)."""
+        self._drop_owner = Owner()
+        self._core = self._new_core(address, interval, liveness, now)
         """The I/O thread's core for its main DEALER: only that thread touches it (others read ``connected``)."""
-        self._bulk_core = ClientCore(address, interval, liveness, now, watch_broker=False)
+        self._bulk_core = self._new_core(address, interval, liveness, now, watch_broker=False)
         """The I/O thread's core for big requests; the main core judges the broker's liveness for both."""
         self._bulk: tuple[zmq.Socket[Any], zmq.Socket[Any]] | None = None
         """The bulk DEALER and its monitor, opened on the first big request while connected."""
@@ -629,7 +635,7 @@ class Connection:
             sock.close()
             raise
         now = time.monotonic()
-        core = ClientCore(self.address, self._interval, self._liveness, now)
+        core = self._new_core(self.address, self._interval, self._liveness, now)
         core.connection_made(now)  # the I/O thread's handshake with this broker succeeded
         lane = _Lane(sock, core, generation, owner)
         with self._lock:
@@ -796,10 +802,37 @@ class Connection:
                     self._drain_bulk_monitor()
             if self._pull in events or self._inbox:
                 self._drain_inbox()
+            if self._drops:
+                self._send_drops()
             self._flush()
             now = time.monotonic()
             self._apply(core.tick(now))
             self._apply_bulk(bulk.tick(now))
+
+    def _new_core(self, *args: Any, **kwargs: Any) -> ClientCore:
+        core = ClientCore(*args, **kwargs)
+        core.handles = self._handle
+        return core
+
+    def _handle(self, service: str, ref: HandleRef) -> Handle:
+        return Handle(ref, service, self.drop_handle)
+
+    def drop_handle(self, service: str, pid: int, handle_id: int) -> None:
+        """A Handle's finalizer: its worker may let go of it (sent on the I/O thread's next round)."""
+        if not self._closed:
+            self._drops.append((service, pid, handle_id))
+
+    def _send_drops(self) -> None:
+        """One ``$drop`` call per worker for the handles let go of; nobody waits for their answers."""
+        by_worker: dict[tuple[str, int], list[int]] = {}
+        while self._drops:
+            service, pid, handle_id = self._drops.popleft()
+            by_worker.setdefault((service, pid), []).append(handle_id)
+        now = time.monotonic()
+        for (service, pid), ids in by_worker.items():
+            call = Call(next(self.corr_ids), service, DROP_HANDLES, None, pack_call([ids], {}), now, pin=pid)
+            call.handle = CallFuture(self, self._drop_owner, call.corr)
+            self._core.add(call)
 
     def _drain_inbox(self) -> None:
         """Take what callers handed over: calls still wanted, cancels, and Clients that closed."""

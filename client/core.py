@@ -18,18 +18,21 @@ it before the first request on a fresh socket.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import math
 from collections import deque
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from protocol import frames as wire
-from protocol.codec import unpack_value
+from protocol.codec import HandleRef, unpack_value
 from protocol.errors import BrokerUnavailable, CallError, ProtocolError, Timeout, error_from_wire
 from protocol.frames import Buffer
 
 from .arrays import from_wire
+from .handles import lost
 from .shm import CallSegments
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,7 @@ class Call:
         "service",
         "shm",
         "timeout",
+        "via_handle",
     )
 
     def __init__(
@@ -86,7 +90,9 @@ class Call:
         self.shm = shm
         """The call's shared-memory segments, if its arguments named any (the driver releases them)."""
         self.pin = pin
-        """The pid of the one worker that must run it (a session's), or None."""
+        """The pid of the one worker that must run it (a session's, its handles'), or None."""
+        self.via_handle = False
+        """It is pinned by the handles it was given: its worker being gone is HandleLost."""
 
 
 class Outcome(NamedTuple):
@@ -149,6 +155,9 @@ class ClientCore:
         answers may wait longer than the window (behind a big upload, say)."""
         self.grace = max(MIN_GRACE, interval)
         """How long past a sent call's deadline the broker's Timeout answer is awaited."""
+        self.handles: Callable[[str, HandleRef], Any] | None = None
+        """What a handle in an answer becomes, given its call's service (the driver's Handle); None: a
+        :class:`~protocol.codec.HandleRef`."""
         self.stats = stats if stats is not None else dict.fromkeys(STAT_NAMES, 0)
         self.pending: dict[int, Call] = {}
         self._deadlines: list[tuple[float, int]] = []
@@ -263,11 +272,12 @@ class ClientCore:
             log.debug("discarded the answer to %#x: its call timed out or was cancelled", answer.corr)
             return None
         if answer.error is not None:
-            return Outcome(call, error=remote_error(answer.error, call.service, call.method))
+            error = remote_error(answer.error, call.service, call.method)
+            return Outcome(call, error=lost(error) if call.via_handle else error)
         try:
-            return Outcome(
-                call, unpack_value(answer.payload, arrays=from_wire if call.shm is None else call.shm.from_wire)
-            )
+            arrays = from_wire if call.shm is None else call.shm.from_wire
+            handles = None if self.handles is None else functools.partial(self.handles, call.service)
+            return Outcome(call, unpack_value(answer.payload, arrays=arrays, handles=handles))
         except ProtocolError as exc:
             return Outcome(call, error=exc)
 

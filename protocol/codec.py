@@ -34,6 +34,8 @@ __all__ = [
     "Limits",
     "DEFAULT_LIMITS",
     "NDArray",
+    "HandleRef",
+    "HandleHook",
     "ArrayHook",
     "ShareHook",
     "SHARED_NAME",
@@ -54,6 +56,8 @@ EXT_BUFFER = 1
 """Out-of-band bytes: ext data is the msgpack index of the frame that holds them."""
 EXT_ARRAY = 2
 """An ``array.array``: ext data is msgpack ``[typecode, frame index or inline bytes]``."""
+EXT_HANDLE = 8
+"""A handle (:class:`HandleRef`): ext data is msgpack ``[worker pid, id, kind]``."""
 EXT_NDARRAY = 3
 """A typed n-dimensional array (a NumPy array, an :class:`NDArray`): ext data is msgpack
 ``[typestr, shape, data]``, data being inline bytes, a frame index, or the name of a shared-memory segment."""
@@ -165,6 +169,32 @@ class NDArray:
         return f"NDArray({self.typestr!r}, {self.shape}, {where})"
 
 
+class HandleRef:
+    """A pointer a library returned (a device handle, an opaque struct), as its caller sees it: the pid of the
+    worker that holds the pointer, that worker's id for it, and its kind (the C type pointed to). The pointer
+    itself never leaves the worker: a call given a handle back is routed to that worker, which looks the id up
+    in its own table, so a caller can neither forge nor misuse an address."""
+
+    __slots__ = ("id", "kind", "pid")
+
+    def __init__(self, pid: int, id: int, kind: str) -> None:
+        self.pid = pid
+        self.id = id
+        self.kind = kind
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HandleRef) and (self.pid, self.id, self.kind) == (other.pid, other.id, other.kind)
+
+    def __hash__(self) -> int:
+        return hash((self.pid, self.id, self.kind))
+
+    def __repr__(self) -> str:
+        return f"<handle {self.kind} #{self.id} of worker pid {self.pid}>"
+
+
+HandleHook = Callable[[HandleRef], Any]
+"""What a receiver makes of each :class:`HandleRef` it unpacks (a client: a Handle bound to its connection)."""
+
 ArrayHook = Callable[[NDArray], Any]
 """What a receiver makes of each :class:`NDArray` it unpacks (a client: a NumPy array)."""
 ShareHook = Callable[[Any, memoryview], Optional[str]]
@@ -194,8 +224,14 @@ class _NeedsFrames(Exception):
     """A value holds a buffer big enough for a frame of its own: pack it the thorough way."""
 
 
+def _handle_ext(value: HandleRef) -> msgpack.ExtType:
+    return msgpack.ExtType(EXT_HANDLE, msgpack.packb([value.pid, value.id, value.kind], use_bin_type=True))
+
+
 def _inline(value: Any) -> Any:
     """msgpack's hook for what it does not pack itself, while everything stays in the body."""
+    if isinstance(value, HandleRef):
+        return _handle_ext(value)
     if isinstance(value, array.array):
         data = memoryview(value).cast("B")
         if len(data) >= OUT_OF_BAND_MIN:
@@ -269,6 +305,8 @@ class _Packer:
             return msgpack.ExtType(EXT_ARRAY, msgpack.packb([_array_code(value), ref], use_bin_type=True))
         if isinstance(value, NDArray) or hasattr(type(value), "__array_interface__"):
             return self._ndarray(value)
+        if isinstance(value, HandleRef):
+            return _handle_ext(value)
         if isinstance(value, (list, tuple)):
             if len(value) > _SHALLOW_ITEMS and set(map(type, value)) <= _PLAIN:
                 return value  # a million numbers: looked at in C, not one by one (4 s down to 30 ms)
@@ -403,6 +441,18 @@ def _ndarray(ref: Any, frame: Callable[[Any], Buffer]) -> NDArray:
     return array_
 
 
+def _handle(ref: Any) -> HandleRef:
+    if (
+        not isinstance(ref, list)
+        or len(ref) != 3
+        or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1 << 63 for n in ref[:2])
+        or not isinstance(ref[2], str)
+        or not 0 < len(ref[2]) <= 255
+    ):
+        raise ProtocolError("malformed handle in payload")
+    return HandleRef(*ref)
+
+
 def _copy_array(typecode: str, data: Buffer) -> "array.array[Any]":
     result = array.array(typecode)
     if len(data) % result.itemsize:
@@ -412,12 +462,17 @@ def _copy_array(typecode: str, data: Buffer) -> "array.array[Any]":
     return result
 
 
-def unpack_value(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS, arrays: Optional[ArrayHook] = None) -> Any:
+def unpack_value(
+    frames: Sequence[Buffer],
+    limits: Limits = DEFAULT_LIMITS,
+    arrays: Optional[ArrayHook] = None,
+    handles: Optional[HandleHook] = None,
+) -> Any:
     """Rebuild a value from frames sent by an untrusted peer.
 
     Each frame after the body must be referred to by the body exactly once. A typed array becomes an
     :class:`NDArray` holding a private writable copy of its data (or naming its shared-memory segment), or
-    whatever ``arrays`` makes of that.
+    whatever ``arrays`` makes of that; a handle a :class:`HandleRef`, or what ``handles`` makes of it.
     """
     if not frames:
         raise ProtocolError("payload has no body frame")
@@ -438,9 +493,12 @@ def unpack_value(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS, arra
         return frames[index]
 
     def ext_hook(code: int, data: bytes) -> Any:
-        if code not in (EXT_BUFFER, EXT_ARRAY, EXT_NDARRAY):
+        if code not in (EXT_BUFFER, EXT_ARRAY, EXT_NDARRAY, EXT_HANDLE):
             raise ProtocolError(f"unknown ext type {code} in payload")
         ref = msgpack.unpackb(data, raw=False, max_array_len=_MAX_DIMS, max_map_len=0, max_ext_len=0)
+        if code == EXT_HANDLE:
+            handle = _handle(ref)
+            return handle if handles is None else handles(handle)
         if code == EXT_NDARRAY:
             received = _ndarray(ref, frame)
             return received if arrays is None else arrays(received)

@@ -24,6 +24,7 @@ __all__ = [
     "UnknownMethod",
     "Timeout",
     "WorkerCrashed",
+    "HandleLost",
     "Busy",
     "BrokerUnavailable",
     "ReplyTooLarge",
@@ -118,6 +119,11 @@ class WorkerCrashed(CallError):
     """The worker process running the call died (crash, kill, exit)."""
 
 
+class HandleLost(WorkerCrashed):
+    """A call was given a handle whose worker is gone: the pointer it stood for died with that process (the
+    library's state with it), so the handle can never be used again; open a new one."""
+
+
 class Busy(CallError):
     """The service's queue is full; the request was refused, not queued."""
 
@@ -147,6 +153,7 @@ _WIRE_TYPES: dict[str, type[CallError]] = {
         UnknownMethod,
         Timeout,
         WorkerCrashed,
+        HandleLost,
         Busy,
         BrokerUnavailable,
         ReplyTooLarge,

@@ -70,6 +70,7 @@ __all__ = [
     "RELEASE",
     "WORKERS",
     "BROKER_METHODS",
+    "DROP_HANDLES",
     "MAX_ID",
     "MAX_NAME_LEN",
     "MAX_HEADER_LEN",
@@ -151,6 +152,9 @@ RELEASE = "$release"
 WORKERS = "$workers"
 """Broker method: the service's registered workers, a list of ``{"pid", "host", "threads", "leased"}``."""
 BROKER_METHODS = frozenset((LEASE, RELEASE, WORKERS))
+DROP_HANDLES = "$drop"
+"""Worker method of a service with handles, pinned to their worker: ``$drop([id, ...])``, the caller let go of
+those handles (each is closed with its kind's declared close function, if any)."""
 
 MAX_ID = 2**64 - 1
 MAX_NAME_LEN = 255

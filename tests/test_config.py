@@ -259,7 +259,7 @@ def test_a_service_with_structs_and_prototypes_loads_into_its_hosting(tmp_path: 
         ),
         (
             {"open": "void *open(const char *path)"},
-            ["functions.open", "void*", "wrapper", "handles that cross calls are planned"],
+            ["functions.open", "void*", "wrapper", "is a handle"],
         ),
         ({"on": "void on(void (*cb)(int))"}, ["functions.on", "parameter cb", "callback", "wrapper"]),
         ({"norm": "double norm(struct Vec v)"}, ["functions.norm", "parameter v", "struct Vec", "structs table"]),

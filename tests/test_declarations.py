@@ -430,11 +430,11 @@ def test_a_legacy_pointer_argument_without_annotation_is_refused_with_what_to_wr
 @pytest.mark.parametrize(
     ("c", "params", "needles"),
     [
-        # opaque pointers and callbacks: the wrapper form, and handles are planned
-        ("void f(void *p)", {}, ["parameter p (void *p)", "void*", "wrapper", "module and class", "handles"]),
-        ("void f(const void *p, int n)", {"p": "in[n]"}, ["parameter p", "void*", "handles that cross calls"]),
-        ("void *f(void)", {}, ["return type", "void*", "wrapper", "handles that cross calls are planned"]),
-        ("void f(HANDLE h)", {}, ["unknown type 'HANDLE'", "wrapper", "handles that cross calls are planned"]),
+        # opaque pointers and callbacks: the wrapper form, or a handle
+        ("void f(void *p)", {}, ["parameter p (void *p)", "void*", "wrapper", "module and class", "is a handle"]),
+        ("void f(const void *p, int n)", {"p": "in[n]"}, ["parameter p", "void*", "is a handle"]),
+        ("void *f(void)", {}, ["return type", "void*", "wrapper", "is a handle"]),
+        ("void f(HANDLE h)", {}, ["unknown type 'HANDLE'", "wrapper", "is a handle"]),
         ("void f(int (*cb)(int), int n)", {}, ["parameter cb", "callback", "wrapper"]),
         ("void f(int cb(int))", {}, ["parameter cb", "callback", "wrapper"]),
         ("int (*f(void))(int)", {}, ["return type", "function pointer", "wrapper"]),
@@ -523,3 +523,16 @@ def test_refusals_name_the_parameter_and_say_what_to_write(c: str, params: dict[
     message = refused(c, params)
     for needle in needles:
         assert needle in message, f"{needle!r} not in {message!r}"
+
+
+def test_handles_returned_passed_and_closed() -> None:
+    opened = parse_function("struct Device *open_device(int n)", {"return": "handle"}, {}, "h")
+    assert opened["returns"] == {"kind": "handle", "type": "Device"}
+    read = parse_function("int read_device(struct Device *dev, int *value)", {"dev": "handle", "value": "out"}, {}, "h")
+    assert read["params"][0] == {"name": "dev", "kind": "handle", "type": "Device", "close": False}
+    closed = parse_function("void close_any(void *h)", {"h": "close"}, {}, "h")
+    assert closed["params"] == [{"name": "h", "kind": "handle", "type": "void", "close": True}]
+    with pytest.raises(ConfigError, match="only a void\\* or a pointer to a struct"):
+        parse_function("int bad(int *h)", {"h": "handle"}, {}, "h")
+    with pytest.raises(ConfigError, match="only a void\\* or a pointer to a struct"):
+        parse_function("int make(void)", {"return": "handle"}, {}, "h")

@@ -588,7 +588,8 @@ def test_big_buffers_are_copied_out_of_their_frames_in_slices(monkeypatch: pytes
 
 
 @pytest.mark.parametrize(
-    "code", [c for c in range(128) if c not in (codec.EXT_BUFFER, codec.EXT_ARRAY, codec.EXT_NDARRAY)]
+    "code",
+    [c for c in range(128) if c not in (codec.EXT_BUFFER, codec.EXT_ARRAY, codec.EXT_NDARRAY, codec.EXT_HANDLE)],
 )
 def test_unknown_ext_type_is_refused_and_never_unpickled(code: int, monkeypatch: pytest.MonkeyPatch) -> None:
     def forbidden(*args: Any, **kwargs: Any) -> Any:

@@ -22,7 +22,9 @@ from collections.abc import Mapping
 from typing import Any, Callable
 
 from protocol.errors import ArgumentError, ConfigError, LibraryLoadError
+from protocol.frames import DROP_HANDLES
 
+from .handles import HANDLES
 from .signatures import CFunction
 
 __all__ = ["LIBRARY_KINDS", "Server32", "load_library", "build_methods", "call"]
@@ -109,9 +111,13 @@ def _declared_methods(spec: Mapping[str, Any]) -> dict[str, Callable[..., Any]]:
     library = load_library(str(spec["library"]), str(spec.get("kind", "cdll")))
     structs = spec.get("structs", {})
     limit = spec.get("max_message_size")
-    return {
+    methods: dict[str, Callable[..., Any]] = {
         name: CFunction(library, name, decl, structs, limit) for name, decl in dict(spec.get("functions", {})).items()
     }
+    if any(isinstance(f, CFunction) and f.uses_handles for f in methods.values()):
+        HANDLES.add_closers(methods)
+        methods[DROP_HANDLES] = HANDLES.drop
+    return methods
 
 
 def build_methods(spec: Mapping[str, Any]) -> dict[str, Callable[..., Any]]:

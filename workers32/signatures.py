@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 from protocol.codec import NDArray
 from protocol.errors import ArgumentError, ConfigError, LibraryLoadError
 
+from .handles import HANDLES
 from .marshal import ARRAY, LIST, NDARRAY, SCALARS, Buffer, Char, Layout, Number, Refused, Struct, Types
 
 __all__ = ["CFunction", "DEFAULT_OUT_LIMIT", "SCALARS"]
@@ -269,8 +270,25 @@ class _Array(_Param):
         return own, layout.flat(own)
 
 
+class _Handle(_Param):
+    """A pointer the library gave out earlier (``void *h``), passed back as its handle; ``close``: the call
+    closes it, so the handle is forgotten once the call returns."""
+
+    argtype = ctypes.c_void_p
+
+    def __init__(self, spec: Mapping[str, Any], position: int) -> None:
+        super().__init__(spec, position)
+        self.kind = str(spec["type"])
+        self.close = bool(spec.get("close", False))
+
+    def load(self, value: Any) -> Any:
+        return HANDLES.pointer(value, self.kind)
+
+
 def _param(spec: Mapping[str, Any], position: int, types: Types) -> _Param:
     kind = spec["kind"]
+    if kind == "handle":
+        return _Handle(spec, position)
     if kind == "value":
         return _Value(spec, position, types)
     if kind == "string":
@@ -279,7 +297,7 @@ def _param(spec: Mapping[str, Any], position: int, types: Types) -> _Param:
         return _Ref(spec, position, types)
     if kind == "array":
         return _Array(spec, position, types)
-    raise ConfigError(f"parameter {spec.get('name')!r} has kind {kind!r}; use value, string, ref or array")
+    raise ConfigError(f"parameter {spec.get('name')!r} has kind {kind!r}; use value, string, ref, array or handle")
 
 
 class CFunction:
@@ -334,7 +352,13 @@ class CFunction:
         self._params = params
         self._by_name = by_name
         self._inputs = [p for p in params if p.dir != "out"]
-        self._values = [p for p in params if isinstance(p, (_Value, _Text))]
+        self._values = [p for p in params if isinstance(p, (_Value, _Text, _Handle))]
+        self._closes = [p for p in params if isinstance(p, _Handle) and p.close]
+        self.closes = self._closes[0].kind if len(params) == 1 and self._closes else None
+        """The kind of handle this function closes, when closing one is all it takes: what a dropped handle of
+        that kind is closed with."""
+        returns = func.get("returns") or {}
+        self.uses_handles = returns.get("kind") == "handle" or any(isinstance(p, _Handle) for p in params)
         self._pointers = [p for p in params if isinstance(p, (_Ref, _Array))]
         self._lengths = lengths
         self._caller_sized = [p for p in params if isinstance(p, _Array) and p.dims[0] is None]
@@ -356,8 +380,11 @@ class CFunction:
             self._func.restype = element.ctype
             if isinstance(element, (Char, Struct)):
                 self._returned = element.dump
+        elif returns["kind"] == "handle":
+            self._func.restype = ctypes.c_void_p
+            self._returned = functools.partial(HANDLES.register, kind=str(returns["type"]))
         else:
-            raise ConfigError(f"return kind {returns['kind']!r}; use value or string")
+            raise ConfigError(f"return kind {returns['kind']!r}; use value, string or handle")
 
     def _error(self, message: str) -> ArgumentError:
         return ArgumentError(f"{self.signature} {message}", signature=self.signature)
@@ -426,6 +453,8 @@ class CFunction:
             refusal = self._prepare(given, natives, finishers)
             if refusal is None:
                 returned = self._returned(self._func(*natives))
+                for param in self._closes:
+                    HANDLES.forget(given[param.position])
                 if not self._outputs:
                     return returned
                 result = {} if self._void else {"return": returned}

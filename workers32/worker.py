@@ -217,7 +217,7 @@ class Worker:
     def _function(self, method: str) -> Callable[..., Any]:
         function = self.methods.get(method)
         if function is None:
-            names = sorted(self.methods)
+            names = sorted(m for m in self.methods if not m.startswith("$"))
             raise UnknownMethod(
                 f"service {self.service!r} has no method {method!r}; it has: {', '.join(names)}",
                 service=self.service,
@@ -295,7 +295,7 @@ class Worker:
             "python": ".".join(map(str, sys.version_info[:3])),
             "platform": sys.platform,
             "threads": self.threads,
-            "methods": sorted(self.methods),
+            "methods": sorted(m for m in self.methods if not m.startswith("$")),
         }
 
     def _connect(self) -> None:

@@ -12,6 +12,7 @@
 #endif
 
 #include <limits.h>
+#include <stdlib.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -81,6 +82,36 @@ DEMO_EXPORT void scale(double *x, int n, double k) {
         x[i] *= k;
     }
 }
+
+/* A stateful "driver": a device opened, read and closed through a pointer the caller never sees inside (a
+ * handle, declared in config/pool.toml). Each read returns the device's id * 1000 plus its read count, so a
+ * caller can tell that its reads reached its own device. */
+struct Device {
+    int id;
+    int reads;
+};
+
+static int demo_devices_open = 0;
+
+DEMO_EXPORT struct Device *device_open(int id) {
+    struct Device *device = (struct Device *)malloc(sizeof *device);
+    if (device != NULL) {
+        device->id = id;
+        device->reads = 0;
+        ++demo_devices_open;
+    }
+    return device;
+}
+
+DEMO_EXPORT int device_read(struct Device *device) { return device->id * 1000 + ++device->reads; }
+
+DEMO_EXPORT void device_close(struct Device *device) {
+    free(device);
+    --demo_devices_open;
+}
+
+/* How many devices this process has open: shows that dropped handles were closed. */
+DEMO_EXPORT int devices_open(void) { return demo_devices_open; }
 
 /* msl-loadlib's Cpp32 example with its very signature: xout[i] = a * xin[i] (what bench/arrays.py times). */
 DEMO_EXPORT void scalar_multiply(double a, const double *xin, int n, double *xout) {
