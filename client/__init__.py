@@ -15,6 +15,7 @@ from protocol.errors import (
     ProtocolError,
     RemoteError,
     ReplyTooLarge,
+    Server32Error,
     SharedMemoryError,
     Timeout,
     UnknownMethod,
@@ -23,6 +24,7 @@ from protocol.errors import (
 )
 
 from .client import Client
+from .client64 import Client64
 from .core import ClientCore
 from .keys import CurveKeys
 from .proxy import RemoteMethod, ServiceProxy
@@ -35,6 +37,7 @@ __all__ = [
     "Busy",
     "CallError",
     "Client",
+    "Client64",
     "ClientCore",
     "ConfigError",
     "CurveKeys",
@@ -43,6 +46,7 @@ __all__ = [
     "RemoteError",
     "ReplyTooLarge",
     "SharedMemoryError",
+    "Server32Error",
     "RemoteMethod",
     "ServiceProxy",
     "Timeout",
