@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from client import Client64, Server32Error
+from client import Client64, ConfigError, Server32Error
 from workers32 import Server32
 
 HERE = Path(__file__).resolve().parent
@@ -351,3 +351,19 @@ def test_a_structure_is_rebuilt_only_from_the_server_modules_own_classes(example
     for value, message in refused:
         with pytest.raises(Server32Error, match=message):
             c.request32("distance_4_points", value)
+
+
+def test_a_client64_on_a_running_broker() -> None:
+    from broker import Pool
+
+    service = {"module": "my_server", "class": "MyServer", "path": [str(EXAMPLES)], "workers": 2}
+    with Pool.from_config({"services": {"mine": service}}) as pool:
+        c = Client64("my_server", address=pool.address, service="mine")
+        try:
+            assert c.request32("add", 20, 22) == 42
+            assert Path(c.lib32_path).name == "libdemo.so"
+        finally:
+            c.shutdown_server32()
+        assert len(pool.worker_pids("mine")) == 2  # the pool is the caller's: shutting the client leaves it be
+        with pytest.raises(ConfigError, match="options are its configuration's"):
+            Client64("my_server", address=pool.address, service="mine", ratio=0.5)
