@@ -57,7 +57,8 @@ def _server_class(module: str, folders: list[str]) -> str:
     """The name of the Server32 subclass ``module`` defines, found in its source without importing it here
     (it is a 32-bit module, and importing runs its code): the first in name order, as msl-loadlib's
     ``inspect.getmembers`` finds it. Subclasses of subclasses count."""
-    source = next((Path(f, module + ".py") for f in folders if Path(f, module + ".py").is_file()), None)
+    candidates = [Path(f, module + ".py") for f in folders] + [Path(f, module, "__init__.py") for f in folders]
+    source = next((path for path in candidates if path.is_file()), None)
     if source is None:
         raise ConfigError(f"cannot find module {module!r} (looked in {', '.join(folders)}): pass append_sys_path")
     tree = ast.parse(source.read_bytes(), str(source))

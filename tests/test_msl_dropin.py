@@ -12,7 +12,6 @@ import math
 import subprocess
 import sys
 import tempfile
-import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 
 from client import Client64, ConfigError, Server32Error
+from protocol.errors import LibraryLoadError, PoolStartError
 from workers32 import Server32
 
 HERE = Path(__file__).resolve().parent
@@ -323,16 +323,12 @@ def test_meaningless_options_warn() -> None:
         c.shutdown_server32()
 
 
-def test_workers_option_serves_from_many_processes() -> None:
+def test_workers_option_starts_that_many_workers() -> None:
     with MyClient(workers=2) as c:
-        barrier = threading.Barrier(2)
-
-        def call(i: int) -> int:
-            barrier.wait(timeout=30)
-            return int(c.add(i, 1))
-
-        with ThreadPoolExecutor(2) as executor:
-            assert sorted(executor.map(call, range(2))) == [1, 2]
+        assert c._pool is not None
+        assert len(c._pool.worker_pids()) == 2
+        with ThreadPoolExecutor(4) as executor:
+            assert list(executor.map(lambda i: c.add(i, 1), range(100))) == list(range(1, 101))
 
 
 def test_a_structure_is_rebuilt_only_from_the_server_modules_own_classes(examples: dict[str, Any]) -> None:
@@ -367,3 +363,25 @@ def test_a_client64_on_a_running_broker() -> None:
         assert len(pool.worker_pids("mine")) == 2  # the pool is the caller's: shutting the client leaves it be
         with pytest.raises(ConfigError, match="options are its configuration's"):
             Client64("my_server", address=pool.address, service="mine", ratio=0.5)
+
+
+def test_a_server_that_cannot_start_fails_the_client_at_once(tmp_path: Path) -> None:
+    (tmp_path / "no_lib.py").write_text(
+        "from workers32 import Server32\n\n"
+        "class NoLib(Server32):\n"
+        "    def __init__(self, host, port):\n"
+        "        super().__init__('missing_lib', 'cdll', host, port)\n"
+    )
+    (tmp_path / "busy.py").write_text(
+        "from workers32 import Server32\n\n"
+        "class Busy(Server32):\n"
+        "    def __init__(self, host, port):\n"
+        "        raise RuntimeError('device busy')\n"
+    )
+    (tmp_path / "plain.py").write_text("class NotAServer:\n    pass\n")
+    with pytest.raises(LibraryLoadError, match=r"missing_lib\.so"):
+        Client64(tmp_path / "no_lib.py")
+    with pytest.raises(PoolStartError, match="constructor failed"):
+        Client64("busy", append_sys_path=tmp_path)
+    with pytest.raises(ConfigError, match="does not contain a class that is a subclass of Server32"):
+        Client64("plain", append_sys_path=[tmp_path])
