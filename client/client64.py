@@ -61,7 +61,10 @@ def _server_class(module: str, folders: list[str]) -> str:
     source = next((path for path in candidates if path.is_file()), None)
     if source is None:
         raise ConfigError(f"cannot find module {module!r} (looked in {', '.join(folders)}): pass append_sys_path")
-    tree = ast.parse(source.read_bytes(), str(source))
+    try:
+        tree = ast.parse(source.read_bytes(), str(source))
+    except (SyntaxError, ValueError) as exc:
+        raise ConfigError(f"cannot read module {str(source)!r}: {exc}") from None
     found = {"Server32"}
     classes = [node for node in tree.body if isinstance(node, ast.ClassDef)]
     for _ in classes:  # a fixpoint: a subclass may come before its base in the file

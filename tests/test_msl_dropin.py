@@ -170,6 +170,10 @@ def test_server32_error(examples: dict[str, Any]) -> None:
     assert err.traceback.endswith("result: int = self.lib.add(a, b)")
 
 
+def test_keyword_arguments_named_like_call_options_reach_the_server(examples: dict[str, Any]) -> None:
+    assert examples["e"].send_data(timeout=1.5) == ((), {"timeout": 1.5})
+
+
 def test_one_client64_from_many_threads(examples: dict[str, Any]) -> None:
     c = examples["c"]
     with ThreadPoolExecutor(8) as executor:
@@ -379,9 +383,12 @@ def test_a_server_that_cannot_start_fails_the_client_at_once(tmp_path: Path) -> 
         "        raise RuntimeError('device busy')\n"
     )
     (tmp_path / "plain.py").write_text("class NotAServer:\n    pass\n")
+    (tmp_path / "broken.py").write_text("class (:\n")
     with pytest.raises(LibraryLoadError, match=r"missing_lib\.so"):
         Client64(tmp_path / "no_lib.py")
     with pytest.raises(PoolStartError, match="constructor failed"):
         Client64("busy", append_sys_path=tmp_path)
     with pytest.raises(ConfigError, match="does not contain a class that is a subclass of Server32"):
         Client64("plain", append_sys_path=[tmp_path])
+    with pytest.raises(ConfigError, match="cannot read module"):
+        Client64("broken", append_sys_path=[tmp_path])
