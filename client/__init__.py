@@ -16,6 +16,7 @@ from protocol.errors import (
     ProtocolError,
     RemoteError,
     ReplyTooLarge,
+    Server32Error,
     SharedMemoryError,
     Timeout,
     UnknownMethod,
@@ -24,6 +25,7 @@ from protocol.errors import (
 )
 
 from .client import Client, Session
+from .client64 import Client64
 from .core import ClientCore
 from .keys import CurveKeys
 from .proxy import RemoteMethod, ServiceProxy
@@ -36,6 +38,7 @@ __all__ = [
     "Busy",
     "CallError",
     "Client",
+    "Client64",
     "Session",
     "ClientCore",
     "ConfigError",
@@ -46,6 +49,7 @@ __all__ = [
     "RemoteError",
     "ReplyTooLarge",
     "SharedMemoryError",
+    "Server32Error",
     "RemoteMethod",
     "ServiceProxy",
     "Timeout",

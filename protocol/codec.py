@@ -19,8 +19,10 @@ I/O thread) could not run.
 """
 
 import array
+import ctypes
 import io
 import re
+import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, cast
@@ -36,6 +38,7 @@ __all__ = [
     "NDArray",
     "HandleRef",
     "HandleHook",
+    "StructFields",
     "ArrayHook",
     "ShareHook",
     "SHARED_NAME",
@@ -56,11 +59,26 @@ EXT_BUFFER = 1
 """Out-of-band bytes: ext data is the msgpack index of the frame that holds them."""
 EXT_ARRAY = 2
 """An ``array.array``: ext data is msgpack ``[typecode, frame index or inline bytes]``."""
-EXT_HANDLE = 8
-"""A handle (:class:`HandleRef`): ext data is msgpack ``[worker pid, id, kind]``."""
 EXT_NDARRAY = 3
 """A typed n-dimensional array (a NumPy array, an :class:`NDArray`): ext data is msgpack
 ``[typestr, shape, data]``, data being inline bytes, a frame index, or the name of a shared-memory segment."""
+
+EXT_TUPLE = 4
+"""A tuple (msgpack has only arrays, which unpack as lists): ext data is the msgpack array of its items."""
+EXT_COMPLEX = 5
+"""A complex number: ext data is its real and imaginary parts as two little-endian doubles."""
+EXT_STRUCT = 6
+"""A ``ctypes.Structure`` or ``Union`` as its values, never its memory (it may hold pointers a peer cannot use):
+ext data is msgpack ``[class name, {field: value}]``; the receiver gets a :class:`StructFields`."""
+EXT_RANGE = 7
+"""A ``range``: ext data is msgpack ``[start, stop, step]``."""
+EXT_HANDLE = 8
+"""A handle (:class:`HandleRef`): ext data is msgpack ``[worker pid, id, kind]``."""
+
+_MAX_EXT_DEPTH = 64
+"""Tuples and structures nested in one another, at most: each level is a nested unpack."""
+_MAX_NAME = 200
+"""Longest structure class or field name accepted."""
 
 OUT_OF_BAND_MIN = 16 * 1024
 """Values this big or bigger travel as frames of their own."""
@@ -195,6 +213,75 @@ class HandleRef:
 HandleHook = Callable[[HandleRef], Any]
 """What a receiver makes of each :class:`HandleRef` it unpacks (a client: a Handle bound to its connection)."""
 
+
+class StructFields:
+    """A ctypes Structure as it crossed: its class name and its fields' values (nested structures as
+    StructFields, arrays as lists). A 32-bit wrapper's arguments are rebuilt into the server module's class of
+    the same name (``workers32.hosting``); a caller gets these for a structure a server returned."""
+
+    __slots__ = ("fields", "name")
+
+    def __init__(self, name: str, fields: dict[str, Any]) -> None:
+        self.name = name
+        self.fields = fields
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StructFields) and (self.name, self.fields) == (other.name, other.fields)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the structure it stands for
+
+    def __repr__(self) -> str:
+        return f"StructFields({self.name!r}, {self.fields!r})"
+
+
+def _is_pointer(ctype: Any) -> bool:
+    """Whether a field's declared type holds an address (a string's ``c_char_p`` crosses as its bytes)."""
+    if not isinstance(ctype, type):
+        return False
+    if issubclass(ctype, ctypes.Array):
+        return _is_pointer(ctype._type_)
+    return issubclass(ctype, (ctypes._Pointer, ctypes.c_void_p, ctypes._CFuncPtr))  # type: ignore[attr-defined]
+
+
+def _field_value(value: Any) -> Any:
+    """A structure field's value as it can cross: a ctypes array as a list."""
+    if isinstance(value, ctypes.Array):
+        return [_field_value(item) for item in value]
+    return value
+
+
+def _struct_fields(value: "ctypes.Structure | ctypes.Union") -> StructFields:
+    name = type(value).__name__
+    fields = {}
+    for entry in getattr(type(value), "_fields_", ()):
+        if _is_pointer(entry[1]):
+            raise TypeError(
+                f"field {name}.{entry[0]} is a {entry[1].__name__}: a pointer cannot cross to another process"
+            )
+        fields[entry[0]] = _field_value(getattr(value, entry[0]))
+    return StructFields(name, fields)
+
+
+def _special(value: Any, pack: Callable[[Any], bytes]) -> Any:
+    """The ext type of a value msgpack has no type for (None if it is not one of them); ``pack`` packs the
+    parts with the same rules as the whole."""
+    if isinstance(value, tuple):
+        return msgpack.ExtType(EXT_TUPLE, pack(list(value)))
+    if isinstance(value, complex):
+        return msgpack.ExtType(EXT_COMPLEX, struct.pack("<dd", value.real, value.imag))
+    if isinstance(value, range):
+        return msgpack.ExtType(EXT_RANGE, pack([value.start, value.stop, value.step]))
+    if isinstance(value, (ctypes.Structure, ctypes.Union)):
+        value = _struct_fields(value)
+    if isinstance(value, StructFields):
+        return msgpack.ExtType(EXT_STRUCT, pack([value.name, value.fields]))
+    return None
+
+
+_BASE_TYPES = (bool, int, float, str, bytes, list, dict)
+"""Subclasses of these (an IntEnum, an OrderedDict) cross as their base type, as before strict typing."""
+
+
 ArrayHook = Callable[[NDArray], Any]
 """What a receiver makes of each :class:`NDArray` it unpacks (a client: a NumPy array)."""
 ShareHook = Callable[[Any, memoryview], Optional[str]]
@@ -241,9 +328,19 @@ def _inline(value: Any) -> Any:
         return _Packer(inline_only=True).prepare(value)
     if isinstance(value, (set, frozenset)):
         return list(value)
+    special = _special(value, _pack_inline)
+    if special is not None:
+        return special
+    for base in _BASE_TYPES:
+        if isinstance(value, base) and type(value) is not int:
+            return cast(Callable[[Any], Any], base)(value)
     if isinstance(value, int):  # with a hook, msgpack hands over an integer it cannot carry instead of raising
         raise OverflowError(f"integer out of range (msgpack carries {_INT_RANGE})")
     raise TypeError(f"can not serialize {type(value).__name__!r} object")
+
+
+def _pack_inline(value: Any) -> bytes:
+    return _packb(value, _inline)
 
 
 def _inline_unless_array(value: Any) -> Any:
@@ -309,21 +406,28 @@ class _Packer:
             return _handle_ext(value)
         if isinstance(value, (list, tuple)):
             if len(value) > _SHALLOW_ITEMS and set(map(type, value)) <= _PLAIN:
-                return value  # a million numbers: looked at in C, not one by one (4 s down to 30 ms)
-            return [self.prepare(v) for v in value]
+                items = list(value)  # a million numbers: looked at in C, not one by one (4 s down to 30 ms)
+            else:
+                items = [self.prepare(v) for v in value]
+            return msgpack.ExtType(EXT_TUPLE, _packb(items, _inline)) if isinstance(value, tuple) else items
         if isinstance(value, dict):
             return {k: self.prepare(v) for k, v in value.items()}
         if isinstance(value, (set, frozenset)):
             return [self.prepare(v) for v in value]
+        if isinstance(value, (ctypes.Structure, ctypes.Union)):
+            value = _struct_fields(value)
+        if isinstance(value, StructFields):
+            return _special(StructFields(value.name, self.prepare(value.fields)), _pack_inline)
         return value
 
     def pack(self, value: Any) -> list[Buffer]:
-        return [_packb(self.prepare(value)), *self.frames]
+        return [_packb(self.prepare(value), _inline), *self.frames]
 
 
 def _packb(value: Any, default: Optional[Callable[[Any], Any]] = None) -> bytes:
     try:
-        return cast(bytes, msgpack.packb(value, use_bin_type=True, default=default))
+        # strict_types: a tuple reaches the hook (to become EXT_TUPLE) instead of packing as a list
+        return cast(bytes, msgpack.packb(value, use_bin_type=True, default=default, strict_types=True))
     except OverflowError:  # msgpack says only "Integer value out of range"
         raise OverflowError(f"integer out of range (msgpack carries {_INT_RANGE})") from None
     except BufferError as exc:  # a non-contiguous memoryview
@@ -453,6 +557,30 @@ def _handle(ref: Any) -> HandleRef:
     return HandleRef(*ref)
 
 
+def _is_name(name: Any) -> bool:
+    return isinstance(name, str) and 0 < len(name) <= _MAX_NAME and name.isidentifier()
+
+
+def _struct_from(ref: Any) -> StructFields:
+    """A StructFields from its ext data: a class name and a map of field names, each a Python identifier."""
+    if not isinstance(ref, list) or len(ref) != 2 or not _is_name(ref[0]) or not isinstance(ref[1], dict):
+        raise ProtocolError("malformed structure in payload")
+    if not all(map(_is_name, ref[1])):
+        raise ProtocolError(f"structure {ref[0]} in payload has a field name that is not an identifier")
+    return StructFields(ref[0], ref[1])
+
+
+def _range_from(ref: Any) -> range:
+    if (
+        not isinstance(ref, list)
+        or len(ref) != 3
+        or not all(isinstance(n, int) and not isinstance(n, bool) for n in ref)
+        or ref[2] == 0
+    ):
+        raise ProtocolError("malformed range in payload")
+    return range(*ref)
+
+
 def _copy_array(typecode: str, data: Buffer) -> "array.array[Any]":
     result = array.array(typecode)
     if len(data) % result.itemsize:
@@ -492,7 +620,34 @@ def unpack_value(
         used.add(index)
         return frames[index]
 
+    depth = 0
+
+    def nested(data: bytes) -> Any:
+        """The msgpack inside a tuple's or structure's ext data, under the same limits and hooks."""
+        nonlocal depth
+        if depth >= _MAX_EXT_DEPTH:
+            raise ProtocolError(f"payload nests tuples or structures more than {_MAX_EXT_DEPTH} deep")
+        depth += 1
+        try:
+            return msgpack.unpackb(data, **options)
+        finally:
+            depth -= 1
+
     def ext_hook(code: int, data: bytes) -> Any:
+        if code == EXT_COMPLEX:
+            if len(data) != 16:
+                raise ProtocolError(f"complex number in payload has {len(data)} bytes, not 16")
+            real, imag = struct.unpack("<dd", data)
+            return complex(real, imag)
+        if code == EXT_TUPLE:
+            items = nested(data)
+            if not isinstance(items, list):
+                raise ProtocolError("malformed tuple in payload")
+            return tuple(items)
+        if code == EXT_STRUCT:
+            return _struct_from(nested(data))
+        if code == EXT_RANGE:
+            return _range_from(nested(data))
         if code not in (EXT_BUFFER, EXT_ARRAY, EXT_NDARRAY, EXT_HANDLE):
             raise ProtocolError(f"unknown ext type {code} in payload")
         ref = msgpack.unpackb(data, raw=False, max_array_len=_MAX_DIMS, max_map_len=0, max_ext_len=0)
@@ -511,18 +666,18 @@ def unpack_value(
             return _copy_array(typecode, where if isinstance(where, bytes) else frame(where))
         raise ProtocolError(f"unknown ext type {code} in payload")
 
+    options: dict[str, Any] = {
+        "raw": False,
+        "ext_hook": ext_hook,
+        "strict_map_key": False,
+        "max_str_len": limits.max_body,
+        "max_bin_len": limits.max_body,
+        "max_array_len": limits.max_items,
+        "max_map_len": limits.max_items,
+        "max_ext_len": limits.max_body,
+    }
     try:
-        value = msgpack.unpackb(
-            body,
-            raw=False,
-            ext_hook=ext_hook,
-            strict_map_key=False,
-            max_str_len=limits.max_body,
-            max_bin_len=limits.max_body,
-            max_array_len=limits.max_items,
-            max_map_len=limits.max_items,
-            max_ext_len=limits.max_body,
-        )
+        value = msgpack.unpackb(body, **options)
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises several unrelated types on bad input

@@ -29,6 +29,7 @@ __all__ = [
     "BrokerUnavailable",
     "ReplyTooLarge",
     "SharedMemoryError",
+    "Server32Error",
     "error_from_wire",
     "error_to_wire",
 ]
@@ -142,6 +143,30 @@ class SharedMemoryError(CallError):
     cannot map that many bytes (``details["limit"]``, ``details["size"]``). The library was not called."""
 
 
+class Server32Error(RemoteError):
+    """msl-loadlib's ``Server32Error``: what :class:`client.Client64` raises when the 32-bit server failed a
+    request (its code raised, the method or attribute does not exist, the arguments do not fit).
+
+    ``name``, ``value`` and ``traceback`` are msl-loadlib's: the remote exception's type name, its message,
+    and the frame of the server's code it came from; ``remote_traceback`` has the whole traceback.
+    """
+
+    @property
+    def name(self) -> str:
+        return self.remote_type
+
+    @property
+    def value(self) -> str:
+        return str(self.details.get("remote_message", self.message))
+
+    @property
+    def traceback(self) -> str:
+        return str(self.details.get("remote_frame", ""))
+
+    def __str__(self) -> str:
+        return f"\n{self.traceback}\n{self.name}: {self.value}" if self.name else self.message
+
+
 _WIRE_TYPES: dict[str, type[CallError]] = {
     cls.__name__: cls
     for cls in (
@@ -158,6 +183,7 @@ _WIRE_TYPES: dict[str, type[CallError]] = {
         BrokerUnavailable,
         ReplyTooLarge,
         SharedMemoryError,
+        Server32Error,
     )
 }
 

@@ -57,7 +57,7 @@ from protocol import (
 from protocol import frames as wire
 from protocol.frames import Buffer, CancelToWorker, DisconnectToWorker
 
-from .hosting import build_methods, call
+from .hosting import build, call
 from .shm import MAPPINGS, SharedArguments, limit_of
 
 log = logging.getLogger("workers32")
@@ -463,7 +463,19 @@ def _remote_error(exc: BaseException, service: str, method: str) -> RemoteError:
         remote_type=type(exc).__name__,
         remote_message=str(exc),
         remote_traceback=text[-_MAX_TRACEBACK:],
+        remote_frame=_origin(exc),
     )
+
+
+def _origin(exc: BaseException) -> str:
+    """The frame of the wrapper's own code the exception came from, as msl-loadlib's ``Server32Error.traceback``
+    gives it: the first frame outside the worker's package."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if os.path.dirname(os.path.abspath(frame.filename)) != here:
+            text = f"  File {frame.filename!r}, line {frame.lineno}, in {frame.name}"
+            return f"{text}\n    {frame.line}" if frame.line else text
+    return ""
 
 
 def report_unloadable(status_file: Optional[str], message: str) -> None:
@@ -493,15 +505,19 @@ def run(
     if not _parent_alive(parent_pid):
         return 1
     try:
-        methods = build_methods(spec)
+        hosted = build(spec)
     except ConfigError as exc:
         report_unloadable(status_file, f"service {spec.get('service')!r}: {exc}")
         return EXIT_UNLOADABLE
     except Exception:  # a wrapper's constructor may raise anything, and may succeed next time
         log.exception("cannot start %r: the wrapper's constructor failed", spec.get("service"))
         return EXIT_STARTUP_FAILED
-    worker = Worker(endpoint, spec, methods, parent_pid, spec.get("curve"))
+    worker = Worker(endpoint, spec, hosted.methods, parent_pid, spec.get("curve"))
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     worker.serve()
     worker.context.destroy(linger=0)
+    try:
+        hosted.close()  # a wrapper's shutdown_handler: the broker no longer sends this worker anything
+    except Exception:
+        log.exception("the shutdown handler of %r raised", spec.get("service"))
     return 0
