@@ -65,7 +65,13 @@ _SERVICE_KEYS = {
     "prefetch",
     "session_idle",
     "structs",
+    "init",
+    "close",
+    "session_init",
+    "session_close",
 }
+_HOOKS = ("init", "close", "session_init", "session_close")
+"""Functions of the service run, without arguments, when each worker starts and stops, or each session does."""
 _FUNCTION_KEYS = {"c", "args", "returns", "params", "symbol", "idempotent", "doc"}
 
 
@@ -338,6 +344,13 @@ def _service(name: str, table: Any, base: Path, origin: str) -> ServiceConfig:
         }
     else:
         raise ConfigError(f"{where}: give 'library' (a declared library) or 'module' and 'class' (a wrapper)")
+    for hook in _HOOKS:
+        function = _get(table, hook, str, None, where)
+        if function is not None:
+            declared = hosting.get("functions")
+            if declared is not None and (function not in declared or declared[function]["params"]):
+                raise ConfigError(f"{where}.{hook}: {function!r} must be a declared function taking no arguments")
+            hosting[hook] = function
     queue_limit = _get(table, "queue_limit", int, ServiceConfig.queue_limit, where)
     return ServiceConfig(
         name=name,

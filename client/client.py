@@ -24,11 +24,13 @@ from protocol import frames as wire
 from protocol.codec import pack_batch, pack_call, pack_value
 from protocol.errors import (
     ArgumentError,
+    BrokerUnavailable,
     CallError,
     ConfigError,
     DllPoolError,
     ProtocolError,
     Timeout,
+    WorkerCrashed,
 )
 
 from . import shm
@@ -516,6 +518,11 @@ class Session:
         self.service_name = service
         self.pid: int = int(client._pinned(service, wire.LEASE, (), {}, timeout, None, wait=False).result()["pid"])
         self.closed = False
+        try:
+            self.call(wire.SESSION_INIT)  # the service's session_init, if it declares one
+        except BaseException:
+            self._release()
+            raise
 
     def call(self, method: str, /, *args: Any, timeout: float | _Unset | None = _UNSET, **kwargs: Any) -> Any:
         """``service.method(*args, **kwargs)`` on the session's worker; WorkerCrashed if it is gone."""
@@ -538,6 +545,13 @@ class Session:
         """End the lease. A session whose worker or broker is gone has nothing left to end."""
         if self.closed:
             return
+        try:
+            with contextlib.suppress(WorkerCrashed, BrokerUnavailable):  # gone: nothing left to close
+                self.call(wire.SESSION_CLOSE)  # the service's session_close, if it declares one
+        finally:
+            self._release()
+
+    def _release(self) -> None:
         self.closed = True
         with contextlib.suppress(CallError):
             self._client._pinned(self.service_name, wire.RELEASE, (), {}, _UNSET, self.pid, wait=False).result()

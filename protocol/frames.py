@@ -71,6 +71,8 @@ __all__ = [
     "WORKERS",
     "BROKER_METHODS",
     "DROP_HANDLES",
+    "SESSION_INIT",
+    "SESSION_CLOSE",
     "MAX_ID",
     "MAX_NAME_LEN",
     "MAX_HEADER_LEN",
@@ -152,6 +154,10 @@ RELEASE = "$release"
 WORKERS = "$workers"
 """Broker method: the service's registered workers, a list of ``{"pid", "host", "threads", "leased"}``."""
 BROKER_METHODS = frozenset((LEASE, RELEASE, WORKERS))
+SESSION_INIT = "$session_init"
+"""Worker method, pinned: run the service's ``session_init`` function (a session starts on this worker)."""
+SESSION_CLOSE = "$session_close"
+"""Worker method, pinned: run the service's ``session_close`` function (the session on this worker ends)."""
 DROP_HANDLES = "$drop"
 """Worker method of a service with handles, pinned to their worker: ``$drop([id, ...])``, the caller let go of
 those handles (each is closed with its kind's declared close function, if any)."""

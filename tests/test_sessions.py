@@ -22,7 +22,11 @@ from .conftest import demo_service, wait_for
 def pool() -> Iterator[Pool]:
     config = {
         "pool": {"kill_grace": 0.2},
-        "services": {"s": demo_service(workers=3), "idle": demo_service(workers=1, session_idle=0.5)},
+        "services": {
+            "s": demo_service(workers=3),
+            "idle": demo_service(workers=1, session_idle=0.5),
+            "hooks": demo_service(init="count_calls", session_init="count_calls", session_close="count_calls"),
+        },
     }
     with Pool.from_config(config) as running:
         yield running
@@ -105,3 +109,12 @@ def test_broadcast_answers_once_per_worker(pool: Pool, client: Client) -> None:
     assert sorted(crashes) == sorted(answers)
     assert all(isinstance(error, WorkerCrashed) for error in crashes.values())
     pool.wait_ready()
+
+
+def test_init_runs_when_a_worker_starts_and_session_init_and_close_around_each_session(client: Client) -> None:
+    """``count_calls`` counts every call of its worker: init (1), then each session's session_init, its own
+    calls and its session_close."""
+    with client.session("hooks") as first:
+        assert first.call("count_calls") == 3
+    with client.session("hooks") as second:
+        assert second.call("count_calls") == 6

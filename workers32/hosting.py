@@ -14,6 +14,7 @@ constructor raises may be transient (a device still busy) and is retried.
 
 import ctypes
 import ctypes.util
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -26,7 +27,7 @@ from typing import Any, Callable, NamedTuple, Optional, cast
 
 from protocol.codec import StructFields
 from protocol.errors import ArgumentError, ConfigError, LibraryLoadError
-from protocol.frames import DROP_HANDLES
+from protocol.frames import DROP_HANDLES, SESSION_CLOSE, SESSION_INIT
 
 from .handles import HANDLES
 from .signatures import CFunction
@@ -324,12 +325,43 @@ def _declared(spec: Mapping[str, Any]) -> Hosted:
 
 
 def build(spec: Mapping[str, Any]) -> Hosted:
-    """What a worker serves, from its service spec."""
+    """What a worker serves, from its service spec, with its ``init`` run and its ``close`` (then the wrapper's
+    shutdown_handler) as the stop hook; ``session_init``/``session_close`` become the methods
+    ``$session_init``/``$session_close`` a session runs on its worker when it starts and ends."""
     if "module" in spec:
-        return _wrapper(spec)
-    if "library" in spec:
-        return _declared(spec)
-    raise ConfigError("a service needs either 'library' (with 'functions') or 'module' and 'class'")
+        hosted = _wrapper(spec)
+    elif "library" in spec:
+        hosted = _declared(spec)
+    else:
+        raise ConfigError("a service needs either 'library' (with 'functions') or 'module' and 'class'")
+    methods = hosted.methods
+    hooks = {key: _hook(methods, spec, key) for key in ("init", "close", "session_init", "session_close")}
+    methods[SESSION_INIT] = hooks["session_init"] or _nothing
+    methods[SESSION_CLOSE] = hooks["session_close"] or _nothing
+    if hooks["init"] is not None:
+        hooks["init"]()
+    close = hooks["close"]
+    if close is None:
+        return hosted
+
+    def stop() -> None:
+        try:
+            close()
+        finally:
+            hosted.close()
+
+    return Hosted(methods, stop)
+
+
+def _hook(methods: Mapping[str, Callable[..., Any]], spec: Mapping[str, Any], key: str) -> Optional[Callable[[], Any]]:
+    """The method the spec names for ``key`` (it takes no arguments), or None."""
+    name = spec.get(key)
+    if name is None:
+        return None
+    function = methods.get(str(name))
+    if function is None:
+        raise ConfigError(f"{key} = {name!r} names no function of the service (it has: {', '.join(sorted(methods))})")
+    return functools.partial(call, function, [], {})
 
 
 def build_methods(spec: Mapping[str, Any]) -> dict[str, Callable[..., Any]]:
