@@ -142,7 +142,8 @@ def broker_costs() -> Figures:
 
 
 def client_costs() -> Figures:
-    from client.client import _check_name, _check_timeout
+    from client.calls import check_name as _check_name
+    from client.calls import check_timeout as _check_timeout
     from client.core import Call, ClientCore
 
     body = pack_call((2, 3), {})

@@ -34,7 +34,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Literal, Protocol
 
-from client import Client
+from client import AsyncClient, Client
 from protocol import BrokerUnavailable, ConfigError, PoolStartError
 
 from .config import PoolConfig, load_config
@@ -189,6 +189,12 @@ class Pool:
         ``options`` say."""
         options.setdefault("shared_memory_min", self.config.shared_memory_min)
         return Client(self.address, timeout, **options)
+
+    def async_client(self, timeout: float | None = None, **options: Any) -> AsyncClient:
+        """An AsyncClient connected to this pool's frontend (make it in a coroutine), with the configuration's
+        ``shared_memory_min`` unless ``options`` say."""
+        options.setdefault("shared_memory_min", self.config.shared_memory_min)
+        return AsyncClient(self.address, timeout, **options)
 
     def worker_pids(self, service: str | None = None) -> list[int]:
         """PIDs of the workers that are registered and ready."""

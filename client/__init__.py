@@ -1,4 +1,4 @@
-"""The 64-bit caller's side of dllpool: ``from client import Client, Timeout``.
+"""The 64-bit caller's side of dllpool: ``from client import Client, Timeout`` (``AsyncClient`` for asyncio).
 
 Errors are re-exported from :mod:`protocol.errors`, so one import gives a
 caller everything it needs to call and to catch.
@@ -24,6 +24,7 @@ from protocol.errors import (
     WorkerCrashed,
 )
 
+from .aio import AsyncClient
 from .client import Client, Session
 from .client64 import Client64
 from .core import ClientCore
@@ -33,6 +34,7 @@ from .shm import close_shared_array, shared_array
 
 __all__ = [
     "ArgumentError",
+    "AsyncClient",
     "BadRequest",
     "BrokerUnavailable",
     "Busy",

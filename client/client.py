@@ -9,127 +9,35 @@ sent) and answers into results (``map``'s batches item by item).
 from __future__ import annotations
 
 import contextlib
-import enum
-import math
+import functools
 import time
-from collections import deque
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from concurrent.futures import Future
-from itertools import islice
-from typing import Any, Final
+from typing import Any
 
 import zmq
 
 from protocol import frames as wire
-from protocol.codec import pack_batch, pack_call, pack_value
-from protocol.errors import (
-    ArgumentError,
-    BrokerUnavailable,
-    CallError,
-    ConfigError,
-    DllPoolError,
-    ProtocolError,
-    Timeout,
-    WorkerCrashed,
-)
+from protocol.errors import BrokerUnavailable, CallError, DllPoolError, WorkerCrashed
 
 from . import shm
+from .calls import (
+    UNSET,
+    MapWindow,
+    Unset,
+    check_chunksize,
+    check_name,
+    check_settings,
+    check_timeout,
+    new_call,
+    share_from,
+)
 from .connection import Connection, Owner
-from .core import Call, remote_error
-from .handles import pin_of
+from .core import Call
 from .keys import CurveKeys
 from .proxy import ServiceProxy
 
 __all__ = ["Client", "Session"]
-
-
-class _Unset(enum.Enum):
-    UNSET = enum.auto()
-
-
-_UNSET: Final = _Unset.UNSET
-
-_MAP_CHUNKSIZE = 512
-"""Default calls per message of :meth:`Client.map`. ``demo.add`` on 4 workers (2 cores, 8 in flight): about
-75k calls/s with 64, 150k with 256, 205k with 512, 200-270k with 1024. Bigger chunks gain little, and a worker
-that dies fails every call of its chunk."""
-_MAP_WINDOW = 16
-"""Chunks of one map in flight: two per worker for services of up to 8 workers, so each has the next at hand
-(with 4 workers, 8 and 16 measure the same); the broker queues the rest."""
-
-
-class _Chunk:
-    """Some items of a map: the Future of their batch request, and the items that failed before sending."""
-
-    __slots__ = ("count", "future", "local")
-
-    def __init__(self, count: int, future: Future[Any] | None, local: dict[int, Exception]) -> None:
-        self.count = count
-        self.future = future
-        self.local = local
-
-
-def _check_name(name: str, what: str) -> None:
-    if not isinstance(name, str):
-        raise TypeError(f"{what} name must be a str, not {type(name).__name__}")
-    try:
-        size = len(name.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise ValueError(f"{what} name {name!r:.80} cannot be encoded as UTF-8") from None
-    if not 0 < size <= wire.MAX_NAME_LEN:
-        raise ValueError(f"{what} name must be 1-{wire.MAX_NAME_LEN} UTF-8 bytes, got {size}")
-
-
-def _unsendable(
-    service: str, method: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], error: Exception
-) -> ArgumentError:
-    """An ArgumentError naming the first argument that cannot be packed (the error path only)."""
-    named = [(f"argument {i}", value) for i, value in enumerate(args, 1)]
-    named += [(f"keyword argument {name!r}", value) for name, value in kwargs.items()]
-    for label, value in named:
-        try:
-            pack_value(value)
-        except (TypeError, ValueError, OverflowError) as exc:
-            return ArgumentError(
-                f"{service}.{method}: {label} ({value!r:.60}) cannot be sent: {exc}",
-                service=service,
-                method=method,
-            )
-    return ArgumentError(f"the arguments of {service}.{method} cannot be sent: {error}", service=service, method=method)
-
-
-def _check_timeout(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
-    value = float(timeout)
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
-    return None if math.isinf(value) else value
-
-
-def _check_chunksize(chunksize: int | None) -> int:
-    if chunksize is None:
-        return _MAP_CHUNKSIZE
-    if isinstance(chunksize, bool) or not isinstance(chunksize, int):
-        raise TypeError(f"chunksize must be an int or None, not {type(chunksize).__name__}")
-    if chunksize < 1:
-        raise ValueError(f"chunksize must be >= 1, got {chunksize}")
-    return chunksize
-
-
-def _batch_outcomes(answer: Any, count: int, service: str, method: str) -> list[list[Any]]:
-    """A batch answer checked item by item: ``[True, result]`` or ``[False, error]`` each."""
-    if not isinstance(answer, list) or len(answer) != count:
-        error = ProtocolError(f"the answer to a batch of {count} calls of {service}.{method} is malformed")
-        return [[False, error]] * count
-    for i, pair in enumerate(answer):
-        if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not bool:
-            answer[i] = [False, ProtocolError(f"item {i} of a batch answer of {service}.{method} is malformed")]
-        elif not pair[0]:
-            pair[1] = remote_error(pair[1], service, method)
-    return answer
 
 
 class Client:
@@ -201,33 +109,19 @@ class Client:
         heartbeat_liveness: int = 3,
         shared_memory_min: int = shm.DEFAULT_MIN,
     ) -> None:
-        if not isinstance(address, str) or not address:
-            raise ConfigError(
-                f"the broker address must be a non-empty string like 'tcp://127.0.0.1:5555', got {address!r}"
-            )
-        if not heartbeat_interval > 0:
-            raise ValueError(f"heartbeat_interval must be > 0 seconds, got {heartbeat_interval!r}")
-        if isinstance(heartbeat_liveness, bool) or not isinstance(heartbeat_liveness, int) or heartbeat_liveness < 1:
-            raise ValueError(f"heartbeat_liveness must be an integer >= 1, got {heartbeat_liveness!r}")
-        if isinstance(shared_memory_min, bool) or not isinstance(shared_memory_min, int) or shared_memory_min < 0:
-            raise ValueError(f"shared_memory_min must be an integer >= 0 (0: off), got {shared_memory_min!r}")
+        keys = check_settings(address, curve, heartbeat_interval, heartbeat_liveness, shared_memory_min)
         self.address = address
-        self.timeout = _check_timeout(timeout)
-        keys = None if curve is None else CurveKeys.coerce(curve)
-        if keys is not None and not zmq.has("curve"):
-            raise DllPoolError("CURVE keys were given but this pyzmq/libzmq was built without CURVE support")
+        self.timeout = check_timeout(timeout)
         self._owner = Owner()
         """This Client's own calls on the shared connection, and its closed flag."""
         self._conn = Connection.acquire(address, context, keys, float(heartbeat_interval), heartbeat_liveness)
-        self._share_min = shared_memory_min if shm.available() and shm.on_this_host(address) else 0
+        self._share_min = share_from(address, shared_memory_min)
         """Bytes from which arrays go through shared memory; 0: never."""
-        if self._share_min:
-            shm.sweep_once()
 
     # --- the caller's side ----------------------------------------------------------
 
     def call(
-        self, service: str, method: str, /, *args: Any, timeout: float | _Unset | None = _UNSET, **kwargs: Any
+        self, service: str, method: str, /, *args: Any, timeout: float | Unset | None = UNSET, **kwargs: Any
     ) -> Any:
         """Call ``service.method(*args, **kwargs)`` in a worker and return its result.
 
@@ -237,7 +131,7 @@ class Client:
         return self._conn.call(self._owner, self._new_call(service, method, args, kwargs, timeout))
 
     def submit(
-        self, service: str, method: str, /, *args: Any, timeout: float | _Unset | None = _UNSET, **kwargs: Any
+        self, service: str, method: str, /, *args: Any, timeout: float | Unset | None = UNSET, **kwargs: Any
     ) -> Future[Any]:
         """Start ``service.method(*args, **kwargs)``; the Future holds its result or error.
 
@@ -281,20 +175,20 @@ class Client:
         apply to a map. Errors in the arguments of this call itself raise
         here, before anything is sent.
         """
-        _check_name(service, "service")
-        _check_name(method, "method")
-        size = _check_chunksize(chunksize)
-        seconds = _check_timeout(timeout)
+        check_name(service, "service")
+        check_name(method, "method")
+        size = check_chunksize(chunksize)
+        seconds = check_timeout(timeout)
         items = iter(iterable)
         deadline = None if seconds is None else time.monotonic() + seconds
         return self._map(service, method, items, size, seconds, deadline, return_exceptions)
 
     def service(self, name: str) -> ServiceProxy:
         """A proxy whose attributes are the service's functions: ``client.service("m").add(1, 2)``."""
-        _check_name(name, "service")
+        check_name(name, "service")
         return ServiceProxy(self, name)
 
-    def session(self, service: str, /, *, timeout: float | _Unset | None = _UNSET) -> Session:
+    def session(self, service: str, /, *, timeout: float | Unset | None = UNSET) -> Session:
         """Lease one worker of ``service`` to this caller alone, for a stateful library: ``with
         client.session("driver") as s: s.call("open", 3); s.call("read")``.
 
@@ -304,11 +198,11 @@ class Client:
         away, or after the service's ``session_idle`` seconds without a call. If the worker dies, the
         session's calls fail with WorkerCrashed: a session never moves to another worker.
         """
-        _check_name(service, "service")
-        return Session(self, service, self.timeout if timeout is _UNSET else _check_timeout(timeout))
+        check_name(service, "service")
+        return Session(self, service, self.timeout if timeout is UNSET else check_timeout(timeout))
 
     def broadcast(
-        self, service: str, method: str, /, *args: Any, timeout: float | _Unset | None = _UNSET, **kwargs: Any
+        self, service: str, method: str, /, *args: Any, timeout: float | Unset | None = UNSET, **kwargs: Any
     ) -> dict[int, Any]:
         """Run ``service.method(*args, **kwargs)`` on every worker of ``service``: ``{pid: result}``, where a
         worker's result is the CallError it failed with, if it did (one worker's failure fails no other).
@@ -335,7 +229,7 @@ class Client:
         method: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        timeout: float | _Unset | None,
+        timeout: float | Unset | None,
         pin: int | None,
         *,
         wait: bool,
@@ -384,34 +278,12 @@ class Client:
         method: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        timeout: float | _Unset | None,
+        timeout: float | Unset | None,
         pin: int | None = None,
     ) -> Call:
-        _check_name(service, "service")
-        _check_name(method, "method")
-        seconds = self.timeout if timeout is _UNSET else _check_timeout(timeout)
-        bound = pin_of(service, args, kwargs)
-        if bound is not None and pin not in (None, bound):
-            raise ArgumentError(f"{service}.{method}: handles of worker pid {bound} in a session on worker pid {pin}")
-        segments = None
-        if self._share_min and self._conn.shares_with(service):
-            segments = shm.CallSegments(self._share_min, args, kwargs)
-        try:
-            payload = pack_call(args, kwargs, None if segments is None else segments.share)
-        except BaseException as exc:
-            if segments is not None:
-                segments.release()
-            if isinstance(exc, (TypeError, ValueError, OverflowError)):
-                raise _unsendable(service, method, args, kwargs, exc) from None
-            raise
-        if segments is not None and not segments.used:
-            segments = None
-        call = Call(
-            next(self._conn.corr_ids), service, method, seconds, payload, time.monotonic(), shm=segments, pin=pin
-        )
-        if bound is not None:
-            call.pin, call.via_handle = bound, True
-        return call
+        seconds = self.timeout if timeout is UNSET else check_timeout(timeout)
+        share = self._share_min if self._conn.shares_with(service) else 0
+        return new_call(self._conn.corr_ids, service, method, args, kwargs, seconds, share, pin)
 
     # --- map --------------------------------------------------------------------------
 
@@ -425,84 +297,25 @@ class Client:
         deadline: float | None,
         return_exceptions: bool,
     ) -> Generator[Any, None, None]:
-        window: deque[_Chunk] = deque()
-
-        def fill() -> None:
-            while len(window) < _MAP_WINDOW:
-                chunk = list(islice(items, size))
-                if not chunk:
-                    return
-                window.append(self._send_chunk(service, method, chunk, seconds, deadline))
-
+        submit = functools.partial(self._conn.submit, self._owner)
+        window = MapWindow(self._conn.corr_ids, service, method, items, size, seconds, deadline, submit, "Client.map")
         try:
-            fill()
-            while window:
-                chunk = window.popleft()
-                outcomes = self._chunk_outcomes(service, method, chunk)
-                fill()  # keep the workers busy while this chunk's results are read
-                for ok, value in outcomes:
+            window.fill()
+            while (chunk := window.next()) is not None:
+                answer = None
+                if chunk.handle is not None:
+                    try:
+                        answer = Connection.wait(chunk.handle)
+                    except DllPoolError as exc:  # the batch as a whole failed (its worker died, a timeout, ...)
+                        answer = exc
+                window.fill()  # keep the workers busy while this chunk's results are read
+                for ok, value in window.outcomes(chunk, answer):
                     if ok or return_exceptions:
                         yield value
                     else:
                         raise value
         finally:
-            for chunk in window:
-                if chunk.future is not None:
-                    chunk.future.cancel()
-
-    def _send_chunk(
-        self, service: str, method: str, chunk: list[Any], seconds: float | None, deadline: float | None
-    ) -> _Chunk:
-        """Submit one batch; items that cannot go (not argument tuples, unsendable, out of time) fail here."""
-        local: dict[int, Exception] = {}
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
-            error = Timeout(
-                f"{service}.{method}: the map's {seconds:g} s ran out before this item was sent",
-                service=service,
-                method=method,
-                timeout=seconds,
-            )
-            return _Chunk(len(chunk), None, dict.fromkeys(range(len(chunk)), error))
-        try:
-            if not all(isinstance(args, (tuple, list)) for args in chunk):
-                raise TypeError("not a tuple")
-            payload = pack_batch(chunk)
-        except (TypeError, ValueError, OverflowError):  # find the culprits; the others still go
-            for i, args in enumerate(chunk):
-                if not isinstance(args, (tuple, list)):
-                    local[i] = ArgumentError(
-                        f"{service}.{method}: Client.map needs a tuple of arguments per item, "
-                        f"got {type(args).__name__} ({args!r:.60})",
-                        service=service,
-                        method=method,
-                    )
-                    continue
-                try:
-                    pack_value(list(args))
-                except (TypeError, ValueError, OverflowError) as exc:
-                    local[i] = _unsendable(service, method, args, {}, exc)
-            chunk = [args for i, args in enumerate(chunk) if i not in local]
-            if not chunk:
-                return _Chunk(len(local), None, local)
-            payload = pack_batch(chunk)
-        call = Call(next(self._conn.corr_ids), service, method, left, payload, time.monotonic(), wire.FLAG_BATCH)
-        return _Chunk(len(chunk) + len(local), self._conn.submit(self._owner, call), local)
-
-    @staticmethod
-    def _chunk_outcomes(service: str, method: str, chunk: _Chunk) -> list[list[Any]]:
-        """``[ok, result or error]`` for each item of a chunk, in order; waits for its answer."""
-        sent = chunk.count - len(chunk.local)
-        outcomes: list[list[Any]] = []
-        if chunk.future is not None:
-            try:
-                outcomes = _batch_outcomes(Connection.wait(chunk.future), sent, service, method)
-            except DllPoolError as exc:  # the batch as a whole failed (its worker died, a timeout, ...)
-                outcomes = [[False, exc]] * sent
-        if not chunk.local:
-            return outcomes
-        remote = iter(outcomes)
-        return [[False, chunk.local[i]] if i in chunk.local else next(remote) for i in range(chunk.count)]
+            window.cancel()
 
 
 class Session:
@@ -524,12 +337,12 @@ class Session:
             self._release()
             raise
 
-    def call(self, method: str, /, *args: Any, timeout: float | _Unset | None = _UNSET, **kwargs: Any) -> Any:
+    def call(self, method: str, /, *args: Any, timeout: float | Unset | None = UNSET, **kwargs: Any) -> Any:
         """``service.method(*args, **kwargs)`` on the session's worker; WorkerCrashed if it is gone."""
         self._check_open()
         return self._client._pinned(self.service_name, method, args, kwargs, timeout, self.pid, wait=True)
 
-    def submit(self, method: str, /, *args: Any, timeout: float | _Unset | None = _UNSET, **kwargs: Any) -> Future[Any]:
+    def submit(self, method: str, /, *args: Any, timeout: float | Unset | None = UNSET, **kwargs: Any) -> Future[Any]:
         """Start ``service.method(*args, **kwargs)`` on the session's worker; calls run in submission order."""
         self._check_open()
         future: Future[Any] = self._client._pinned(
@@ -554,7 +367,7 @@ class Session:
     def _release(self) -> None:
         self.closed = True
         with contextlib.suppress(CallError):
-            self._client._pinned(self.service_name, wire.RELEASE, (), {}, _UNSET, self.pid, wait=False).result()
+            self._client._pinned(self.service_name, wire.RELEASE, (), {}, UNSET, self.pid, wait=False).result()
 
     def _check_open(self) -> None:
         if self.closed:

@@ -3,24 +3,26 @@
 The proxy turns attribute access into remote calls, so it must never do that
 for names Python itself probes (``__reduce_ex__``, ``_ipython_display_``,
 ``__wrapped__`` ...): every name starting with ``_`` is an AttributeError.
+The same proxy serves :class:`~client.aio.AsyncClient`: a call through it is
+then a coroutine, and ``submit`` gives an asyncio Future.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import Future
 from typing import Any, Protocol
 
 __all__ = ["Caller", "RemoteMethod", "ServiceProxy"]
 
 
 class Caller(Protocol):
-    """What a proxy calls through: a Client, or a session of one."""
+    """What a proxy calls through: a Client, a session of one, or an AsyncClient (whose ``submit`` gives an
+    asyncio Future)."""
 
     address: str
 
     def call(self, service: str, method: str, /, *args: Any, **kwargs: Any) -> Any: ...
 
-    def submit(self, service: str, method: str, /, *args: Any, **kwargs: Any) -> Future[Any]: ...
+    def submit(self, service: str, method: str, /, *args: Any, **kwargs: Any) -> Any: ...
 
 
 class ServiceProxy:
@@ -57,7 +59,8 @@ class RemoteMethod:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._client.call(self._service, self._method, *args, **kwargs)
 
-    def submit(self, *args: Any, **kwargs: Any) -> Future[Any]:
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        """Start the call: a Future (an asyncio one through an AsyncClient)."""
         return self._client.submit(self._service, self._method, *args, **kwargs)
 
     def __repr__(self) -> str:

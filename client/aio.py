@@ -1,0 +1,426 @@
+"""The asyncio client: :class:`AsyncClient`, the operations of :class:`~client.client.Client` as coroutines.
+
+One DEALER per AsyncClient, driven by a task on the event loop through
+:mod:`zmq.asyncio`, and the same sans-io :class:`~client.core.ClientCore` the
+threaded client drives: pending calls, backstop deadlines, heartbeats, the
+broker's liveness window, CANCEL and DISCONNECT. Everything runs on the loop's
+thread, so a call is sent from the coroutine that makes it (no hand-off), and
+the loop task only reads answers, watches the connection and keeps time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import time
+from collections.abc import AsyncGenerator, Iterable, Mapping
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
+
+from protocol import frames as wire
+from protocol import transport
+from protocol.errors import BrokerUnavailable, DllPoolError
+
+from . import shm
+from .calls import (
+    UNSET,
+    MapWindow,
+    Unset,
+    check_chunksize,
+    check_name,
+    check_settings,
+    check_timeout,
+    new_call,
+    share_from,
+)
+from .connection import _CONNECTED, _HANDSHAKE_FAILED, _MONITOR_EVENTS, _ZAP_DENIED
+from .core import Call, ClientCore, Outcome, Tick, unavailable
+from .keys import CurveKeys
+from .proxy import ServiceProxy
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AsyncClient"]
+
+_HWM = 100_000
+"""Messages queued toward the broker before the socket counts as full (the core then holds the rest)."""
+_BATCH = 256
+"""Answers read in one go before the loop looks at its clock and the monitor."""
+_MAX_WAIT = 0.1
+"""Longest poll: bounds how late a deadline of a call made meanwhile, or a silent broker, is noticed."""
+_LINGER = 1000
+"""Milliseconds the closing socket keeps trying to deliver its CANCELs and DISCONNECT."""
+
+
+class AsyncClient:
+    """Calls functions of the pool's services through the broker at ``address``, from asyncio.
+
+    Make it inside a running event loop and use it from that loop only:
+    ``async with AsyncClient(address) as ac: await ac.call("svc", "add", 1, 2)``.
+    Any number of tasks may call at once. The arguments, the errors
+    (DllPoolError subclasses, the same as :class:`~client.client.Client`
+    raises), timeouts, the broker's liveness window, NumPy results and
+    shared memory are as for Client; what differs:
+
+    * Cancelling the task that awaits a call (or the Future of
+      :meth:`submit`) cancels the call: the broker drops it if it is still
+      queued (a running call cannot be stopped; its answer is discarded),
+      and its shared-memory segments are released at once.
+    * :meth:`map` is an async generator: ``async for r in ac.map(...)``.
+    * One DEALER per AsyncClient, with no connection shared between
+      AsyncClients and no separate socket for big requests: a request of
+      many MiB delays the heartbeats behind it on the wire.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        timeout: float | None = None,
+        *,
+        context: zmq.Context[Any] | None = None,
+        curve: CurveKeys | Mapping[str, str] | None = None,
+        heartbeat_interval: float = 1.0,
+        heartbeat_liveness: int = 3,
+        shared_memory_min: int = shm.DEFAULT_MIN,
+    ) -> None:
+        self._curve = check_settings(address, curve, heartbeat_interval, heartbeat_liveness, shared_memory_min)
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError("make an AsyncClient inside a running event loop (in a coroutine)") from None
+        self.address = address
+        self.timeout = check_timeout(timeout)
+        self._ctx = context if context is not None else zmq.Context.instance()
+        self._share_min = share_from(address, shared_memory_min)
+        """Bytes from which arrays go through shared memory; 0: never."""
+        self._core = ClientCore(address, float(heartbeat_interval), heartbeat_liveness, time.monotonic())
+        self._corr_ids = itertools.count(1)
+        self._closed = False
+        self._pollout = 0
+        """The DEALER is polled for POLLOUT too: the core has requests the socket had no room for."""
+        self._dealer, self._monitor = self._open()
+        self._poller, self._waits = self._watch()
+        self._task = self._loop.create_task(self._run(), name=f"dllpool-async-client {address}")
+
+    # --- the caller's side ----------------------------------------------------------
+
+    async def call(
+        self, service: str, method: str, /, *args: Any, timeout: float | Unset | None = UNSET, **kwargs: Any
+    ) -> Any:
+        """Call ``service.method(*args, **kwargs)`` in a worker and return its result.
+
+        Raises the error the worker or broker answered with (a CallError
+        subclass), Timeout, or BrokerUnavailable. Cancelling the awaiting
+        task cancels the call.
+        """
+        return await self.submit(service, method, *args, timeout=timeout, **kwargs)
+
+    def submit(
+        self, service: str, method: str, /, *args: Any, timeout: float | Unset | None = UNSET, **kwargs: Any
+    ) -> asyncio.Future[Any]:
+        """Send ``service.method(*args, **kwargs)`` now; the Future holds its result or error.
+
+        Bad names raise ValueError, and arguments that cannot be sent raise
+        ArgumentError here, at once. Cancelling the Future cancels the call.
+        """
+        seconds = self.timeout if timeout is UNSET else check_timeout(timeout)
+        call = new_call(self._corr_ids, service, method, args, kwargs, seconds, self._share_min)
+        return self._send(call)
+
+    def map(
+        self,
+        service: str,
+        method: str,
+        iterable: Iterable[tuple[Any, ...] | list[Any]],
+        /,
+        *,
+        chunksize: int | None = None,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> AsyncGenerator[Any, None]:
+        """``service.method(*args)`` for each ``args`` tuple of ``iterable``: ``async for`` the results, in order.
+
+        As :meth:`Client.map <client.client.Client.map>`: ``chunksize`` calls
+        (default 512) per message, several messages in flight, ``iterable``
+        read only as far ahead as they need; an item's error is raised when
+        that item is reached (or yielded, with ``return_exceptions=True``);
+        ``timeout`` limits the whole map, counted from this call. Leaving the
+        loop early, or cancelling the task, cancels the chunks still
+        outstanding (wrap it in ``contextlib.aclosing`` to have that happen
+        at once rather than when the generator is collected).
+        """
+        check_name(service, "service")
+        check_name(method, "method")
+        size = check_chunksize(chunksize)
+        seconds = check_timeout(timeout)
+        deadline = None if seconds is None else time.monotonic() + seconds
+        window = MapWindow(
+            self._corr_ids, service, method, iter(iterable), size, seconds, deadline, self._send, "AsyncClient.map"
+        )
+        return self._map(window, return_exceptions)
+
+    def service(self, name: str) -> ServiceProxy:
+        """A proxy whose attributes are the service's functions: ``await ac.service("m").add(1, 2)`` (its
+        methods return coroutines, and their ``submit`` Futures, as this client's do)."""
+        check_name(name, "service")
+        return ServiceProxy(self, name)
+
+    async def close(self) -> None:
+        """Fail the pending calls with BrokerUnavailable and have the broker drop them (CANCEL); say
+        DISCONNECT and close the socket. Calls the broker still queues never run; a call already running
+        finishes, and its answer is discarded. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._task.cancel()
+        await asyncio.wait([self._task])
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters (late replies, backstop timeouts, cancels sent, malformed messages, reconnects)."""
+        return dict(self._core.stats)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._core.pending)} pending"
+        return f"<AsyncClient {self.address} {state}>"
+
+    # --- calls ------------------------------------------------------------------------
+
+    def _send(self, call: Call) -> asyncio.Future[Any]:
+        """Take ``call`` into the core and send it now if the connection allows; its Future."""
+        if self._closed:
+            if call.shm is not None:
+                call.shm.release()
+            raise BrokerUnavailable("client is closed", address=self.address, service=call.service, method=call.method)
+        future: asyncio.Future[Any] = self._loop.create_future()
+        call.handle = future
+        future.add_done_callback(lambda _: self._ended(call))
+        self._core.add(call)
+        self._flush()
+        return future
+
+    def _ended(self, call: Call) -> None:
+        """Whichever way a call ended: its segments go; a cancelled one is dropped by the broker (CANCEL)."""
+        if call.shm is not None:
+            call.shm.release()
+        if call.handle.cancelled():
+            cancel = self._core.cancel(call.corr)
+            if cancel is not None and not self._dealer.closed:
+                transport.try_send(self._dealer, cancel)
+
+    def _settle(self, outcome: Outcome) -> None:
+        call = outcome.call
+        if not call.handle.done():
+            if outcome.error is None:
+                call.handle.set_result(outcome.result)
+            else:
+                call.handle.set_exception(outcome.error)
+
+    def _answered(self, outcome: Outcome) -> None:
+        """An answer: settle its Future, or send the call again with frames if its worker could not open its
+        shared memory (a worker on another host)."""
+        call, segments = outcome.call, outcome.call.shm
+        if segments is not None and shm.wants_frames(outcome.error) and not call.handle.done():
+            log.info(
+                "a worker of %r could not open a shared-memory segment; sending it again with frames", call.service
+            )
+            call.payload, call.shm, call.sent = segments.frames(), None, False
+            segments.release()
+            self._core.add(call)
+            self._flush()
+        else:
+            self._settle(outcome)
+
+    async def _map(self, window: MapWindow, return_exceptions: bool) -> AsyncGenerator[Any, None]:
+        try:
+            window.fill()
+            while (chunk := window.next()) is not None:
+                answer = None
+                if chunk.handle is not None:
+                    try:
+                        answer = await chunk.handle
+                    except DllPoolError as exc:  # the batch as a whole failed (its worker died, a timeout, ...)
+                        answer = exc
+                window.fill()  # keep the workers busy while this chunk's results are read
+                for ok, value in window.outcomes(chunk, answer):
+                    if ok or return_exceptions:
+                        yield value
+                    else:
+                        raise value
+        finally:
+            window.cancel()
+
+    # --- the loop task ----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        reason = "client closed"
+        try:
+            await self._serve()
+        except asyncio.CancelledError:  # close()
+            pass
+        except zmq.ContextTerminated:
+            reason = "the ZeroMQ context was terminated"
+            log.warning("dllpool async client for %s stopped: %s", self.address, reason)
+        except Exception as exc:  # the last line of defence: no call may be left hanging
+            reason = f"the client's loop task failed: {exc!r}"
+            log.exception("dllpool async client for %s stopped", self.address)
+        finally:
+            self._closed = True
+            self._shut(reason)
+
+    async def _serve(self) -> None:
+        core = self._core
+        while True:
+            wait = _MAX_WAIT
+            deadline = core.next_deadline()
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+            dealer_wait, monitor_wait = self._waits
+            want_out = core.has_backlog and core.connected
+            if want_out != bool(self._pollout):
+                self._pollout = zmq.POLLOUT if want_out else 0
+                self._poller.modify(dealer_wait, zmq.POLLIN | self._pollout)
+            events = dict(await self._poller.poll(max(0, math.ceil(wait * 1000))))
+            if events.get(dealer_wait, 0) & zmq.POLLIN:
+                self._drain()
+            if monitor_wait in events:
+                self._drain_monitor()
+            self._flush()
+            self._apply(core.tick(time.monotonic()))
+
+    def _drain(self) -> None:
+        core = self._core
+        for msg in transport.drain(self._dealer, _BATCH, copied=2):
+            outcome = core.received(msg, time.monotonic())
+            if outcome is not None:
+                self._answered(outcome)
+
+    def _flush(self) -> None:
+        """Hand queued calls to the socket until it is full (or there is no connection)."""
+        core, sock = self._core, self._dealer
+        now = time.monotonic()
+        frames = core.next_request(now)
+        if frames is None:
+            return
+        greeting = core.greeting(now)
+        if greeting is not None:
+            transport.try_send(sock, greeting)
+        while frames is not None:
+            if not transport.try_send(sock, frames):
+                return
+            core.sent(now)
+            frames = core.next_request(now)
+
+    def _apply(self, tick: Tick) -> None:
+        for frames in tick.sends:
+            transport.try_send(self._dealer, frames)
+        for outcome in tick.ended:
+            self._settle(outcome)
+        if tick.reopen:
+            self._reopen()
+
+    def _drain_monitor(self) -> None:
+        core = self._core
+        while True:
+            try:
+                event = parse_monitor_message(self._monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            kind, value = event["event"], event["value"]
+            if kind == _CONNECTED:
+                core.connection_made(time.monotonic())
+                self._flush()
+            elif kind == zmq.EVENT_DISCONNECTED:
+                if core.connected:
+                    self._drain()  # answers that arrived before the drop still count
+                    self._apply(Tick([], core.connection_lost(time.monotonic()), True))
+                    return  # that monitor is closed now
+            elif kind in _HANDSHAKE_FAILED:
+                name = _HANDSHAKE_FAILED[kind]
+                refused = name.endswith("PROTOCOL") or (name.endswith("AUTH") and value == _ZAP_DENIED)
+                core.handshake_failed(
+                    f"the connection handshake failed ({name}, {value:#x}): are the CURVE keys on both sides "
+                    "the pool's (curve.server_public, one of its curve_clients)?",
+                    refused,
+                )
+
+    def _shut(self, reason: str) -> None:
+        """The end: fail what is pending (CANCEL for what the broker may hold), say DISCONNECT, close."""
+        core, sock = self._core, self._dealer
+        for call in list(core.pending.values()):
+            cancel = core.cancel(call.corr)
+            if cancel is not None:
+                transport.try_send(sock, cancel)
+            self._settle(Outcome(call, error=unavailable(self.address, reason, call)))
+        if core.connected and transport.try_send(sock, wire.client_disconnect()):
+            sock.linger = _LINGER
+        self._close_sockets()
+
+    # --- sockets --------------------------------------------------------------------
+
+    def _open(self) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
+        """A fresh DEALER (fresh routing ID, empty queues) and its monitor; requests go out on it only once
+        the monitor reports a completed handshake (see :meth:`client.connection.Connection._open_dealer`)."""
+        try:
+            dealer: zmq.Socket[Any] = self._ctx.socket(zmq.DEALER)
+        except zmq.ZMQError as exc:
+            raise DllPoolError(f"cannot open the client socket: {exc}") from exc
+        try:
+            dealer.linger = 0
+            dealer.sndhwm = _HWM
+            dealer.rcvhwm = _HWM
+            if self._curve is not None:
+                dealer.curve_serverkey = self._curve.server_public.encode("ascii")
+                dealer.curve_publickey = self._curve.public.encode("ascii")
+                dealer.curve_secretkey = self._curve.secret.encode("ascii")
+            monitor = dealer.get_monitor_socket(_MONITOR_EVENTS)
+        except zmq.ZMQError as exc:
+            dealer.close()
+            raise DllPoolError(f"cannot set up the client socket: {exc}") from exc
+        try:
+            transport.connect(dealer, self.address)
+        except BaseException:
+            _close(dealer, monitor)
+            raise
+        return dealer, monitor
+
+    def _watch(self) -> tuple[zmq.asyncio.Poller, tuple[zmq.asyncio.Socket, zmq.asyncio.Socket]]:
+        """A poller of the event loop over the DEALER and its monitor (asyncio shadows of the sockets)."""
+        waits = (zmq.asyncio.Socket.from_socket(self._dealer), zmq.asyncio.Socket.from_socket(self._monitor))
+        poller = zmq.asyncio.Poller()
+        for each in waits:
+            poller.register(each, zmq.POLLIN)
+        self._pollout = 0
+        return poller, waits
+
+    def _reopen(self) -> None:
+        """A fresh DEALER after a lost or silent connection."""
+        self._close_sockets()
+        self._dealer, self._monitor = self._open()
+        self._poller, self._waits = self._watch()
+
+    def _close_sockets(self) -> None:
+        _close(self._dealer, self._monitor)
+
+
+def _close(sock: zmq.Socket[Any], monitor: zmq.Socket[Any]) -> None:
+    with contextlib.suppress(zmq.ZMQError):
+        sock.disable_monitor()
+    monitor.close()
+    sock.close()
