@@ -11,7 +11,6 @@ the loop task only reads answers, watches the connection and keeps time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import math
@@ -39,7 +38,7 @@ from .calls import (
     new_call,
     share_from,
 )
-from .connection import _CONNECTED, _HANDSHAKE_FAILED, _MONITOR_EVENTS, _ZAP_DENIED
+from .connection import _CONNECTED, _HANDSHAKE_FAILED, _MONITOR_EVENTS, _ZAP_DENIED, _close_watched, _send_backlog
 from .core import Call, ClientCore, Outcome, Tick, unavailable
 from .keys import CurveKeys
 from .proxy import ServiceProxy
@@ -313,19 +312,7 @@ class AsyncClient:
 
     def _flush(self) -> None:
         """Hand queued calls to the socket until it is full (or there is no connection)."""
-        core, sock = self._core, self._dealer
-        now = time.monotonic()
-        frames = core.next_request(now)
-        if frames is None:
-            return
-        greeting = core.greeting(now)
-        if greeting is not None:
-            transport.try_send(sock, greeting)
-        while frames is not None:
-            if not transport.try_send(sock, frames):
-                return
-            core.sent(now)
-            frames = core.next_request(now)
+        _send_backlog(self._core, self._dealer, time.monotonic())
 
     def _apply(self, tick: Tick) -> None:
         for frames in tick.sends:
@@ -352,13 +339,20 @@ class AsyncClient:
                     self._apply(Tick([], core.connection_lost(time.monotonic()), True))
                     return  # that monitor is closed now
             elif kind in _HANDSHAKE_FAILED:
-                name = _HANDSHAKE_FAILED[kind]
-                refused = name.endswith("PROTOCOL") or (name.endswith("AUTH") and value == _ZAP_DENIED)
-                core.handshake_failed(
-                    f"the connection handshake failed ({name}, {value:#x}): are the CURVE keys on both sides "
-                    "the pool's (curve.server_public, one of its curve_clients)?",
-                    refused,
-                )
+                self._handshake_failed(_HANDSHAKE_FAILED[kind], value)
+
+    def _handshake_failed(self, name: str, value: int) -> None:
+        """Name the problem; a refusal (unlike a dropped connection) fails waiting calls at once."""
+        if name.endswith("AUTH"):
+            problem = f"the broker refused this client's CURVE public key (ZAP status {value})"
+        elif name.endswith("PROTOCOL"):
+            problem = f"ZMTP protocol error {value:#x}: are CURVE keys given on both sides, or on neither?"
+        else:
+            problem = zmq.strerror(value)
+            if self._curve is not None:
+                problem += "; is curve.server_public the broker's public key?"
+        refused = name.endswith("PROTOCOL") or (name.endswith("AUTH") and value == _ZAP_DENIED)
+        self._core.handshake_failed(f"the connection handshake failed ({problem})", refused)
 
     def _shut(self, reason: str) -> None:
         """The end: fail what is pending (CANCEL for what the broker may hold), say DISCONNECT, close."""
@@ -396,7 +390,7 @@ class AsyncClient:
         try:
             transport.connect(dealer, self.address)
         except BaseException:
-            _close(dealer, monitor)
+            _close_watched(dealer, monitor)
             raise
         return dealer, monitor
 
@@ -416,11 +410,4 @@ class AsyncClient:
         self._poller, self._waits = self._watch()
 
     def _close_sockets(self) -> None:
-        _close(self._dealer, self._monitor)
-
-
-def _close(sock: zmq.Socket[Any], monitor: zmq.Socket[Any]) -> None:
-    with contextlib.suppress(zmq.ZMQError):
-        sock.disable_monitor()
-    monitor.close()
-    sock.close()
+        _close_watched(self._dealer, self._monitor)

@@ -1,0 +1,255 @@
+"""AsyncClient (issue 10, item 5) against real pools of 32-bit workers: the Client's operations as coroutines,
+with the same results and errors; a thousand tasks at once; cancelling a task cancels its call at the broker;
+timeouts, close with calls pending and a broker that goes away.
+
+Each test runs its coroutine with ``asyncio.run`` (no pytest plugin), and waits for observable states (the
+broker's counters, a worker inside ``sleep_ms``) by polling them from the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy
+import pytest
+
+from broker import Pool
+from client import (
+    ArgumentError,
+    AsyncClient,
+    BrokerUnavailable,
+    Timeout,
+    UnknownMethod,
+    UnknownService,
+)
+from client import shm as client_shm
+
+from .conftest import demo_service, in_nanosleep
+from .test_cli import children_of
+from .test_client_paths import Brokers
+
+SHARE_MIN = 64 * 1024
+"""shared_memory_min of the clients that test shared memory: small, so the arrays stay cheap."""
+
+
+def run(coroutine: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(asyncio.wait_for(coroutine(), 120))
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    """Wait, without blocking the event loop, until ``condition()`` holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def segments() -> list[str]:
+    """This process's shared-memory segments in /dev/shm."""
+    prefix = f"dllpool.{os.getpid()}."
+    return [name for name in os.listdir(client_shm.SHM_DIR) if name.startswith(prefix)]
+
+
+def sleeping(pool: Pool) -> bool:
+    return any(in_nanosleep(pid) for pid in pool.worker_pids("s"))
+
+
+@pytest.fixture(scope="module")
+def one() -> Iterator[Pool]:
+    """Service ``s``: one worker, so a call queues behind the one running."""
+    service = demo_service(workers=1)
+    functions = service["functions"]
+    assert isinstance(functions, dict)
+    functions["scale"] = {"c": "void scale(double *x, int n, double k)", "params": {"x": "inout[n]"}}
+    with Pool.from_config({"services": {"s": service}}) as pool:
+        yield pool
+
+
+def test_call_submit_proxy_and_map_answer_as_the_client_does(pool: Pool) -> None:
+    with pool.client(timeout=30) as client:
+        expected = list(client.map("demo", "add", [(i, -2 * i) for i in range(1500)], chunksize=100))
+
+    async def main() -> None:
+        async with pool.async_client(timeout=30) as ac:
+            assert await ac.call("demo", "add", 2, 3) == 5
+            assert await ac.submit("demo", "add", 4, 5) == 9
+            demo = ac.service("demo")
+            assert await demo.add(6, 7) == 13
+            assert await demo.add.submit(8, 9) == 17
+            assert await demo.upper("Hello", 64) == {"return": 5, "out": "HELLO"}
+            got = [r async for r in ac.map("demo", "add", [(i, -2 * i) for i in range(1500)], chunksize=100)]
+            assert got == expected
+            assert [r async for r in ac.map("demo", "add", iter([]))] == []
+            result = await demo.scale(numpy.arange(5, dtype=numpy.float64), 5, 3.0)
+            assert isinstance(result["x"], numpy.ndarray)
+            numpy.testing.assert_array_equal(result["x"], [0.0, 3.0, 6.0, 9.0, 12.0])
+            assert not ac._core.pending
+
+    run(main)
+
+
+def test_errors_are_the_clients_types(pool: Pool) -> None:
+    async def main() -> None:
+        async with pool.async_client(timeout=30) as ac:
+            with pytest.raises(UnknownMethod) as info:
+                await ac.call("demo", "no_such_function")
+            assert info.value.details["service"] == "demo"
+            with pytest.raises(UnknownService):
+                await ac.call("no_such_service", "add", 1, 2)
+            with pytest.raises(ArgumentError, match="argument 2"):
+                ac.submit("demo", "add", 1, object())  # refused at once: nothing is sent
+            with pytest.raises(ArgumentError):
+                await ac.call("demo", "scale", [1.0], 1_000_000, 2.0)  # refused by the worker
+            with pytest.raises(ValueError, match="method name"):
+                ac.submit("demo", "")
+            with pytest.raises(TypeError, match="timeout"):
+                ac.submit("demo", "add", 1, 2, timeout="soon")  # type: ignore[arg-type]
+            items: list[Any] = [(1, 2), "not a tuple", (3, object()), (4, 5)]
+            got = [r async for r in ac.map("demo", "add", items, chunksize=2, return_exceptions=True)]
+            assert got[0] == 3 and got[3] == 9
+            assert isinstance(got[1], ArgumentError) and "AsyncClient.map needs a tuple" in str(got[1])
+            assert isinstance(got[2], ArgumentError)
+            seen = []
+            with pytest.raises(ArgumentError):
+                async for r in ac.map("demo", "add", items):
+                    seen.append(r)
+            assert seen == [3]
+            assert await ac.call("demo", "add", 1, 1) == 2
+            assert not ac._core.pending
+
+    run(main)
+    with pool.client(timeout=30) as client, pytest.raises(UnknownMethod):  # the same type from the Client
+        client.call("demo", "no_such_function")
+
+
+def test_a_thousand_concurrent_tasks_on_one_client_each_get_their_own_answer(pool: Pool) -> None:
+    async def main() -> None:
+        async with pool.async_client(timeout=60) as ac:
+            tasks = [asyncio.create_task(ac.call("demo", "add", i, 1000 * i)) for i in range(1000)]
+            assert await asyncio.gather(*tasks) == [1001 * i for i in range(1000)]
+            assert not ac._core.pending
+            assert ac.stats["late_replies"] == 0
+
+    run(main)
+
+
+def test_cancelling_the_task_cancels_its_call_at_the_broker(one: Pool) -> None:
+    async def main() -> None:
+        async with one.async_client(timeout=60) as ac:
+            assert await ac.call("s", "count_calls") == 1
+            stats = one.stats()
+            busy = ac.submit("s", "sleep_ms", 1000)
+            await until(lambda: sleeping(one), "the worker to run the sleep")
+            queued = asyncio.create_task(ac.call("s", "count_calls"))
+            await until(lambda: one.stats()["requests"] == stats["requests"] + 2, "the broker to queue the call")
+            queued.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await queued
+            await until(lambda: one.stats()["dropped_unrun"] == stats["dropped_unrun"] + 1, "the broker to drop it")
+            assert [call.handle for call in ac._core.pending.values()] == [busy], "the cancelled call is pending"
+            assert ac.stats["cancels_sent"] == 1
+            assert await busy is None
+            assert await ac.call("s", "count_calls") == 2, "the cancelled call ran after all"
+
+            # A running call cannot be stopped: its answer is discarded, and the next call runs once it ends.
+            running = asyncio.create_task(ac.call("s", "sleep_ms", 300))
+            await until(lambda: sleeping(one), "the worker to run the sleep")
+            running.cancel()
+            assert await ac.call("s", "add", 2, 2) == 4
+            assert one.stats()["discarded_replies"] == stats["discarded_replies"] + 1
+            assert not ac._core.pending
+
+    run(main)
+
+
+def test_a_cancelled_call_releases_its_shared_memory(one: Pool) -> None:
+    async def main() -> None:
+        async with one.async_client(timeout=60, shared_memory_min=SHARE_MIN) as ac:
+            assert not segments()
+            values = numpy.arange(SHARE_MIN // 8 * 2, dtype=numpy.float64)
+            result = await ac.call("s", "scale", values, len(values), 2.0)
+            numpy.testing.assert_array_equal(result["x"], values * 2)
+            assert not segments()
+            busy = ac.submit("s", "sleep_ms", 500)
+            await until(lambda: sleeping(one), "the worker to run the sleep")
+            queued = ac.submit("s", "scale", values, len(values), 2.0)
+            assert segments(), "the array did not go through shared memory"
+            queued.cancel()
+            await asyncio.sleep(0)  # the Future's done-callbacks run on the loop's next turn
+            assert not segments()
+            await busy
+
+    run(main)
+
+
+def test_timeouts_are_the_brokers_answer(pool: Pool) -> None:
+    async def main() -> None:
+        async with pool.async_client(timeout=0.2) as ac:
+            with pytest.raises(Timeout) as info:
+                await ac.call("demo", "sleep_ms", 2000)
+            assert 0 < info.value.details["timeout"] <= 0.2
+            assert await ac.call("demo", "sleep_ms", 1, timeout=None) is None
+            got = [r async for r in ac.map("demo", "sleep_ms", [(500,)] * 4, timeout=0.1, return_exceptions=True)]
+            assert len(got) == 4 and all(isinstance(r, Timeout) for r in got)
+            assert ac.stats["timeouts"] == 0, "the client's backstop answered, not the broker"
+
+    run(main)
+
+
+def test_close_fails_the_pending_calls_and_the_broker_drops_the_queued_ones(one: Pool) -> None:
+    async def main() -> None:
+        ac = one.async_client(timeout=60)
+        assert await ac.call("s", "add", 1, 1) == 2
+        dropped = one.stats()["dropped_unrun"]
+        requests = one.stats()["requests"]
+        pending = [ac.submit("s", "sleep_ms", 2000)] + [ac.submit("s", "add", i, i) for i in range(5)]
+        await until(lambda: one.stats()["requests"] == requests + 6, "the broker to take the calls")
+        await until(lambda: sleeping(one), "the worker to run the sleep")
+        await ac.close()
+        assert sleeping(one), "close() waited for the running call"
+        for future in pending:
+            with pytest.raises(BrokerUnavailable, match="client closed"):
+                await future
+        await until(lambda: one.stats()["dropped_unrun"] == dropped + 5, "the broker to drop the queued calls")
+        with pytest.raises(BrokerUnavailable, match="closed"):
+            await ac.call("s", "add", 1, 1)
+        await ac.close()  # idempotent
+
+    run(main)
+
+
+def test_a_broker_that_goes_away_gives_broker_unavailable(tmp_path: Path) -> None:
+    brokers = Brokers(tmp_path)
+    process = brokers.start()
+
+    async def main() -> None:
+        # A 30 s liveness window: the failure must come from the dropped connection, not from silence.
+        async with AsyncClient(brokers.address, timeout=60, heartbeat_liveness=30) as ac:
+            assert await ac.call("s", "add", 1, 2) == 3
+            pending = ac.submit("s", "sleep_ms", 20_000)
+            await until(lambda: any(in_nanosleep(pid) for pid in children_of(process.pid)), "the call to run")
+            process.kill()
+            with pytest.raises(BrokerUnavailable, match="may or may not have run") as info:
+                await pending
+            assert info.value.details["service"] == "s"
+        async with AsyncClient(f"ipc://{tmp_path}/nobody", heartbeat_interval=0.1) as ac:
+            with pytest.raises(BrokerUnavailable, match="nothing answers"):
+                await ac.call("s", "add", 1, 2)
+
+    try:
+        run(main)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        process.wait(timeout=30)
+
+
+def test_an_async_client_needs_a_running_loop() -> None:
+    with pytest.raises(RuntimeError, match="running event loop"):
+        AsyncClient("ipc:///nowhere")
