@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -30,7 +33,7 @@ from client import (
 )
 from client import shm as client_shm
 
-from .conftest import demo_service, in_nanosleep
+from .conftest import ROOT, demo_service, in_nanosleep
 from .test_cli import children_of
 from .test_client_paths import Brokers
 
@@ -253,3 +256,11 @@ def test_a_broker_that_goes_away_gives_broker_unavailable(tmp_path: Path) -> Non
 def test_an_async_client_needs_a_running_loop() -> None:
     with pytest.raises(RuntimeError, match="running event loop"):
         AsyncClient("ipc:///nowhere")
+
+
+def test_the_readmes_asyncio_example_prints_what_it_says(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    example = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "async_client" in block)
+    result = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["5 9", "999000", "99990000"]
