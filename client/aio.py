@@ -203,15 +203,18 @@ class AsyncClient:
 
     def _send(self, call: Call) -> asyncio.Future[Any]:
         """Take ``call`` into the core and send it now if the connection allows; its Future."""
-        if self._closed:
+        if self._closed or asyncio.get_running_loop() is not self._loop:
             if call.shm is not None:
                 call.shm.release()
+            if not self._closed:
+                raise RuntimeError("an AsyncClient is used only from the event loop it was made in")
             raise BrokerUnavailable("client is closed", address=self.address, service=call.service, method=call.method)
         future: asyncio.Future[Any] = self._loop.create_future()
         call.handle = future
         future.add_done_callback(lambda _: self._ended(call))
         self._core.add(call)
         self._flush()
+        self._catch_up()
         return future
 
     def _ended(self, call: Call) -> None:
@@ -220,8 +223,9 @@ class AsyncClient:
             call.shm.release()
         if call.handle.cancelled():
             cancel = self._core.cancel(call.corr)
-            if cancel is not None and not self._dealer.closed:
+            if cancel is not None and not self._closed:
                 transport.try_send(self._dealer, cancel)
+                self._catch_up()
 
     def _settle(self, outcome: Outcome) -> None:
         call = outcome.call
@@ -309,6 +313,13 @@ class AsyncClient:
             outcome = core.received(msg, time.monotonic())
             if outcome is not None:
                 self._answered(outcome)
+
+    def _catch_up(self) -> None:
+        """Read what arrived, after a send outside the loop task: libzmq signals arrivals on an edge-triggered
+        descriptor, and a send may take the signal of an answer that came meanwhile, which the loop task's
+        poll would then not see."""
+        while int(self._dealer.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            self._drain()
 
     def _flush(self) -> None:
         """Hand queued calls to the socket until it is full (or there is no connection)."""
