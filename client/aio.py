@@ -15,7 +15,8 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections import Counter
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
 from typing import Any
 
 import zmq
@@ -38,7 +39,17 @@ from .calls import (
     new_call,
     share_from,
 )
-from .connection import _CONNECTED, _HANDSHAKE_FAILED, _MONITOR_EVENTS, _ZAP_DENIED, _close_watched, _send_backlog
+from .connection import (
+    _BULK_NOTE,
+    _CONNECTED,
+    _HANDSHAKE_FAILED,
+    _MONITOR_EVENTS,
+    _ZAP_DENIED,
+    BULK_MIN,
+    _close_watched,
+    _send_backlog,
+    _size,
+)
 from .core import Call, ClientCore, Outcome, Tick, unavailable
 from .keys import CurveKeys
 from .proxy import ServiceProxy
@@ -72,9 +83,9 @@ class AsyncClient:
       queued (a running call cannot be stopped; its answer is discarded),
       and its shared-memory segments are released at once.
     * :meth:`map` is an async generator: ``async for r in ac.map(...)``.
-    * One DEALER per AsyncClient, with no connection shared between
-      AsyncClients and no separate socket for big requests: a request of
-      many MiB delays the heartbeats behind it on the wire.
+    * Its sockets are its own (one DEALER, and one more for requests over
+      1 MiB opened on the first, as Client has), driven by a task of the
+      event loop: no thread, and no connection shared between clients.
     """
 
     def __init__(
@@ -98,13 +109,18 @@ class AsyncClient:
         self._ctx = context if context is not None else zmq.Context.instance()
         self._share_min = share_from(address, shared_memory_min)
         """Bytes from which arrays go through shared memory; 0: never."""
-        self._core = ClientCore(address, float(heartbeat_interval), heartbeat_liveness, time.monotonic())
+        now = time.monotonic()
+        self._core = ClientCore(address, float(heartbeat_interval), heartbeat_liveness, now)
+        """The main DEALER's: its calls, and the broker's liveness."""
+        self._bulk_core = ClientCore(address, float(heartbeat_interval), heartbeat_liveness, now, watch_broker=False)
+        """For requests of more than BULK_MIN bytes, on a DEALER opened on the first (as with Client)."""
         self._corr_ids = itertools.count(1)
         self._closed = False
         self._pollout = 0
-        """The DEALER is polled for POLLOUT too: the core has requests the socket had no room for."""
-        self._dealer, self._monitor = self._open()
-        self._poller, self._waits = self._watch()
+        """The main DEALER is polled for POLLOUT too: its core has requests the socket had no room for."""
+        self._main = self._open(self._core)
+        self._bulk: _Line | None = None
+        self._poller = self._watch()
         self._task = self._loop.create_task(self._run(), name=f"dllpool-async-client {address}")
 
     # --- the caller's side ----------------------------------------------------------
@@ -186,8 +202,11 @@ class AsyncClient:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters (late replies, backstop timeouts, cancels sent, malformed messages, reconnects)."""
-        return dict(self._core.stats)
+        """Counters (late replies, backstop timeouts, cancels sent, malformed messages, reconnects), summed
+        over its sockets."""
+        total = Counter(self._core.stats)
+        total.update(self._bulk_core.stats)  # update(), unlike +, keeps the zeros
+        return dict(total)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -196,13 +215,13 @@ class AsyncClient:
         await self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self._core.pending)} pending"
+        state = "closed" if self._closed else f"{len(self._core.pending) + len(self._bulk_core.pending)} pending"
         return f"<AsyncClient {self.address} {state}>"
 
     # --- calls ------------------------------------------------------------------------
 
     def _send(self, call: Call) -> asyncio.Future[Any]:
-        """Take ``call`` into the core and send it now if the connection allows; its Future."""
+        """Take ``call`` into its core and send it now if the connection allows; its Future."""
         if self._closed or asyncio.get_running_loop() is not self._loop:
             if call.shm is not None:
                 call.shm.release()
@@ -212,20 +231,28 @@ class AsyncClient:
         future: asyncio.Future[Any] = self._loop.create_future()
         call.handle = future
         future.add_done_callback(lambda _: self._ended(call))
-        self._core.add(call)
+        self._core_for(call).add(call)
         self._flush()
         self._catch_up()
         return future
+
+    def _core_for(self, call: Call) -> ClientCore:
+        """Requests with more than BULK_MIN bytes of arguments go on a socket of their own, as with Client."""
+        return self._bulk_core if _size(call) > BULK_MIN else self._core
 
     def _ended(self, call: Call) -> None:
         """Whichever way a call ended: its segments go; a cancelled one is dropped by the broker (CANCEL)."""
         if call.shm is not None:
             call.shm.release()
-        if call.handle.cancelled():
-            cancel = self._core.cancel(call.corr)
-            if cancel is not None and not self._closed:
-                transport.try_send(self._dealer, cancel)
-                self._catch_up()
+        if not call.handle.cancelled():
+            return
+        for core, line in ((self._core, self._main), (self._bulk_core, self._bulk)):
+            if call.corr in core.pending:
+                cancel = core.cancel(call.corr)
+                if cancel is not None and line is not None and not self._closed:
+                    transport.try_send(line.sock, cancel)
+                    self._catch_up()
+                return
 
     def _settle(self, outcome: Outcome) -> None:
         call = outcome.call
@@ -234,6 +261,10 @@ class AsyncClient:
                 call.handle.set_result(outcome.result)
             else:
                 call.handle.set_exception(outcome.error)
+
+    def _settle_all(self, ended: list[Outcome]) -> None:
+        for outcome in ended:
+            self._settle(outcome)
 
     def _answered(self, outcome: Outcome) -> None:
         """An answer: settle its Future, or send the call again with frames if its worker could not open its
@@ -245,7 +276,7 @@ class AsyncClient:
             )
             call.payload, call.shm, call.sent = segments.frames(), None, False
             segments.release()
-            self._core.add(call)
+            self._core_for(call).add(call)
             self._flush()
         else:
             self._settle(outcome)
@@ -288,28 +319,35 @@ class AsyncClient:
             self._shut(reason)
 
     async def _serve(self) -> None:
-        core = self._core
+        core, bulk_core = self._core, self._bulk_core
         while True:
             wait = _MAX_WAIT
-            deadline = core.next_deadline()
-            if deadline is not None:
-                wait = min(wait, deadline - time.monotonic())
-            dealer_wait, monitor_wait = self._waits
-            want_out = core.has_backlog and core.connected
-            if want_out != bool(self._pollout):
-                self._pollout = zmq.POLLOUT if want_out else 0
-                self._poller.modify(dealer_wait, zmq.POLLIN | self._pollout)
+            for deadline in (core.next_deadline(), bulk_core.next_deadline()):
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+            main = self._main
+            want_out = zmq.POLLOUT if core.has_backlog and core.connected else 0
+            if want_out != self._pollout:
+                self._pollout = want_out
+                self._poller.modify(main.waits[0], zmq.POLLIN | want_out)
             events = dict(await self._poller.poll(max(0, math.ceil(wait * 1000))))
-            if events.get(dealer_wait, 0) & zmq.POLLIN:
-                self._drain()
-            if monitor_wait in events:
+            if events.get(main.waits[0], 0) & zmq.POLLIN:
+                self._drain(main)
+            if main.waits[1] in events:
                 self._drain_monitor()
+            bulk = self._bulk  # the main monitor may have closed it
+            if bulk is not None and bulk.waits[0] in events:
+                self._drain(bulk)
+            if bulk is not None and bulk.waits[1] in events:
+                self._drain_bulk_monitor()
             self._flush()
-            self._apply(core.tick(time.monotonic()))
+            now = time.monotonic()
+            self._apply(core.tick(now), self._main)
+            self._apply(bulk_core.tick(now), self._bulk)
 
-    def _drain(self) -> None:
-        core = self._core
-        for msg in transport.drain(self._dealer, _BATCH, copied=2):
+    def _drain(self, line: _Line) -> None:
+        core = line.core
+        for msg in transport.drain(line.sock, _BATCH, copied=2):
             outcome = core.received(msg, time.monotonic())
             if outcome is not None:
                 self._answered(outcome)
@@ -318,39 +356,49 @@ class AsyncClient:
         """Read what arrived, after a send outside the loop task: libzmq signals arrivals on an edge-triggered
         descriptor, and a send may take the signal of an answer that came meanwhile, which the loop task's
         poll would then not see."""
-        while int(self._dealer.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-            self._drain()
+        for line in (self._main, self._bulk):
+            while line is not None and int(line.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                self._drain(line)
 
     def _flush(self) -> None:
-        """Hand queued calls to the socket until it is full (or there is no connection)."""
-        _send_backlog(self._core, self._dealer, time.monotonic())
+        """Hand queued calls to the sockets until they are full (or there is no connection)."""
+        now = time.monotonic()
+        _send_backlog(self._core, self._main.sock, now)
+        if self._bulk_core.has_backlog and self._core.connected:
+            if self._bulk is None:
+                self._open_bulk(now)
+            if self._bulk is not None:
+                _send_backlog(self._bulk_core, self._bulk.sock, now)
 
-    def _apply(self, tick: Tick) -> None:
-        for frames in tick.sends:
-            transport.try_send(self._dealer, frames)
-        for outcome in tick.ended:
-            self._settle(outcome)
+    def _apply(self, tick: Tick, line: _Line | None) -> None:
+        if line is not None:
+            for frames in tick.sends:
+                transport.try_send(line.sock, frames)
+        self._settle_all(tick.ended)
         if tick.reopen:
             self._reopen()
 
     def _drain_monitor(self) -> None:
         core = self._core
-        while True:
-            try:
-                event = parse_monitor_message(self._monitor.recv_multipart(zmq.NOBLOCK))
-            except zmq.Again:
-                return
-            kind, value = event["event"], event["value"]
+        for kind, value in _events(self._main.monitor):
             if kind == _CONNECTED:
                 core.connection_made(time.monotonic())
                 self._flush()
             elif kind == zmq.EVENT_DISCONNECTED:
                 if core.connected:
-                    self._drain()  # answers that arrived before the drop still count
-                    self._apply(Tick([], core.connection_lost(time.monotonic()), True))
+                    self._drain(self._main)  # answers that arrived before the drop still count
+                    self._apply(Tick([], core.connection_lost(time.monotonic()), True), None)
                     return  # that monitor is closed now
             elif kind in _HANDSHAKE_FAILED:
                 self._handshake_failed(_HANDSHAKE_FAILED[kind], value)
+
+    def _drain_bulk_monitor(self) -> None:
+        assert self._bulk is not None
+        for kind, _ in _events(self._bulk.monitor):
+            if kind == zmq.EVENT_DISCONNECTED or kind in _HANDSHAKE_FAILED:
+                self._drain(self._bulk)  # answers that arrived before the drop still count
+                self._close_bulk(_BULK_NOTE)  # the next big request opens a fresh one
+                return
 
     def _handshake_failed(self, name: str, value: int) -> None:
         """Name the problem; a refusal (unlike a dropped connection) fails waiting calls at once."""
@@ -363,23 +411,25 @@ class AsyncClient:
             if self._curve is not None:
                 problem += "; is curve.server_public the broker's public key?"
         refused = name.endswith("PROTOCOL") or (name.endswith("AUTH") and value == _ZAP_DENIED)
-        self._core.handshake_failed(f"the connection handshake failed ({problem})", refused)
+        for core in (self._core, self._bulk_core):  # big calls wait for the same connection
+            core.handshake_failed(f"the connection handshake failed ({problem})", refused)
 
     def _shut(self, reason: str) -> None:
         """The end: fail what is pending (CANCEL for what the broker may hold), say DISCONNECT, close."""
-        core, sock = self._core, self._dealer
-        for call in list(core.pending.values()):
-            cancel = core.cancel(call.corr)
-            if cancel is not None:
-                transport.try_send(sock, cancel)
-            self._settle(Outcome(call, error=unavailable(self.address, reason, call)))
-        if core.connected and transport.try_send(sock, wire.client_disconnect()):
-            sock.linger = _LINGER
-        self._close_sockets()
+        for core, line in ((self._core, self._main), (self._bulk_core, self._bulk)):
+            for call in list(core.pending.values()):
+                cancel = core.cancel(call.corr)
+                if cancel is not None and line is not None:
+                    transport.try_send(line.sock, cancel)
+                self._settle(Outcome(call, error=unavailable(self.address, reason, call)))
+            if line is not None:
+                if core.connected and transport.try_send(line.sock, wire.client_disconnect()):
+                    line.sock.linger = _LINGER
+                line.close()
 
     # --- sockets --------------------------------------------------------------------
 
-    def _open(self) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
+    def _open(self, core: ClientCore) -> _Line:
         """A fresh DEALER (fresh routing ID, empty queues) and its monitor; requests go out on it only once
         the monitor reports a completed handshake (see :meth:`client.connection.Connection._open_dealer`)."""
         try:
@@ -403,22 +453,67 @@ class AsyncClient:
         except BaseException:
             _close_watched(dealer, monitor)
             raise
-        return dealer, monitor
+        return _Line(dealer, monitor, core)
 
-    def _watch(self) -> tuple[zmq.asyncio.Poller, tuple[zmq.asyncio.Socket, zmq.asyncio.Socket]]:
-        """A poller of the event loop over the DEALER and its monitor (asyncio shadows of the sockets)."""
-        waits = (zmq.asyncio.Socket.from_socket(self._dealer), zmq.asyncio.Socket.from_socket(self._monitor))
+    def _watch(self) -> zmq.asyncio.Poller:
+        """A poller of the event loop over the sockets and their monitors."""
         poller = zmq.asyncio.Poller()
-        for each in waits:
-            poller.register(each, zmq.POLLIN)
+        for line in (self._main, self._bulk):
+            if line is not None:
+                for each in line.waits:
+                    poller.register(each, zmq.POLLIN)
         self._pollout = 0
-        return poller, waits
+        return poller
 
     def _reopen(self) -> None:
-        """A fresh DEALER after a lost or silent connection."""
-        self._close_sockets()
-        self._dealer, self._monitor = self._open()
-        self._poller, self._waits = self._watch()
+        """A fresh DEALER after a lost or silent connection; the calls on the bulk socket fail."""
+        self._close_bulk()
+        self._main.close()
+        self._main = self._open(self._core)
+        self._poller = self._watch()
 
-    def _close_sockets(self) -> None:
-        _close_watched(self._dealer, self._monitor)
+    def _open_bulk(self, now: float) -> None:
+        try:
+            self._bulk = self._open(self._bulk_core)
+        except DllPoolError as exc:  # out of sockets, say: fail the big calls, serve the others
+            self._settle_all(
+                self._bulk_core.close(f"cannot open a socket for a request over {BULK_MIN >> 20} MiB: {exc}")
+            )
+            return
+        self._poller = self._watch()
+        self._bulk_core.connection_made(now)  # the main socket's handshake succeeded: requests may queue here
+
+    def _close_bulk(self, note: str = "") -> None:
+        """Close the bulk socket (dropped, or the main connection was lost); the calls it carried fail."""
+        if self._bulk is None:
+            return
+        self._bulk.close()
+        self._bulk = None
+        self._poller = self._watch()
+        self._settle_all(self._bulk_core.connection_lost(time.monotonic(), note))
+
+
+class _Line:
+    """One DEALER toward the broker, its monitor, the core of its calls, and the event loop's shadows of both
+    sockets to poll."""
+
+    __slots__ = ("core", "monitor", "sock", "waits")
+
+    def __init__(self, sock: zmq.Socket[Any], monitor: zmq.Socket[Any], core: ClientCore) -> None:
+        self.sock = sock
+        self.monitor = monitor
+        self.core = core
+        self.waits = (zmq.asyncio.Socket.from_socket(sock), zmq.asyncio.Socket.from_socket(monitor))
+
+    def close(self) -> None:
+        _close_watched(self.sock, self.monitor)
+
+
+def _events(monitor: zmq.Socket[Any]) -> Iterator[tuple[int, int]]:
+    """The (event, value) pairs waiting on a socket monitor."""
+    while True:
+        try:
+            event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+        except zmq.Again:
+            return
+        yield event["event"], event["value"]

@@ -264,3 +264,21 @@ def test_the_readmes_asyncio_example_prints_what_it_says(tmp_path: Path) -> None
     result = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["5 9", "999000", "99990000"]
+
+
+def test_a_request_over_the_brokers_message_limit_fails_alone() -> None:
+    """Big requests go on a socket of their own, as with Client: the broker dropping that connection over a
+    message above its max_message_size fails that call (saying why), not the others."""
+    config = {"pool": {"max_message_size": 1 << 20}, "services": {"s": demo_service(workers=1)}}
+
+    async def main(pool: Pool) -> None:
+        async with pool.async_client() as ac:
+            small = ac.submit("s", "sleep_ms", 300)
+            await until(lambda: sleeping(pool), "the worker to run the sleep")
+            with pytest.raises(BrokerUnavailable, match="bigger than its max_message_size"):
+                await ac.call("s", "add", b"x" * (2 << 20), 1)
+            assert await small is None
+            assert await ac.call("s", "add", 2, 3, timeout=30) == 5
+
+    with Pool.from_config(config) as pool:
+        asyncio.run(asyncio.wait_for(main(pool), 120))
