@@ -30,6 +30,7 @@ from protocol.errors import BrokerUnavailable, DllPoolError
 from . import shm
 from .calls import (
     UNSET,
+    FramesOnly,
     MapWindow,
     Unset,
     check_chunksize,
@@ -115,6 +116,7 @@ class AsyncClient:
         self._bulk_core = ClientCore(address, float(heartbeat_interval), heartbeat_liveness, now, watch_broker=False)
         """For requests of more than BULK_MIN bytes, on a DEALER opened on the first (as with Client)."""
         self._corr_ids = itertools.count(1)
+        self._frames_only = FramesOnly()
         self._closed = False
         self._pollout = 0
         """The main DEALER is polled for POLLOUT too: its core has requests the socket had no room for."""
@@ -145,7 +147,8 @@ class AsyncClient:
         ArgumentError here, at once. Cancelling the Future cancels the call.
         """
         seconds = self.timeout if timeout is UNSET else check_timeout(timeout)
-        call = new_call(self._corr_ids, service, method, args, kwargs, seconds, self._share_min)
+        share = self._share_min if self._frames_only.shares_with(service) else 0
+        call = new_call(self._corr_ids, service, method, args, kwargs, seconds, share)
         return self._send(call)
 
     def map(
@@ -269,13 +272,8 @@ class AsyncClient:
     def _answered(self, outcome: Outcome) -> None:
         """An answer: settle its Future, or send the call again with frames if its worker could not open its
         shared memory (a worker on another host)."""
-        call, segments = outcome.call, outcome.call.shm
-        if segments is not None and shm.wants_frames(outcome.error) and not call.handle.done():
-            log.info(
-                "a worker of %r could not open a shared-memory segment; sending it again with frames", call.service
-            )
-            call.payload, call.shm, call.sent = segments.frames(), None, False
-            segments.release()
+        call = outcome.call
+        if not call.handle.done() and self._frames_only.with_frames(call, outcome.error):
             self._core_for(call).add(call)
             self._flush()
         else:

@@ -6,6 +6,7 @@ map into batches and its answers back into items.
 from __future__ import annotations
 
 import enum
+import logging
 import math
 import time
 from collections import deque
@@ -24,7 +25,10 @@ from .core import Call, remote_error
 from .handles import pin_of
 from .keys import CurveKeys
 
+log = logging.getLogger(__name__)
+
 __all__ = [
+    "FramesOnly",
     "MAP_CHUNKSIZE",
     "MAP_WINDOW",
     "UNSET",
@@ -315,3 +319,44 @@ class MapWindow:
             if chunk.handle is not None:
                 chunk.handle.cancel()
         self._chunks.clear()
+
+
+class FramesOnly:
+    """Services whose worker could not open a shared-memory segment (one on another host): their calls go
+    with frames for a while, rather than each cost a second round trip."""
+
+    __slots__ = ("_until", "seconds")
+
+    def __init__(self, seconds: float = 60.0) -> None:
+        self.seconds = seconds
+        self._until: dict[str, float] = {}
+
+    def shares_with(self, service: str) -> bool:
+        """Whether calls to ``service`` may use shared memory now."""
+        until = self._until.get(service)
+        if until is None:
+            return True
+        if time.monotonic() < until:
+            return False
+        self._until.pop(service, None)
+        return True
+
+    def with_frames(self, call: Call, error: BaseException | None) -> bool:
+        """Turn a call whose worker could not open its shared memory into one with frames, to send again;
+        False for any other ending."""
+        segments = call.shm
+        if segments is None or not shm.wants_frames(error):
+            return False
+        log.info(
+            "a worker of %r could not open a shared-memory segment (%s); sending %s.%s again with frames",
+            call.service,
+            error,
+            call.service,
+            call.method,
+        )
+        self._until[call.service] = time.monotonic() + self.seconds
+        call.payload = segments.frames()
+        call.shm = None
+        call.sent = False
+        segments.release()
+        return True

@@ -36,6 +36,7 @@ from client import shm as client_shm
 from .conftest import ROOT, demo_service, in_nanosleep
 from .test_cli import children_of
 from .test_client_paths import Brokers
+from .test_shm import arrays_service
 
 SHARE_MIN = 64 * 1024
 """shared_memory_min of the clients that test shared memory: small, so the arrays stay cheap."""
@@ -65,12 +66,12 @@ def sleeping(pool: Pool) -> bool:
 
 @pytest.fixture(scope="module")
 def one() -> Iterator[Pool]:
-    """Service ``s``: one worker, so a call queues behind the one running."""
+    """Service ``s``: one worker, so a call queues behind the one running; ``a``: test_shm's wrapper."""
     service = demo_service(workers=1)
     functions = service["functions"]
     assert isinstance(functions, dict)
     functions["scale"] = {"c": "void scale(double *x, int n, double k)", "params": {"x": "inout[n]"}}
-    with Pool.from_config({"services": {"s": service}}) as pool:
+    with Pool.from_config({"services": {"s": service, "a": arrays_service()}}) as pool:
         yield pool
 
 
@@ -189,6 +190,34 @@ def test_a_cancelled_call_releases_its_shared_memory(one: Pool) -> None:
             await busy
 
     run(main)
+
+
+def test_a_call_whose_worker_cannot_open_its_shared_memory_goes_again_with_frames(
+    one: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As if the worker were on another host: it answers SharedMemoryError, the call goes again with frames,
+    and for a while that service's calls go with frames at once."""
+    made: list[str] = []
+    write = client_shm._write_segment
+
+    def written_then_gone(data: memoryview) -> Any:
+        name, mapping = write(data)
+        made.append(name)
+        os.unlink(os.path.join(client_shm.SHM_DIR, name))
+        return name, mapping
+
+    monkeypatch.setattr(client_shm, "_write_segment", written_then_gone)
+    values = numpy.arange(SHARE_MIN // 8 * 2, dtype=numpy.float64)
+
+    async def main() -> None:
+        async with one.async_client(timeout=30, shared_memory_min=SHARE_MIN) as ac:
+            numpy.testing.assert_array_equal(await ac.call("a", "scale", values, 3.0), values * 3.0)
+            assert len(made) == 1
+            numpy.testing.assert_array_equal(await ac.call("a", "scale", values, 2.0), values * 2.0)
+            assert len(made) == 1, "a call after the fallback tried shared memory again"
+
+    run(main)
+    assert not segments()
 
 
 def test_timeouts_are_the_brokers_answer(pool: Pool) -> None:
