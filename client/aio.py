@@ -11,12 +11,13 @@ the loop task only reads answers, watches the connection and keeps time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import math
 import time
-from collections import Counter
-from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
+from collections import Counter, deque
+from collections.abc import AsyncGenerator, Generator, Iterable, Iterator, Mapping
 from typing import Any
 
 import zmq
@@ -25,7 +26,8 @@ from zmq.utils.monitor import parse_monitor_message
 
 from protocol import frames as wire
 from protocol import transport
-from protocol.errors import BrokerUnavailable, DllPoolError
+from protocol.codec import HandleRef
+from protocol.errors import BrokerUnavailable, CallError, DllPoolError, WorkerCrashed
 
 from . import shm
 from .calls import (
@@ -37,6 +39,7 @@ from .calls import (
     check_name,
     check_settings,
     check_timeout,
+    drop_calls,
     new_call,
     share_from,
 )
@@ -52,12 +55,13 @@ from .connection import (
     _size,
 )
 from .core import Call, ClientCore, Outcome, Tick, unavailable
+from .handles import Handle
 from .keys import CurveKeys
 from .proxy import ServiceProxy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AsyncClient"]
+__all__ = ["AsyncClient", "AsyncSession"]
 
 _HWM = 100_000
 """Messages queued toward the broker before the socket counts as full (the core then holds the rest)."""
@@ -115,6 +119,9 @@ class AsyncClient:
         """The main DEALER's: its calls, and the broker's liveness."""
         self._bulk_core = ClientCore(address, float(heartbeat_interval), heartbeat_liveness, now, watch_broker=False)
         """For requests of more than BULK_MIN bytes, on a DEALER opened on the first (as with Client)."""
+        self._core.handles = self._bulk_core.handles = self._handle
+        self._drops: deque[tuple[str, int, int]] = deque()
+        """Handles their callers let go of: (service, worker pid, id), for ``$drop`` calls."""
         self._corr_ids = itertools.count(1)
         self._frames_only = FramesOnly()
         self._closed = False
@@ -146,10 +153,7 @@ class AsyncClient:
         Bad names raise ValueError, and arguments that cannot be sent raise
         ArgumentError here, at once. Cancelling the Future cancels the call.
         """
-        seconds = self.timeout if timeout is UNSET else check_timeout(timeout)
-        share = self._share_min if self._frames_only.shares_with(service) else 0
-        call = new_call(self._corr_ids, service, method, args, kwargs, seconds, share)
-        return self._send(call)
+        return self._pinned(service, method, args, kwargs, timeout, None)
 
     def map(
         self,
@@ -188,6 +192,36 @@ class AsyncClient:
         methods return coroutines, and their ``submit`` Futures, as this client's do)."""
         check_name(name, "service")
         return ServiceProxy(self, name)
+
+    def session(self, service: str, /, *, timeout: float | Unset | None = UNSET) -> AsyncSession:
+        """Lease one worker of ``service`` to this caller alone, as :meth:`Client.session
+        <client.client.Client.session>` does: ``async with ac.session("driver") as s: await s.call("open", 3)``
+        (or ``s = await ac.session("driver")`` and ``await s.close()``). Waits up to ``timeout`` (default:
+        the client's) for a worker with nothing to do; its calls fail with WorkerCrashed if that worker dies.
+        """
+        check_name(service, "service")
+        return AsyncSession(self, service, self.timeout if timeout is UNSET else check_timeout(timeout))
+
+    async def broadcast(
+        self, service: str, method: str, /, *args: Any, timeout: float | Unset | None = UNSET, **kwargs: Any
+    ) -> dict[int, Any]:
+        """Run ``service.method(*args, **kwargs)`` on every worker of ``service``: ``{pid: result}``, a
+        worker's result being the CallError it failed with, if it did (as :meth:`Client.broadcast
+        <client.client.Client.broadcast>`). Cancelled, it cancels the calls still out."""
+        workers = await self.submit(service, wire.WORKERS, timeout=timeout)
+        pids = [int(worker["pid"]) for worker in workers]
+        futures = {pid: self._pinned(service, method, args, kwargs, timeout, pid) for pid in pids}
+        results: dict[int, Any] = {}
+        try:
+            for pid, future in futures.items():
+                try:
+                    results[pid] = await future
+                except CallError as exc:
+                    results[pid] = exc
+        finally:
+            for future in futures.values():
+                future.cancel()
+        return results
 
     async def close(self) -> None:
         """Fail the pending calls with BrokerUnavailable and have the broker drop them (CANCEL); say
@@ -238,6 +272,36 @@ class AsyncClient:
         self._flush()
         self._catch_up()
         return future
+
+    def _pinned(
+        self,
+        service: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | Unset | None,
+        pin: int | None,
+    ) -> asyncio.Future[Any]:
+        """Send a call that only worker ``pin`` may run (None: any worker, unless its handles say)."""
+        seconds = self.timeout if timeout is UNSET else check_timeout(timeout)
+        share = self._share_min if self._frames_only.shares_with(service) else 0
+        return self._send(new_call(self._corr_ids, service, method, args, kwargs, seconds, share, pin))
+
+    def _handle(self, service: str, ref: HandleRef) -> Handle:
+        """A handle in an answer: the caller's Handle, which tells its worker to let go when it goes."""
+        return Handle(ref, service, self._drop_handle)
+
+    def _drop_handle(self, service: str, pid: int, handle_id: int) -> None:
+        """A Handle's finalizer (on any thread): its worker may let go of it (sent on the loop task's next round)."""
+        if not self._closed:
+            self._drops.append((service, pid, handle_id))
+
+    def _send_drops(self) -> None:
+        """The ``$drop`` calls for the Handles let go of (a finalizer may run on any thread: it only appends);
+        nobody waits for their answers."""
+        for call in drop_calls(self._corr_ids, self._drops):
+            call.handle = _unawaited(self._loop.create_future())
+            self._core.add(call)
 
     def _core_for(self, call: Call) -> ClientCore:
         """Requests with more than BULK_MIN bytes of arguments go on a socket of their own, as with Client."""
@@ -329,6 +393,8 @@ class AsyncClient:
                 self._pollout = want_out
                 self._poller.modify(main.waits[0], zmq.POLLIN | want_out)
             events = dict(await self._poller.poll(max(0, math.ceil(wait * 1000))))
+            if self._drops:
+                self._send_drops()
             if events.get(main.waits[0], 0) & zmq.POLLIN:
                 self._drain(main)
             if main.waits[1] in events:
@@ -507,6 +573,12 @@ class _Line:
         _close_watched(self.sock, self.monitor)
 
 
+def _unawaited(future: asyncio.Future[Any]) -> asyncio.Future[Any]:
+    """A Future nobody awaits: its error is taken, so asyncio does not log it as never retrieved."""
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return future
+
+
 def _events(monitor: zmq.Socket[Any]) -> Iterator[tuple[int, int]]:
     """The (event, value) pairs waiting on a socket monitor."""
     while True:
@@ -515,3 +587,90 @@ def _events(monitor: zmq.Socket[Any]) -> Iterator[tuple[int, int]]:
         except zmq.Again:
             return
         yield event["event"], event["value"]
+
+
+class AsyncSession:
+    """One worker of a service, leased to its caller alone (made by :meth:`AsyncClient.session`), as
+    :class:`~client.client.Session` is for Client: ``call`` (a coroutine), ``submit`` and ``service`` on this
+    worker only, in order; ``pid`` is the worker's once the lease is granted (on ``async with`` or ``await``).
+    """
+
+    def __init__(self, client: AsyncClient, service: str, timeout: float | None) -> None:
+        self._client = client
+        self.service_name = service
+        self._timeout = timeout
+        self.pid: int | None = None
+        self.closed = False
+
+    async def open(self) -> AsyncSession:
+        """Wait for the lease and run the service's session_init; idempotent."""
+        if self.pid is None:
+            lease = self._client._pinned(self.service_name, wire.LEASE, (), {}, self._timeout, None)
+            self.pid = int((await lease)["pid"])
+            try:
+                await self.call(wire.SESSION_INIT)  # the service's session_init, if it declares one
+            except BaseException:
+                self._release()
+                raise
+        return self
+
+    def __await__(self) -> Generator[Any, None, AsyncSession]:
+        return self.open().__await__()
+
+    async def call(self, method: str, /, *args: Any, timeout: float | Unset | None = UNSET, **kwargs: Any) -> Any:
+        """``service.method(*args, **kwargs)`` on the session's worker; WorkerCrashed if it is gone."""
+        return await self.submit(method, *args, timeout=timeout, **kwargs)
+
+    def submit(
+        self, method: str, /, *args: Any, timeout: float | Unset | None = UNSET, **kwargs: Any
+    ) -> asyncio.Future[Any]:
+        """Send ``service.method(*args, **kwargs)`` to the session's worker; calls run in the order sent."""
+        if self.closed or self.pid is None:
+            state = "closed" if self.closed else "not open yet (use async with, or await it)"
+            raise ValueError(f"the session on {self.service_name!r} is {state}")
+        return self._client._pinned(self.service_name, method, args, kwargs, timeout, self.pid)
+
+    def service(self) -> ServiceProxy:
+        """A proxy for attribute-style calls on the session's worker: ``await s.service().read(4)``."""
+        return ServiceProxy(_SessionCalls(self), self.service_name)
+
+    async def close(self) -> None:
+        """Run the service's session_close and end the lease. A session whose worker or broker is gone has
+        nothing left to end."""
+        if self.closed or self.pid is None:
+            self.closed = True
+            return
+        try:
+            with contextlib.suppress(WorkerCrashed, BrokerUnavailable):  # gone: nothing left to close
+                await self.call(wire.SESSION_CLOSE)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """End the lease; nobody waits for the broker's answer (its client going away ends it too)."""
+        self.closed = True
+        if not self._client.closed and self.pid is not None:
+            _unawaited(self._client._pinned(self.service_name, wire.RELEASE, (), {}, UNSET, self.pid))
+
+    async def __aenter__(self) -> AsyncSession:
+        return await self.open()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<AsyncSession {self.service_name!r} worker pid {self.pid}{' closed' if self.closed else ''}>"
+
+
+class _SessionCalls:
+    """What a ServiceProxy needs of a client, for a session."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+        self.address = session._client.address
+
+    def call(self, service: str, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        return self._session.call(method, *args, **kwargs)
+
+    def submit(self, service: str, method: str, /, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        return self._session.submit(method, *args, **kwargs)

@@ -39,6 +39,7 @@ __all__ = [
     "check_name",
     "check_settings",
     "check_timeout",
+    "drop_calls",
     "chunk_outcomes",
     "new_call",
     "next_chunk",
@@ -360,3 +361,17 @@ class FramesOnly:
         call.sent = False
         segments.release()
         return True
+
+
+def drop_calls(corr_ids: Iterator[int], drops: deque[tuple[str, int, int]]) -> list[Call]:
+    """One ``$drop`` call per worker for the Handles let go of (``(service, worker pid, id)`` each, taken
+    from ``drops``)."""
+    by_worker: dict[tuple[str, int], list[int]] = {}
+    while drops:
+        service, pid, handle_id = drops.popleft()
+        by_worker.setdefault((service, pid), []).append(handle_id)
+    now = time.monotonic()
+    return [
+        Call(next(corr_ids), service, wire.DROP_HANDLES, None, pack_call([ids], {}), now, pin=pid)
+        for (service, pid), ids in by_worker.items()
+    ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import re
 import subprocess
@@ -30,8 +31,10 @@ from client import (
     Timeout,
     UnknownMethod,
     UnknownService,
+    WorkerCrashed,
 )
 from client import shm as client_shm
+from client.handles import Handle
 
 from .conftest import ROOT, demo_service, in_nanosleep
 from .test_cli import children_of
@@ -311,3 +314,67 @@ def test_a_request_over_the_brokers_message_limit_fails_alone() -> None:
 
     with Pool.from_config(config) as pool:
         asyncio.run(asyncio.wait_for(main(pool), 120))
+
+
+def test_a_session_keeps_its_worker_and_its_order_while_others_call_and_broadcast_reaches_every_worker(
+    pool: Pool,
+) -> None:
+    async def main() -> None:
+        async with pool.async_client(timeout=30) as ac:
+            async with ac.session("demo") as session:
+                first = await session.call("count_calls")
+                others = asyncio.gather(*(ac.call("demo", "worker_pid") for _ in range(100)))
+                assert [await session.call("count_calls") for _ in range(5)] == list(range(first + 1, first + 6))
+                assert session.pid not in set(await others), "another caller reached the leased worker"
+                assert await session.service().worker_pid() == session.pid
+                counts = await asyncio.gather(*(session.submit("count_calls") for _ in range(20)))
+                assert counts == list(range(first + 6, first + 26)), "a session's calls ran out of order"
+            assert session.closed
+            with pytest.raises(ValueError, match="closed"):
+                session.submit("count_calls")
+            answers = await ac.broadcast("demo", "worker_pid")
+            assert sorted(answers) == sorted(pool.worker_pids("demo"))
+            assert all(pid == answer for pid, answer in answers.items())
+            assert not ac._core.pending
+
+    run(main)
+
+
+def test_a_session_whose_worker_dies_fails_with_worker_crashed(one: Pool) -> None:
+    async def main() -> None:
+        async with one.async_client(timeout=30) as ac:
+            session = await ac.session("s")
+            assert await session.call("add", 1, 2) == 3
+            assert session.pid is not None
+            one.kill_worker(session.pid)
+            with pytest.raises(WorkerCrashed):
+                await session.call("add", 1, 2)
+            await session.close()
+
+    run(main)
+    one.wait_ready()
+
+
+def test_handles_route_to_their_worker_from_many_tasks_and_a_dropped_one_is_closed(pool: Pool) -> None:
+    async def reads(ac: AsyncClient, device_id: int) -> tuple[Handle, list[int]]:
+        device = await ac.call("demo", "device_open", device_id)
+        return device, [await ac.call("demo", "device_read", device) for _ in range(100)]
+
+    async def main() -> None:
+        async with pool.async_client(timeout=30) as ac:
+            results = await asyncio.gather(*(reads(ac, device_id) for device_id in range(1, 9)))
+            for device_id, (device, got) in enumerate(results, 1):
+                assert isinstance(device, Handle) and device.pid in pool.worker_pids("demo")
+                assert got == [device_id * 1000 + n for n in range(1, 101)], f"a read of device {device_id} went astray"
+                await ac.call("demo", "device_close", device)
+            device = await ac.call("demo", "device_open", 3)
+            pid = device.pid
+            before = (await ac.broadcast("demo", "devices_open"))[pid]
+            del device, results
+            gc.collect()
+            deadline = time.monotonic() + 30
+            while (await ac.broadcast("demo", "devices_open"))[pid] != before - 1:
+                assert time.monotonic() < deadline, "the worker never closed the dropped device"
+                await asyncio.sleep(0.02)
+
+    run(main)
