@@ -57,7 +57,7 @@ from .connection import (
 from .core import Call, ClientCore, Outcome, Tick, unavailable
 from .handles import Handle
 from .keys import CurveKeys
-from .proxy import ServiceProxy
+from .proxy import ServiceProxy, SessionCalls
 
 log = logging.getLogger(__name__)
 
@@ -632,7 +632,7 @@ class AsyncSession:
 
     def service(self) -> ServiceProxy:
         """A proxy for attribute-style calls on the session's worker: ``await s.service().read(4)``."""
-        return ServiceProxy(_SessionCalls(self), self.service_name)
+        return ServiceProxy(SessionCalls(self, self._client.address), self.service_name)
 
     async def close(self) -> None:
         """Run the service's session_close and end the lease. A session whose worker or broker is gone has
@@ -660,17 +660,3 @@ class AsyncSession:
 
     def __repr__(self) -> str:
         return f"<AsyncSession {self.service_name!r} worker pid {self.pid}{' closed' if self.closed else ''}>"
-
-
-class _SessionCalls:
-    """What a ServiceProxy needs of a client, for a session."""
-
-    def __init__(self, session: AsyncSession) -> None:
-        self._session = session
-        self.address = session._client.address
-
-    def call(self, service: str, method: str, /, *args: Any, **kwargs: Any) -> Any:
-        return self._session.call(method, *args, **kwargs)
-
-    def submit(self, service: str, method: str, /, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
-        return self._session.submit(method, *args, **kwargs)

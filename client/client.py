@@ -35,7 +35,7 @@ from .calls import (
 from .connection import Connection, Owner
 from .core import Call
 from .keys import CurveKeys
-from .proxy import ServiceProxy
+from .proxy import ServiceProxy, SessionCalls
 
 __all__ = ["Client", "Session"]
 
@@ -352,7 +352,7 @@ class Session:
 
     def service(self) -> ServiceProxy:
         """A proxy for attribute-style calls on the session's worker: ``s.service().read(4)``."""
-        return ServiceProxy(_SessionCalls(self), self.service_name)
+        return ServiceProxy(SessionCalls(self, self._client.address), self.service_name)
 
     def close(self) -> None:
         """End the lease. A session whose worker or broker is gone has nothing left to end."""
@@ -381,17 +381,3 @@ class Session:
 
     def __repr__(self) -> str:
         return f"<Session {self.service_name!r} worker pid {self.pid}{' closed' if self.closed else ''}>"
-
-
-class _SessionCalls:
-    """What a ServiceProxy needs of a client, for a session."""
-
-    def __init__(self, session: Session) -> None:
-        self._session = session
-        self.address = session._client.address
-
-    def call(self, service: str, method: str, /, *args: Any, **kwargs: Any) -> Any:
-        return self._session.call(method, *args, **kwargs)
-
-    def submit(self, service: str, method: str, /, *args: Any, **kwargs: Any) -> Future[Any]:
-        return self._session.submit(method, *args, **kwargs)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-__all__ = ["Caller", "RemoteMethod", "ServiceProxy"]
+__all__ = ["Caller", "RemoteMethod", "ServiceProxy", "SessionCalls"]
 
 
 class Caller(Protocol):
@@ -65,3 +65,27 @@ class RemoteMethod:
 
     def __repr__(self) -> str:
         return f"<RemoteMethod {self._service}.{self._method} via {self._client.address}>"
+
+
+class Session(Protocol):
+    """A session of a Client or of an AsyncClient: its calls name the method only."""
+
+    def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any: ...
+
+    def submit(self, method: str, /, *args: Any, **kwargs: Any) -> Any: ...
+
+
+class SessionCalls:
+    """What a ServiceProxy needs of a client, for a session."""
+
+    __slots__ = ("_session", "address")
+
+    def __init__(self, session: Session, address: str) -> None:
+        self._session = session
+        self.address = address
+
+    def call(self, service: str, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        return self._session.call(method, *args, **kwargs)
+
+    def submit(self, service: str, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        return self._session.submit(method, *args, **kwargs)
