@@ -28,6 +28,7 @@ from protocol import frames as wire
 from protocol import transport
 from protocol.codec import HandleRef
 from protocol.errors import BrokerUnavailable, CallError, DllPoolError, WorkerCrashed
+from protocol.frames import Buffer
 
 from . import shm
 from .calls import (
@@ -484,10 +485,10 @@ class AsyncClient:
             for call in list(core.pending.values()):
                 cancel = core.cancel(call.corr)
                 if cancel is not None and line is not None:
-                    transport.try_send(line.sock, cancel)
+                    _say(line.sock, cancel)
                 self._settle(Outcome(call, error=unavailable(self.address, reason, call)))
             if line is not None:
-                if core.connected and transport.try_send(line.sock, wire.client_disconnect()):
+                if core.connected and _say(line.sock, wire.client_disconnect()):
                     line.sock.linger = _LINGER
                 line.close()
 
@@ -571,6 +572,14 @@ class _Line:
 
     def close(self) -> None:
         _close_watched(self.sock, self.monitor)
+
+
+def _say(sock: zmq.Socket[Any], frames: list[Buffer]) -> bool:
+    """A last word to the broker, if the socket can still take it (not once the context is terminated)."""
+    try:
+        return transport.try_send(sock, frames)
+    except zmq.ZMQError:
+        return False
 
 
 def _unawaited(future: asyncio.Future[Any]) -> asyncio.Future[Any]:
