@@ -25,6 +25,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import struct
 import sys
 import threading
@@ -291,6 +292,7 @@ class Worker:
         return {
             "service": self.service,
             "pid": os.getpid(),
+            "host": socket.gethostname(),
             "pointer_size": struct.calcsize("P"),
             "python": ".".join(map(str, sys.version_info[:3])),
             "platform": sys.platform,
