@@ -28,7 +28,7 @@ from .rundir import RunDir
 from .security import BACKEND, FRONTEND, Allowlist, CurveServer, HandshakeWatch, start_authenticator
 from .supervisor import Supervisor, make_worker_source
 
-__all__ = ["DEFAULT_GRACE", "NOT_RUNNING", "InProcessBroker", "Readiness"]
+__all__ = ["DEFAULT_GRACE", "NOT_RUNNING", "InProcessBroker", "Readiness", "ipc_available"]
 
 _HWM = 100_000
 NOT_RUNNING = "the pool is not running; use start() or a with block"
@@ -104,7 +104,7 @@ class InProcessBroker:
     def _router(self, endpoint: str | None, name: str) -> zmq.Socket[Any]:
         assert self._context is not None and self._run_dir is not None
         if endpoint is None:
-            endpoint = f"ipc://{self._run_dir.path}/{name}" if os.name == "posix" else "tcp://127.0.0.1:*"
+            endpoint = f"ipc://{self._run_dir.path}/{name}" if ipc_available() else "tcp://127.0.0.1:*"
         self._check_exposure(endpoint)
         sock: zmq.Socket[Any] = self._context.socket(zmq.ROUTER)
         sock.router_mandatory = True
@@ -196,6 +196,15 @@ class InProcessBroker:
         if self._loop is None:
             raise RuntimeError(NOT_RUNNING)
         return self._loop
+
+
+def ipc_available() -> bool:
+    """Whether default endpoints can be ``ipc://`` sockets; where not (Windows), they are loopback TCP on a free port.
+
+    libzmq on Windows may build ipc on AF_UNIX, but pyzmq's wheels do not promise it, and a run folder's path can
+    pass the length a Unix socket's name may have: loopback TCP always works.
+    """
+    return os.name == "posix" and zmq.has("ipc")
 
 
 def core_for(config: PoolConfig) -> BrokerCore:

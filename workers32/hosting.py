@@ -29,6 +29,8 @@ __all__ = ["LIBRARY_KINDS", "Server32", "load_library", "build_methods", "call"]
 
 LIBRARY_KINDS = ("cdll", "windll", "oledll")
 """The ``kind`` values a declared library may have, as msl-loadlib's ``libtype`` names them."""
+_LOADERS = {"cdll": "CDLL", "windll": "WinDLL", "oledll": "OleDLL"}
+"""The ctypes class of each kind (Windows only for the last two: ``__stdcall``, and HRESULTs checked)."""
 
 
 def load_library(path: str, kind: str = "cdll") -> Any:
@@ -39,7 +41,7 @@ def load_library(path: str, kind: str = "cdll") -> Any:
         raise LibraryLoadError(f"cannot load {path!r}: library kind {kind!r} exists only on Windows; use 'cdll'")
     if not os.path.exists(path):
         raise LibraryLoadError(f"library {path!r} does not exist")
-    loader = getattr(ctypes, kind.upper() if kind != "cdll" else "CDLL")
+    loader = getattr(ctypes, _LOADERS[kind])
     try:
         return loader(path)
     except OSError as exc:
