@@ -19,7 +19,7 @@ from typing import Any
 from protocol import ConfigError
 from workers32.hosting import LIBRARY_KINDS
 
-from .declarations import legacy_prototype, parse_function, parse_structs
+from .declarations import calling_convention, legacy_prototype, parse_function, parse_structs
 from .locations import default_config_path
 
 if sys.version_info >= (3, 11):
@@ -328,9 +328,11 @@ def _service(name: str, table: Any, base: Path, origin: str) -> ServiceConfig:
         if not functions:
             raise ConfigError(f"{where}: a declared library needs a [services.{name}.functions] table")
         structs = parse_structs(_get(table, "structs", Mapping, {}, where), f"{where}.structs")
+        kind = _kind(_get(table, "kind", str, "cdll", where), f"{where}.kind")
+        _check_conventions(functions, kind, where)
         hosting = {
             "library": _path(_get(table, "library", str, None, where), base, bits),
-            "kind": _kind(_get(table, "kind", str, "cdll", where), f"{where}.kind"),
+            "kind": kind,
             "functions": {fn: _function(fn, decl, structs, f"{where}.functions") for fn, decl in functions.items()},
             "structs": structs,
         }
@@ -377,6 +379,19 @@ def _kind(kind: str, where: str) -> str:
     if kind not in LIBRARY_KINDS:
         raise ConfigError(f"{where} must be one of {', '.join(LIBRARY_KINDS)}, got {kind!r}")
     return kind
+
+
+def _check_conventions(functions: Mapping[str, Any], kind: str, where: str) -> None:
+    """A prototype that names its calling convention must agree with ``kind``: a mismatch corrupts the stack."""
+    wanted = {"stdcall": ("windll", "oledll"), "cdecl": ("cdll",)}
+    for name, decl in functions.items():
+        prototype = decl if isinstance(decl, str) else decl.get("c") if isinstance(decl, Mapping) else None
+        convention = calling_convention(prototype) if isinstance(prototype, str) else None
+        if convention is not None and kind not in wanted[convention]:
+            raise ConfigError(
+                f"{where}.functions.{name} is declared {convention} but kind = {kind!r}: set kind = "
+                f"{wanted[convention][0]!r} (the convention of every function of a library comes from its kind)"
+            )
 
 
 def _function(name: str, decl: Any, structs: Mapping[str, Any], where: str) -> dict[str, Any]:

@@ -42,7 +42,15 @@ from .rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["POSIX_SIGNALS", "Exit", "Supervisor", "how_it_ended", "make_worker_source", "serve_workers"]
+__all__ = [
+    "POSIX_SIGNALS",
+    "WINDOWS_CRASHES",
+    "Exit",
+    "Supervisor",
+    "how_it_ended",
+    "make_worker_source",
+    "serve_workers",
+]
 
 _WORKER_PACKAGES = ("workers32", "protocol")
 _STDERR_TAIL = 30
@@ -396,13 +404,28 @@ def _ask_to_stop(process: subprocess.Popen[bytes]) -> None:
             process.stdin.close()
 
 
+WINDOWS_CRASHES = {
+    0xC0000005: "access violation",
+    0xC000001D: "illegal instruction",
+    0xC0000094: "integer division by zero",
+    0xC0000096: "privileged instruction",
+    0xC00000FD: "stack overflow",
+    0xC0000374: "heap corruption",
+    0xC0000409: "stack buffer overrun or abort",
+}
+"""The NTSTATUS exit codes of a Windows process that crashed: what a fatal signal is on POSIX."""
+
+
 def how_it_ended(code: int) -> str:
-    """A process's return code in words: ``signal SIGKILL``, ``exit code 1``."""
+    """A process's return code in words: ``signal SIGKILL``, ``exit code 1``, ``exit code 0xC0000005 (access
+    violation)`` (Windows reports a crash as an exit code, not a signal)."""
     if code < 0:
         try:
             return f"signal {signal.Signals(-code).name}"
         except ValueError:
             return f"signal {-code}"
+    if code in WINDOWS_CRASHES:
+        return f"exit code {code:#X} ({WINDOWS_CRASHES[code]})".replace("0X", "0x")
     return f"exit code {code}"
 
 

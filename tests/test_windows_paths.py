@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from broker import Pool, inprocess, runtime32, supervisor
-from protocol import LibraryLoadError, RuntimeMissing
+from broker.config import load_config
+from protocol import ConfigError, LibraryLoadError, RuntimeMissing
 from workers32.hosting import load_library
 
 from .conftest import demo_service, library, pid_alive, wait_for
@@ -130,3 +131,38 @@ def test_a_quoted_windows_path_with_spaces_and_arguments_is_split_as_windows_wou
     assert runtime32._split_command(command) == [r"C:\Program Files (x86)\Python311-32\python.exe", "-X", "utf8"]
     assert runtime32._split_command(r"C:\Python311-32\python.exe") == [r"C:\Python311-32\python.exe"]
     assert runtime32._split_command("py -3.11-32") == ["py", "-3.11-32"]
+
+
+def test_a_crash_on_windows_is_named_from_its_exit_code() -> None:
+    """Windows ends a crashed process with an NTSTATUS exit code, not a signal."""
+    assert supervisor.how_it_ended(0xC0000005) == "exit code 0xC0000005 (access violation)"
+    assert supervisor.how_it_ended(0xC00000FD) == "exit code 0xC00000FD (stack overflow)"
+    assert supervisor.how_it_ended(1) == "exit code 1"
+    assert supervisor.how_it_ended(-11) == "signal SIGSEGV"
+
+
+def windows_service(kind: str, prototype: str) -> dict[str, object]:
+    return {"services": {"s": {"library": library(32), "kind": kind, "functions": {"add": prototype}}}}
+
+
+@pytest.mark.parametrize(
+    "prototype",
+    [
+        "int WINAPI add(int a, int b);",
+        "int __stdcall add(int a, int b)",
+        "__declspec(dllexport) int CALLBACK add(int a, int b)",
+        'extern "C" int APIENTRY add(int a, int b)',
+    ],
+)
+def test_prototypes_pasted_from_a_windows_header_parse_with_their_conventions(prototype: str) -> None:
+    add = load_config(windows_service("windll", prototype)).service("s").hosting["functions"]["add"]
+    assert add["symbol"] == "add" and [p["name"] for p in add["params"]] == ["a", "b"]
+    assert add["signature"] == prototype.rstrip(";")  # as written, for messages
+
+
+def test_a_prototype_whose_convention_contradicts_the_kind_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"declared stdcall but kind = 'cdll': set kind = 'windll'"):
+        load_config(windows_service("cdll", "int WINAPI add(int a, int b)"))
+    with pytest.raises(ConfigError, match=r"declared cdecl but kind = 'windll': set kind = 'cdll'"):
+        load_config(windows_service("windll", "int __cdecl add(int a, int b)"))
+    assert load_config(windows_service("cdll", "int __cdecl add(int a, int b)")).service("s").hosting["kind"] == "cdll"
