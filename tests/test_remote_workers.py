@@ -7,6 +7,9 @@ the backend's address and the keys its configuration names, exactly as on anothe
 from __future__ import annotations
 
 import logging
+import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -193,3 +196,73 @@ def test_half_a_worker_key_pair_in_the_configuration_exits_2_with_one_line(
     assert main(["worker", "-c", str(config), "--connect", "tcp://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "dllpool worker: error: CURVE needs both curve_server_key and curve_key under [worker]"
+
+
+@pytest.fixture()
+def network_namespace() -> Iterator[tuple[str, str, str]]:
+    """A network namespace joined to this one by a veth pair: (its name, this side's address, its address).
+
+    Needs root and iproute2; skipped otherwise (the loopback tests above cover the behaviour)."""
+    if os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("ip", "unshare", "hostname")):
+        pytest.skip("needs root, iproute2, unshare and hostname for a network namespace")
+    tag = f"{os.getpid() % 100000}"
+    name, outer, inner = f"dllpool{tag}", f"dpo{tag}", f"dpi{tag}"
+    subnet = f"10.{200 + os.getpid() % 50}.{os.getpid() % 250}"
+    here, there = f"{subnet}.1", f"{subnet}.2"
+    steps = [
+        ["ip", "netns", "add", name],
+        ["ip", "link", "add", outer, "type", "veth", "peer", "name", inner],
+        ["ip", "link", "set", inner, "netns", name],
+        ["ip", "addr", "add", f"{here}/30", "dev", outer],
+        ["ip", "link", "set", outer, "up"],
+        ["ip", "netns", "exec", name, "ip", "addr", "add", f"{there}/30", "dev", inner],
+        ["ip", "netns", "exec", name, "ip", "link", "set", inner, "up"],
+        ["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"],
+    ]
+    try:
+        for step in steps:
+            result = subprocess.run(step, capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                pytest.skip(f"cannot set up a network namespace ({' '.join(step)}: {result.stderr.strip()})")
+        yield name, here, there
+    finally:
+        subprocess.run(["ip", "link", "del", outer], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+def test_a_worker_in_another_network_namespace_serves_over_a_real_network_path(
+    keys: Path, tmp_path: Path, network_namespace: tuple[str, str, str]
+) -> None:
+    """The broker listens on a veth address (not loopback: CURVE is then required), the worker runs in another
+    network namespace with a hostname of its own, and the broker's status says where it runs."""
+    namespace, here, _ = network_namespace
+    config = {
+        "pool": {
+            "frontend": "tcp://127.0.0.1:*",
+            "backend": f"tcp://{here}:*",
+            "curve_secret_key": str(keys / "pool.key_secret"),
+            "curve_clients": [str(keys / "alice.key")],
+            "curve_workers": [str(keys / "station.key")],
+        },
+        "services": {"remote": demo_service(workers=0)},
+    }
+    worker_toml = worker_config(tmp_path / "station", keys, "station")
+    log = tmp_path / "station" / "stderr.log"
+    with Pool.from_config(config, broker="thread") as broker, log.open("wb") as stderr:
+        assert broker.backend_address.startswith(f"tcp://{here}:")
+        command = shlex.join([*DLLPOOL, "worker", "-c", str(worker_toml), "--connect", broker.backend_address])
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", namespace, "unshare", "--uts", "sh", "-c", f"hostname station1 && exec {command}"],
+            cwd=ROOT,
+            stderr=stderr,
+        )
+        try:
+            wait_for(lambda: bool(broker.workers()), 60, "the worker in the other namespace to register")
+            (info,) = broker.workers()
+            assert info["host"] == "station1" != socket.gethostname()
+            with Client(broker.address, timeout=30, curve=alice(keys)) as client:
+                assert client.call("remote", "add", 20, 22) == 42
+                assert client.call("remote", "worker_pid") == info["pid"]
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0, log.read_text(errors="replace")
