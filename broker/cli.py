@@ -75,10 +75,21 @@ _COUNT = _number(int, 1, True, "")
 
 
 def _endpoint(text: str) -> str:
-    """An argparse ``type=``: a ZeroMQ endpoint this libzmq accepts, checked by connecting a throwaway socket."""
+    """An argparse ``type=``: a ZeroMQ endpoint this libzmq accepts, checked by connecting a throwaway socket.
+
+    A ``tcp://HOST:PORT`` is checked with port 0, where nothing listens: a check that reached the broker would
+    start a handshake there and show up as a refused peer.
+    """
+    probe = text
+    scheme, _, rest = text.partition("://")
+    host, colon, port = rest.rpartition(":")
+    if scheme == "tcp" and colon and port.isdigit():
+        if not 0 < int(port) < 65536:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an endpoint: the port must be 1-65535")
+        probe = f"tcp://{host}:0"
     sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
     try:
-        sock.connect(text)
+        sock.connect(probe)
     except zmq.ZMQError as exc:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an endpoint ({exc}); give e.g. tcp://HOST:PORT or ipc:///PATH"
@@ -98,17 +109,22 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _curve_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--curve-server-key", type=Path, help="the pool's public key file (CURVE over TCP)")
-    parser.add_argument("--curve-key", type=Path, help="this side's *.key_secret file (CURVE over TCP)")
+def _curve_args(parser: argparse.ArgumentParser, default: str = "") -> None:
+    parser.add_argument("--curve-server-key", type=Path, help=f"the pool's public key file (CURVE over TCP){default}")
+    parser.add_argument("--curve-key", type=Path, help=f"this side's *.key_secret file (CURVE over TCP){default}")
 
 
-def _curve(options: argparse.Namespace) -> dict[str, str] | None:
-    if not (options.curve_server_key or options.curve_key):
+def _curve(options: argparse.Namespace, config: PoolConfig | None = None) -> dict[str, str] | None:
+    """The keys of the command line, else those of the configuration's ``[worker]`` table (``dllpool worker``)."""
+    server, own, where = options.curve_server_key, options.curve_key, "--curve-server-key and --curve-key"
+    if not (server or own) and config is not None:
+        server, own = config.worker_curve_server_key, config.worker_curve_key
+        where = "curve_server_key and curve_key under [worker]"
+    if not (server or own):
         return None
-    if not (options.curve_server_key and options.curve_key):
-        raise ConfigError("CURVE needs both --curve-server-key and --curve-key")
-    return dataclasses.asdict(CurveKeys.from_files(options.curve_server_key, options.curve_key))
+    if not (server and own):
+        raise ConfigError(f"CURVE needs both {where}")
+    return dataclasses.asdict(CurveKeys.from_files(server, own))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -155,7 +171,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--service", action="append", help="only this service (repeatable; default: all)")
     worker.add_argument("--workers", type=_COUNT, help="processes per service (default: the configuration's)")
-    _curve_args(worker)
+    _curve_args(worker, " (default: curve_server_key and curve_key under the configuration's [worker])")
 
     install = commands.add_parser(
         "setup", help="install what the default configuration needs: the 32-bit runtime and the demo libraries"
@@ -299,8 +315,9 @@ def _worker(options: argparse.Namespace) -> int:
         services = tuple(dataclasses.replace(s, workers=options.workers) for s in services)
     if not any(s.workers for s in services):
         raise _UsageError("the configuration gives these services 0 workers: say how many with --workers N")
+    curve = _curve(options, config)
     stop = _stop_on_signals()
-    serve_workers(dataclasses.replace(config, services=services), options.connect, stop, _curve(options))
+    serve_workers(dataclasses.replace(config, services=services), options.connect, stop, curve)
     return EXIT_OK
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from protocol import ConfigError
 from workers32.hosting import LIBRARY_KINDS
 
-from .declarations import legacy_prototype, parse_function, parse_structs
+from .declarations import calling_convention, legacy_prototype, parse_function, parse_structs
 from .locations import default_config_path
 
 if sys.version_info >= (3, 11):
@@ -44,8 +44,10 @@ _POOL_KEYS = {
     "queue_limit_bytes",
     "curve_secret_key",
     "curve_clients",
+    "curve_workers",
     "shared_memory_min",
 }
+_WORKER_KEYS = {"curve_key", "curve_server_key"}
 _SERVICE_KEYS = {
     "bits",
     "workers",
@@ -140,7 +142,14 @@ class PoolConfig:
     curve_secret_key: str | None = None
     """The pool's ``*.key_secret`` file from ``dllpool keys``: enables CURVE on TCP endpoints."""
     curve_clients: tuple[str, ...] = ()
-    """Public ``*.key`` files (or folders of them) of the clients allowed to connect."""
+    """Public ``*.key`` files (or folders of them) of the clients allowed to connect to the frontend."""
+    curve_workers: tuple[str, ...] = ()
+    """Public ``*.key`` files (or folders of them) of the workers started elsewhere (``dllpool worker``) allowed to
+    register at the backend. A client's key does not let it serve: a worker sees every call's arguments."""
+    worker_curve_key: str | None = None
+    """``[worker] curve_key``: the ``*.key_secret`` file ``dllpool worker`` connects to a remote broker with."""
+    worker_curve_server_key: str | None = None
+    """``[worker] curve_server_key``: that broker's public ``*.key`` file."""
     shared_memory_min: int = 1 << 20
     """Bytes from which the array arguments of this pool's clients (``Pool.client()``) go through shared memory
     when they are on the broker's host; 0: never (see ``client/shm.py``)."""
@@ -167,7 +176,8 @@ class PoolConfig:
         services = tuple(
             ServiceConfig(**{**service, "idempotent": frozenset(service["idempotent"])}) for service in data["services"]
         )
-        return cls(**{**data, "services": services, "curve_clients": tuple(data["curve_clients"])})
+        keys = {name: tuple(data[name]) for name in ("curve_clients", "curve_workers")}
+        return cls(**{**data, "services": services, **keys})
 
 
 def load_config(source: str | Path | Mapping[str, Any] | None = None) -> PoolConfig:
@@ -241,16 +251,18 @@ def _path(value: str, base: Path, bits: int) -> str:
 
 
 def _parse(data: Mapping[str, Any], base: Path, origin: str) -> PoolConfig:
-    _unknown(data, {"pool", "runtime32", "services"}, origin)
+    _unknown(data, {"pool", "runtime32", "services", "worker"}, origin)
     pool = data.get("pool", {})
     runtime = data.get("runtime32", {})
+    worker = data.get("worker", {})
     services = data.get("services")
-    if not isinstance(pool, Mapping) or not isinstance(runtime, Mapping):
-        raise ConfigError(f"{origin}: [pool] and [runtime32] must be tables")
+    if not isinstance(pool, Mapping) or not isinstance(runtime, Mapping) or not isinstance(worker, Mapping):
+        raise ConfigError(f"{origin}: [pool], [runtime32] and [worker] must be tables")
     if not isinstance(services, Mapping) or not services:
         raise ConfigError(f"{origin}: at least one [services.NAME] table is required")
     _unknown(pool, _POOL_KEYS, f"{origin} [pool]")
     _unknown(runtime, {"python"}, f"{origin} [runtime32]")
+    _unknown(worker, _WORKER_KEYS, f"{origin} [worker]")
     where = f"{origin} [pool]"
     return _checked(
         PoolConfig(
@@ -280,6 +292,9 @@ def _parse(data: Mapping[str, Any], base: Path, origin: str) -> PoolConfig:
             },
             curve_secret_key=_resolve(_get(pool, "curve_secret_key", str, None, where), base),
             curve_clients=tuple(_resolve(p, base) for p in _get(pool, "curve_clients", list, [], where)),
+            curve_workers=tuple(_resolve(p, base) for p in _get(pool, "curve_workers", list, [], where)),
+            worker_curve_key=_resolve(_get(worker, "curve_key", str, None, f"{origin} [worker]"), base),
+            worker_curve_server_key=_resolve(_get(worker, "curve_server_key", str, None, f"{origin} [worker]"), base),
             shared_memory_min=_not_negative(
                 _get(pool, "shared_memory_min", int, PoolConfig.shared_memory_min, where), f"{where}.shared_memory_min"
             ),
@@ -323,9 +338,11 @@ def _service(name: str, table: Any, base: Path, origin: str) -> ServiceConfig:
         if not functions:
             raise ConfigError(f"{where}: a declared library needs a [services.{name}.functions] table")
         structs = parse_structs(_get(table, "structs", Mapping, {}, where), f"{where}.structs")
+        kind = _kind(_get(table, "kind", str, "cdll", where), f"{where}.kind")
+        _check_conventions(functions, kind, where)
         hosting = {
             "library": _path(_get(table, "library", str, None, where), base, bits),
-            "kind": _kind(_get(table, "kind", str, "cdll", where), f"{where}.kind"),
+            "kind": kind,
             "functions": {fn: _function(fn, decl, structs, f"{where}.functions") for fn, decl in functions.items()},
             "structs": structs,
         }
@@ -384,6 +401,19 @@ def _kind(kind: str, where: str) -> str:
     if kind not in LIBRARY_KINDS:
         raise ConfigError(f"{where} must be one of {', '.join(LIBRARY_KINDS)}, got {kind!r}")
     return kind
+
+
+def _check_conventions(functions: Mapping[str, Any], kind: str, where: str) -> None:
+    """A prototype that names its calling convention must agree with ``kind``: a mismatch corrupts the stack."""
+    wanted = {"stdcall": ("windll", "oledll"), "cdecl": ("cdll",)}
+    for name, decl in functions.items():
+        prototype = decl if isinstance(decl, str) else decl.get("c") if isinstance(decl, Mapping) else None
+        convention = calling_convention(prototype) if isinstance(prototype, str) else None
+        if convention is not None and kind not in wanted[convention]:
+            raise ConfigError(
+                f"{where}.functions.{name} is declared {convention} but kind = {kind!r}: set kind = "
+                f"{wanted[convention][0]!r} (the convention of every function of a library comes from its kind)"
+            )
 
 
 def _function(name: str, decl: Any, structs: Mapping[str, Any], where: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from pycparser import c_ast, c_generator, c_parser
 from protocol import ConfigError
 from workers32.signatures import SCALARS
 
-__all__ = ["legacy_prototype", "parse_function", "parse_structs"]
+__all__ = ["calling_convention", "legacy_prototype", "parse_function", "parse_structs"]
 
 Elem = str | dict[str, str]
 """A scalar name (a key of ``SCALARS``), ``"char"``, ``"wchar"`` or ``{"struct": name}``."""
@@ -65,6 +65,11 @@ _NOT_LENGTHS = {"float", "double", "bool"}
 _ANNOTATION = re.compile(r"\s*(inout|in|out)\s*((?:\[[^\[\]]*\]\s*)*)")
 _FACTOR = re.compile(r"\s*(?:(\d+)|([A-Za-z_]\w*))\s*")
 _COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.DOTALL)
+_STDCALL = re.compile(r"\b(?:__stdcall|_stdcall|WINAPI|APIENTRY|CALLBACK|PASCAL)\b")
+_CDECL = re.compile(r"\b(?:__cdecl|_cdecl|CDECL)\b")
+_DECORATION = re.compile(r'\b__declspec\s*\(\s*dll(?:ex|im)port\s*\)|\bextern\s+"C"|\bDLLEXPORT\b')
+"""What a prototype pasted from a Windows header may carry that C parsers do not know: the calling convention
+(which the service's ``kind`` decides) and export decorations."""
 _TOKEN = re.compile(r"[A-Za-z_]\w*|\S")
 _C_WORDS = frozenset(
     {"auto", "char", "const", "double", "enum", "extern", "float", "inline", "int", "long", "register", "restrict"}
@@ -127,7 +132,9 @@ def parse_function(
 ) -> Func:
     """FUNC from a C prototype and its ``params`` annotations; ``symbol`` defaults to the prototype's name."""
     signature = " ".join(_COMMENT.sub(" ", prototype).split()).rstrip(";").rstrip()
-    nodes = _parse(signature, structs, where)
+    nodes = _parse(
+        " ".join(_DECORATION.sub(" ", _CDECL.sub(" ", _STDCALL.sub(" ", signature))).split()), structs, where
+    )
     if len(nodes) != 1 or not isinstance(nodes[0], c_ast.Decl) or not isinstance(nodes[0].type, c_ast.FuncDecl):
         raise ConfigError(
             f"{where}: {signature!r} is not one function prototype such as 'double sum(double f[], int n)' "
@@ -188,6 +195,19 @@ def _handle_kind(node: c_ast.Node, where: str) -> str:
 def _handle_param(node: c_ast.Node, name: str, annotation: str, where: str) -> Param:
     kind = _handle_kind(node.type, f"{where}: parameter {name} ({_text(node)})")
     return {"name": name, "kind": "handle", "type": kind, "close": annotation == "close"}
+
+
+def _undecorated(signature: str) -> str:
+    """The prototype without its calling convention and export decorations, for the C parser."""
+    return " ".join(_DECORATION.sub(" ", _CDECL.sub(" ", _STDCALL.sub(" ", signature))).split())
+
+
+def calling_convention(prototype: str) -> str | None:
+    """``"stdcall"`` or ``"cdecl"`` when a prototype names its calling convention (``WINAPI``, ``__cdecl``...)."""
+    text = _COMMENT.sub(" ", prototype)
+    if _STDCALL.search(text):
+        return "stdcall"
+    return "cdecl" if _CDECL.search(text) else None
 
 
 # ------------------------------------------------------------------ parsing

@@ -25,10 +25,10 @@ from .config import PoolConfig
 from .core import BrokerCore, ServicePolicy
 from .loop import BrokerLoop
 from .rundir import RunDir
-from .security import CurveServer, start_authenticator
+from .security import BACKEND, FRONTEND, Allowlist, CurveServer, HandshakeWatch, start_authenticator
 from .supervisor import Supervisor, make_worker_source
 
-__all__ = ["DEFAULT_GRACE", "NOT_RUNNING", "InProcessBroker", "Readiness"]
+__all__ = ["DEFAULT_GRACE", "NOT_RUNNING", "InProcessBroker", "Readiness", "ipc_available"]
 
 _HWM = 100_000
 NOT_RUNNING = "the pool is not running; use start() or a with block"
@@ -68,15 +68,17 @@ class InProcessBroker:
         self._run_dir = RunDir()
         self._context = zmq.Context()
         worker_curve = self._start_curve()
-        frontend = self._router(self.config.frontend, "frontend")
-        backend = self._router(self.config.backend, "backend")
+        frontend = self._router(self.config.frontend, FRONTEND)
+        backend = self._router(self.config.backend, BACKEND)
         self.address = frontend.getsockopt_string(zmq.LAST_ENDPOINT)
         self.backend_address = backend.getsockopt_string(zmq.LAST_ENDPOINT)
         if not backend.curve_server:
             worker_curve = None
         supervisor = Supervisor(self.config, self.backend_address, make_worker_source(self._run_dir.path), worker_curve)
         supervisor.check_interpreters()
-        self._loop = BrokerLoop(core_for(self.config), supervisor, frontend, backend)
+        sockets = ((frontend, FRONTEND), (backend, BACKEND))
+        watches = [HandshakeWatch(sock, name) for sock, name in sockets if sock.curve_server]
+        self._loop = BrokerLoop(core_for(self.config), supervisor, frontend, backend, watches)
         self.thread = threading.Thread(target=self._loop.run, name="dllpool-broker", daemon=True)
         self.thread.start()
 
@@ -86,10 +88,13 @@ class InProcessBroker:
             return None
         assert self._context is not None
         self._curve = CurveServer.from_files(
-            Path(self.config.curve_secret_key), [Path(p) for p in self.config.curve_clients]
+            Path(self.config.curve_secret_key),
+            [Path(p) for p in self.config.curve_clients],
+            [Path(p) for p in self.config.curve_workers],
         )
         worker_public, worker_secret = zmq.curve_keypair()
-        self._auth = start_authenticator(self._context, {*self._curve.allowed, worker_public})
+        allowed = {FRONTEND: set(self._curve.allowed), BACKEND: {*self._curve.workers, worker_public}}
+        self._auth = start_authenticator(self._context, Allowlist(allowed))
         return {
             "server_public": self._curve.public.decode("ascii"),
             "public": worker_public.decode("ascii"),
@@ -99,7 +104,7 @@ class InProcessBroker:
     def _router(self, endpoint: str | None, name: str) -> zmq.Socket[Any]:
         assert self._context is not None and self._run_dir is not None
         if endpoint is None:
-            endpoint = f"ipc://{self._run_dir.path}/{name}" if os.name == "posix" else "tcp://127.0.0.1:*"
+            endpoint = f"ipc://{self._run_dir.path}/{name}" if ipc_available() else "tcp://127.0.0.1:*"
         self._check_exposure(endpoint)
         sock: zmq.Socket[Any] = self._context.socket(zmq.ROUTER)
         sock.router_mandatory = True
@@ -107,7 +112,7 @@ class InProcessBroker:
         sock.sndhwm = sock.rcvhwm = _HWM
         sock.maxmsgsize = self.config.max_message_size
         if self._curve is not None and endpoint.startswith("tcp://"):
-            self._curve.apply(sock)
+            self._curve.apply(sock, name)
         try:
             transport.bind(sock, endpoint, name)
         except ConfigError:
@@ -166,9 +171,13 @@ class InProcessBroker:
             return loop.core.workers()
 
     def stats(self) -> dict[str, int]:
+        """The core's counters, and the CURVE handshakes each socket refused (``clients_refused``,
+        ``workers_refused``): a peer without an allowed key never reaches the core."""
         loop = self._require_loop()
+        refused = {watch.name: watch.refused for watch in loop.watches}
         with loop.lock:
-            return loop.core.counters()
+            counters = loop.core.counters()
+        return {**counters, "clients_refused": refused.get(FRONTEND, 0), "workers_refused": refused.get(BACKEND, 0)}
 
     def kill_worker(self, pid: int) -> None:
         loop = self._require_loop()
@@ -187,6 +196,15 @@ class InProcessBroker:
         if self._loop is None:
             raise RuntimeError(NOT_RUNNING)
         return self._loop
+
+
+def ipc_available() -> bool:
+    """Whether default endpoints can be ``ipc://`` sockets; where not (Windows), they are loopback TCP on a free port.
+
+    libzmq on Windows may build ipc on AF_UNIX, but pyzmq's wheels do not promise it, and a run folder's path can
+    pass the length a Unix socket's name may have: loopback TCP always works.
+    """
+    return os.name == "posix" and zmq.has("ipc")
 
 
 def core_for(config: PoolConfig) -> BrokerCore:

@@ -21,7 +21,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -32,6 +32,7 @@ from protocol import Buffer, transport
 from protocol import frames as wire
 
 from .core import Action, BrokerCore, KillWorker, ToClient, ToWorker
+from .security import HandshakeWatch
 from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -85,11 +86,14 @@ class BrokerLoop:
         supervisor: Supervisor,
         frontend: zmq.Socket[Any],
         backend: zmq.Socket[Any],
+        watches: Sequence[HandshakeWatch] = (),
     ) -> None:
         self.core = core
         self.supervisor = supervisor
         self.frontend = frontend
         self.backend = backend
+        self.watches = tuple(watches)
+        """The monitors of the CURVE sockets: refused handshakes never reach the core, so the loop counts them."""
         self.limits: dict[str, float] = {
             "max_request_frames": core.max_request_frames or math.inf,
             "max_request_bytes": core.max_request_bytes or math.inf,
@@ -140,6 +144,8 @@ class BrokerLoop:
         poller = zmq.Poller()
         poller.register(self.frontend, zmq.POLLIN)
         poller.register(self.backend, zmq.POLLIN)
+        for watch in self.watches:
+            poller.register(watch.monitor, zmq.POLLIN)
         return poller
 
     def _step(self, poller: zmq.Poller) -> None:
@@ -150,6 +156,9 @@ class BrokerLoop:
         if self._unread is not None or self.frontend in events:
             self._read_frontend(self.frontend in events)
         now = time.monotonic()
+        for watch in self.watches:
+            if watch.monitor in events:
+                watch.drain(now)
         self._watch(now)  # a stall while handling (a GC, a stop, the GIL held by another thread) counts too
         if now >= self._next_tick:
             self._next_tick = now + TICK

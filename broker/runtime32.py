@@ -55,6 +55,7 @@ __all__ = [
     "load",
     "provision",
     "setup",
+    "windows_launcher",
 ]
 
 log = logging.getLogger(__name__)
@@ -229,7 +230,7 @@ def from_executable(executable: str) -> Interpreter:
     """
     candidate = os.path.expanduser(executable)
     args: tuple[str, ...] = ()
-    if not os.path.isfile(candidate) and len(parts := shlex.split(executable, posix=os.name == "posix")) > 1:
+    if not os.path.isfile(candidate) and len(parts := _split_command(executable)) > 1:
         candidate, args = os.path.expanduser(parts[0]), tuple(parts[1:])
     if not os.path.isfile(candidate):
         found = shutil.which(candidate)
@@ -237,6 +238,28 @@ def from_executable(executable: str) -> Interpreter:
             raise RuntimeMissing(f"32-bit Python {executable!r} not found: give the full path of the interpreter")
         candidate = found
     return Interpreter(executable=os.path.abspath(candidate), args=args)
+
+
+def _split_command(command: str) -> list[str]:
+    """A command line's words; on Windows backslashes are path separators and quotes are taken off
+    (``"C:\\Program Files (x86)\\Python311-32\\python.exe" -X utf8``)."""
+    if os.name == "posix":
+        return shlex.split(command)
+    return [
+        word[1:-1] if len(word) > 1 and word[0] == word[-1] == '"' else word
+        for word in shlex.split(command, posix=False)
+    ]
+
+
+_WINDOWS = sys.platform == "win32"
+
+
+def windows_launcher() -> Interpreter | None:
+    """``py -3-32``, the newest 32-bit Python 3 that python.org installers registered, where the launcher is."""
+    if not _WINDOWS:
+        return None
+    launcher = shutil.which("py")
+    return None if launcher is None else Interpreter(executable=os.path.abspath(launcher), args=("-3-32",))
 
 
 def command_env(interp: Interpreter, extra_path: Sequence[str]) -> dict[str, str]:
@@ -314,13 +337,17 @@ def _run_python(interp: Interpreter, code: str, timeout: float) -> dict[str, obj
 
 
 def load(prefix: Path | None = None) -> Interpreter:
-    """The interpreter recorded by a finished :func:`setup`; :class:`RuntimeMissing` if none."""
+    """The interpreter recorded by a finished :func:`setup`; without one, on Windows, ``py -3-32``;
+    :class:`RuntimeMissing` if neither."""
     prefix = default_prefix() if prefix is None else prefix
     manifest = prefix / MANIFEST
     try:
         data = json.loads(manifest.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise RuntimeMissing(f"no 32-bit Python runtime in {prefix}: {SETUP_HINT}") from None
+        launcher = windows_launcher()
+        if launcher is not None:
+            return launcher
+        raise RuntimeMissing(f"no 32-bit Python runtime in {prefix}: {SETUP_HINT}, {CONFIG_HINT}") from None
     except (OSError, ValueError) as exc:
         raise RuntimeMissing(f"unreadable 32-bit runtime manifest {manifest} ({exc}): {SETUP_HINT}") from exc
     try:

@@ -1,10 +1,13 @@
 """CURVE authentication for endpoints other hosts can reach.
 
 A pool that listens on TCP beyond loopback must know who may call it. The
-server's key pair and the allowed clients' public keys are ZeroMQ
-certificate files, as ``dllpool keys`` writes them. Workers started by the
-pool get a key pair made for this run only, so they authenticate too when
-the backend is on TCP.
+server's key pair and the allowed public keys are ZeroMQ certificate files,
+as ``dllpool keys`` writes them. Each socket checks its own list (its ZAP
+domain): the frontend takes the clients' keys, the backend the keys of
+workers started elsewhere (``dllpool worker``), so a client's key never
+lets it register as a worker and see other callers' arguments. Workers
+started by the pool get a key pair made for this run only, so they
+authenticate too when the backend is on TCP.
 """
 
 from __future__ import annotations
@@ -18,12 +21,25 @@ from typing import Any
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
 from protocol import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CurveServer", "create_keys", "load_public_keys", "start_authenticator"]
+__all__ = [
+    "BACKEND",
+    "FRONTEND",
+    "Allowlist",
+    "CurveServer",
+    "HandshakeWatch",
+    "create_keys",
+    "load_public_keys",
+    "start_authenticator",
+]
+
+FRONTEND, BACKEND = "frontend", "backend"
+"""The ZAP domains of the broker's two sockets: each has its own list of allowed keys."""
 
 
 @dataclass(frozen=True)
@@ -33,21 +49,25 @@ class CurveServer:
     public: bytes
     secret: bytes
     allowed: frozenset[bytes]
+    """Clients' keys, for the frontend."""
+    workers: frozenset[bytes] = frozenset()
+    """Keys of workers started elsewhere, for the backend."""
 
     @classmethod
-    def from_files(cls, secret_file: Path, clients: list[Path]) -> CurveServer:
+    def from_files(cls, secret_file: Path, clients: list[Path], workers: list[Path] | None = None) -> CurveServer:
         public, secret = _load(secret_file)
         if secret is None:
             raise ConfigError(
                 f"{secret_file} holds no secret key; give the *.key_secret file that `dllpool keys` wrote"
             )
-        return cls(public, secret, frozenset(load_public_keys(clients)))
+        return cls(public, secret, frozenset(load_public_keys(clients)), frozenset(load_public_keys(workers or [])))
 
-    def apply(self, sock: zmq.Socket[Any]) -> None:
-        """Make ``sock`` a CURVE server with this identity (before it binds)."""
+    def apply(self, sock: zmq.Socket[Any], domain: str) -> None:
+        """Make ``sock`` a CURVE server with this identity, checked against ``domain``'s keys (before it binds)."""
         sock.curve_server = True
         sock.curve_publickey = self.public
         sock.curve_secretkey = self.secret
+        sock.zap_domain = domain.encode("ascii")
 
 
 def _load(path: Path) -> tuple[bytes, bytes | None]:
@@ -101,20 +121,90 @@ def create_keys(directory: Path, name: str, *, force: bool = False) -> tuple[Pat
     return public, secret
 
 
-class _Allowlist:
-    def __init__(self, allowed: set[bytes]) -> None:
+_HINTS = {
+    FRONTEND: "add its public key to curve_clients under [pool] to let it call",
+    BACKEND: "add its public key to curve_workers under [pool] to let it serve (a client's key does not)",
+}
+
+
+class Allowlist:
+    """The ZAP decision for each socket: only its own domain's keys pass.
+
+    A refused peer tries again whenever it reconnects, so each key is logged once at WARNING, then at DEBUG
+    (:class:`HandshakeWatch` counts every refusal).
+    """
+
+    def __init__(self, allowed: dict[str, set[bytes]]) -> None:
         self.allowed = allowed
+        self._logged: set[tuple[str, bytes]] = set()
 
     def callback(self, domain: str, key: bytes) -> bool:
-        if key in self.allowed:
+        if key in self.allowed.get(domain, ()):
             return True
-        log.warning("refused a CURVE connection from an unknown public key %s", key.decode("ascii", "replace"))
+        level = logging.DEBUG if (domain, key) in self._logged else logging.WARNING
+        self._logged.add((domain, key))
+        log.log(
+            level,
+            "refused a CURVE connection to the %s from an unknown public key %s; %s",
+            domain,
+            key.decode("ascii", "replace"),
+            _HINTS.get(domain, "it is in no list of allowed keys"),
+        )
         return False
 
 
-def start_authenticator(context: zmq.Context[Any], allowed: set[bytes]) -> ThreadAuthenticator:
-    """Run the ZAP handler that checks every CURVE handshake against ``allowed``."""
+def start_authenticator(context: zmq.Context[Any], allowlist: Allowlist) -> ThreadAuthenticator:
+    """Run the ZAP handler that checks every CURVE handshake against ``allowlist``."""
     auth = ThreadAuthenticator(context, log=logging.getLogger("dllpool.auth"))
     auth.start()
-    auth.configure_curve_callback(domain="*", credentials_provider=_Allowlist(allowed))
+    for domain in allowlist.allowed:
+        auth.configure_curve_callback(domain=domain, credentials_provider=allowlist)
     return auth
+
+
+_FAILED = {
+    int(zmq.EVENT_HANDSHAKE_FAILED_AUTH): "its key is not allowed",
+    int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL): "its handshake broke the protocol (a wrong server key?)",
+    int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL): "it hung up during the handshake (no keys, or a wrong server key?)",
+}
+"""The failed handshakes counted as refusals. A peer without keys shows as a mechanism mismatch, or, when it saw
+the mismatch first and hung up, as a failure with no detail."""
+_MISMATCH = int(zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
+_WARN_EVERY = 60.0
+"""Seconds between warnings about failed handshakes on one socket: a misconfigured peer retries for ever."""
+
+
+class HandshakeWatch:
+    """Counts the CURVE handshakes a socket refused, from its monitor: also those no key was ever checked for.
+
+    A peer without keys, or holding the wrong server key, fails before the ZAP handler is asked; only the
+    socket's monitor sees it. The broker loop polls :attr:`monitor` and calls :meth:`drain`.
+    """
+
+    def __init__(self, sock: zmq.Socket[Any], name: str) -> None:
+        self.name = name
+        self.refused = 0
+        self.monitor: zmq.Socket[Any] = sock.get_monitor_socket(sum(_FAILED))  # distinct bits: the sum is the OR
+        self._next_warning = 0.0
+
+    def drain(self, now: float) -> None:
+        """Count (and now and then log) every failed handshake the monitor has reported."""
+        while self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)
+            why = _FAILED.get(int(event["event"]))
+            if why is None:
+                continue
+            self.refused += 1
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and event["value"] == _MISMATCH:
+                why = "it has no CURVE keys (a mechanism mismatch)"
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH or now < self._next_warning:
+                log.debug("refused a connection to the %s: %s", self.name, why)  # the allowlist named the key
+                continue
+            self._next_warning = now + _WARN_EVERY
+            log.warning(
+                "refused a connection to the %s: %s (%d refused so far; this is logged at most every %.0f s)",
+                self.name,
+                why,
+                self.refused,
+                _WARN_EVERY,
+            )

@@ -17,6 +17,7 @@ is logged as an error when it happens to a replacement in a running pool.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import math
@@ -41,7 +42,15 @@ from .rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Exit", "Supervisor", "how_it_ended", "make_worker_source", "serve_workers"]
+__all__ = [
+    "POSIX_SIGNALS",
+    "WINDOWS_CRASHES",
+    "Exit",
+    "Supervisor",
+    "how_it_ended",
+    "make_worker_source",
+    "serve_workers",
+]
 
 _WORKER_PACKAGES = ("workers32", "protocol")
 _STDERR_TAIL = 30
@@ -49,6 +58,9 @@ _BACKOFF_FIRST = 0.5
 _BACKOFF_MAX = 10.0
 _HEALTHY_AFTER = 5.0
 """A worker that ran this long started fine, even if no broker saw it ready: restart it at once."""
+POSIX_SIGNALS = os.name == "posix"
+"""Whether workers are asked to stop with SIGTERM. Windows has no such signal (``send_signal(SIGTERM)`` kills at
+once, and a wrapper's clean-up never runs), so there a worker's stdin is a pipe whose end asks it to stop."""
 _PARENT_BROKER_SILENCE = 60.0
 """Seconds a worker whose broker is its parent waits for a word from it before it connects again. It watches that
 parent itself (parent-death signal, the parent's pid on every heartbeat), so silence from it means a broker that
@@ -190,13 +202,15 @@ class Supervisor:
             "--status-file",
             str(slot.status_file),
         ]
+        if not POSIX_SIGNALS:
+            command.append("--stop-on-eof")
         slot.status_file.unlink(missing_ok=True)
         slot.starts += 1
         slot.process = subprocess.Popen(
             command,
             cwd=self.source_dir,
             env=runtime32.command_env(interp, [str(self.source_dir)]),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if POSIX_SIGNALS else subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
         slot.started_at = now
@@ -337,7 +351,7 @@ class Supervisor:
         self._stopping = True
         for process in self._processes():
             if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
+                _ask_to_stop(process)
         if wake is not None:
             wake()
         deadline = time.monotonic() + timeout
@@ -381,13 +395,37 @@ def serve_workers(config: PoolConfig, backend: str, stop: threading.Event, curve
             supervisor.stop_all()
 
 
+def _ask_to_stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, or where there are no POSIX signals the end of the worker's stdin (see ``--stop-on-eof``)."""
+    if POSIX_SIGNALS:
+        process.send_signal(signal.SIGTERM)
+    elif process.stdin is not None:
+        with contextlib.suppress(OSError):  # it is exiting already
+            process.stdin.close()
+
+
+WINDOWS_CRASHES = {
+    0xC0000005: "access violation",
+    0xC000001D: "illegal instruction",
+    0xC0000094: "integer division by zero",
+    0xC0000096: "privileged instruction",
+    0xC00000FD: "stack overflow",
+    0xC0000374: "heap corruption",
+    0xC0000409: "stack buffer overrun or abort",
+}
+"""The NTSTATUS exit codes of a Windows process that crashed: what a fatal signal is on POSIX."""
+
+
 def how_it_ended(code: int) -> str:
-    """A process's return code in words: ``signal SIGKILL``, ``exit code 1``."""
+    """A process's return code in words: ``signal SIGKILL``, ``exit code 1``, ``exit code 0xC0000005 (access
+    violation)`` (Windows reports a crash as an exit code, not a signal)."""
     if code < 0:
         try:
             return f"signal {signal.Signals(-code).name}"
         except ValueError:
             return f"signal {-code}"
+    if code in WINDOWS_CRASHES:
+        return f"exit code {code:#X} ({WINDOWS_CRASHES[code]})".replace("0X", "0x")
     return f"exit code {code}"
 
 

@@ -16,13 +16,16 @@ def main() -> None:
     parser.add_argument("--parent-pid", type=int, help="exit when this process (the broker) is gone")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--status-file", help="where to write why the service cannot load (see report_unloadable)")
+    parser.add_argument(
+        "--stop-on-eof", action="store_true", help="stop cleanly once stdin ends (how to ask without POSIX signals)"
+    )
     options = parser.parse_args()
     logging.basicConfig(
         level=options.log_level.upper(),
         stream=sys.stderr,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    code = run(options.connect, json.loads(options.spec), options.parent_pid, options.status_file)
+    code = run(options.connect, json.loads(options.spec), options.parent_pid, options.status_file, options.stop_on_eof)
     logging.shutdown()
     sys.stderr.flush()
     # A call stuck in the library would block the interpreter's exit-time thread join.

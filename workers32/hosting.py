@@ -52,6 +52,8 @@ ATTRIBUTE = "dllpool:attribute"
 
 LIBRARY_KINDS = ("cdll", "windll", "oledll")
 """The ``kind`` values a declared library may have, as msl-loadlib's ``libtype`` names them."""
+_LOADERS = {"cdll": "CDLL", "windll": "WinDLL", "oledll": "OleDLL"}
+"""The ctypes class of each kind (Windows only for the last two: ``__stdcall``, and HRESULTs checked)."""
 
 
 def resolve_library(path: "str | os.PathLike[str]") -> str:
@@ -85,7 +87,7 @@ def load_library(path: str, kind: str = "cdll", **options: Any) -> Any:
         raise LibraryLoadError(f"cannot load {path!r}: library kind {kind!r} exists only on Windows; use 'cdll'")
     if not os.path.exists(path) and os.path.dirname(path):
         raise LibraryLoadError(f"library {path!r} does not exist")
-    loader = getattr(ctypes, kind.upper() if kind != "cdll" else "CDLL")
+    loader = getattr(ctypes, _LOADERS[kind])
     try:
         return loader(path, **options)
     except OSError as exc:

@@ -25,6 +25,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import struct
 import sys
 import threading
@@ -291,6 +292,7 @@ class Worker:
         return {
             "service": self.service,
             "pid": os.getpid(),
+            "host": socket.gethostname(),
             "pointer_size": struct.calcsize("P"),
             "python": ".".join(map(str, sys.version_info[:3])),
             "platform": sys.platform,
@@ -497,10 +499,26 @@ def report_unloadable(status_file: Optional[str], message: str) -> None:
     log.error("%s", message)
 
 
+def _stop_at_end_of_input(worker: "Worker") -> None:
+    """Stop ``worker`` once stdin ends: the supervisor closed its end of the pipe (or died)."""
+    for _ in sys.stdin.buffer:
+        pass
+    log.info("stdin closed; stopping")
+    worker.stop()
+
+
 def run(
-    endpoint: str, spec: Mapping[str, Any], parent_pid: Optional[int] = None, status_file: Optional[str] = None
+    endpoint: str,
+    spec: Mapping[str, Any],
+    parent_pid: Optional[int] = None,
+    status_file: Optional[str] = None,
+    stop_on_eof: bool = False,
 ) -> int:
-    """Load what the spec hosts and serve it; the process exit code (see the ``EXIT_*`` constants)."""
+    """Load what the spec hosts and serve it; the process exit code (see the ``EXIT_*`` constants).
+
+    ``stop_on_eof``: stdin is a pipe from the supervisor, whose end of input asks for a clean stop, as SIGTERM
+    does where there is one (Windows has none: there ``Popen.send_signal(SIGTERM)`` kills at once).
+    """
     _set_parent_death_signal()
     if not _parent_alive(parent_pid):
         return 1
@@ -514,6 +532,8 @@ def run(
         return EXIT_STARTUP_FAILED
     worker = Worker(endpoint, spec, hosted.methods, parent_pid, spec.get("curve"))
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    if stop_on_eof:
+        threading.Thread(target=_stop_at_end_of_input, args=(worker,), name="stdin", daemon=True).start()
     worker.serve()
     worker.context.destroy(linger=0)
     try:
