@@ -76,6 +76,16 @@ POISON_SIGNALS = frozenset(
     int(getattr(signal, name)) for name in ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGABRT") if hasattr(signal, name)
 )
 """A worker that ended by one of these was killed by the call it ran, not from outside."""
+WINDOWS_CRASHES = {
+    0xC0000005: "access violation",
+    0xC000001D: "illegal instruction",
+    0xC0000094: "integer division by zero",
+    0xC0000096: "privileged instruction",
+    0xC00000FD: "stack overflow",
+    0xC0000374: "heap corruption",
+    0xC0000409: "stack buffer overrun or abort",
+}
+"""The NTSTATUS exit codes of a Windows process that crashed: what a fatal signal is on POSIX."""
 CLIENT_WINDOW_FLOOR = 3.0
 """Seconds of silence before a client that asked for no window of its own is forgotten, at least: the window
 of a Client with default settings (heartbeat_interval 1 s x heartbeat_liveness 3)."""
@@ -761,7 +771,7 @@ class BrokerCore:
                 len(worker.jobs),
                 reason,
             )
-        poisoned = returncode is not None and -returncode in POISON_SIGNALS
+        poisoned = returncode is not None and (-returncode in POISON_SIGNALS or returncode in WINDOWS_CRASHES)
         retries: list[_Job] = []
         for job in worker.jobs.values():
             retry = (

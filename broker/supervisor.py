@@ -38,6 +38,7 @@ from workers32 import EXIT_STARTUP_FAILED, EXIT_UNLOADABLE
 
 from . import runtime32
 from .config import PoolConfig, ServiceConfig
+from .core import WINDOWS_CRASHES
 from .rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -402,18 +403,6 @@ def _ask_to_stop(process: subprocess.Popen[bytes]) -> None:
     elif process.stdin is not None:
         with contextlib.suppress(OSError):  # it is exiting already
             process.stdin.close()
-
-
-WINDOWS_CRASHES = {
-    0xC0000005: "access violation",
-    0xC000001D: "illegal instruction",
-    0xC0000094: "integer division by zero",
-    0xC0000096: "privileged instruction",
-    0xC00000FD: "stack overflow",
-    0xC0000374: "heap corruption",
-    0xC0000409: "stack buffer overrun or abort",
-}
-"""The NTSTATUS exit codes of a Windows process that crashed: what a fatal signal is on POSIX."""
 
 
 def how_it_ended(code: int) -> str:

@@ -1617,3 +1617,12 @@ def test_a_lease_waits_until_a_worker_has_nothing_to_do() -> None:
     assert answer_body(released, b"holder") == {"released": True}
     assert only_work(released)[0] == b"w1", "the released worker takes the queued call at once"
     assert core.counters()["leases_ended"] == 1
+
+
+def test_a_windows_crash_code_makes_a_poison_call_as_a_fatal_signal_does() -> None:
+    core = make_core(ServicePolicy("s", idempotent=frozenset({"m"})))
+    ready(core, b"w1", 101)
+    ready(core, b"w2", 102)
+    to, _ = only_work(request(core, b"c", 1))
+    lost = core.worker_exited(101 if to == b"w1" else 102, 0xC0000005, 0.0)
+    assert isinstance(only_error(lost, b"c", 1), WorkerCrashed), "an access violation's call was sent again"
