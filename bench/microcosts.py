@@ -188,7 +188,7 @@ def client_costs() -> Figures:
 
 
 def worker_costs(library: str) -> Figures:
-    from workers32.hosting import build_methods, call
+    from workers32.hosting import build, call
     from workers32.worker import Worker
 
     spec = {
@@ -197,7 +197,7 @@ def worker_costs(library: str) -> Figures:
         "kind": "cdll",
         "functions": {"add": {"args": ["int", "int"], "returns": "int"}},
     }
-    methods = build_methods(spec)
+    methods = build(spec).methods
     worker = Worker("inproc://unused", spec, methods)
     frames = wire.request_to_worker(1, "add", 9.5, pack_call((2, 3), {}))
     request = wire.parse_for_worker(frames)

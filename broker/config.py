@@ -71,6 +71,8 @@ _SERVICE_KEYS = {
     "close",
     "session_init",
     "session_close",
+    "environ_path",
+    "dll_directories",
 }
 _HOOKS = ("init", "close", "session_init", "session_close")
 """Functions of the service run, without arguments, when each worker starts and stops, or each session does."""
@@ -361,6 +363,10 @@ def _service(name: str, table: Any, base: Path, origin: str) -> ServiceConfig:
         }
     else:
         raise ConfigError(f"{where}: give 'library' (a declared library) or 'module' and 'class' (a wrapper)")
+    for key in ("environ_path", "dll_directories"):
+        folders = _get(table, key, list, [], where)
+        if folders:
+            hosting[key] = [_path(str(folder), base, bits) for folder in folders]
     for hook in _HOOKS:
         function = _get(table, hook, str, None, where)
         if function is not None:

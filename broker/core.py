@@ -86,6 +86,8 @@ WINDOWS_CRASHES = {
     0xC0000409: "stack buffer overrun or abort",
 }
 """The NTSTATUS exit codes of a Windows process that crashed: what a fatal signal is on POSIX."""
+_RESERVED = b""
+"""The ``lease`` of a worker kept free for a LEASE request that waits (no client socket has an empty identity)."""
 CLIENT_WINDOW_FLOOR = 3.0
 """Seconds of silence before a client that asked for no window of its own is forgotten, at least: the window
 of a Client with default settings (heartbeat_interval 1 s x heartbeat_liveness 3)."""
@@ -835,7 +837,8 @@ class BrokerCore:
             if worker.pinned:
                 actions += self._dispatch_pinned(worker, now)  # expires those past their deadline
             idle_limit = self._services[worker.service].policy.session_idle
-            if worker.lease is not None and not worker.jobs and now - worker.lease_used > idle_limit:
+            leased = worker.lease not in (None, _RESERVED)
+            if leased and not worker.jobs and now - worker.lease_used > idle_limit:
                 self._end_lease(worker, f"no call for {idle_limit:g} s (session_idle)")
                 actions += self._dispatch_all(self._services[worker.service], worker, now)
         for service in self._services.values():
@@ -1045,22 +1048,13 @@ class BrokerCore:
         actions: list[Action] = []
         waiters = service.lease_waiters
         while (job := self._first_waiting(waiters, now, actions)) is not None:
-            worker = next(
-                (
-                    w
-                    for w in service.workers.values()
-                    if w.state is WorkerState.SERVING
-                    and w.lease is None
-                    and not w.jobs
-                    and not w.pinned
-                    and service.idle.count(w.ident) == w.capacity
-                ),
-                None,
-            )
+            worker = next((w for w in service.workers.values() if self._leasable(service, w)), None)
             if worker is None:
+                self._reserve(service)
                 break
             waiters.popleft()
-            service.idle = deque(i for i in service.idle if i != worker.ident)
+            if worker.lease is None:
+                service.idle = deque(i for i in service.idle if i != worker.ident)
             worker.spare, worker.lease, worker.lease_used = worker.capacity, job.client, now
             self._clients[job.client].leases.add(worker.ident)
             self._move(job, JobState.DONE)
@@ -1068,7 +1062,34 @@ class BrokerCore:
             self.stats["leases"] += 1
             log.info("worker pid %d of %r leased to client %s", worker.pid, worker.service, job.client.hex())
             actions.append(ToClient(job.client, wire.reply_to_client(job.corr, pack_value({"pid": worker.pid}))))
+        if not waiters:
+            reserved = next((w for w in service.workers.values() if w.lease == _RESERVED), None)
+            if reserved is not None:  # the LEASE it was kept for was cancelled or expired
+                self._end_lease(reserved, "no lease waits for it any more")
+                actions += self._dispatch(service, now)
         return actions
+
+    @staticmethod
+    def _leasable(service: _Service, worker: _Worker) -> bool:
+        """Whether ``worker`` has nothing to do and no lease (or is the one kept free for the leases waiting)."""
+        if worker.state is not WorkerState.SERVING or worker.jobs or worker.pinned:
+            return False
+        if worker.lease == _RESERVED:
+            return worker.spare == worker.capacity
+        return worker.lease is None and service.idle.count(worker.ident) == worker.capacity
+
+    def _reserve(self, service: _Service) -> None:
+        """Keep the least busy worker from taking new work until it has none, for the lease waiting: under a
+        steady load (or with ``prefetch``) no worker would ever have nothing to do on its own."""
+        if any(w.lease == _RESERVED for w in service.workers.values()):
+            return
+        free = [w for w in service.workers.values() if w.state is WorkerState.SERVING and w.lease is None]
+        if not free:
+            return
+        worker = min(free, key=lambda w: len(w.jobs))
+        worker.spare = service.idle.count(worker.ident)
+        service.idle = deque(i for i in service.idle if i != worker.ident)
+        worker.lease = _RESERVED
 
     def _release_lease(self, ident: bytes, req: ClientRequest, now: float) -> list[Action]:
         """A RELEASE: end the lease ``ident`` holds on the pinned worker (answers whether it held one); the
@@ -1096,13 +1117,19 @@ class BrokerCore:
         if worker.state is WorkerState.SERVING:
             self._services[worker.service].idle.extend([worker.ident] * worker.spare)
         worker.spare = 0
-        self.stats["leases_ended"] += 1
-        log.info("the lease of worker pid %d of %r ended: %s", worker.pid, worker.service, why)
+        if client is not None:
+            self.stats["leases_ended"] += 1
+            log.info("the lease of worker pid %d of %r ended: %s", worker.pid, worker.service, why)
 
     def _worker_list(self, service: _Service) -> list[dict[str, Any]]:
         """What a WORKERS request answers: each registered worker of the service."""
         return [
-            {"pid": w.pid, "host": w.info.get("host"), "threads": w.capacity, "leased": w.lease is not None}
+            {
+                "pid": w.pid,
+                "host": w.info.get("host"),
+                "threads": w.capacity,
+                "leased": w.lease not in (None, _RESERVED),
+            }
             for w in service.workers.values()
             if w.state is WorkerState.SERVING
         ]
@@ -1119,6 +1146,7 @@ class BrokerCore:
             if (
                 worker.state is not WorkerState.SERVING
                 or worker.lease is not None
+                or worker.pinned
                 or held >= worker.capacity + prefetch
             ):
                 continue

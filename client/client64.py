@@ -37,10 +37,6 @@ ATTRIBUTE = "dllpool:attribute"
 _MEANINGLESS = {
     "protocol": "values cross as msgpack, never pickle, so there is no pickle protocol to choose",
     "server32_dir": "workers run on the 32-bit interpreter dllpool provisions or the configuration names",
-    "add_dll_directory": "the worker's DLL search path is not changed: give the library's full path, or put "
-    "its folder on PATH before the pool starts (Windows)",
-    "append_environ_path": "the worker's PATH is not changed: set PATH before the pool starts, as workers "
-    "inherit this process's environment",
 }
 """msl-loadlib options that do nothing here, each with what to do instead."""
 
@@ -136,8 +132,7 @@ class Client64:
         rpc_timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
-        given = {"append_environ_path": append_environ_path, "add_dll_directory": add_dll_directory}
-        given.update({k: kwargs.pop(k) for k in ("protocol", "server32_dir") if k in kwargs})
+        given = {k: kwargs.pop(k) for k in ("protocol", "server32_dir") if k in kwargs}
         for option, value in given.items():
             if value is not None:
                 warnings.warn(
@@ -162,6 +157,8 @@ class Client64:
                 "class": _server_class(name, folders),
                 "options": kwargs,
                 "path": folders,
+                "environ_path": [os.path.abspath(p) for p in _paths(append_environ_path)],
+                "dll_directories": [os.path.abspath(p) for p in _paths(add_dll_directory)],
             }
             from broker import Pool  # the broker is the 64-bit side's; a remote-only Client64 never needs it
 

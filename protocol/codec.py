@@ -39,6 +39,7 @@ __all__ = [
     "HandleRef",
     "HandleHook",
     "StructFields",
+    "is_pointer",
     "ArrayHook",
     "ShareHook",
     "SHARED_NAME",
@@ -234,12 +235,12 @@ class StructFields:
         return f"StructFields({self.name!r}, {self.fields!r})"
 
 
-def _is_pointer(ctype: Any) -> bool:
+def is_pointer(ctype: Any) -> bool:
     """Whether a field's declared type holds an address (a string's ``c_char_p`` crosses as its bytes)."""
     if not isinstance(ctype, type):
         return False
     if issubclass(ctype, ctypes.Array):
-        return _is_pointer(ctype._type_)
+        return is_pointer(ctype._type_)
     return issubclass(ctype, (ctypes._Pointer, ctypes.c_void_p, ctypes._CFuncPtr))  # type: ignore[attr-defined]
 
 
@@ -254,7 +255,7 @@ def _struct_fields(value: "ctypes.Structure | ctypes.Union") -> StructFields:
     name = type(value).__name__
     fields = {}
     for entry in getattr(type(value), "_fields_", ()):
-        if _is_pointer(entry[1]):
+        if is_pointer(entry[1]):
             raise TypeError(
                 f"field {name}.{entry[0]} is a {entry[1].__name__}: a pointer cannot cross to another process"
             )

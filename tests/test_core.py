@@ -1626,3 +1626,29 @@ def test_a_windows_crash_code_makes_a_poison_call_as_a_fatal_signal_does() -> No
     to, _ = only_work(request(core, b"c", 1))
     lost = core.worker_exited(101 if to == b"w1" else 102, 0xC0000005, 0.0)
     assert isinstance(only_error(lost, b"c", 1), WorkerCrashed), "an access violation's call was sent again"
+
+
+def test_a_lease_waiting_under_a_steady_load_gets_a_worker_kept_free_for_it() -> None:
+    core = make_core(ServicePolicy("s", idempotent=frozenset({"m"}), prefetch=2))
+    ready(core, b"w1", 101)
+    ready(core, b"w2", 102)
+    assert len(work(request(core, b"c", 1) + request(core, b"c", 2))) == 2
+    assert answers(pinned(core, b"holder", 9, None, wire.LEASE)) == [], "both workers are busy"
+    for corr in range(3, 7):  # prefetched work goes to the worker not kept for the lease
+        assert {to for to, _ in work(request(core, b"c", corr))} <= {b"w1", b"w2"}
+    kept = 102 if len(core._workers[b"w1"].jobs) > len(core._workers[b"w2"].jobs) else 101
+    kept_ident = b"w1" if kept == 101 else b"w2"
+    granted: list[Action] = []
+    for job_id in list(core._workers[kept_ident].jobs):
+        granted += reply(core, kept_ident, job_id)
+    assert {"pid": kept} in [msgpack.unpackb(a.payload[0]) for to, a in answers(granted) if to == b"holder"]
+
+
+def test_a_lease_that_stops_waiting_gives_its_kept_worker_back() -> None:
+    core = make_core(ServicePolicy("s"))
+    ready(core, b"w1", 101)
+    (job,) = work(request(core, b"c", 1))
+    pinned(core, b"holder", 2, None, wire.LEASE)
+    core.client_message(b"holder", wire.client_cancel(2), 0.0)
+    reply(core, b"w1", job[1].job)
+    assert only_work(request(core, b"c", 3))[0] == b"w1"

@@ -327,6 +327,16 @@ def test_meaningless_options_warn() -> None:
         c.shutdown_server32()
 
 
+def test_append_environ_path_reaches_the_workers_path_and_add_dll_directory_is_taken(tmp_path: Path) -> None:
+    extra = tmp_path / "dlls"
+    extra.mkdir()
+    client = Client64("environ32", append_sys_path=EXAMPLES, append_environ_path=[extra], add_dll_directory=extra)
+    try:
+        assert client.request32("path_entries")[-1] == str(extra)
+    finally:
+        client.shutdown_server32()
+
+
 def test_workers_option_starts_that_many_workers() -> None:
     with MyClient(workers=2) as c:
         assert c._pool is not None

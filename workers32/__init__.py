@@ -3,7 +3,7 @@
 Runs under a bare CPython 3.9+ (32- or 64-bit) with only pyzmq and msgpack.
 """
 
-from .hosting import LIBRARY_KINDS, Server32, build_methods, load_library
+from .hosting import LIBRARY_KINDS, Server32, build, load_library
 from .signatures import CFunction
 from .worker import EXIT_BROKER_GONE, EXIT_STARTUP_FAILED, EXIT_UNLOADABLE, Worker, run
 
@@ -15,7 +15,7 @@ __all__ = [
     "LIBRARY_KINDS",
     "Server32",
     "Worker",
-    "build_methods",
+    "build",
     "load_library",
     "run",
 ]

@@ -7,9 +7,9 @@ can therefore neither forge an address nor use one after it was closed: an id th
 refused before the library is called.
 """
 
-import itertools
 import logging
 import os
+import secrets
 import threading
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
@@ -31,8 +31,9 @@ class Handles:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._ids = itertools.count(1)
         self._open: dict[int, tuple[int, str]] = {}
+        self._closing: set[int] = set()
+        """Handles a call is closing right now: no other call may use them meanwhile."""
         self.closers: dict[str, Callable[[HandleRef], Any]] = {}
         """The declared function that closes a handle of each kind: what a caller dropping one runs."""
 
@@ -41,12 +42,16 @@ class Handles:
         if not pointer:
             return None
         with self._lock:
-            handle_id = next(self._ids)
+            handle_id = secrets.randbits(62)  # unguessable: another caller of the pool cannot name it
+            while handle_id in self._open:
+                handle_id = secrets.randbits(62)
             self._open[handle_id] = (pointer, kind)
         return HandleRef(os.getpid(), handle_id, kind)
 
-    def pointer(self, value: Any, kind: str) -> int:
-        """The pointer ``value`` stands for, if it is a handle of this worker, still open and of ``kind``."""
+    def pointer(self, value: Any, kind: str, closing: bool = False) -> int:
+        """The pointer ``value`` stands for, if it is a handle of this worker, still open and of ``kind``.
+        ``closing``: the call closes it, so from now on no other call may use it (:meth:`forget` ends it, or
+        :meth:`reopen` if the call is refused before the library has it)."""
         if not isinstance(value, HandleRef):
             raise Refused(
                 f'expected a handle (what a function declared with params = {{ return = "handle" }} returned), '
@@ -56,16 +61,25 @@ class Handles:
             raise Refused(f"{value!r} belongs to another worker, not to pid {os.getpid()}")
         with self._lock:
             found = self._open.get(value.id)
-        if found is None or found[1] != value.kind:
-            raise Refused(f"{value!r} is not open (it was closed or dropped)")
-        if kind not in (ANY_KIND, value.kind):
-            raise Refused(f"{value!r} is a handle of kind {value.kind}; this parameter takes {kind}")
+            if found is None or found[1] != value.kind or value.id in self._closing:
+                raise Refused(f"{value!r} is not open (it was closed or dropped)")
+            if kind not in (ANY_KIND, value.kind):
+                raise Refused(f"{value!r} is a handle of kind {value.kind}; this parameter takes {kind}")
+            if closing:
+                self._closing.add(value.id)
         return found[0]
+
+    def reopen(self, value: Any) -> None:
+        """A call that was to close ``value`` was refused before the library saw it: it is usable again."""
+        if isinstance(value, HandleRef):
+            with self._lock:
+                self._closing.discard(value.id)
 
     def forget(self, value: Any) -> None:
         if isinstance(value, HandleRef):
             with self._lock:
                 self._open.pop(value.id, None)
+                self._closing.discard(value.id)
 
     def drop(self, ids: Any) -> int:
         """The ``$drop`` method: its callers let go of these handles. Each is closed with its kind's declared
@@ -76,7 +90,7 @@ class Handles:
         for handle_id in ids:
             with self._lock:
                 found = self._open.get(handle_id)
-            if found is None:
+            if found is None or handle_id in self._closing:
                 continue
             ref = HandleRef(os.getpid(), handle_id, found[1])
             closer = self.closers.get(found[1])

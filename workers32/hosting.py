@@ -25,7 +25,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple, Optional, cast
 
-from protocol.codec import StructFields
+from protocol.codec import StructFields, is_pointer
 from protocol.errors import ArgumentError, ConfigError, LibraryLoadError
 from protocol.frames import DROP_HANDLES, SESSION_CLOSE, SESSION_INIT
 
@@ -38,7 +38,6 @@ __all__ = [
     "Hosted",
     "Server32",
     "build",
-    "build_methods",
     "call",
     "load_library",
     "resolve_library",
@@ -298,6 +297,8 @@ class _Structures:
         return result
 
     def _convert(self, ctype: Any, value: Any, where: str) -> Any:
+        if is_pointer(ctype):  # a peer's number would become an address the library follows
+            raise TypeError(f"{where} is a pointer ({ctype.__name__}): a structure sent by a caller cannot set it")
         if isinstance(ctype, type) and issubclass(ctype, (ctypes.Structure, ctypes.Union)):
             if not isinstance(value, StructFields):
                 raise TypeError(f"{where} is a {ctype.__name__}; a {type(value).__name__} was sent")
@@ -330,6 +331,7 @@ def build(spec: Mapping[str, Any]) -> Hosted:
     """What a worker serves, from its service spec, with its ``init`` run and its ``close`` (then the wrapper's
     shutdown_handler) as the stop hook; ``session_init``/``session_close`` become the methods
     ``$session_init``/``$session_close`` a session runs on its worker when it starts and ends."""
+    _extend_search_paths(spec)
     if "module" in spec:
         hosted = _wrapper(spec)
     elif "library" in spec:
@@ -355,6 +357,28 @@ def build(spec: Mapping[str, Any]) -> Hosted:
     return Hosted(methods, stop)
 
 
+_DLL_DIRECTORIES: list[Any] = []
+"""What ``os.add_dll_directory`` returned: the directories stay added while these live (the process's life)."""
+
+
+def _extend_search_paths(spec: Mapping[str, Any]) -> None:
+    """Where the library's own dependencies are looked for: ``environ_path`` folders appended to PATH (what
+    Windows searches; msl-loadlib's ``append_environ_path``) and ``dll_directories`` added with
+    ``os.add_dll_directory`` (Windows only: elsewhere the loader takes no such list, so they are ignored)."""
+    extra = [str(p) for p in spec.get("environ_path", [])]
+    if extra:
+        os.environ["PATH"] = os.pathsep.join([os.environ.get("PATH", ""), *extra])
+    for folder in spec.get("dll_directories", []):
+        add = getattr(os, "add_dll_directory", None)
+        if add is None:
+            log.info("dll_directories: %s is ignored (os.add_dll_directory exists on Windows only)", folder)
+            continue
+        try:
+            _DLL_DIRECTORIES.append(add(str(folder)))
+        except OSError as exc:
+            raise LibraryLoadError(f"cannot add DLL directory {str(folder)!r}: {exc}") from None
+
+
 def _hook(methods: Mapping[str, Callable[..., Any]], spec: Mapping[str, Any], key: str) -> Optional[Callable[[], Any]]:
     """The method the spec names for ``key`` (it takes no arguments), or None."""
     name = spec.get(key)
@@ -364,11 +388,6 @@ def _hook(methods: Mapping[str, Callable[..., Any]], spec: Mapping[str, Any], ke
     if function is None:
         raise ConfigError(f"{key} = {name!r} names no function of the service (it has: {', '.join(sorted(methods))})")
     return functools.partial(call, function, [], {})
-
-
-def build_methods(spec: Mapping[str, Any]) -> dict[str, Callable[..., Any]]:
-    """The table of callables a worker exposes, from its service spec."""
-    return build(spec).methods
 
 
 def call(function: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:

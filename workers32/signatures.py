@@ -282,7 +282,7 @@ class _Handle(_Param):
         self.close = bool(spec.get("close", False))
 
     def load(self, value: Any) -> Any:
-        return HANDLES.pointer(value, self.kind)
+        return HANDLES.pointer(value, self.kind, closing=self.close)
 
 
 def _param(spec: Mapping[str, Any], position: int, types: Types) -> _Param:
@@ -451,7 +451,11 @@ class CFunction:
         finishers: list[tuple[str, _Finish]] = []
         try:
             refusal = self._prepare(given, natives, finishers)
-            if refusal is None:
+            if refusal is not None:
+                for param in self._closes:
+                    if natives[param.position] is not None:  # this call claimed it before the refusal
+                        HANDLES.reopen(given[param.position])
+            else:
                 returned = self._returned(self._func(*natives))
                 for param in self._closes:
                     HANDLES.forget(given[param.position])
