@@ -678,6 +678,12 @@ class BrokerCore:
             return [*actions, ToWorker(ident, wire.disconnect_to_worker())]
         previous = self._by_pid.get(ready.pid)
         if previous is not None and previous != ident:
+            host = ready.info.get("host")
+            if self._workers[previous].info.get("host") != host:
+                # Another machine's process with the same pid: calls are routed by pid (sessions, handles), so
+                # the two cannot both serve; the one already registered keeps its place.
+                self._drops.warn(now, "refused worker pid %d from host %r: that pid already serves", ready.pid, host)
+                return [*actions, ToWorker(ident, wire.disconnect_to_worker())]
             # The same process on a new socket (it reconnected): its old registration is dead.
             actions += self._lose_worker(self._workers[previous], now, "it reconnected on a new socket")
         worker = _Worker(

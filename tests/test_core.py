@@ -1652,3 +1652,12 @@ def test_a_lease_that_stops_waiting_gives_its_kept_worker_back() -> None:
     core.client_message(b"holder", wire.client_cancel(2), 0.0)
     reply(core, b"w1", job[1].job)
     assert only_work(request(core, b"c", 3))[0] == b"w1"
+
+
+def test_a_worker_of_another_host_with_a_registered_pid_is_refused_not_mistaken_for_a_reconnect() -> None:
+    core = make_core(ServicePolicy("s"))
+    info = {"service": "s", "threads": 1, "pid": 101, "pointer_size": 4}
+    core.worker_message(b"local", wire.worker_ready({**info, "host": "here"}), 0.0)
+    refused = core.worker_message(b"remote", wire.worker_ready({**info, "host": "there"}), 0.0)
+    assert worker_commands(refused, b"remote") == [wire.DisconnectToWorker]
+    assert core.worker_pids("s") == [101] and core.worker_idents() == [b"local"]

@@ -61,3 +61,25 @@ def test_a_handle_whose_worker_died_is_lost(pool: Pool, client: Client) -> None:
     with pytest.raises(HandleLost, match=f"pid {device.pid}"):
         client.call("demo", "device_read", device)
     pool.wait_ready()
+
+
+def test_the_table_lends_random_ids_and_a_close_claims_its_handle() -> None:
+    from workers32.handles import Handles
+    from workers32.marshal import Refused
+
+    table = Handles()
+    first, second = table.register(0x1000, "Device"), table.register(0x2000, "Device")
+    assert first is not None and second is not None and abs(first.id - second.id) != 1
+    assert table.register(0, "Device") is None, "a NULL pointer is no handle"
+    assert table.pointer(first, "Device") == 0x1000 and table.pointer(first, "void") == 0x1000
+    with pytest.raises(Refused, match="kind Device"):
+        table.pointer(first, "Other")
+    assert table.pointer(first, "Device", closing=True) == 0x1000
+    with pytest.raises(Refused, match="not open"):
+        table.pointer(first, "Device")  # being closed: no other call may use it
+    assert table.drop([first.id]) == 0, "a drop leaves a handle being closed to its close"
+    table.reopen(first)  # the close was refused before the library had it
+    assert table.pointer(first, "Device") == 0x1000
+    table.forget(first)
+    with pytest.raises(Refused, match="not open"):
+        table.pointer(first, "Device")
