@@ -16,7 +16,7 @@ import itertools
 import logging
 import math
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncGenerator, Generator, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -26,7 +26,6 @@ from zmq.utils.monitor import parse_monitor_message
 
 from protocol import frames as wire
 from protocol import transport
-from protocol.codec import HandleRef
 from protocol.errors import BrokerUnavailable, CallError, DllPoolError, WorkerCrashed
 from protocol.frames import Buffer
 
@@ -56,7 +55,7 @@ from .connection import (
     _size,
 )
 from .core import Call, ClientCore, Outcome, Tick, unavailable
-from .handles import Handle
+from .handles import Drops
 from .keys import CurveKeys
 from .proxy import ServiceProxy, SessionCalls
 
@@ -120,9 +119,9 @@ class AsyncClient:
         """The main DEALER's: its calls, and the broker's liveness."""
         self._bulk_core = ClientCore(address, float(heartbeat_interval), heartbeat_liveness, now, watch_broker=False)
         """For requests of more than BULK_MIN bytes, on a DEALER opened on the first (as with Client)."""
-        self._core.handles = self._bulk_core.handles = self._handle
-        self._drops: deque[tuple[str, int, int]] = deque()
-        """Handles their callers let go of: (service, worker pid, id), for ``$drop`` calls."""
+        self._drops = Drops()
+        """Handles their callers let go of, for ``$drop`` calls."""
+        self._core.handles = self._bulk_core.handles = self._drops.handle
         self._corr_ids = itertools.count(1)
         self._frames_only = FramesOnly()
         self._closed = False
@@ -231,6 +230,7 @@ class AsyncClient:
         if self._closed:
             return
         self._closed = True
+        self._drops.closed = True
         self._task.cancel()
         await asyncio.wait([self._task])
 
@@ -288,19 +288,10 @@ class AsyncClient:
         share = self._share_min if self._frames_only.shares_with(service) else 0
         return self._send(new_call(self._corr_ids, service, method, args, kwargs, seconds, share, pin))
 
-    def _handle(self, service: str, ref: HandleRef) -> Handle:
-        """A handle in an answer: the caller's Handle, which tells its worker to let go when it goes."""
-        return Handle(ref, service, self._drop_handle)
-
-    def _drop_handle(self, service: str, pid: int, handle_id: int) -> None:
-        """A Handle's finalizer (on any thread): its worker may let go of it (sent on the loop task's next round)."""
-        if not self._closed:
-            self._drops.append((service, pid, handle_id))
-
     def _send_drops(self) -> None:
         """The ``$drop`` calls for the Handles let go of (a finalizer may run on any thread: it only appends);
         nobody waits for their answers."""
-        for call in drop_calls(self._corr_ids, self._drops):
+        for call in drop_calls(self._corr_ids, self._drops.pending):
             call.handle = _unawaited(self._loop.create_future())
             self._core.add(call)
 
@@ -379,6 +370,7 @@ class AsyncClient:
             log.exception("dllpool async client for %s stopped", self.address)
         finally:
             self._closed = True
+            self._drops.closed = True
             self._shut(reason)
 
     async def _serve(self) -> None:
@@ -394,7 +386,7 @@ class AsyncClient:
                 self._pollout = want_out
                 self._poller.modify(main.waits[0], zmq.POLLIN | want_out)
             events = dict(await self._poller.poll(max(0, math.ceil(wait * 1000))))
-            if self._drops:
+            if self._drops.pending:
                 self._send_drops()
             if events.get(main.waits[0], 0) & zmq.POLLIN:
                 self._drain(main)

@@ -282,7 +282,7 @@ class Client:
         pin: int | None = None,
     ) -> Call:
         seconds = self.timeout if timeout is UNSET else check_timeout(timeout)
-        share = self._share_min if self._conn.shares_with(service) else 0
+        share = self._share_min if self._conn.frames_only.shares_with(service) else 0
         return new_call(self._conn.corr_ids, service, method, args, kwargs, seconds, share, pin)
 
     # --- map --------------------------------------------------------------------------

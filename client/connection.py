@@ -63,14 +63,14 @@ from zmq.utils.monitor import parse_monitor_message
 
 from protocol import frames as wire
 from protocol import transport
-from protocol.codec import HandleRef, pack_call
 from protocol.errors import BrokerUnavailable, ConfigError, DllPoolError, SharedMemoryError
-from protocol.frames import DROP_HANDLES, Buffer
+from protocol.frames import Buffer
 
+from .calls import FramesOnly, drop_calls
 from .core import Call, ClientCore, Outcome, Tick, unavailable
-from .handles import Handle
+from .handles import Drops
 from .keys import CurveKeys
-from .shm import CallSegments, wants_frames
+from .shm import CallSegments
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +112,6 @@ _ZAP_DENIED = 400
 _ZMTP_MECHANISM_MISMATCH = 0x11000002
 """ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: one peer uses CURVE, the other does not."""
 _NOBLOCK: Final = int(zmq.NOBLOCK)
-_FRAMES_ONLY_SECONDS = 60.0
-"""How long a service whose worker could not open a shared-memory segment gets frames only."""
 _instances = itertools.count()
 
 
@@ -312,9 +310,8 @@ class Connection:
         self.corr_ids = itertools.count(1)
         """Correlation IDs, unique on this connection: its Clients share the I/O thread's socket."""
         now = time.monotonic()
-        self._drops: deque[tuple[str, int, int]] = deque()
-        """Handles their callers let go of: (service, worker pid, id), sent by the I/O thread as ``$drop`` calls
-        (a Handle's finalizer may run on any thread, at any point, so it only appends here)."""
+        self._drops = Drops()
+        """Handles their callers let go of, sent by the I/O thread as ``$drop`` calls."""
         self._drop_owner = Owner()
         self._core = self._new_core(address, interval, liveness, now)
         """The I/O thread's core for its main DEALER: only that thread touches it (others read ``connected``)."""
@@ -335,8 +332,8 @@ class Connection:
         """Counters of lanes already closed."""
         self._generation = 0
         """Bumped by the I/O thread whenever it replaces its connection: a fast-path call then fails."""
-        self._frames_only: dict[str, float] = {}
-        """Services whose calls go without shared memory until the time given (see :meth:`shares_with`)."""
+        self.frames_only = FramesOnly()
+        """Services whose calls go without shared memory for a while (a worker could not open a segment)."""
 
         # Callers append to the outbox and wake the I/O thread through an inproc PUSH, both under one lock;
         # only the first append after the I/O thread emptied the outbox sends a wake-up, so a busy client
@@ -403,43 +400,12 @@ class Connection:
             try:
                 return self._call_on(lane, call)
             except SharedMemoryError as exc:
-                if not self.with_frames(call, exc):
+                if not self.frames_only.with_frames(call, exc):
                     raise
                 return self.wait(self.submit(owner, call))
         finally:
             if call.shm is not None:
                 call.shm.release()
-
-    def shares_with(self, service: str) -> bool:
-        """Whether calls to ``service`` may use shared memory: not for a while after one of its workers could
-        not open a segment (a worker on another host), which would cost each call a second round trip."""
-        until = self._frames_only.get(service)
-        if until is None:
-            return True
-        if time.monotonic() < until:
-            return False
-        self._frames_only.pop(service, None)
-        return True
-
-    def with_frames(self, call: Call, error: BaseException | None) -> bool:
-        """Turn a call whose worker could not open its shared memory into one with frames, to send again;
-        False for any other ending."""
-        segments = call.shm
-        if segments is None or not wants_frames(error):
-            return False
-        log.info(
-            "a worker of %r could not open a shared-memory segment (%s); sending %s.%s again with frames",
-            call.service,
-            error,
-            call.service,
-            call.method,
-        )
-        self._frames_only[call.service] = time.monotonic() + _FRAMES_ONLY_SECONDS
-        call.payload = segments.frames()
-        call.shm = None
-        call.sent = False
-        segments.release()
-        return True
 
     @staticmethod
     def wait(future: Future[Any]) -> Any:
@@ -516,6 +482,7 @@ class Connection:
                 del _connections[self._key]
         with self._lock:
             self._closed = True
+            self._drops.closed = True
             idle, self._lanes = self._lanes, []
         for lane in idle:
             self._retire(lane)
@@ -745,6 +712,7 @@ class Connection:
         finally:
             with self._lock:
                 self._closed = True
+                self._drops.closed = True
             self._close_sockets()
             self._pull.close()
             self._close_push()
@@ -802,7 +770,7 @@ class Connection:
                     self._drain_bulk_monitor()
             if self._pull in events or self._inbox:
                 self._drain_inbox()
-            if self._drops:
+            if self._drops.pending:
                 self._send_drops()
             self._flush()
             now = time.monotonic()
@@ -811,26 +779,12 @@ class Connection:
 
     def _new_core(self, *args: Any, **kwargs: Any) -> ClientCore:
         core = ClientCore(*args, **kwargs)
-        core.handles = self._handle
+        core.handles = self._drops.handle
         return core
-
-    def _handle(self, service: str, ref: HandleRef) -> Handle:
-        return Handle(ref, service, self.drop_handle)
-
-    def drop_handle(self, service: str, pid: int, handle_id: int) -> None:
-        """A Handle's finalizer: its worker may let go of it (sent on the I/O thread's next round)."""
-        if not self._closed:
-            self._drops.append((service, pid, handle_id))
 
     def _send_drops(self) -> None:
         """One ``$drop`` call per worker for the handles let go of; nobody waits for their answers."""
-        by_worker: dict[tuple[str, int], list[int]] = {}
-        while self._drops:
-            service, pid, handle_id = self._drops.popleft()
-            by_worker.setdefault((service, pid), []).append(handle_id)
-        now = time.monotonic()
-        for (service, pid), ids in by_worker.items():
-            call = Call(next(self.corr_ids), service, DROP_HANDLES, None, pack_call([ids], {}), now, pin=pid)
+        for call in drop_calls(self.corr_ids, self._drops.pending):
             call.handle = CallFuture(self, self._drop_owner, call.corr)
             self._core.add(call)
 
@@ -902,7 +856,7 @@ class Connection:
             if outcome is None:
                 continue
             call = outcome.call
-            if not call.handle.cancelled() and self.with_frames(call, outcome.error):
+            if not call.handle.cancelled() and self.frames_only.with_frames(call, outcome.error):
                 (self._bulk_core if _size(call) > BULK_MIN else self._core).add(call)
             else:
                 call.handle.settle(outcome.result, outcome.error)

@@ -8,13 +8,14 @@ told to let go of it (and to close it with the service's declared close function
 from __future__ import annotations
 
 import weakref
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from protocol.codec import HandleRef
 from protocol.errors import ArgumentError, HandleLost, WorkerCrashed
 
-__all__ = ["Handle", "lost", "pin_of"]
+__all__ = ["Drops", "Handle", "lost", "pin_of"]
 
 Dropper = Callable[[str, int, int], None]
 """What a Handle calls when it goes: ``(service, worker pid, handle id)``."""
@@ -31,6 +32,24 @@ class Handle(HandleRef):
         self.service = service
         if dropper is not None:
             weakref.finalize(self, dropper, service, ref.pid, ref.id)
+
+
+class Drops:
+    """The Handles a client's callers let go of, for its I/O loop to send as ``$drop`` calls. A Handle's
+    finalizer may run on any thread at any point, so it only appends here; once ``closed``, nothing is kept."""
+
+    def __init__(self) -> None:
+        self.pending: deque[tuple[str, int, int]] = deque()
+        """``(service, worker pid, handle id)`` of each Handle let go of."""
+        self.closed = False
+
+    def handle(self, service: str, ref: HandleRef) -> Handle:
+        """What a handle in an answer to a call of ``service`` becomes: a Handle that reports its end here."""
+        return Handle(ref, service, self._let_go)
+
+    def _let_go(self, service: str, pid: int, handle_id: int) -> None:
+        if not self.closed:
+            self.pending.append((service, pid, handle_id))
 
 
 def pin_of(service: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> int | None:
