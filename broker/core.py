@@ -839,7 +839,6 @@ class BrokerCore:
             if worker.state is not WorkerState.GONE and now >= worker.next_heartbeat:
                 worker.next_heartbeat = now + self.heartbeat_interval
                 actions.append(ToWorker(worker.ident, wire.heartbeat_to_worker()))
-        for worker in list(self._workers.values()):
             if worker.pinned:
                 actions += self._dispatch_pinned(worker, now)  # expires those past their deadline
             idle_limit = self._services[worker.service].policy.session_idle
