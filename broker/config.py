@@ -27,7 +27,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-__all__ = ["PoolConfig", "ServiceConfig", "load_config"]
+__all__ = ["MAX_WORKERS", "PoolConfig", "ServiceConfig", "load_config"]
+
+MAX_WORKERS = 256
+"""The most processes one service may have, however it is scaled: a bound on what a client's ``scale`` (or a
+typo) can make a host start."""
 
 _POOL_KEYS = {
     "frontend",
@@ -66,6 +70,13 @@ _SERVICE_KEYS = {
     "max_call_seconds",
     "prefetch",
     "session_idle",
+    "min_workers",
+    "max_workers",
+    "autoscale_wait",
+    "autoscale_cooldown",
+    "max_calls_per_worker",
+    "max_worker_rss",
+    "min_free_address_space",
     "structs",
     "init",
     "close",
@@ -110,9 +121,37 @@ class ServiceConfig:
     session_idle: float = 600.0
     """Seconds a worker leased to a session (``Client.session``) may go without a call before the lease ends, so
     a session its caller forgot does not hold a worker forever."""
+    min_workers: int = -1
+    """The fewest workers autoscaling leaves (-1: ``workers``)."""
+    max_workers: int = -1
+    """The most workers autoscaling starts (-1: ``workers``); autoscaling is on when it exceeds ``min_workers``."""
+    autoscale_wait: float = 0.1
+    """Seconds a call may wait in the queue before autoscaling adds workers: the wait, not the queue's length, is what
+    callers feel."""
+    autoscale_cooldown: float = 30.0
+    """Seconds between two autoscaling changes of the service, and how long a worker must have had nothing to do
+    before autoscaling retires one: a burst's tail does not tear down the workers the next burst needs."""
+    max_calls_per_worker: int = 0
+    """Calls after which a worker is replaced (it finishes what it runs first; no call sees an error); 0: never. For
+    libraries that leak."""
+    max_worker_rss: int = 0
+    """Resident bytes past which a worker is replaced, as it reports them once a heartbeat; 0: never."""
+    min_free_address_space: int = 64 << 20
+    """Free address space, in bytes, below which a 32-bit worker is replaced before allocations start to fail (a
+    32-bit process has 4 GiB at most, and a leaking or fragmenting DLL uses it up); 0: never. 64-bit workers
+    ignore it."""
     hosting: dict[str, Any] = field(default_factory=dict)
     """What the worker gets: ``library``/``kind``/``functions``/``structs`` (the normalized declarations of
     broker/declarations.py) or ``module``/``class``/``options``/``path``."""
+
+    def __post_init__(self) -> None:
+        for bound in ("min_workers", "max_workers"):
+            if getattr(self, bound) < 0:
+                object.__setattr__(self, bound, self.workers)
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.min_workers < self.max_workers
 
 
 @dataclass(frozen=True)
@@ -375,10 +414,33 @@ def _service(name: str, table: Any, base: Path, origin: str) -> ServiceConfig:
                 raise ConfigError(f"{where}.{hook}: {function!r} must be a declared function taking no arguments")
             hosting[hook] = function
     queue_limit = _get(table, "queue_limit", int, ServiceConfig.queue_limit, where)
+    workers, low, high = _worker_counts(table, where)
     return ServiceConfig(
         name=name,
         bits=bits,
-        workers=_not_negative(_get(table, "workers", int, 1, where), f"{where}.workers"),
+        workers=workers,
+        min_workers=low,
+        max_workers=high,
+        autoscale_wait=float(
+            _positive(
+                _get(table, "autoscale_wait", (int, float), ServiceConfig.autoscale_wait, where),
+                f"{where}.autoscale_wait",
+            )
+        ),
+        autoscale_cooldown=float(
+            _not_negative(
+                _get(table, "autoscale_cooldown", (int, float), ServiceConfig.autoscale_cooldown, where),
+                f"{where}.autoscale_cooldown",
+            )
+        ),
+        max_calls_per_worker=_not_negative(
+            _get(table, "max_calls_per_worker", int, 0, where), f"{where}.max_calls_per_worker"
+        ),
+        max_worker_rss=_not_negative(_get(table, "max_worker_rss", int, 0, where), f"{where}.max_worker_rss"),
+        min_free_address_space=_not_negative(
+            _get(table, "min_free_address_space", int, ServiceConfig.min_free_address_space, where),
+            f"{where}.min_free_address_space",
+        ),
         threads=_positive(_get(table, "threads", int, 1, where), f"{where}.threads"),
         python=_get(table, "python", str, None, where),
         idempotent=frozenset(str(m) for m in idempotent),
@@ -400,6 +462,21 @@ def _service(name: str, table: Any, base: Path, origin: str) -> ServiceConfig:
         ),
         hosting=hosting,
     )
+
+
+def _worker_counts(table: Mapping[str, Any], where: str) -> tuple[int, int, int]:
+    """``workers``, ``min_workers`` and ``max_workers``, the last two defaulting to the first (no autoscaling)."""
+    workers = _not_negative(_get(table, "workers", int, 1, where), f"{where}.workers")
+    low = _not_negative(_get(table, "min_workers", int, workers, where), f"{where}.min_workers")
+    high = _not_negative(_get(table, "max_workers", int, max(workers, low), where), f"{where}.max_workers")
+    if not low <= workers <= high:
+        raise ConfigError(
+            f"{where}: workers ({workers}) must lie between min_workers ({low}) and max_workers ({high}); "
+            "workers is how many start"
+        )
+    if high > MAX_WORKERS:
+        raise ConfigError(f"{where}.max_workers is {high}; a service may have at most {MAX_WORKERS} workers")
+    return workers, low, high
 
 
 def _kind(kind: str, where: str) -> str:

@@ -40,6 +40,7 @@ import itertools
 import logging
 import signal
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -65,12 +66,26 @@ from protocol import (
     pack_value,
     parse_client,
     parse_worker,
+    unpack_call,
 )
 from protocol import frames as wire
 
+from .metrics import ServiceMeter
+
 log = logging.getLogger(__name__)
 
-__all__ = ["Action", "BrokerCore", "JobState", "KillWorker", "ServicePolicy", "ToClient", "ToWorker", "WorkerState"]
+__all__ = [
+    "Action",
+    "BrokerCore",
+    "JobState",
+    "KillWorker",
+    "Retire",
+    "Scale",
+    "ServicePolicy",
+    "ToClient",
+    "ToWorker",
+    "WorkerState",
+]
 
 POISON_SIGNALS = frozenset(
     int(getattr(signal, name)) for name in ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGABRT") if hasattr(signal, name)
@@ -112,6 +127,12 @@ class ServicePolicy:
     """Idempotent requests a worker may hold beyond its run slots, so its next call is already there."""
     session_idle: float = 600.0
     """Seconds a leased worker (a session's) may go without a call before its lease ends."""
+    max_calls_per_worker: int = 0
+    """Calls after which a worker is retired and replaced; 0: never."""
+    max_worker_rss: int = 0
+    """Resident bytes (as the worker reports them) past which it is retired and replaced; 0: never."""
+    min_free_address_space: int = 0
+    """Free address space (reported by 32-bit workers only) under which a worker is retired and replaced; 0: never."""
 
 
 class JobState(enum.Enum):
@@ -144,11 +165,18 @@ class WorkerState(enum.Enum):
     """A registered worker; one that is lost is forgotten."""
 
     SERVING = "serving"
+    RETIRING = "retiring"
+    """To be replaced (recycled) or removed (scaled down): it gets no new work but the calls pinned to it before,
+    and is told to STOP once it holds none."""
     DOOMED = "doomed"
     """Asked to be killed (a call ran past its deadline and grace): it gets no more work, its slots stay taken."""
     GONE = "gone"
     """Its socket went away: nothing more is sent to it; it is lost when the supervisor reports how its process
     ended (which tells whether a call killed it), or after ``EXIT_REPORT_WAIT``."""
+
+
+_TAKES_PINNED = frozenset({WorkerState.SERVING, WorkerState.RETIRING})
+"""A retiring worker still runs the calls pinned to it before it began to retire (a handle's, a broadcast's)."""
 
 
 @dataclass(frozen=True)
@@ -171,7 +199,27 @@ class KillWorker:
     reason: str
 
 
-Action = Union[ToClient, ToWorker, KillWorker]
+@dataclass(frozen=True)
+class Retire:
+    """The worker is being retired: the supervisor starts its replacement now (``replace``) or frees its slot
+    (the pool was scaled down). The worker itself stops once it has finished its calls."""
+
+    pid: int
+    reason: str
+    replace: bool
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A client asked for the service to run ``workers`` workers; the loop asks the supervisor and answers."""
+
+    service: str
+    workers: int
+    ident: bytes
+    corr: int
+
+
+Action = Union[ToClient, ToWorker, KillWorker, Retire, Scale]
 
 
 @dataclass(eq=False)
@@ -200,6 +248,8 @@ class _Job:
     """Its caller has had its one answer (Timeout, or its client is gone); the worker's is discarded."""
     pin: int | None = None
     """The pid of the one worker that may run it (a session's, a handle's, a broadcast's); never re-sent."""
+    arrived: float = 0.0
+    """When the broker accepted it: latencies and queue waits count from here."""
 
 
 @dataclass(eq=False)
@@ -226,6 +276,13 @@ class _Worker:
     """Free run slots of a leased worker: kept out of its service's idle deque."""
     lease_used: float = 0.0
     """When its lease last saw a call: an idle lease ends after the service's ``session_idle``."""
+    registered: float = 0.0
+    calls: int = 0
+    """Calls it answered."""
+    figures: dict[str, int] = field(default_factory=dict)
+    """What it last reported of itself (rss, address_space_free)."""
+    retire: str = ""
+    """Why it is being retired, once it is: it becomes RETIRING when no session holds it."""
 
 
 @dataclass(eq=False)
@@ -294,6 +351,13 @@ class BrokerCore:
         self.held_bytes = 0
         self.accepting = True
         self._drops = _LogThrottle()
+        self._meters = {p.name: ServiceMeter() for p in services}
+        self.unwanted: set[int] = set()
+        """Pids of workers still starting when the pool was scaled down: told to STOP when they register."""
+        self._retired: dict[bytes, float] = {}
+        """Sockets of workers told to STOP, until when their last messages are ignored rather than answered."""
+        self.supervision: Callable[[], dict[str, Any]] | None = None
+        """What the process that starts the workers adds to :meth:`status` (worker targets and restarts)."""
         self.stats: dict[str, int] = dict.fromkeys(
             (
                 "requests",
@@ -315,6 +379,7 @@ class BrokerCore:
                 "refused_too_big",
                 "leases",
                 "leases_ended",
+                "workers_retired",
             ),
             0,
         )
@@ -329,7 +394,9 @@ class BrokerCore:
         return len(self.worker_pids(service))
 
     def worker_pids(self, service: str | None = None) -> list[int]:
-        return sorted(w.pid for w in self._registered() if service in (None, w.service))
+        return sorted(
+            w.pid for w in self._registered() if service in (None, w.service) and w.state is not WorkerState.RETIRING
+        )
 
     def workers(self) -> list[dict[str, Any]]:
         """What each ready worker reported when it registered (pid, pointer size, Python, threads)."""
@@ -395,6 +462,8 @@ class BrokerCore:
 
     def _request(self, ident: bytes, req: ClientRequest, now: float) -> list[Action]:
         self.stats["requests"] += 1
+        if req.method == wire.STATUS:
+            return [ToClient(ident, wire.reply_to_client(req.corr, pack_value(self.status(now))))]
         service = self._services.get(req.service)
         if service is None:
             names = self.service_names
@@ -419,6 +488,8 @@ class BrokerCore:
             ]
         if req.method == wire.WORKERS:
             return [ToClient(ident, wire.reply_to_client(req.corr, pack_value(self._worker_list(service))))]
+        if req.method == wire.SCALE:
+            return [self._scale_request(ident, req)]
         if req.method == wire.RELEASE:
             return self._release_lease(ident, req, now)
         client = self._clients.get(ident)
@@ -457,6 +528,7 @@ class BrokerCore:
             size=size,
             ceiling=ceiling,
             pin=req.pin,
+            arrived=now,
         )
         client.jobs[req.corr] = job
         client.expires = max(client.expires, now + self._window(client))
@@ -656,13 +728,15 @@ class BrokerCore:
         worker = self._workers.get(ident)
         if isinstance(message, WorkerReady):
             return self._ready(ident, message, now)
+        if worker is None and ident in self._retired:
+            return []  # what a worker told to STOP sent before it heard
         if worker is None:
             # A worker this broker does not know (e.g. after a broker restart): ask it to register.
             self._drops.warn(now, "message from unregistered worker %s; asking it to register", ident.hex())
             return [ToWorker(ident, wire.disconnect_to_worker())]
         worker.expires = now + self.heartbeat_interval * self.heartbeat_liveness
         if isinstance(message, WorkerHeartbeat):
-            return []
+            return [] if message.figures is None else self._measured(worker, message.figures, now)
         if isinstance(message, WorkerDisconnect):
             return self._lose_worker(worker, now, "it disconnected")
         return self._reply(worker, message, now)
@@ -673,6 +747,13 @@ class BrokerCore:
         if old is not None:
             actions += self._lose_worker(old, now, "it registered again")
         service = self._services.get(ready.service)
+        if ready.pid in self.unwanted:
+            self.unwanted.discard(ready.pid)
+            self._retired[ident] = now
+            log.info(
+                "worker pid %d of %r registered after the pool was scaled down; stopping it", ready.pid, ready.service
+            )
+            return [*actions, ToWorker(ident, wire.stop_to_worker())]
         if service is None:
             self._drops.warn(now, "worker %s offers unknown service %r; dropped", ident.hex(), ready.service)
             return [*actions, ToWorker(ident, wire.disconnect_to_worker())]
@@ -694,6 +775,7 @@ class BrokerCore:
             info=ready.info,
             expires=now + self.heartbeat_interval * self.heartbeat_liveness,
             next_heartbeat=now + self.heartbeat_interval,
+            registered=now,
         )
         self._workers[ident] = worker
         self._by_pid[worker.pid] = ident
@@ -716,6 +798,7 @@ class BrokerCore:
             return []
         service = self._services[worker.service]
         worker.last_reply = now
+        worker.calls += 1
         self._free_slot(service, worker, job, now)
         actions: list[Action] = []
         if job.answered:
@@ -727,8 +810,17 @@ class BrokerCore:
         else:
             self._unlink(job)
             self.stats["errors" if reply.error else "replies"] += 1
+            meter = self._meters[worker.service]
+            meter.record(now - job.arrived)
+            if reply.error:
+                meter.errors[_error_type(reply.payload)] += 1
             actions.append(ToClient(job.client, wire.answer_to_client(job.corr, reply.error, reply.payload)))
         self._move(job, JobState.DONE)
+        limit = service.policy.max_calls_per_worker
+        if worker.retire:
+            actions += self._wind_down(worker, now)
+        elif limit and worker.calls >= limit:
+            actions += self._recycle(worker, f"it served {worker.calls} calls (max_calls_per_worker)", now)
         return actions + self._dispatch_all(service, worker, now)
 
     def _dispatch_all(self, service: _Service, worker: _Worker, now: float) -> list[Action]:
@@ -737,6 +829,7 @@ class BrokerCore:
 
     def worker_exited(self, pid: int, returncode: int | None, now: float) -> list[Action]:
         """The supervisor saw a worker process end."""
+        self.unwanted.discard(pid)
         ident = self._by_pid.get(pid)
         if ident is None:
             return []
@@ -753,7 +846,11 @@ class BrokerCore:
         return []
 
     def _lose_worker(self, worker: _Worker, now: float, reason: str, returncode: int | None = None) -> list[Action]:
-        self.stats["workers_lost"] += 1
+        if worker.state is WorkerState.RETIRING and not worker.jobs:
+            self.stats["workers_retired"] += 1
+        else:
+            self.stats["workers_lost"] += 1
+            self._meters[worker.service].restarts += 1
         del self._workers[worker.ident]
         if self._by_pid.get(worker.pid) == worker.ident:
             del self._by_pid[worker.pid]
@@ -821,6 +918,11 @@ class BrokerCore:
         """Heartbeats, lapsed workers, expired deadlines; the loop calls it every few tens of ms."""
         self._drops.flush(now)
         actions: list[Action] = []
+        for meter in self._meters.values():
+            meter.rotate(now)
+        if self._retired:
+            window = self.heartbeat_interval * self.heartbeat_liveness
+            self._retired = {ident: at for ident, at in self._retired.items() if now - at < window}
         for worker in list(self._workers.values()):
             lapsed = self._lapsed(worker, now)
             if lapsed is not None:
@@ -841,6 +943,10 @@ class BrokerCore:
                 actions.append(ToWorker(worker.ident, wire.heartbeat_to_worker()))
             if worker.pinned:
                 actions += self._dispatch_pinned(worker, now)  # expires those past their deadline
+            if worker.retire and worker.state in (WorkerState.SERVING, WorkerState.RETIRING):
+                actions += self._wind_down(worker, now)
+                if worker.ident not in self._workers:
+                    continue
             idle_limit = self._services[worker.service].policy.session_idle
             leased = worker.lease not in (None, _RESERVED)
             if leased and not worker.jobs and now - worker.lease_used > idle_limit:
@@ -961,6 +1067,147 @@ class BrokerCore:
             self._sweep(service, force=True)
         return actions
 
+    # --- retiring, scaling and status -----------------------------------------------------
+
+    def _scale_request(self, ident: bytes, req: ClientRequest) -> Action:
+        """A SCALE request: its one argument is the worker count, which the loop takes to the supervisor."""
+        try:
+            args, kwargs = unpack_call(req.payload)
+        except ProtocolError as exc:
+            return self._error_to(ident, req.corr, BadRequest(f"malformed {wire.SCALE} request: {exc}"))
+        workers = args[0] if len(args) == 1 and not kwargs else None
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+            message = f"{wire.SCALE} needs a worker count of 0 or more, got {workers!r}"
+            return self._error_to(ident, req.corr, BadRequest(message, service=req.service))
+        return Scale(req.service, workers, ident, req.corr)
+
+    def _measured(self, worker: _Worker, figures: dict[str, int], now: float) -> list[Action]:
+        """A heartbeat's figures: kept for status, and a worker past its service's limits is replaced."""
+        worker.figures = figures
+        policy = self._services[worker.service].policy
+        rss, free = figures.get("rss"), figures.get("address_space_free")
+        if policy.max_worker_rss and rss is not None and rss > policy.max_worker_rss:
+            return self._recycle(worker, f"its resident memory, {rss} bytes, passed max_worker_rss", now)
+        if policy.min_free_address_space and free is not None and free < policy.min_free_address_space:
+            return self._recycle(
+                worker, f"its free address space, {free} bytes, fell below min_free_address_space", now
+            )
+        return []
+
+    def _recycle(self, worker: _Worker, reason: str, now: float, replace: bool = True) -> list[Action]:
+        """Retire ``worker``: it takes no new call, finishes those it has, then is told to STOP; with ``replace``
+        the supervisor starts its successor at once, so the service keeps its strength meanwhile."""
+        if worker.retire or worker.state is not WorkerState.SERVING:
+            return []
+        worker.retire = reason
+        if replace:
+            self._meters[worker.service].recycled += 1
+        log.info("retiring worker pid %d of %r: %s", worker.pid, worker.service, reason)
+        return [Retire(worker.pid, reason, replace), *self._wind_down(worker, now)]
+
+    def _wind_down(self, worker: _Worker, now: float) -> list[Action]:
+        """Move a worker being retired on: RETIRING once no session holds it, told to STOP and forgotten once
+        it holds no call."""
+        actions: list[Action] = []
+        if worker.state is WorkerState.SERVING:
+            if worker.lease not in (None, _RESERVED):
+                return []  # a session's worker keeps serving it; its lease's end brings it back here
+            if worker.lease == _RESERVED:
+                self._end_lease(worker, "it is being retired")
+            self._retire(worker, WorkerState.RETIRING)
+            actions += self._grant_leases(self._services[worker.service], now)
+        if worker.state is WorkerState.RETIRING and not worker.jobs and not worker.pinned:
+            actions.append(ToWorker(worker.ident, wire.stop_to_worker()))
+            self._retired[worker.ident] = now
+            actions += self._lose_worker(worker, now, f"it was retired: {worker.retire}")
+        return actions
+
+    def retire(self, service: str, count: int, among: set[int], now: float) -> list[Action]:
+        """Retire ``count`` workers of ``service`` for good (the pool is scaled down), choosing among the pids
+        ``among`` (those the supervisor started): workers no session holds and with the least to do first."""
+        candidates = [
+            w
+            for w in self._services[service].workers.values()
+            if w.pid in among and w.state is WorkerState.SERVING and not w.retire
+        ]
+        candidates.sort(key=lambda w: (w.lease not in (None, _RESERVED), len(w.jobs) + len(w.pinned), -w.registered))
+        actions: list[Action] = []
+        for worker in candidates[:count]:
+            actions += self._recycle(worker, "the pool was scaled down", now, replace=False)
+        return actions
+
+    def queue_wait(self, service: str, now: float) -> float:
+        """Seconds the oldest call of ``service`` still in its queue has waited (0 when none waits)."""
+        for job in self._services[service].queue:
+            if job.state is JobState.QUEUED:
+                return now - job.arrived
+        return 0.0
+
+    def queued(self, service: str) -> int:
+        """Calls of ``service`` waiting in its queue."""
+        return self._services[service].queued
+
+    def free_slots(self, service: str) -> int:
+        """Run slots of ``service`` with nothing to do."""
+        return len(self._services[service].idle)
+
+    def status(self, now: float) -> dict[str, Any]:
+        """Each service's workers, queue, calls in flight, recent rate and latency, errors by type, recycled
+        and restarted workers, and totals: what ``dllpool status`` and ``Client.status()`` show."""
+        supervision = {} if self.supervision is None else self.supervision()
+        services: dict[str, Any] = {}
+        for name, service in sorted(self._services.items()):
+            shape = supervision.get("services", {}).get(name, {})
+            restarts = shape.get("restarts", {})
+            workers = [self._worker_status(w, now, restarts.get(w.pid)) for w in service.workers.values()]
+            services[name] = {
+                **{key: value for key, value in shape.items() if key != "restarts"},
+                "workers": sorted(workers, key=lambda w: w["pid"]),
+                "queued": service.queued + len(service.lease_waiters),
+                "queue_wait": self.queue_wait(name, now),
+                "held_ahead": service.ahead,
+                "running": sum(
+                    1 for w in service.workers.values() for j in w.jobs.values() if j.state is JobState.RUNNING
+                ),
+                **self._meters[name].snapshot(now),
+            }
+        totals = {
+            key: sum(s[key] for s in services.values())
+            for key in ("queued", "held_ahead", "running", "calls", "calls_per_s", "recycled", "restarts")
+        }
+        totals["workers"] = sum(len(s["workers"]) for s in services.values())
+        totals["errors"] = sum(sum(s["errors"].values()) for s in services.values())
+        return {
+            "broker": supervision.get("broker", {}),
+            "services": services,
+            "totals": totals,
+            "counters": self.counters(),
+        }
+
+    @staticmethod
+    def _worker_status(worker: _Worker, now: float, restarts: int | None) -> dict[str, Any]:
+        if worker.state is not WorkerState.SERVING:
+            state = worker.state.value
+        elif worker.lease not in (None, _RESERVED):
+            state = "held"
+        else:
+            state = "busy" if worker.jobs else "idle"
+        pointer_size = worker.info.get("pointer_size")
+        return {
+            "pid": worker.pid,
+            "host": worker.info.get("host"),
+            "bits": 8 * pointer_size if isinstance(pointer_size, int) else None,
+            "threads": worker.capacity,
+            "state": state,
+            "running": sum(1 for j in worker.jobs.values() if j.state is JobState.RUNNING),
+            "calls": worker.calls,
+            "uptime": now - worker.registered,
+            "restarts": restarts,
+            "rss": worker.figures.get("rss"),
+            "address_space_free": worker.figures.get("address_space_free"),
+            "retiring": worker.retire or None,
+        }
+
     # --- internals ----------------------------------------------------------------
 
     def _dispatch(self, service: _Service, now: float) -> list[Action]:
@@ -1034,7 +1281,7 @@ class BrokerCore:
         """Give ``worker``'s free run slots to the jobs pinned to it, in order."""
         actions: list[Action] = []
         service = self._services[worker.service]
-        while worker.state is WorkerState.SERVING and (job := self._first_waiting(worker.pinned, now, actions)):
+        while worker.state in _TAKES_PINNED and (job := self._first_waiting(worker.pinned, now, actions)):
             if worker.spare:
                 worker.spare -= 1
             elif worker.lease is None and worker.ident in service.idle:
@@ -1222,7 +1469,19 @@ class BrokerCore:
             service.queue = deque(job for job in service.queue if job.state is JobState.QUEUED)
 
     def _error_to(self, ident: bytes, corr: int, error: CallError) -> ToClient:
+        meter = self._meters.get(str(error.details.get("service")))
+        if meter is not None:
+            meter.errors[type(error).__name__] += 1
         return ToClient(ident, wire.error_to_client(corr, error_to_wire(error)))
+
+
+def _error_type(payload: list[Buffer]) -> str:
+    """The type name of a worker's error answer (read only for status: the broker forwards it untouched)."""
+    try:
+        name = wire.unpack_header(payload[0], "error", wire.MAX_ERROR_LEN).get("type")
+    except (ProtocolError, IndexError):
+        name = None
+    return name if isinstance(name, str) and name.isidentifier() and len(name) <= 64 else "CallError"
 
 
 class _LogThrottle:

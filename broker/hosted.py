@@ -141,7 +141,9 @@ class HostedBroker:
     def readiness(self) -> Readiness:
         state = self._request("readiness")
         failure = state["failure"]
-        return Readiness(state["ready"], None if failure is None else _rebuild(failure), state["stopped"])
+        return Readiness(
+            state["ready"], state["wanted"], None if failure is None else _rebuild(failure), state["stopped"]
+        )
 
     def _request(self, op: str, **args: Any) -> Any:
         """Send one request and return its answer; BrokerUnavailable once the process has ended."""
@@ -332,7 +334,7 @@ def _carry_out(broker: InProcessBroker, request: dict[str, Any]) -> Any:
     if op == "readiness":
         state = broker.readiness()
         failure = None if state.failure is None else _error(state.failure)
-        return {"ready": state.ready, "failure": failure, "stopped": state.stopped}
+        return {"ready": state.ready, "wanted": state.wanted, "failure": failure, "stopped": state.stopped}
     if op == "worker_pids":
         return broker.worker_pids(request["service"])
     if op == "workers":

@@ -42,6 +42,8 @@ class Readiness:
 
     ready: dict[str, int]
     """Ready workers per service."""
+    wanted: dict[str, int]
+    """Workers each service runs or is starting (changed by scaling)."""
     failure: DllPoolError | None
     """Why a worker failed to start, if one did."""
     stopped: str | None
@@ -188,9 +190,10 @@ class InProcessBroker:
         loop = self._require_loop()
         with loop.lock:
             ready = {s.name: loop.core.ready_workers(s.name) for s in self.config.services}
+            wanted = {s.name: loop.supervisor.target(s.name) for s in self.config.services}
             failure = loop.supervisor.startup_failure()
         stopped = (loop.failure or "it was asked to stop") if loop.stopped.is_set() else None
-        return Readiness(ready, failure, stopped)
+        return Readiness(ready, wanted, failure, stopped)
 
     def _require_loop(self) -> BrokerLoop:
         if self._loop is None:
@@ -219,6 +222,9 @@ def core_for(config: PoolConfig) -> BrokerCore:
                 max_call_seconds=s.max_call_seconds,
                 prefetch=s.prefetch,
                 session_idle=s.session_idle,
+                max_calls_per_worker=s.max_calls_per_worker,
+                max_worker_rss=s.max_worker_rss,
+                min_free_address_space=s.min_free_address_space if s.bits == 32 else 0,
             )
             for s in config.services
         ],

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,10 +29,12 @@ from typing import Any, cast
 import zmq
 
 from client import shm
-from protocol import Buffer, transport
+from protocol import BadRequest, Buffer, error_to_wire, pack_value, transport
 from protocol import frames as wire
 
-from .core import Action, BrokerCore, KillWorker, ToClient, ToWorker
+from .autoscale import Autoscaler, Load
+from .config import MAX_WORKERS
+from .core import Action, BrokerCore, KillWorker, Retire, Scale, ToClient, ToWorker
 from .security import HandshakeWatch
 from .supervisor import Supervisor
 
@@ -114,6 +117,13 @@ class BrokerLoop:
         self._unread: _Unread | None = None
         self._clients: dict[bytes, float] = {}
         """Frontend peers by when they were last heard: the clients to reassure while one message holds the socket."""
+        self.autoscalers = {
+            s.name: Autoscaler(s.min_workers, s.max_workers, s.autoscale_wait, s.autoscale_cooldown)
+            for s in supervisor.config.services
+            if s.autoscaled
+        }
+        self._started = time.monotonic()
+        core.supervision = self._supervision
 
     def run(self) -> None:
         """Start the workers, serve until asked to stop, then stop them.
@@ -186,6 +196,7 @@ class BrokerLoop:
             actions += self.core.tick(now)
             self.supervisor.mark_ready(set(self.core.worker_pids()))
             self._execute(actions, now)
+            self._autoscale(now)
         if now >= self._next_forget:
             self._next_forget = now + self.core.heartbeat_interval
             since = now - self.core.heartbeat_interval * self.core.heartbeat_liveness
@@ -316,6 +327,80 @@ class BrokerLoop:
                     self._execute(self.core.worker_unreachable(action.ident, now), now)
             elif isinstance(action, KillWorker):
                 self.supervisor.kill(action.pid, action.reason)
+            elif isinstance(action, Retire):
+                self.supervisor.retire(action.pid, action.replace, now)
+            elif isinstance(action, Scale):
+                self._scale_for_client(action, now)
+
+    # --- scaling ----------------------------------------------------------------------
+
+    def scale(self, service: str, workers: int, now: float) -> int:
+        """Have ``service`` run ``workers`` workers; the number it will run. Caller holds the lock.
+
+        Up: new slots start at once. Down: slots whose worker is not ready yet go first, then the broker
+        retires ready workers, those with least to do first; each finishes what it runs (nothing is lost),
+        its slot going at once. An autoscaled service must stay within its ``min_workers``..``max_workers``.
+        """
+        config = self.supervisor.service(service)
+        low, high = (config.min_workers, config.max_workers) if config.autoscaled else (0, MAX_WORKERS)
+        if not low <= workers <= high:
+            raise BadRequest(
+                f"service {service!r} may run {low} to {high} workers, not {workers}"
+                + (" (its min_workers and max_workers)" if config.autoscaled else ""),
+                service=service,
+            )
+        current = self.supervisor.target(service)
+        if workers > current:
+            self.supervisor.add(service, workers - current, now)
+        elif workers < current:
+            registered = set(self.core.worker_pids(service))
+            dropped, starting = self.supervisor.drop_unready(service, current - workers, registered)
+            self.core.unwanted.update(starting)
+            surplus = current - workers - dropped
+            if surplus:
+                self._execute(self.core.retire(service, surplus, self.supervisor.pids(service), now), now)
+        target = self.supervisor.target(service)
+        if target != current:
+            log.info("service %r scaled from %d to %d workers", service, current, target)
+        return target
+
+    def _scale_for_client(self, action: Scale, now: float) -> None:
+        try:
+            answer = wire.reply_to_client(
+                action.corr, pack_value({"workers": self.scale(action.service, action.workers, now)})
+            )
+        except BadRequest as exc:
+            answer = wire.error_to_client(action.corr, error_to_wire(exc))
+        transport.try_send(self.frontend, [action.ident, *answer])
+
+    def _autoscale(self, now: float) -> None:
+        """Grow or shrink the autoscaled services as their load asks. Caller holds the lock."""
+        for name, autoscaler in self.autoscalers.items():
+            load = Load(
+                workers=self.supervisor.target(name),
+                starting=self.supervisor.starting(name),
+                queued=self.core.queued(name),
+                queue_wait=self.core.queue_wait(name, now),
+                free_slots=self.core.free_slots(name),
+                threads=self.supervisor.service(name).threads,
+            )
+            target = autoscaler.target(now, load)
+            if target != load.workers:
+                log.info(
+                    "autoscaling %r from %d to %d workers (oldest queued call waited %.3f s)",
+                    name,
+                    load.workers,
+                    target,
+                    load.queue_wait,
+                )
+                self.scale(name, target, now)
+
+    def _supervision(self) -> dict[str, Any]:
+        """What the core's status needs from this loop and its supervisor."""
+        described = self.supervisor.describe()
+        for name, service in described["services"].items():
+            service["autoscaled"] = name in self.autoscalers
+        return {"broker": {"pid": os.getpid(), "uptime": time.monotonic() - self._started}, **described}
 
     def _shut_down(self) -> None:
         """Finish what is running within the grace period, answer the rest, stop the workers.

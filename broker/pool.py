@@ -213,15 +213,44 @@ class Pool:
         """Kill one worker process (for tests and chaos drills); the supervisor replaces it."""
         self._require_broker().kill_worker(pid)
 
+    def status(self) -> dict[str, Any]:
+        """What ``dllpool status`` shows: see :meth:`client.Client.status`."""
+        with self.client() as client:
+            return client.status()
+
+    def scale(self, service: str, workers: int, wait: bool = True) -> int:
+        """Run ``workers`` workers for ``service`` from now on; the number it will run.
+
+        Scaling down retires idle workers first and lets busy ones finish their calls: no call fails or is
+        lost. With ``wait``, returns once exactly that many are ready (``ready_timeout`` at most).
+        """
+        self._require_broker()
+        with self.client() as client:
+            target = client.scale(service, workers)
+        if wait:
+            self._wait_scaled(service, target)
+        return target
+
+    def _wait_scaled(self, service: str, target: int) -> None:
+        broker = self._require_broker()
+        deadline = time.monotonic() + self.config.ready_timeout
+        self.wait_ready()
+        while len(broker.worker_pids(service)) != target:
+            if time.monotonic() >= deadline:
+                raise PoolStartError(
+                    f"service {service!r} has {len(broker.worker_pids(service))} workers ready, not {target}, "
+                    f"after {self.config.ready_timeout:.1f} s"
+                )
+            time.sleep(0.01)
+
     def wait_ready(self, timeout: float | None = None) -> None:
         """Block until every service has all its workers ready (at start, or after crashes)."""
         broker = self._require_broker()
         timeout = self.config.ready_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        wanted = {s.name: s.workers for s in self.config.services}
         while True:
             state = broker.readiness()
-            ready = state.ready
+            ready, wanted = state.ready, state.wanted
             if all(ready[name] >= count for name, count in wanted.items()):
                 return
             if state.failure is not None:

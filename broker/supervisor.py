@@ -3,7 +3,10 @@
 Each service has ``workers`` slots; each slot holds at most one process. The
 broker loop calls :meth:`Supervisor.poll` on every tick: it reaps processes
 that ended, reports them (so the broker can answer the calls they held), and
-starts replacements. A worker that dies before it ever got ready is
+starts replacements. Slots are added and removed while the pool runs
+(:meth:`Supervisor.add`, :meth:`Supervisor.drop_unready`); a retired worker
+(recycled, or its slot removed) leaves its slot at once and finishes its
+calls as a *leaving* process, reaped and reported like the others. A worker that dies before it ever got ready is
 restarted with a growing back-off, so a wrapper that fails to start does not
 become a fork bomb; one that served and then crashed is replaced at once.
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -92,6 +96,9 @@ class _Slot:
     stderr_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=_STDERR_TAIL))
     stderr_reader: threading.Thread | None = None
     last_failure: DllPoolError | None = None
+    recycled: int = 0
+    """Processes of this slot retired and replaced on purpose: the rest of its starts after the first are
+    restarts after a crash."""
 
 
 def make_worker_source(folder: Path) -> Path:
@@ -127,10 +134,23 @@ class Supervisor:
         """``dllpool worker`` announces each worker it starts; a Pool keeps that to DEBUG."""
         self.parent_broker = parent_broker
         """The workers' broker runs in this process (a Pool's), not elsewhere (``dllpool worker``)."""
-        slots = [(s, i) for s in config.services for i in range(s.workers)]
-        self._slots = [_Slot(s, i, source_dir.parent / f"status-{n}") for n, (s, i) in enumerate(slots)]
+        self._slots: list[_Slot] = []
+        self._slot_numbers = itertools.count()
+        for service in config.services:
+            self._add_slots(service, service.workers)
+        self._leaving: list[tuple[str, subprocess.Popen[bytes]]] = []
+        """Retired workers' processes (and their services), out of their slots, finishing their calls."""
         self._interpreters: dict[str, runtime32.Interpreter] = {}
         self._stopping = False
+
+    def _add_slots(self, service: ServiceConfig, count: int) -> list[_Slot]:
+        first = max((slot.index + 1 for slot in self._slots if slot.service is service), default=0)
+        slots = [
+            _Slot(service, first + i, self.source_dir.parent / f"status-{next(self._slot_numbers)}")
+            for i in range(count)
+        ]
+        self._slots += slots
+        return slots
 
     # --- interpreters ---------------------------------------------------------------
 
@@ -250,6 +270,13 @@ class Supervisor:
     def poll(self, now: float) -> list[Exit]:
         """Reap ended workers and start replacements that are due."""
         exits: list[Exit] = []
+        for service, leaving in list(self._leaving):
+            code = leaving.poll()
+            if code is not None:
+                self._leaving.remove((service, leaving))
+                exits.append(Exit(service, leaving.pid, code))
+                level = logging.DEBUG if code == 0 else logging.WARNING
+                log.log(level, "retired worker pid %d of %r ended (%s)", leaving.pid, service, _how(code))
         for slot in self._slots:
             process = slot.process
             if process is not None:
@@ -332,16 +359,94 @@ class Supervisor:
 
     def running(self) -> dict[int, str]:
         """The pid and service of each worker process started and not yet reaped."""
-        return {slot.process.pid: slot.service.name for slot in self._slots if slot.process is not None}
+        return {process.pid: service for service, process in self._owned()}
 
     def kill(self, pid: int, reason: str) -> None:
-        for slot in self._slots:
-            if slot.process is not None and slot.process.pid == pid and slot.process.poll() is None:
+        for _, process in self._owned():
+            if process.pid == pid and process.poll() is None:
                 log.warning("killing worker pid %d: %s", pid, reason)
-                slot.process.kill()
+                process.kill()
+
+    def _owned(self) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+        """Every process started and not yet reaped, in a slot or leaving, with its service's name."""
+        yield from ((slot.service.name, slot.process) for slot in self._slots if slot.process is not None)
+        yield from self._leaving
 
     def _processes(self) -> Iterator[subprocess.Popen[bytes]]:
-        return (slot.process for slot in self._slots if slot.process is not None)
+        return (process for _, process in self._owned())
+
+    # --- scaling and retiring ---------------------------------------------------------
+
+    def service(self, name: str) -> ServiceConfig:
+        return self.config.service(name)
+
+    def target(self, service: str) -> int:
+        """The workers ``service`` runs or is starting: its slots."""
+        return sum(1 for slot in self._slots if slot.service.name == service)
+
+    def starting(self, service: str) -> int:
+        """Slots of ``service`` whose worker is not ready yet (starting, or waiting to start again)."""
+        return sum(1 for slot in self._slots if slot.service.name == service and not slot.ready)
+
+    def pids(self, service: str) -> set[int]:
+        """The workers of ``service`` in its slots: those a scale-down may retire."""
+        return {s.process.pid for s in self._slots if s.service.name == service and s.process is not None}
+
+    def add(self, service: str, count: int, now: float) -> None:
+        """``count`` more workers for ``service``, starting now."""
+        for slot in self._add_slots(self.config.service(service), count):
+            self._start(slot, now)
+
+    def drop_unready(self, service: str, count: int, registered: set[int]) -> tuple[int, list[int]]:
+        """Remove up to ``count`` slots of ``service`` whose worker has not registered with the broker (the pids
+        in ``registered`` have), those waiting to start again first: how many went, and the pids of their
+        processes, which the broker must retire when they register (asked to stop now, one could register
+        and take a call before it heard). They are reaped as leaving processes."""
+        unready = [
+            s
+            for s in self._slots
+            if s.service.name == service and (s.process is None or s.process.pid not in registered)
+        ]
+        unready.sort(key=lambda s: s.process is not None)
+        pids = []
+        for slot in unready[:count]:
+            self._slots.remove(slot)
+            if slot.process is not None:
+                pids.append(slot.process.pid)
+                self._leaving.append((service, slot.process))
+        return min(count, len(unready)), pids
+
+    def retire(self, pid: int, replace: bool, now: float) -> None:
+        """The broker retired worker ``pid``: it leaves its slot and finishes its calls, and the slot either starts
+        its successor now (``replace``) or goes (the pool was scaled down). Not one of ours (a worker started
+        elsewhere): nothing to do, its own supervisor replaces it once it stops."""
+        slot = next((s for s in self._slots if s.process is not None and s.process.pid == pid), None)
+        if slot is None or slot.process is None:
+            return
+        self._leaving.append((slot.service.name, slot.process))
+        slot.process = None
+        if replace:
+            slot.recycled += 1
+            self._start(slot, now)
+        else:
+            self._slots.remove(slot)
+
+    def describe(self) -> dict[str, Any]:
+        """Per service: workers wanted and starting, autoscaling bounds, and each worker's restarts after
+        crashes (by pid), for the broker's status."""
+        services: dict[str, Any] = {}
+        for service in self.config.services:
+            slots = [s for s in self._slots if s.service is service]
+            services[service.name] = {
+                "target": len(slots),
+                "starting": sum(1 for s in slots if not s.ready),
+                "min_workers": service.min_workers,
+                "max_workers": service.max_workers,
+                "restarts": {
+                    s.process.pid: s.starts - 1 - s.recycled for s in slots if s.process is not None and s.ready
+                },
+            }
+        return {"services": services}
 
     def stop_all(self, timeout: float = 5.0, wake: Callable[[], None] | None = None) -> None:
         """Ask every worker to stop, then kill what is left: no orphans.
@@ -365,6 +470,7 @@ class Supervisor:
                 process.wait()
         for slot in self._slots:
             slot.process = None
+        self._leaving.clear()
 
 
 def serve_workers(config: PoolConfig, backend: str, stop: threading.Event, curve: dict[str, str] | None = None) -> None:

@@ -39,6 +39,9 @@ from .proxy import ServiceProxy, SessionCalls
 
 __all__ = ["Client", "Session"]
 
+_ANY_SERVICE = "*"
+"""The service name a pool-wide broker method (STATUS) is sent with: the broker does not look at it."""
+
 
 class Client:
     """Calls functions of the pool's services through the broker at ``address``.
@@ -222,6 +225,23 @@ class Client:
             except CallError as exc:
                 results[pid] = exc
         return results
+
+    def status(self, timeout: float | Unset | None = UNSET) -> dict[str, Any]:
+        """The pool as its broker sees it now, for people (``dllpool status``) and for scripts.
+
+        ``services``: per service its ``workers`` (pid, bits, host, threads, ``state`` idle/busy/held/retiring,
+        ``running`` calls, ``calls`` answered, ``uptime`` s, ``restarts`` of its slot after crashes, ``rss`` and
+        ``address_space_free`` bytes), ``target``/``starting``/``min_workers``/``max_workers``, ``queued``,
+        ``queue_wait`` s, ``held_ahead``, ``running``, ``calls``, ``calls_per_s`` and ``latency`` percentiles (s)
+        over the last 5-10 s, ``latency_since_start``, ``errors`` by type, ``recycled`` and ``restarts``.
+        ``totals`` sums them; ``counters`` are the broker's event counts; ``broker`` its pid and uptime.
+        """
+        return dict(self.call(_ANY_SERVICE, wire.STATUS, timeout=timeout))
+
+    def scale(self, service: str, workers: int, timeout: float | Unset | None = UNSET) -> int:
+        """Have the pool run ``workers`` workers for ``service`` (see ``Pool.scale``); the number it will run.
+        BadRequest if that is outside what the service allows."""
+        return int(self.call(service, wire.SCALE, workers, timeout=timeout)["workers"])
 
     def _pinned(
         self,

@@ -15,7 +15,7 @@ given; both unsigned 64-bit)::
     REQUEST, broker -> worker   tag cmd flags len(method)  pad         job:u64  timeout:f64 method
     REPLY, ERROR, CANCEL        tag cmd pad pad pad corr-or-job:u64
     HEARTBEAT, client -> broker tag cmd [pad pad pad window:f64]
-    READY, HEARTBEAT, DISCONNECT tag cmd
+    READY, HEARTBEAT, DISCONNECT, STOP tag cmd
 
 Messages::
 
@@ -23,9 +23,9 @@ Messages::
                        DISCONNECT [header]
     broker -> client   REPLY [header, body, *buffers]     ERROR [header, error]  HEARTBEAT [header]
     worker -> broker   READY [header, info]   REPLY [header, body, *buffers]   ERROR [header, error]
-                       HEARTBEAT [header]     DISCONNECT [header]
+                       HEARTBEAT [header, [figures]]     DISCONNECT [header]
     broker -> worker   REQUEST [header, body, *buffers]   HEARTBEAT [header]   DISCONNECT [header]
-                       CANCEL [header]
+                       CANCEL [header]   STOP [header]
 
 ``timeout`` counts only with :data:`FLAG_TIMEOUT` set: the seconds left
 until the caller's deadline when the message was sent. ``pid`` is there only
@@ -33,7 +33,10 @@ with :data:`FLAG_PINNED`: the one worker that must run the call. Methods whose
 name starts with ``$`` are the broker's own (:data:`BROKER_METHODS`). :data:`FLAG_BATCH`
 marks a request whose body holds many argument lists for one method
 (``Client.map``). ``info`` (READY) and ``error`` are small msgpack maps; the
-broker reads ``info`` and forwards ``error`` untouched.
+broker reads ``info`` and forwards ``error`` untouched. A worker's HEARTBEAT
+may carry ``figures``, a small msgpack map of what the worker measured of
+itself (:data:`FIGURES`), for status and recycling. STOP retires a worker:
+the broker sends it once the worker holds no call, and the worker exits.
 
 Clients have a lifetime at the broker: a client HEARTBEAT may carry the
 client's own liveness ``window`` (seconds it may stay silent before the
@@ -63,12 +66,16 @@ __all__ = [
     "HEARTBEAT",
     "DISCONNECT",
     "CANCEL",
+    "STOP",
+    "FIGURES",
     "FLAG_TIMEOUT",
     "FLAG_BATCH",
     "FLAG_PINNED",
     "LEASE",
     "RELEASE",
     "WORKERS",
+    "STATUS",
+    "SCALE",
     "BROKER_METHODS",
     "DROP_HANDLES",
     "SESSION_INIT",
@@ -94,6 +101,7 @@ __all__ = [
     "HeartbeatToWorker",
     "DisconnectToWorker",
     "CancelToWorker",
+    "StopToWorker",
     "pack_header",
     "unpack_header",
     "parse_client",
@@ -114,6 +122,7 @@ __all__ = [
     "heartbeat_to_worker",
     "disconnect_to_worker",
     "cancel_to_worker",
+    "stop_to_worker",
     "worker_ready",
     "worker_reply",
     "worker_error",
@@ -135,6 +144,7 @@ READY = 4
 HEARTBEAT = 5
 DISCONNECT = 6
 CANCEL = 7
+STOP = 8
 
 FLAG_TIMEOUT = 1
 """The header's ``timeout`` field holds the seconds left until the caller's deadline."""
@@ -153,7 +163,13 @@ RELEASE = "$release"
 """Broker method, pinned to the leased pid: end the lease."""
 WORKERS = "$workers"
 """Broker method: the service's registered workers, a list of ``{"pid", "host", "threads", "leased"}``."""
-BROKER_METHODS = frozenset((LEASE, RELEASE, WORKERS))
+STATUS = "$status"
+"""Broker method, for any service name: the whole pool's status (see ``BrokerCore.status``)."""
+SCALE = "$scale"
+"""Broker method: run the service with the number of workers in the body; answers ``{"workers": n}``."""
+BROKER_METHODS = frozenset((LEASE, RELEASE, WORKERS, STATUS, SCALE))
+FIGURES = frozenset(("rss", "address_space_free"))
+"""What a worker's HEARTBEAT may report of itself, in bytes; other keys are ignored."""
 SESSION_INIT = "$session_init"
 """Worker method, pinned: run the service's ``session_init`` function (a session starts on this worker)."""
 SESSION_CLOSE = "$session_close"
@@ -304,7 +320,7 @@ class WorkerReply(NamedTuple):
 
 
 class WorkerHeartbeat(NamedTuple):
-    pass
+    figures: "Optional[dict[str, int]]" = None
 
 
 class WorkerDisconnect(NamedTuple):
@@ -367,7 +383,7 @@ def parse_worker(frames: Sequence[Buffer]) -> WorkerMessage:
         _expect(frames, _ANSWER.size, 2, "REPLY" if command == REPLY else "ERROR")
         return WorkerReply(_ANSWER.unpack(frames[0])[2], command == ERROR, list(frames[1:]))
     if command == HEARTBEAT:
-        return _WORKER_HEARTBEAT
+        return _WORKER_HEARTBEAT if len(frames) == 1 else WorkerHeartbeat(_figures(frames[1]))
     if command == READY:
         _expect(frames, _SHORT_LEN, 2, "READY")
         info = unpack_header(frames[1], "READY info")
@@ -382,6 +398,18 @@ def parse_worker(frames: Sequence[Buffer]) -> WorkerMessage:
     if command == DISCONNECT:
         return _WORKER_DISCONNECT
     raise ProtocolError(f"unknown worker command {command:#04x}")
+
+
+def _figures(frame: Buffer) -> "dict[str, int]":
+    """The figures of a worker's HEARTBEAT: known names with sizes, the rest dropped."""
+    raw = unpack_header(frame, "HEARTBEAT figures")
+    figures = {}
+    for name in FIGURES & raw.keys():
+        value = raw[name]
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
+            raise ProtocolError(f"HEARTBEAT figure {name!r} must be a byte count, got {value!r}")
+        figures[name] = value
+    return figures
 
 
 # --- messages the peers receive -----------------------------------------------------
@@ -416,6 +444,10 @@ class DisconnectToWorker(NamedTuple):
     pass
 
 
+class StopToWorker(NamedTuple):
+    """Exit: the worker is retired (recycled or scaled down) and holds no call."""
+
+
 class CancelToWorker(NamedTuple):
     """Answer ``job`` at once, without running it, if it has not started; otherwise finish it as usual."""
 
@@ -425,6 +457,7 @@ class CancelToWorker(NamedTuple):
 _HEARTBEAT_TO_CLIENT = HeartbeatToClient()
 _HEARTBEAT_TO_WORKER = HeartbeatToWorker()
 _DISCONNECT_TO_WORKER = DisconnectToWorker()
+_STOP_TO_WORKER = StopToWorker()
 
 
 def parse_for_client(frames: Sequence[Buffer]) -> Union[ReplyToClient, HeartbeatToClient]:
@@ -443,7 +476,7 @@ def parse_for_client(frames: Sequence[Buffer]) -> Union[ReplyToClient, Heartbeat
 
 def parse_for_worker(
     frames: Sequence[Buffer],
-) -> Union[WorkerRequest, HeartbeatToWorker, DisconnectToWorker, CancelToWorker]:
+) -> Union[WorkerRequest, HeartbeatToWorker, DisconnectToWorker, CancelToWorker, StopToWorker]:
     """Parse what the broker sent to a worker."""
     command = _command(frames, WORKER_PROTOCOL)
     if command == REQUEST:
@@ -464,6 +497,8 @@ def parse_for_worker(
         return _HEARTBEAT_TO_WORKER
     if command == DISCONNECT:
         return _DISCONNECT_TO_WORKER
+    if command == STOP:
+        return _STOP_TO_WORKER
     if command == CANCEL:
         _expect(frames, _ANSWER.size, 1, "CANCEL")
         return CancelToWorker(_ANSWER.unpack(frames[0])[2])
@@ -572,6 +607,10 @@ def disconnect_to_worker() -> "list[Buffer]":
     return _short(WORKER_PROTOCOL, DISCONNECT)
 
 
+def stop_to_worker() -> "list[Buffer]":
+    return _short(WORKER_PROTOCOL, STOP)
+
+
 def cancel_to_worker(job: int) -> "list[Buffer]":
     return [_ANSWER.pack(WORKER_PROTOCOL, CANCEL, job)]
 
@@ -588,8 +627,9 @@ def worker_error(job: int, error: "dict[str, Any]") -> "list[Buffer]":
     return [_ANSWER.pack(WORKER_PROTOCOL, ERROR, job), pack_header(error)]
 
 
-def worker_heartbeat() -> "list[Buffer]":
-    return _short(WORKER_PROTOCOL, HEARTBEAT)
+def worker_heartbeat(figures: "Optional[dict[str, int]]" = None) -> "list[Buffer]":
+    short = _short(WORKER_PROTOCOL, HEARTBEAT)
+    return short if not figures else [*short, pack_header(figures)]
 
 
 def worker_disconnect() -> "list[Buffer]":

@@ -56,9 +56,10 @@ from protocol import (
     unpack_call,
 )
 from protocol import frames as wire
-from protocol.frames import Buffer, CancelToWorker, DisconnectToWorker
+from protocol.frames import Buffer, CancelToWorker, DisconnectToWorker, StopToWorker
 
 from .hosting import build, call
+from .resources import figures
 from .shm import MAPPINGS, SharedArguments, limit_of
 
 log = logging.getLogger("workers32")
@@ -383,7 +384,7 @@ class Worker:
             for frames in transport.drain(self._results, _BATCH, copied=2):
                 transport.send(self._sock, frames)
         if now >= self._next_heartbeat:
-            transport.send(self._sock, wire.worker_heartbeat())
+            transport.send(self._sock, wire.worker_heartbeat(figures()))
             self._next_heartbeat = now + self.interval
             MAPPINGS.prune()  # segments their clients let go of since
             if not _parent_alive(self.parent_pid):
@@ -409,6 +410,9 @@ class Worker:
                 future.add_done_callback(functools.partial(self._ended, message.job))
         elif isinstance(message, CancelToWorker):
             self._cancel(message.job)
+        elif isinstance(message, StopToWorker):
+            log.info("retired by the broker; stopping")
+            self._stop.set()
         elif isinstance(message, DisconnectToWorker):
             log.info("the broker does not know this worker; registering again")
             assert self._sock is not None
