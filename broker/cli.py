@@ -1,4 +1,4 @@
-"""The ``dllpool`` command: run a pool, call it, show the demo, manage the 32-bit runtime.
+"""The ``dllpool`` command: run a pool, call it, watch and scale it, show the demo, manage the 32-bit runtime.
 
 Exit codes: 0 success, 1 a call or the pool failed, 2 bad usage or
 configuration (argparse's convention), 130 interrupted. Every exit 2 is one
@@ -27,6 +27,7 @@ from client import CurveKeys
 from protocol import ArgumentError, CallError, ConfigError, DllPoolError
 
 from . import runtime32
+from .announce import announced, find_running
 from .config import PoolConfig, load_config
 from .install import setup
 from .locations import default_config_path
@@ -72,6 +73,7 @@ def _number(kind: type[float] | type[int], low: float, inclusive: bool, unit: st
 _SECONDS = _number(float, 0, False, " seconds")
 _GRACE = _number(float, 0, True, " seconds")
 _COUNT = _number(int, 1, True, "")
+_WORKERS = _number(int, 0, True, "")
 
 
 def _endpoint(text: str) -> str:
@@ -150,6 +152,19 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("method", nargs="?", help="the function or method to call (e.g. add)")
     call.add_argument("args", nargs="*", metavar="ARG", help="JSON literals: 1, 2.5, '\"text\"', '[1, 2]'")
 
+    status = commands.add_parser("status", help="show a running pool's workers, queues, rates, latencies and errors")
+    _running_pool_args(status)
+    status.add_argument("--json", action="store_true", help="print the status as JSON (with --watch: one line each)")
+    status.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
+    status.add_argument("--interval", type=_SECONDS, default=1.0, help="seconds between refreshes (default 1)")
+
+    scale = commands.add_parser("scale", help="change the number of workers of a running pool's service")
+    _running_pool_args(scale)
+    scale.add_argument("service", help="the service, as the configuration names it")
+    scale.add_argument("workers", type=_WORKERS, help="how many workers it should run (scaling down loses no call)")
+    scale.add_argument("--no-wait", action="store_true", help="return at once instead of when they are ready")
+    scale.add_argument("--json", action="store_true", help="machine-readable output")
+
     demo = commands.add_parser("demo", help="start the default pool and show concurrent calls to 32-bit workers")
     _config_arg(demo)
     demo.add_argument("--json", action="store_true", help="print a JSON report instead of text")
@@ -218,7 +233,7 @@ def _up(options: argparse.Namespace) -> int:
         setup()
     # Until the pool runs, SIGTERM is the Pool's own (a clean stop of a half-started pool); then ours.
     # This process exists to serve: a broker process of its own would add a process and gain nothing.
-    with Pool.from_config(options.config, broker="thread") as pool:
+    with Pool.from_config(options.config, broker="thread") as pool, announced(options.config, pool.address):
         stop = _stop_on_signals()
         if options.json:
             announcement = {"address": pool.address, "backend": pool.backend_address, "workers": pool.workers()}
@@ -281,6 +296,86 @@ def _call_target(options: argparse.Namespace, config: PoolConfig | None) -> tupl
     if functions and options.method not in functions:
         raise _UsageError(f"service {options.service!r} has no function {options.method!r}{listed}")
     return options.service, options.method
+
+
+def _running_pool_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--address", help="the pool's frontend endpoint (default: that of the `dllpool up` serving -c FILE)"
+    )
+    parser.add_argument(
+        "-c", "--config", type=Path, default=None, help="find the `dllpool up` serving this configuration"
+    )
+    parser.add_argument("--timeout", type=_SECONDS, default=10.0, help="seconds to wait for the broker (default 10)")
+    _curve_args(parser)
+
+
+def _running_pool(options: argparse.Namespace) -> str:
+    """The frontend of the running pool the command line names: ``--address``, else the configuration's own
+    ``frontend``, else where ``dllpool up`` announced it serves that configuration."""
+    if options.address:
+        return str(options.address)
+    if options.config is not None:
+        frontend = load_config(options.config).frontend
+        if frontend:
+            return frontend
+    return find_running(options.config)
+
+
+def _status(options: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    from client import Client
+
+    from .status_view import render
+
+    address = _running_pool(options)
+    with Client(address, timeout=options.timeout, curve=_curve(options)) as client:
+        if not options.watch:
+            state = client.status()
+            if options.json:
+                print(json.dumps(state, indent=2))
+            else:
+                Console(width=None if sys.stdout.isatty() else 132).print(render(state, address))
+            return EXIT_OK
+        try:
+            if options.json:
+                while True:
+                    print(json.dumps(client.status()), flush=True)
+                    time.sleep(options.interval)
+            with Live(render(client.status(), address), auto_refresh=False) as live:
+                while True:
+                    time.sleep(options.interval)
+                    live.update(render(client.status(), address), refresh=True)
+        except KeyboardInterrupt:  # how a watch ends
+            return EXIT_OK
+
+
+def _scale(options: argparse.Namespace) -> int:
+    from client import Client
+
+    address = _running_pool(options)
+    started = time.monotonic()
+    with Client(address, timeout=options.timeout, curve=_curve(options)) as client:
+        workers = client.scale(options.service, options.workers)
+        ready = _wait_scaled(client, options.service, workers, None if options.no_wait else options.timeout)
+    report = {"service": options.service, "workers": workers, "ready": ready, "seconds": time.monotonic() - started}
+    if options.json:
+        print(json.dumps(report))
+    else:
+        print(f"{options.service}: {workers} workers, {ready} ready ({report['seconds']:.2f} s)")
+    return EXIT_OK if options.no_wait or ready == workers else EXIT_FAILED
+
+
+def _wait_scaled(client: Any, service: str, workers: int, timeout: float | None) -> int:
+    """Ready workers of ``service`` once there are ``workers`` (or when ``timeout`` passes; None: now)."""
+    deadline = time.monotonic() + (timeout or 0.0)
+    while True:
+        state = client.status()["services"][service]
+        ready = sum(1 for w in state["workers"] if w["state"] not in ("retiring", "gone", "doomed"))
+        if (ready == workers and not state["starting"]) or time.monotonic() >= deadline:
+            return ready
+        time.sleep(0.05)
 
 
 def _jsonable(value: Any) -> Any:
@@ -386,6 +481,8 @@ _HANDLERS = {
     "up": _up,
     "call": _call,
     "demo": _demo,
+    "status": _status,
+    "scale": _scale,
     "keys": _keys,
     "worker": _worker,
     "runtime32": _runtime32,

@@ -817,15 +817,17 @@ class BrokerCore:
             actions.append(ToClient(job.client, wire.answer_to_client(job.corr, reply.error, reply.payload)))
         self._move(job, JobState.DONE)
         limit = service.policy.max_calls_per_worker
-        if worker.retire:
-            actions += self._wind_down(worker, now)
-        elif limit and worker.calls >= limit:
+        if limit and worker.calls >= limit:
             actions += self._recycle(worker, f"it served {worker.calls} calls (max_calls_per_worker)", now)
         return actions + self._dispatch_all(service, worker, now)
 
     def _dispatch_all(self, service: _Service, worker: _Worker, now: float) -> list[Action]:
-        """After ``worker`` freed a run slot: first the jobs pinned to it, then a waiting lease, then the queue."""
-        return self._dispatch_pinned(worker, now) + self._grant_leases(service, now) + self._dispatch(service, now)
+        """After ``worker`` freed a run slot: first the jobs pinned to it (then, if it is being retired, its next step
+        toward STOP), then a waiting lease, then the queue."""
+        actions = self._dispatch_pinned(worker, now)
+        if worker.retire:
+            actions += self._wind_down(worker, now)
+        return actions + self._grant_leases(service, now) + self._dispatch(service, now)
 
     def worker_exited(self, pid: int, returncode: int | None, now: float) -> list[Action]:
         """The supervisor saw a worker process end."""
@@ -1109,6 +1111,8 @@ class BrokerCore:
         """Move a worker being retired on: RETIRING once no session holds it, told to STOP and forgotten once
         it holds no call."""
         actions: list[Action] = []
+        if self._workers.get(worker.ident) is not worker:
+            return actions  # stopped and forgotten already
         if worker.state is WorkerState.SERVING:
             if worker.lease not in (None, _RESERVED):
                 return []  # a session's worker keeps serving it; its lease's end brings it back here
@@ -1366,7 +1370,7 @@ class BrokerCore:
             if not client.jobs and client.window is None and not client.leases:
                 del self._clients[client.ident]
         worker.lease = None
-        if worker.state is WorkerState.SERVING:
+        if worker.state is WorkerState.SERVING and not worker.retire:
             self._services[worker.service].idle.extend([worker.ident] * worker.spare)
         worker.spare = 0
         if client is not None:

@@ -203,3 +203,21 @@ DEMO_EXPORT int worker_pid(void) {
     return (int)getpid();
 #endif
 }
+
+/* A leaking vendor call, for worker recycling: keeps `mib` MiB allocated for
+ * good, written to (resident memory) when `touch` is non-zero, else only
+ * reserved (address space alone). Returns the MiB leaked so far in this
+ * process, or -1 when the allocation failed. */
+static void *demo_leaked = NULL; /* the blocks, chained: reachable, so no compiler drops them */
+
+DEMO_EXPORT int leak(int mib, int touch) {
+    static int leaked = 0;
+    size_t size = (size_t)mib << 20;
+    char *block = malloc(size < sizeof(void *) ? sizeof(void *) : size);
+    if (block == NULL) return -1;
+    if (touch) memset(block, 1, size);
+    *(void **)block = demo_leaked;
+    demo_leaked = block;
+    leaked += mib;
+    return leaked;
+}
