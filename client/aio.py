@@ -223,6 +223,15 @@ class AsyncClient:
                 future.cancel()
         return results
 
+    async def status(self, timeout: float | Unset | None = UNSET) -> dict[str, Any]:
+        """The pool as its broker sees it now (as :meth:`Client.status <client.client.Client.status>`)."""
+        return dict(await self.call(wire.ANY_SERVICE, wire.STATUS, timeout=timeout))
+
+    async def scale(self, service: str, workers: int, timeout: float | Unset | None = UNSET) -> int:
+        """Have the pool run ``workers`` workers for ``service`` (as :meth:`Client.scale
+        <client.client.Client.scale>`); the number it will run."""
+        return int((await self.call(service, wire.SCALE, workers, timeout=timeout))["workers"])
+
     async def close(self) -> None:
         """Fail the pending calls with BrokerUnavailable and have the broker drop them (CANCEL); say
         DISCONNECT and close the socket. Calls the broker still queues never run; a call already running

@@ -39,9 +39,6 @@ from .proxy import ServiceProxy, SessionCalls
 
 __all__ = ["Client", "Session"]
 
-_ANY_SERVICE = "*"
-"""The service name a pool-wide broker method (STATUS) is sent with: the broker does not look at it."""
-
 
 class Client:
     """Calls functions of the pool's services through the broker at ``address``.
@@ -236,7 +233,7 @@ class Client:
         over the last 5-10 s, ``latency_since_start``, ``errors`` by type, ``recycled`` and ``restarts``.
         ``totals`` sums them; ``counters`` are the broker's event counts; ``broker`` its pid and uptime.
         """
-        return dict(self.call(_ANY_SERVICE, wire.STATUS, timeout=timeout))
+        return dict(self.call(wire.ANY_SERVICE, wire.STATUS, timeout=timeout))
 
     def scale(self, service: str, workers: int, timeout: float | Unset | None = UNSET) -> int:
         """Have the pool run ``workers`` workers for ``service`` (see ``Pool.scale``); the number it will run.

@@ -75,6 +75,7 @@ __all__ = [
     "RELEASE",
     "WORKERS",
     "STATUS",
+    "ANY_SERVICE",
     "SCALE",
     "BROKER_METHODS",
     "DROP_HANDLES",
@@ -165,6 +166,8 @@ WORKERS = "$workers"
 """Broker method: the service's registered workers, a list of ``{"pid", "host", "threads", "leased"}``."""
 STATUS = "$status"
 """Broker method, for any service name: the whole pool's status (see ``BrokerCore.status``)."""
+ANY_SERVICE = "*"
+"""The service name clients send pool-wide broker methods (STATUS) with: the broker does not look at it."""
 SCALE = "$scale"
 """Broker method: run the service with the number of workers in the body; answers ``{"workers": n}``."""
 BROKER_METHODS = frozenset((LEASE, RELEASE, WORKERS, STATUS, SCALE))

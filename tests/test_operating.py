@@ -5,6 +5,7 @@ Real pools of real 32-bit workers; every test waits for a state it can observe (
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -211,3 +212,13 @@ def test_status_finds_the_pool_dllpool_up_serves(tmp_path: Path) -> None:
         assert up.wait(30) == 0
     gone = dllpool("status", "-c", str(path), env=env)
     assert gone.returncode == 2 and "no `dllpool up` is serving" in gone.stderr
+
+
+def test_the_async_client_reads_status_and_scales(pool: Pool) -> None:
+    async def scenario() -> tuple[list[int], int]:
+        async with pool.async_client(timeout=30) as client:
+            pids = [w["pid"] for w in (await client.status())["services"]["s"]["workers"]]
+            return pids, await client.scale("s", 3)
+
+    pids, workers = asyncio.run(scenario())
+    assert sorted(pids) == pool.worker_pids("s") and workers == 3
