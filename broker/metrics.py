@@ -49,7 +49,13 @@ class Latencies:
         self.largest = 0.0
 
     def record(self, seconds: float) -> None:
-        self.counts[_bucket(int(seconds * 1e6))] += 1
+        micros = int(seconds * 1e6)
+        if micros < _SUB:
+            bucket = max(micros, 0)
+        else:  # _bucket, inlined: this runs once per call
+            bits = micros.bit_length()
+            bucket = min(_SUB * (bits - 2) + ((micros >> (bits - 3)) & 3), _BUCKETS - 1)
+        self.counts[bucket] += 1
         self.count += 1
         if seconds > self.largest:
             self.largest = seconds
@@ -88,8 +94,9 @@ class ServiceMeter:
         """Calls a worker answered (results and errors)."""
         self.errors: collections.Counter[str] = collections.Counter()
         """Error answers by type name: the workers' and the broker's own (Timeout, Busy, WorkerCrashed...)."""
-        self.latency = Latencies()
-        """From the request's arrival at the broker to its answer, queueing included: what the caller waits."""
+        self._past = Latencies()
+        """Latencies of the windows rotated out: with the recent ones, those since the start. A latency runs from
+        the request's arrival at the broker to its answer, queueing included: what the caller waits."""
         self.recycled = 0
         self.restarts = 0
         """Workers of the service lost (crashed, killed, unreachable), each replaced by the supervisor."""
@@ -101,7 +108,6 @@ class ServiceMeter:
 
     def record(self, seconds: float) -> None:
         self.calls += 1
-        self.latency.record(seconds)
         self._current.record(seconds)
 
     def rotate(self, now: float) -> None:
@@ -109,6 +115,7 @@ class ServiceMeter:
         if self._current_since is None:
             self._current_since = self._previous_since = now
         elif now - self._current_since >= WINDOW:
+            self._past = self._past.merged(self._previous)
             self._previous, self._current = self._current, Latencies()
             self._previous_since, self._current_since = self._current_since, now
 
@@ -120,7 +127,7 @@ class ServiceMeter:
             "errors": dict(self.errors),
             "calls_per_s": recent.count / span if span > 0 else 0.0,
             "latency": recent.summary(),
-            "latency_since_start": self.latency.summary(),
+            "latency_since_start": self._past.merged(recent).summary(),
             "recycled": self.recycled,
             "restarts": self.restarts,
         }
