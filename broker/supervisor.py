@@ -40,6 +40,7 @@ from . import runtime32
 from .config import PoolConfig, ServiceConfig
 from .core import WINDOWS_CRASHES
 from .rundir import RunDir
+from .zygote import Spawner, WorkerProcess
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class _Slot:
     service: ServiceConfig
     index: int
     status_file: Path
-    process: subprocess.Popen[bytes] | None = None
+    process: WorkerProcess | None = None
     starts: int = 0
     started_at: float = 0.0
     ready: bool = False
@@ -131,6 +132,7 @@ class Supervisor:
         self._slots = [_Slot(s, i, source_dir.parent / f"status-{n}") for n, (s, i) in enumerate(slots)]
         self._interpreters: dict[str, runtime32.Interpreter] = {}
         self._stopping = False
+        self._spawner = Spawner(config.zygote)
 
     # --- interpreters ---------------------------------------------------------------
 
@@ -188,10 +190,6 @@ class Supervisor:
     def _start(self, slot: _Slot, now: float) -> None:
         interp = self._interpreter(slot.service)
         command = [
-            *interp.command,
-            "-s",
-            "-m",
-            "workers32",
             "--connect",
             self.backend,
             "--spec",
@@ -207,12 +205,12 @@ class Supervisor:
             command.append("--stop-on-eof")
         slot.status_file.unlink(missing_ok=True)
         slot.starts += 1
-        slot.process = subprocess.Popen(
+        slot.process = self._spawner.spawn(
+            interp,
             command,
-            cwd=self.source_dir,
-            env=runtime32.command_env(interp, [str(self.source_dir)]),
-            stdin=subprocess.DEVNULL if POSIX_SIGNALS else subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            self.source_dir,
+            runtime32.command_env(interp, [str(self.source_dir)]),
+            subprocess.DEVNULL if POSIX_SIGNALS else subprocess.PIPE,
         )
         slot.started_at = now
         slot.ready = False
@@ -340,7 +338,7 @@ class Supervisor:
                 log.warning("killing worker pid %d: %s", pid, reason)
                 slot.process.kill()
 
-    def _processes(self) -> Iterator[subprocess.Popen[bytes]]:
+    def _processes(self) -> Iterator[WorkerProcess]:
         return (slot.process for slot in self._slots if slot.process is not None)
 
     def stop_all(self, timeout: float = 5.0, wake: Callable[[], None] | None = None) -> None:
@@ -365,6 +363,7 @@ class Supervisor:
                 process.wait()
         for slot in self._slots:
             slot.process = None
+        self._spawner.close()
 
 
 def serve_workers(config: PoolConfig, backend: str, stop: threading.Event, curve: dict[str, str] | None = None) -> None:
@@ -396,7 +395,7 @@ def serve_workers(config: PoolConfig, backend: str, stop: threading.Event, curve
             supervisor.stop_all()
 
 
-def _ask_to_stop(process: subprocess.Popen[bytes]) -> None:
+def _ask_to_stop(process: WorkerProcess) -> None:
     """SIGTERM, or where there are no POSIX signals the end of the worker's stdin (see ``--stop-on-eof``)."""
     if POSIX_SIGNALS:
         process.send_signal(signal.SIGTERM)
