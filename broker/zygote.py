@@ -102,6 +102,7 @@ class _Zygote:
         self.control.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_MESSAGE)
         command = [*interp.command, "-s", "-m", "workers32.zygote", "--control", str(theirs.fileno())]
         command += ["--broker-pid", str(os.getpid())]
+        started = time.monotonic()
         with theirs:
             self.process = subprocess.Popen(
                 command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=[theirs.fileno()]
@@ -115,6 +116,7 @@ class _Zygote:
                 output = stream.read().decode("utf-8", "replace").strip()
             raise ZygoteFailed(f"{exc}; it printed: {output or 'nothing'}") from None
         threading.Thread(target=self._forward_stderr, name=f"stderr zygote {self.process.pid}", daemon=True).start()
+        log.debug("zygote pid %d of %s ready in %.3f s", self.process.pid, interp.shown, time.monotonic() - started)
 
     def _receive(self, timeout: float, key: str) -> int:
         """The value of ``key`` in the zygote's next message."""
