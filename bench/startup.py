@@ -102,7 +102,11 @@ def main() -> None:
     parser.add_argument("--broker", choices=["process", "thread"], default="process")
     options = parser.parse_args()
     records = Records()
-    for name, level in (("broker.supervisor", logging.DEBUG), ("broker.core", logging.INFO), ("broker.zygote", 10)):
+    for name, level in (
+        ("broker.supervisor", logging.DEBUG),
+        ("broker.core", logging.INFO),
+        ("broker.zygote", logging.DEBUG),
+    ):
         logger = logging.getLogger(name)
         logger.setLevel(level)
         logger.addHandler(records)
