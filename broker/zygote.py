@@ -15,7 +15,8 @@ each worker in milliseconds. :class:`Spawner` gives the supervisor a Popen-like 
   (PR_SET_CHILD_SUBREAPER) while it has zygotes, so it adopts each worker from the intermediate process
   the zygote forks it through. So it reaps the worker and knows its exit code, signals it without a
   pid-reuse race, the worker watches it as a spawned worker does (parent-death signal, ``getppid()``),
-  and a zygote that dies takes no worker with it.
+  and a zygote that dies takes no worker with it. The kernel gives an adopted child to the subreaper's
+  first live thread, its main thread: the worker's parent-death signal fires when that one ends.
 
 The cost of being a subreaper: a process that a worker (or its library) started and left behind is
 adopted by this process rather than by init, and stays a zombie once it ends, as nothing here waits
@@ -52,6 +53,8 @@ _START_TIMEOUT = 10.0
 _REPLY_TIMEOUT = ADOPTION_TIMEOUT
 """Seconds a zygote has to answer a fork request before it counts as broken (and is replaced)."""
 _STOP_TIMEOUT = 2.0
+_MAX_FAILURES = 3
+"""Fork requests in a row that an interpreter's zygotes may fail before its workers are spawned instead."""
 _PR_SET_CHILD_SUBREAPER = 36
 _subreaper_users = 0
 """Spawners with zygotes in this process: it stays a subreaper while there is one."""
@@ -212,7 +215,9 @@ class Spawner:
     def __init__(self, use_zygote: bool) -> None:
         self.use_zygote = use_zygote and supported()
         self._zygotes: dict[Interpreter, _Zygote | None] = {}
-        """The zygote of each interpreter; None for one whose zygote failed to start (spawned from then on)."""
+        """The zygote of each interpreter; None for one whose zygotes failed (spawned from then on)."""
+        self._failures: dict[Interpreter, int] = {}
+        """Fork requests in a row each interpreter's zygotes failed."""
         self._subreaper = False
 
     def spawn(self, interp: Interpreter, args: list[str], cwd: Path, env: dict[str, str], stdin: int) -> WorkerProcess:
@@ -224,10 +229,21 @@ class Spawner:
                 pid = zygote.spawn(args, write)
             except ZygoteFailed as exc:
                 os.close(read)
-                log.warning("the zygote of %s failed to fork a worker (%s); replacing it", interp.shown, exc)
                 zygote.close()
-                del self._zygotes[interp]
+                self._failures[interp] = failures = self._failures.get(interp, 0) + 1
+                if failures < _MAX_FAILURES:
+                    log.warning("the zygote of %s failed to fork a worker (%s); replacing it", interp.shown, exc)
+                    del self._zygotes[interp]
+                else:
+                    log.warning(
+                        "the zygotes of %s failed %d times in a row (%s); spawning its workers from now on",
+                        interp.shown,
+                        failures,
+                        exc,
+                    )
+                    self._zygotes[interp] = None
             else:
+                self._failures.pop(interp, None)
                 return ForkedWorker(pid, open(read, "rb"), args)
             finally:
                 os.close(write)
@@ -242,7 +258,7 @@ class Spawner:
         if interp in self._zygotes and zygote is None:
             return None
         if zygote is not None:
-            log.warning("the zygote of %s ended (%s); starting another", interp.shown, zygote.process.returncode)
+            log.warning("the zygote of %s ended (return code %s); starting another", interp.shown, zygote.process.returncode)
             zygote.close()
         try:
             if not self._subreaper:

@@ -8,14 +8,16 @@ that is how these tests tell them apart. Both are children of the broker process
 
 from __future__ import annotations
 
+import logging
 import os
+import shlex
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from broker import Pool
+from broker import Pool, runtime32
 from protocol import ConfigError, PoolStartError
 
 from .conftest import demo_service, pid_alive, wait_for
@@ -101,7 +103,7 @@ def test_a_forked_workers_stderr_reaches_the_start_error(tmp_path: Path) -> None
         "        raise RuntimeError('device busy')\n"
     )
     config = {"services": {"w": {"module": str(wrapper), "class": "W"}}}
-    with pytest.raises(PoolStartError, match="(?s)not today.*device busy"):
+    with pytest.raises(PoolStartError, match=r"(?s)not today.*device busy"):
         Pool.from_config(config)
 
 
@@ -118,3 +120,26 @@ def test_zygote_false_spawns_each_worker() -> None:
 def test_zygote_must_be_true_or_false() -> None:
     with pytest.raises(ConfigError, match="zygote must be true or false"):
         Pool.from_config({"pool": {"zygote": "yes"}, "services": {"s": demo_service()}}, start=False)
+
+
+def test_a_zygote_that_cannot_start_leaves_the_workers_spawned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An interpreter that runs workers but fails as a zygote: a warning, and a pool of spawned workers."""
+    real = runtime32.load()
+    python = tmp_path / "python"
+    python.write_text(
+        "#!/bin/sh\n"
+        'case " $* " in *" workers32.zygote "*) echo "no zygote from this interpreter" >&2; exit 7;; esac\n'
+        + "".join(f"export {name}={shlex.quote(value)}\n" for name, value in real.env.items())
+        + f"export PYTHONPATH={shlex.quote(os.pathsep.join(real.path))}${{PYTHONPATH:+:$PYTHONPATH}}\n"
+        + f'exec {shlex.join(real.command)} "$@"\n'
+    )
+    python.chmod(0o755)
+    caplog.set_level(logging.WARNING, logger="broker.zygote")
+    config = {"services": {"s": demo_service(workers=2, python=str(python))}}
+    with Pool.from_config(config, broker="thread") as pool, pool.client(timeout=TIMEOUT) as client:
+        assert not any(forked(pid) for pid in pool.worker_pids())
+        assert client.call("s", "pointer_size") == 4
+    (warning,) = [r.getMessage() for r in caplog.records if "cannot start a zygote" in r.getMessage()]
+    assert "no zygote from this interpreter" in warning

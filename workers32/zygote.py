@@ -73,6 +73,7 @@ def _worker(argv: list[str], stderr: int, inherited: list[int]) -> NoReturn:
             os.close(fd)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # as a spawned worker has it
         # os.fork() already gave `random` a new seed (os.register_at_fork); nothing else here keeps one.
+        sys.argv = [os.path.join(os.path.dirname(__file__), "__main__.py"), *argv]  # as ``-m workers32`` has it
         options = parse(argv)
         _wait_for_adoption(options.parent_pid)
         serve(options, options.parent_pid)
