@@ -86,7 +86,13 @@ def respawn_time(zygote: bool, broker: BrokerKind, records: Records, rounds: int
                     continue
             answered = time.time()
             (noticed,) = records.times("] ended (")
-            figures.append({"kill->answer": answered - killed, "noticed->answer": answered - noticed})
+            figures.append(
+                {
+                    "kill->answer": answered - killed,
+                    "kill->noticed": noticed - killed,
+                    "noticed->answer": answered - noticed,
+                }
+            )
             pool.wait_ready()
     return figures
 

@@ -258,7 +258,9 @@ class Spawner:
         if interp in self._zygotes and zygote is None:
             return None
         if zygote is not None:
-            log.warning("the zygote of %s ended (return code %s); starting another", interp.shown, zygote.process.returncode)
+            log.warning(
+                "the zygote of %s ended (return code %s); starting another", interp.shown, zygote.process.returncode
+            )
             zygote.close()
         try:
             if not self._subreaper:

@@ -103,8 +103,8 @@ def _spawn(control: socket.socket, argv: list[str], stderr: int) -> None:
             os._exit(0)
     os.close(write)
     os.close(stderr)
-    with open(read, "rb") as pipe:
-        text = pipe.read(32)
+    text = os.read(read, 32)  # one write of a few bytes: all of it, or nothing if the fork failed
+    os.close(read)
     os.waitpid(intermediate, 0)  # it has ended: its worker is the broker's child now
     _send(control, {"spawned": int(text)} if text else {"error": "the intermediate process could not fork"})
 
