@@ -10,7 +10,9 @@ Each round runs both ways, zygote on then off (``[pool] zygote``), so both see t
 * **respawn**: a pool with one worker; SIGKILL it, then call ``worker_pid`` until the replacement answers.
   *kill->answer* runs from just before the kill to the answer. *noticed->answer* from the moment the
   broker noticed the exit (the ``created`` time of its ``worker ... ended`` log record: the supervisor's
-  poll that reaped the worker, at most one broker tick, 50 ms, after it died) to the answer.
+  poll that reaped the worker, at most one broker tick, 50 ms, after it died) to the answer;
+* **anatomy**: what the serial part of a start costs on its own: the 64-bit interpreter bare and importing
+  the broker process's code, the 32-bit one bare and importing what the zygote imports.
 
 Medians over the rounds, with min and max. Times are wall-clock (``time.time()``) since the broker process
 stamps its records with it.
@@ -24,11 +26,14 @@ import logging
 import os
 import signal
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from demo_pool import demo_service
 
-from broker import BrokerKind, Pool, load_config
+from broker import BrokerKind, Pool, load_config, runtime32
 from broker.config import PoolConfig
 from protocol import WorkerCrashed
 
@@ -97,6 +102,26 @@ def respawn_time(zygote: bool, broker: BrokerKind, records: Records, rounds: int
     return figures
 
 
+def anatomy(rounds: int) -> dict[str, list[float]]:
+    """Seconds each interpreter takes to start bare, and to import what the broker process or the zygote does."""
+    interp = runtime32.load()
+    root = str(Path(__file__).resolve().parent.parent)
+    env32 = runtime32.command_env(interp, [root])
+    commands = {
+        "64-bit python, bare": ([sys.executable, "-c", "pass"], None),
+        "64-bit python + broker.hosted": ([sys.executable, "-c", "import broker.hosted"], None),
+        "32-bit python, bare": ([*interp.command, "-s", "-c", "pass"], env32),
+        "32-bit python + workers32.zygote": ([*interp.command, "-s", "-c", "import workers32.zygote"], env32),
+    }
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(rounds):
+        for name, (command, env) in commands.items():
+            started = time.perf_counter()
+            subprocess.run(command, env=env, check=True)
+            times[name].append(time.perf_counter() - started)
+    return times
+
+
 def _summary(name: str, values: list[float]) -> str:
     ms = sorted(1000 * v for v in values)
     return f"  {name:32s} median {statistics.median(ms):7.1f} ms   (min {ms[0]:7.1f}, max {ms[-1]:7.1f})"
@@ -123,6 +148,7 @@ def main() -> None:
         for zygote in (True, False):
             ready[zygote].append(ready_time(dataclasses.replace(default, zygote=zygote), options.broker, records))
     respawn = {zygote: respawn_time(zygote, options.broker, records, options.rounds) for zygote in (True, False)}
+    parts = anatomy(options.rounds)
     workers = sum(s.workers for s in default.services)
     print(f"bench/startup.py --rounds {options.rounds} --broker {options.broker} (load {os.getloadavg()[0]:.1f})")
     for zygote in (True, False):
@@ -134,6 +160,9 @@ def main() -> None:
         print(f" respawn after SIGKILL, {options.rounds} kills:")
         for key in respawn[zygote][0]:
             print(_summary(key, [r[key] for r in respawn[zygote]]))
+    print(f"\nanatomy, {options.rounds} runs each:")
+    for name, values in parts.items():
+        print(_summary(name, values))
 
 
 if __name__ == "__main__":
