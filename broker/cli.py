@@ -34,6 +34,7 @@ from .locations import default_config_path
 from .pool import Pool
 from .security import create_keys, load_public_keys
 from .supervisor import serve_workers
+from .zygote import dedicate_process
 
 log = logging.getLogger("dllpool")
 
@@ -231,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _up(options: argparse.Namespace) -> int:
     if options.config is None:
         setup()
+    dedicate_process()
     # Until the pool runs, SIGTERM is the Pool's own (a clean stop of a half-started pool); then ours.
     # This process exists to serve: a broker process of its own would add a process and gain nothing.
     with Pool.from_config(options.config, broker="thread") as pool, announced(options.config, pool.address):
@@ -411,6 +413,7 @@ def _worker(options: argparse.Namespace) -> int:
     if not any(s.workers for s in services):
         raise _UsageError("the configuration gives these services 0 workers: say how many with --workers N")
     curve = _curve(options, config)
+    dedicate_process()
     stop = _stop_on_signals()
     serve_workers(dataclasses.replace(config, services=services), options.connect, stop, curve)
     return EXIT_OK

@@ -50,6 +50,7 @@ _POOL_KEYS = {
     "curve_clients",
     "curve_workers",
     "shared_memory_min",
+    "zygote",
 }
 _WORKER_KEYS = {"curve_key", "curve_server_key"}
 _SERVICE_KEYS = {
@@ -194,6 +195,10 @@ class PoolConfig:
     shared_memory_min: int = 1 << 20
     """Bytes from which the array arguments of this pool's clients (``Pool.client()``) go through shared memory
     when they are on the broker's host; 0: never (see ``client/shm.py``)."""
+    zygote: bool = True
+    """Fork workers from a zygote, a process of their interpreter that imported the worker's code once: a worker
+    then starts in milliseconds, not an interpreter start. Used where it can be (Linux); elsewhere, with false, or
+    when a zygote cannot start, workers are spawned as processes of their own (see ``broker/zygote.py``)."""
 
     def service(self, name: str) -> ServiceConfig:
         for service in self.services:
@@ -339,6 +344,7 @@ def _parse(data: Mapping[str, Any], base: Path, origin: str) -> PoolConfig:
             shared_memory_min=_not_negative(
                 _get(pool, "shared_memory_min", int, PoolConfig.shared_memory_min, where), f"{where}.shared_memory_min"
             ),
+            zygote=_get(pool, "zygote", bool, True, where),
         ),
         origin,
     )

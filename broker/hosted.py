@@ -44,6 +44,7 @@ from protocol import BrokerUnavailable, ConfigError, DllPoolError, LibraryLoadEr
 from .config import PoolConfig
 from .inprocess import DEFAULT_GRACE, InProcessBroker, Readiness
 from .supervisor import how_it_ended
+from .zygote import dedicate_process
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +286,7 @@ def serve() -> None:
     """The broker process: answer the owner's requests on stdin until it says stop or goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    dedicate_process()
     owner_gone = threading.Event()
     threading.Thread(target=_watch_owner, args=(os.getppid(), owner_gone), name="owner", daemon=True).start()
     output = _Output(os.dup(1))

@@ -44,6 +44,7 @@ from . import runtime32
 from .config import PoolConfig, ServiceConfig
 from .core import WINDOWS_CRASHES
 from .rundir import RunDir
+from .zygote import Spawner, WorkerProcess
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class _Slot:
     service: ServiceConfig
     index: int
     status_file: Path
-    process: subprocess.Popen[bytes] | None = None
+    process: WorkerProcess | None = None
     starts: int = 0
     started_at: float = 0.0
     ready: bool = False
@@ -138,10 +139,11 @@ class Supervisor:
         self._slot_numbers = itertools.count()
         for service in config.services:
             self._add_slots(service, service.workers)
-        self._leaving: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._leaving: list[tuple[str, WorkerProcess]] = []
         """Retired workers' processes (and their services), out of their slots, finishing their calls."""
         self._interpreters: dict[str, runtime32.Interpreter] = {}
         self._stopping = False
+        self._spawner = Spawner(config.zygote)
 
     def _add_slots(self, service: ServiceConfig, count: int) -> list[_Slot]:
         first = max((slot.index + 1 for slot in self._slots if slot.service is service), default=0)
@@ -208,10 +210,6 @@ class Supervisor:
     def _start(self, slot: _Slot, now: float) -> None:
         interp = self._interpreter(slot.service)
         command = [
-            *interp.command,
-            "-s",
-            "-m",
-            "workers32",
             "--connect",
             self.backend,
             "--spec",
@@ -227,12 +225,12 @@ class Supervisor:
             command.append("--stop-on-eof")
         slot.status_file.unlink(missing_ok=True)
         slot.starts += 1
-        slot.process = subprocess.Popen(
+        slot.process = self._spawner.spawn(
+            interp,
             command,
-            cwd=self.source_dir,
-            env=runtime32.command_env(interp, [str(self.source_dir)]),
-            stdin=subprocess.DEVNULL if POSIX_SIGNALS else subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            self.source_dir,
+            runtime32.command_env(interp, [str(self.source_dir)]),
+            subprocess.DEVNULL if POSIX_SIGNALS else subprocess.PIPE,
         )
         slot.started_at = now
         slot.ready = False
@@ -367,12 +365,12 @@ class Supervisor:
                 log.warning("killing worker pid %d: %s", pid, reason)
                 process.kill()
 
-    def _owned(self) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    def _owned(self) -> Iterator[tuple[str, WorkerProcess]]:
         """Every process started and not yet reaped, in a slot or leaving, with its service's name."""
         yield from ((slot.service.name, slot.process) for slot in self._slots if slot.process is not None)
         yield from self._leaving
 
-    def _processes(self) -> Iterator[subprocess.Popen[bytes]]:
+    def _processes(self) -> Iterator[WorkerProcess]:
         return (process for _, process in self._owned())
 
     # --- scaling and retiring ---------------------------------------------------------
@@ -471,6 +469,7 @@ class Supervisor:
         for slot in self._slots:
             slot.process = None
         self._leaving.clear()
+        self._spawner.close()
 
 
 def serve_workers(config: PoolConfig, backend: str, stop: threading.Event, curve: dict[str, str] | None = None) -> None:
@@ -502,7 +501,7 @@ def serve_workers(config: PoolConfig, backend: str, stop: threading.Event, curve
             supervisor.stop_all()
 
 
-def _ask_to_stop(process: subprocess.Popen[bytes]) -> None:
+def _ask_to_stop(process: WorkerProcess) -> None:
     """SIGTERM, or where there are no POSIX signals the end of the worker's stdin (see ``--stop-on-eof``)."""
     if POSIX_SIGNALS:
         process.send_signal(signal.SIGTERM)

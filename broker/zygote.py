@@ -1,0 +1,296 @@
+"""Starting worker processes: forked from a zygote of their interpreter, or spawned.
+
+A spawned worker (``subprocess.Popen`` of ``python -m workers32``) pays an interpreter start and the
+imports of pyzmq, msgpack and the worker's code: 0.2-0.5 s of CPU on a 2-core machine, for every
+start, crash and recycle. A :mod:`zygote <workers32.zygote>` pays that once per interpreter and forks
+each worker in milliseconds. :class:`Spawner` gives the supervisor a Popen-like handle
+(:class:`WorkerProcess`) either way:
+
+* the zygote is used on Linux unless ``[pool] zygote = false``, in a process that runs nothing but a
+  broker or workers (:func:`dedicate_process`: a pool's broker process, ``dllpool up``, ``dllpool
+  worker``); elsewhere (Windows, macOS, a ``broker="thread"`` pool inside an application), and when a
+  zygote cannot start, workers are spawned (the latter with a warning): never a failed pool;
+* one zygote per interpreter, started with the first worker that needs it, from the broker loop's
+  thread, whose end (or the broker's) ends the zygote (parent-death signal, end of its channel). One
+  that died is started again with the next worker; one that fails a request is replaced;
+* a forked worker is this process's child, as a spawned one is: this process is a child subreaper
+  (PR_SET_CHILD_SUBREAPER) while it has zygotes, so it adopts each worker from the intermediate process
+  the zygote forks it through. So it reaps the worker and knows its exit code, signals it without a
+  pid-reuse race, the worker watches it as a spawned worker does (parent-death signal, ``getppid()``),
+  and a zygote that dies takes no worker with it. The kernel gives an adopted child to the subreaper's
+  first live thread, its main thread: the worker's parent-death signal fires when that one ends.
+
+The cost of being a subreaper: a process that a worker (or its library) started and left behind is
+adopted by this process rather than by init, and stays a zombie once it ends, as nothing here waits
+for pids it did not start. That is why only a dedicated process uses zygotes: in an application's
+process (``broker="thread"``) the same would happen to whatever the application's own children leave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Protocol
+
+from workers32.zygote import ADOPTION_TIMEOUT, MAX_MESSAGE
+
+from .runtime32 import Interpreter
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ForkedWorker", "Spawner", "WorkerProcess", "dedicate_process", "supported"]
+
+_START_TIMEOUT = 10.0
+"""Seconds a new zygote has to import the worker's code and say it is ready; past it, workers are spawned."""
+_REPLY_TIMEOUT = ADOPTION_TIMEOUT
+"""Seconds a zygote has to answer a fork request before it counts as broken (and is replaced)."""
+_STOP_TIMEOUT = 2.0
+_MAX_FAILURES = 3
+"""Fork requests in a row that an interpreter's zygotes may fail before its workers are spawned instead."""
+_PR_SET_CHILD_SUBREAPER = 36
+_subreaper_users = 0
+"""Spawners with zygotes in this process: it stays a subreaper while there is one."""
+_subreaper_lock = threading.Lock()
+_dedicated = False
+"""This process runs a broker or workers and nothing else: it may become a child subreaper."""
+
+
+def dedicate_process() -> None:
+    """Say that this process exists only to run a broker (or ``dllpool worker``): its pools may fork workers
+    from zygotes, which makes it a child subreaper (see the module docstring)."""
+    global _dedicated
+    _dedicated = True
+
+
+class WorkerProcess(Protocol):
+    """What the supervisor uses of a worker process: ``subprocess.Popen`` and :class:`ForkedWorker` have it."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def stdin(self) -> IO[bytes] | None: ...
+    @property
+    def stderr(self) -> IO[bytes] | None: ...
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def kill(self) -> None: ...
+    def send_signal(self, sig: int) -> None: ...
+
+
+class ZygoteFailed(Exception):
+    """A zygote could not start, or could not fork a worker."""
+
+
+def supported() -> bool:
+    """Whether this platform can fork workers from a zygote: Linux (child subreapers, fd passing)."""
+    return sys.platform.startswith("linux") and hasattr(socket, "send_fds")
+
+
+def _subreaper(on: bool) -> None:
+    """Count a spawner in (``on``) or out; this process is a child subreaper while one is counted."""
+    global _subreaper_users
+    with _subreaper_lock:
+        _subreaper_users += 1 if on else -1
+        if _subreaper_users == (1 if on else 0):
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
+                _subreaper_users -= 1 if on else -1
+                raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+class _Zygote:
+    """One zygote process and this end of its control socket."""
+
+    def __init__(self, interp: Interpreter, cwd: Path, env: dict[str, str]) -> None:
+        self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.control.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_MESSAGE)
+        command = [*interp.command, "-s", "-m", "workers32.zygote", "--control", str(theirs.fileno())]
+        command += ["--broker-pid", str(os.getpid())]
+        started = time.monotonic()
+        with theirs:
+            self.process = subprocess.Popen(
+                command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=[theirs.fileno()]
+            )
+        try:
+            self._receive(_START_TIMEOUT, "ready")
+        except ZygoteFailed as exc:
+            self.close()
+            assert self.process.stderr is not None
+            with self.process.stderr as stream:  # it has ended: the pipe ends too
+                output = stream.read().decode("utf-8", "replace").strip()
+            raise ZygoteFailed(f"{exc}; it printed: {output or 'nothing'}") from None
+        threading.Thread(target=self._forward_stderr, name=f"stderr zygote {self.process.pid}", daemon=True).start()
+        log.debug("zygote pid %d of %s ready in %.3f s", self.process.pid, interp.shown, time.monotonic() - started)
+
+    def _receive(self, timeout: float, key: str) -> int:
+        """The value of ``key`` in the zygote's next message."""
+        if not select.select([self.control], [], [], timeout)[0]:
+            raise ZygoteFailed(f"no answer in {timeout:.0f} s")
+        try:
+            data = self.control.recv(MAX_MESSAGE)
+        except OSError as exc:
+            raise ZygoteFailed(f"it is gone ({exc})") from None
+        if not data:
+            raise ZygoteFailed("it is gone")
+        message = json.loads(data)
+        if key not in message:
+            raise ZygoteFailed(str(message.get("error", f"an unexpected answer: {message!r}")))
+        return int(message[key])
+
+    def _forward_stderr(self) -> None:
+        assert self.process.stderr is not None
+        with self.process.stderr as stream:
+            for raw in stream:
+                log.info("[zygote pid %d] %s", self.process.pid, raw.decode("utf-8", "replace").rstrip())
+
+    def spawn(self, argv: list[str], stderr: int) -> int:
+        """Fork a worker with ``argv`` (``python -m workers32``'s) and ``stderr``: its pid, once it is our child."""
+        try:
+            socket.send_fds(self.control, [json.dumps({"spawn": argv}).encode()], [stderr])
+        except OSError as exc:
+            raise ZygoteFailed(f"cannot send it the request: {exc}") from None
+        return self._receive(_REPLY_TIMEOUT, "spawned")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self) -> None:
+        """End the zygote: the end of its control socket tells it to exit. Its workers live on."""
+        self.control.close()
+        try:
+            self.process.wait(_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class ForkedWorker:
+    """A worker forked by a zygote and adopted by this process, handled as a ``subprocess.Popen``."""
+
+    stdin: IO[bytes] | None = None
+
+    def __init__(self, pid: int, stderr: IO[bytes], args: list[str]) -> None:
+        self.pid = pid
+        self.stderr: IO[bytes] | None = stderr
+        self.args = args
+        self.returncode: int | None = None
+        self._lock = threading.Lock()
+        """Held while reaping or signalling: a signal must never go to the pid once it is reaped (and reusable)."""
+
+    def poll(self) -> int | None:
+        with self._lock:
+            if self.returncode is None:
+                try:
+                    pid, status = os.waitpid(self.pid, os.WNOHANG)
+                except ChildProcessError:  # someone else in this process reaped it: the code is lost
+                    pid, status = self.pid, 255 << 8
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+            return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """As ``Popen.wait``: poll with growing pauses (at most 50 ms)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.0005
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+            remaining = 0.05 if deadline is None else deadline - time.monotonic()
+            delay = min(delay * 2, max(remaining, 0.0), 0.05)
+            time.sleep(delay)
+        return code
+
+    def send_signal(self, sig: int) -> None:
+        with self._lock:
+            if self.returncode is None:
+                with contextlib.suppress(ProcessLookupError):  # it ended; not reaped yet
+                    os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class Spawner:
+    """Starts the workers of one supervisor: forked from zygotes where it can (see the module docstring)."""
+
+    def __init__(self, use_zygote: bool) -> None:
+        self.use_zygote = use_zygote and supported() and _dedicated
+        self._zygotes: dict[Interpreter, _Zygote | None] = {}
+        """The zygote of each interpreter; None for one whose zygotes failed (spawned from then on)."""
+        self._failures: dict[Interpreter, int] = {}
+        """Fork requests in a row each interpreter's zygotes failed."""
+        self._subreaper = False
+
+    def spawn(self, interp: Interpreter, args: list[str], cwd: Path, env: dict[str, str], stdin: int) -> WorkerProcess:
+        """A worker running ``python -m workers32 ARGS`` in ``interp``, forked if it can be."""
+        zygote = self._zygote(interp, cwd, env) if self.use_zygote else None
+        if zygote is not None:
+            read, write = os.pipe()
+            try:
+                pid = zygote.spawn(args, write)
+            except ZygoteFailed as exc:
+                os.close(read)
+                zygote.close()
+                self._failures[interp] = failures = self._failures.get(interp, 0) + 1
+                if failures < _MAX_FAILURES:
+                    log.warning("the zygote of %s failed to fork a worker (%s); replacing it", interp.shown, exc)
+                    del self._zygotes[interp]
+                else:
+                    log.warning(
+                        "the zygotes of %s failed %d times in a row (%s); spawning its workers from now on",
+                        interp.shown,
+                        failures,
+                        exc,
+                    )
+                    self._zygotes[interp] = None
+            else:
+                self._failures.pop(interp, None)
+                return ForkedWorker(pid, open(read, "rb"), args)
+            finally:
+                os.close(write)
+        command = [*interp.command, "-s", "-m", "workers32", *args]
+        return subprocess.Popen(command, cwd=cwd, env=env, stdin=stdin, stderr=subprocess.PIPE)
+
+    def _zygote(self, interp: Interpreter, cwd: Path, env: dict[str, str]) -> _Zygote | None:
+        """The interpreter's running zygote, started (again) if it has none; None: spawn instead."""
+        zygote = self._zygotes.get(interp)
+        if zygote is not None and zygote.alive():
+            return zygote
+        if interp in self._zygotes and zygote is None:
+            return None
+        if zygote is not None:
+            log.warning(
+                "the zygote of %s ended (return code %s); starting another", interp.shown, zygote.process.returncode
+            )
+            zygote.close()
+        try:
+            if not self._subreaper:
+                _subreaper(True)
+                self._subreaper = True
+            zygote = _Zygote(interp, cwd, env)
+        except (ZygoteFailed, OSError) as exc:
+            log.warning("cannot start a zygote for %s, so its workers start slower: %s", interp.shown, exc)
+            zygote = None
+        self._zygotes[interp] = zygote
+        return zygote
+
+    def close(self) -> None:
+        """Stop the zygotes (their workers are stopped already, or live on as this process's children)."""
+        for zygote in self._zygotes.values():
+            if zygote is not None:
+                zygote.close()
+        self._zygotes.clear()
+        if self._subreaper:
+            self._subreaper = False
+            _subreaper(False)

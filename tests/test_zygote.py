@@ -1,0 +1,158 @@
+"""Workers forked from a zygote (broker/zygote.py, workers32/zygote.py): real 32-bit processes with their own
+library state, replaced when they die, unharmed by the death of their zygote, which is started again; their
+stderr reaches the supervisor; and ``[pool] zygote = false`` spawns them as before.
+
+A forked worker keeps its zygote's command line (``-m workers32.zygote``); a spawned one has ``-m workers32``:
+that is how these tests tell them apart. Both are children of the broker process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shlex
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker import Pool, runtime32, zygote
+from protocol import ConfigError, PoolStartError
+
+from .conftest import demo_service, pid_alive, wait_for
+from .test_cli import children_of
+from .test_pool_process import parent_of
+
+TIMEOUT = 30.0
+
+
+def command_line(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return [part.decode() for part in f.read().split(b"\0") if part]
+
+
+def forked(pid: int) -> bool:
+    """Whether ``pid`` came from a zygote (it has the zygote's command line) rather than its own exec."""
+    return "workers32.zygote" in command_line(pid)
+
+
+def zygotes_of(broker: int, workers: list[int]) -> list[int]:
+    """The broker's children that are zygotes: they have the zygote's command line and are not workers."""
+    return [pid for pid in children_of(broker) if pid not in workers and forked(pid)]
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[Pool]:
+    with Pool.from_config({"services": {"s": demo_service(workers=2), "one": demo_service()}}) as pool:
+        yield pool
+
+
+def test_forked_workers_are_32_bit_children_of_the_broker_with_their_own_library_state(pool: Pool) -> None:
+    pids = pool.worker_pids("s")
+    assert len(pids) == 2 and all(forked(pid) for pid in pids)
+    (broker,) = {parent_of(pid) for pid in pids}
+    assert len(zygotes_of(broker, pool.worker_pids())) == 1, "one zygote for the one interpreter"
+    assert {w["pointer_size"] for w in pool.workers()} == {4}
+    with pool.client(timeout=TIMEOUT) as client:
+        assert client.call("s", "pointer_size") == 4
+        with client.session("s") as first, client.session("s") as second:
+            assert {first.call("worker_pid"), second.call("worker_pid")} == set(pids)
+            counts = [first.call("count_calls") for _ in range(5)]
+            other = second.call("count_calls")
+        assert (counts, other) == ([1, 2, 3, 4, 5], 1), "the workers share (or inherit) the library's state"
+
+
+def test_a_killed_worker_is_replaced_by_a_forked_one_that_answers(pool: Pool) -> None:
+    (victim,) = pool.worker_pids("one")
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: pool.worker_pids("one") not in ([], [victim]), TIMEOUT, "a replacement worker")
+    (replacement,) = pool.worker_pids("one")
+    assert forked(replacement)
+    with pool.client(timeout=TIMEOUT) as client:
+        assert client.call("one", "worker_pid") == replacement
+        assert client.call("one", "add", 2, 3) == 5
+
+
+def test_a_killed_zygote_is_started_again_and_its_workers_keep_serving(pool: Pool) -> None:
+    workers = pool.worker_pids()
+    (broker,) = {parent_of(pid) for pid in workers}
+    (zygote,) = zygotes_of(broker, workers)
+    os.kill(zygote, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(zygote), TIMEOUT, "the zygote to end")
+    with pool.client(timeout=TIMEOUT) as client:
+        with client.session("s") as first, client.session("s") as second:
+            assert {first.call("worker_pid"), second.call("worker_pid")} == set(pool.worker_pids("s"))
+        assert sorted(pool.worker_pids()) == sorted(workers), "a worker ended with its zygote"
+        (victim,) = pool.worker_pids("one")
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: pool.worker_pids("one") not in ([], [victim]), TIMEOUT, "a replacement worker")
+        (replacement,) = pool.worker_pids("one")
+        assert forked(replacement) and client.call("one", "worker_pid") == replacement
+    (restarted,) = zygotes_of(broker, pool.worker_pids())
+    assert restarted != zygote
+
+
+def test_a_forked_workers_stderr_reaches_the_start_error(tmp_path: Path) -> None:
+    wrapper = tmp_path / "wrapper.py"
+    wrapper.write_text(
+        "import sys\n"
+        "class W:\n"
+        "    def __init__(self):\n"
+        "        print('the device says: not today', file=sys.stderr, flush=True)\n"
+        "        raise RuntimeError('device busy')\n"
+    )
+    config = {"services": {"w": {"module": str(wrapper), "class": "W"}}}
+    with pytest.raises(PoolStartError, match=r"(?s)not today.*device busy"):
+        Pool.from_config(config)
+
+
+def test_zygote_false_spawns_each_worker() -> None:
+    config = {"pool": {"zygote": False}, "services": {"s": demo_service(workers=2)}}
+    with Pool.from_config(config) as pool, pool.client(timeout=TIMEOUT) as client:
+        pids = pool.worker_pids()
+        assert not any(forked(pid) for pid in pids)
+        (broker,) = {parent_of(pid) for pid in pids}
+        assert zygotes_of(broker, pids) == []
+        assert client.call("s", "pointer_size") == 4
+
+
+def test_a_pool_inside_an_application_spawns_its_workers() -> None:
+    """In the application's own process (``broker="thread"``) no zygote is used: being a child subreaper would
+    leave the application's orphaned grandchildren as zombies there."""
+    with Pool.from_config({"services": {"s": demo_service()}}, broker="thread") as pool:
+        assert not any(forked(pid) for pid in pool.worker_pids())
+        is_subreaper = ctypes.c_int(-1)
+        assert ctypes.CDLL(None).prctl(37, ctypes.byref(is_subreaper), 0, 0, 0) == 0  # PR_GET_CHILD_SUBREAPER
+        assert is_subreaper.value == 0
+
+
+def test_zygote_must_be_true_or_false() -> None:
+    with pytest.raises(ConfigError, match="zygote must be true or false"):
+        Pool.from_config({"pool": {"zygote": "yes"}, "services": {"s": demo_service()}}, start=False)
+
+
+def test_a_zygote_that_cannot_start_leaves_the_workers_spawned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interpreter that runs workers but fails as a zygote: a warning, and a pool of spawned workers. (A
+    thread-mode pool, to see its log; this process stands in for a dedicated one while the test runs.)"""
+    monkeypatch.setattr(zygote, "_dedicated", True)
+    real = runtime32.load()
+    python = tmp_path / "python"
+    python.write_text(
+        "#!/bin/sh\n"
+        'case " $* " in *" workers32.zygote "*) echo "no zygote from this interpreter" >&2; exit 7;; esac\n'
+        + "".join(f"export {name}={shlex.quote(value)}\n" for name, value in real.env.items())
+        + f"export PYTHONPATH={shlex.quote(os.pathsep.join(real.path))}${{PYTHONPATH:+:$PYTHONPATH}}\n"
+        + f'exec {shlex.join(real.command)} "$@"\n'
+    )
+    python.chmod(0o755)
+    caplog.set_level(logging.WARNING, logger="broker.zygote")
+    config = {"services": {"s": demo_service(workers=2, python=str(python))}}
+    with Pool.from_config(config, broker="thread") as pool, pool.client(timeout=TIMEOUT) as client:
+        assert not any(forked(pid) for pid in pool.worker_pids())
+        assert client.call("s", "pointer_size") == 4
+    (warning,) = [r.getMessage() for r in caplog.records if "cannot start a zygote" in r.getMessage()]
+    assert "no zygote from this interpreter" in warning
