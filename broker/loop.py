@@ -159,7 +159,10 @@ class BrokerLoop:
         return poller
 
     def _step(self, poller: zmq.Poller) -> None:
-        events = dict(poller.poll(0 if self._unread is not None else int(TICK * 1000)))
+        # Wait no longer than the next tick: a busy socket must not push the supervisor's poll (a crash noticed,
+        # its replacement started) a whole TICK past when it is due.
+        wait = 0 if self._unread is not None else max(0, math.ceil(1000 * (self._next_tick - time.monotonic())))
+        events = dict(poller.poll(wait))
         self._watch(time.monotonic())
         if self.backend in events:
             self._drain_backend()
