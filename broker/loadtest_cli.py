@@ -25,8 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from client.loadtest import CallSpec, LoadResult, LoadTest, Scenario
-from client.loadtest import Progress as LoadProgress
+from client.loadtest import CallSpec, LoadProgress, LoadResult, LoadTest, Scenario
 from protocol import ConfigError, DllPoolError
 
 from .config import PoolConfig, load_config

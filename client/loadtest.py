@@ -51,7 +51,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-__all__ = ["CallSpec", "LoadResult", "LoadTest", "Progress", "Scenario", "SecondStats"]
+__all__ = ["CallSpec", "LoadResult", "LoadTest", "LoadProgress", "Scenario", "SecondStats"]
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class Scenario:
 
 
 @dataclasses.dataclass(frozen=True)
-class Progress:
+class LoadProgress:
     """A running test's figures so far, given to ``run(progress=...)`` every half second."""
 
     elapsed: float
@@ -192,7 +192,7 @@ class Progress:
         return min(1.0, done)
 
 
-ProgressCallback = Callable[[Progress], None]
+ProgressCallback = Callable[[LoadProgress], None]
 
 
 def _share(total: int, parts: int, index: int) -> int:
@@ -385,7 +385,7 @@ class LoadTest:
         self._stop.set()
 
     def run(self, progress: ProgressCallback | None = None) -> LoadResult:
-        """Make the calls; ``progress`` gets a :class:`Progress` every half second. Ctrl-C stops early, as
+        """Make the calls; ``progress`` gets a :class:`LoadProgress` every half second. Ctrl-C stops early, as
         :meth:`stop` does."""
         self._stop.clear()
         if self.processes > 1:
@@ -417,7 +417,7 @@ class LoadTest:
                     if progress is not None and time.monotonic() >= t0:
                         calls, errors, histogram = recorder.snapshot()
                         now = time.monotonic()
-                        progress(Progress(now - t0, calls, errors, rate(now, calls), histogram, *self._span()))
+                        progress(LoadProgress(now - t0, calls, errors, rate(now, calls), histogram, *self._span()))
                 except KeyboardInterrupt:
                     interrupted = True
                     self._stop.set()
@@ -624,7 +624,7 @@ class _Children:
                 self._tell_stop()
         return interrupted
 
-    def _progress(self, rate: _Rate) -> Progress:
+    def _progress(self, rate: _Rate) -> LoadProgress:
         histogram = new_histogram()
         errors: Counter[str] = Counter()
         with self._lock:
@@ -634,7 +634,7 @@ class _Children:
             errors.update(child_errors)
         calls = sum(c for c, _, _ in latest)
         elapsed = time.time() - self._start_at
-        return Progress(elapsed, calls, dict(errors), rate(time.monotonic(), calls), histogram, *self.test._span())
+        return LoadProgress(elapsed, calls, dict(errors), rate(time.monotonic(), calls), histogram, *self.test._span())
 
     def _expect_ready(self, n: int, child: subprocess.Popen[str]) -> None:
         assert child.stdout is not None
@@ -743,7 +743,7 @@ def _child_main(stdin: IO[str], stdout: IO[str]) -> int:
         start_at = float(json.loads(stdin.readline())["start_at"])
         threading.Thread(target=_stop_on_request, args=(test, stdin), daemon=True).start()
 
-        def report(progress: Progress) -> None:
+        def report(progress: LoadProgress) -> None:
             figures = {"calls": progress.calls, "errors": progress.errors}
             say({"progress": {**figures, "histogram": encode_histogram(progress.histogram)}})
 

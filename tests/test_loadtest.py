@@ -12,7 +12,7 @@ import pytest
 
 from broker import Pool
 from broker.loadtest_cli import main
-from client.loadtest import CallSpec, LoadResult, LoadTest, Progress, Scenario
+from client.loadtest import CallSpec, LoadProgress, LoadResult, LoadTest, Scenario
 
 from .conftest import ROOT, demo_service
 
@@ -58,7 +58,7 @@ def test_json_has_every_figure_and_the_plot_decodes(demo_pool: Pool, tmp_path: P
 
 
 def test_open_loop_holds_the_rate_and_reports_progress(demo_pool: Pool) -> None:
-    seen: list[Progress] = []
+    seen: list[LoadProgress] = []
     test = LoadTest(demo_pool.address, ("demo", "add", [1, 2]), clients=2, rate=200, duration=2)
     result = test.run(progress=seen.append)
     assert result.calls == 400 and result.error_count == 0  # the schedule: 200/s for 2 s
