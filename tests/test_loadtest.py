@@ -123,6 +123,8 @@ def test_scenario_file(demo_pool: Pool, tmp_path: Path) -> None:
     )
     scenario = Scenario.from_toml(path)
     assert [(c.method, c.weight) for c in scenario.calls] == [("add", 3.0), ("pointer_size", 1.0)]
+    shipped = Scenario.from_toml(ROOT / "examples" / "loadtest_mix.toml")
+    assert {c.method for c in shipped.calls} == {"add", "scale_sum", "sleep_ms"}
     assert LoadTest(demo_pool.address, scenario, requests=40).run().calls == 40
     path.write_text('[[call]]\nservice = "demo"\nweight = 0\n')
     with pytest.raises(ValueError, match="call 1"):
@@ -144,3 +146,11 @@ def test_usage_errors_exit_2_with_one_line(args: list[str], message: str, capsys
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_the_ramp_example_runs(demo_pool: Pool) -> None:
+    script = ROOT / "examples" / "loadtest_ramp.py"
+    args = ["--address", demo_pool.address, "--rates", "100", "200", "--seconds", "0.5"]
+    result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "all steps: 150 calls" in result.stdout
