@@ -233,20 +233,10 @@ def _ms(microseconds: int) -> str:
     return f"{ms:.3f}" if ms < 10 else f"{ms:.1f}" if ms < 1000 else f"{ms:.0f}"
 
 
-def _mode(settings: dict[str, Any]) -> str:
-    clients, processes = settings["clients"], settings["processes"]
-    where = f"{clients} client{'s' * (clients != 1)}" + (f" in {processes} processes" if processes > 1 else "")
-    if settings["rate"]:
-        limit = f", at most {settings['in_flight']} in flight each" if settings["in_flight"] else ""
-        return f"open loop at {settings['rate']:g} calls/s, {where}{limit}"
-    return f"closed loop, {where} x {settings['in_flight'] or 1} in flight"
-
-
 def _table(result: LoadResult) -> Table:
     """The final table: calls, errors, calls/s and the latency percentiles (ms), then errors by type."""
-    settings = result.settings
-    title = f"dllpool loadtest: {settings.get('scenario', '')}"
-    caption = f"{_mode(settings)}; {result.wall_seconds:.1f} s" if settings else f"{result.wall_seconds:.1f} s"
+    title = f"dllpool loadtest: {result.settings.get('scenario', '')}"
+    caption = result.describe()
     if result.interrupted:
         caption += " (interrupted)"
     if result.errors:

@@ -31,18 +31,29 @@ def _pyplot() -> Any:
     return plt
 
 
+def _plain_numbers(axis: Any) -> None:
+    """Ticks of a log axis at 1, 2, 5, 10, ..., labelled 0.5, 2, 30 rather than 5x10^-1, 2x10^0, 3x10^1."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def plot_result(result: LoadResult, path: str | Path) -> None:
     """Write ``path`` (a PNG): p50/p90/p99/max latency per second, calls and errors per second, and the
     whole run's latency by percentile. Raises PlotUnavailable without matplotlib."""
     plt = _pyplot()
     seconds = result.seconds
-    # The last second is usually partial: its rate is its calls over the part of it the run lasted.
-    spans = [max(1e-3, min(1.0, result.wall_seconds - s.second)) for s in seconds]
-    x = [s.second + 0.5 for s in seconds]
+    # A second's rate is its answers over the part of it the run lasted; a last part shorter than a quarter
+    # second (the answers still draining after the run) is too short to give a rate and is left out.
+    spans = [min(1.0, result.wall_seconds - s.second) for s in seconds]
+    rated = [(s.second + span / 2, s, span) for s, span in zip(seconds, spans) if span >= 0.25]
+    x = [s.second + span / 2 for s, span in zip(seconds, spans)]
     figure, (latency, throughput, curve) = plt.subplots(3, 1, figsize=(9, 10), layout="constrained")
     title = result.settings.get("scenario", "load test")
     figure.suptitle(
-        f"dllpool loadtest: {title}\n{result.calls:,} calls in {result.wall_seconds:.1f} s, "
+        f"dllpool loadtest: {title}\n{result.describe()}: {result.calls:,} calls, "
         f"{result.calls_per_second:,.0f} calls/s, {result.error_count:,} errors",
         fontsize=11,
     )
@@ -50,23 +61,28 @@ def plot_result(result: LoadResult, path: str | Path) -> None:
         values = [s.latency_us[name] / 1000 if s.calls > s.errors else float("nan") for s in seconds]
         latency.plot(x, values, marker=".", label=name)
     latency.set_yscale("log")
+    _plain_numbers(latency.yaxis)
     latency.set_ylabel("latency (ms)")
     latency.set_xlabel("seconds from start")
     latency.set_title("latency per second (successful calls)", fontsize=10)
-    latency.legend(loc="upper right", fontsize=8)
+    latency.legend(loc="best", fontsize=8)
     latency.grid(True, which="both", alpha=0.3)
 
-    throughput.plot(x, [s.calls / w for s, w in zip(seconds, spans)], marker=".", label="calls/s")
+    at = [t for t, _, _ in rated]
+    throughput.plot(at, [s.calls / span for _, s, span in rated], marker=".", label="calls/s")
     if result.error_count:
-        throughput.plot(x, [s.errors / w for s, w in zip(seconds, spans)], marker=".", label="errors/s")
+        throughput.plot(at, [s.errors / span for _, s, span in rated], marker=".", label="errors/s")
     rate = result.settings.get("rate")
     if rate:
         throughput.axhline(rate, linestyle="--", color="grey", label=f"target {rate:g}/s")
-    throughput.set_ylim(bottom=0)
+    highest = max([s.calls / span for _, s, span in rated] + [rate or 0.0, 1.0])
+    throughput.set_ylim(0, highest * 1.15)
+    for axes in (latency, throughput):
+        axes.set_xlim(0, max(1.0, result.wall_seconds))
     throughput.set_ylabel("calls per second")
     throughput.set_xlabel("seconds from start")
     throughput.set_title("throughput per second (answers)", fontsize=10)
-    throughput.legend(loc="lower right", fontsize=8)
+    throughput.legend(loc="lower center", fontsize=8)
     throughput.grid(True, alpha=0.3)
 
     if result.histogram.get_total_count():
@@ -75,6 +91,7 @@ def plot_result(result: LoadResult, path: str | Path) -> None:
         curve.plot(odds, values, marker=".")
         curve.set_xscale("log")
         curve.set_yscale("log")
+        _plain_numbers(curve.yaxis)
         curve.set_xticks(odds, [f"{q:g}" for q in _CURVE], fontsize=7)
         curve.minorticks_off()
     figures = summary(result.histogram)

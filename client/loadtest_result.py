@@ -130,6 +130,18 @@ class LoadResult:
         """``p50``, ``p90``, ``p99``, ``p99.9`` and ``max`` latency in microseconds, over the whole run."""
         return summary(self.histogram)
 
+    def describe(self) -> str:
+        """How the load was made, for people: ``closed loop, 8 clients x 4 in flight; 10.0 s``."""
+        settings, span = self.settings, f"{self.wall_seconds:.1f} s"
+        if not settings:
+            return span
+        clients, processes = settings["clients"], settings["processes"]
+        where = f"{clients} client{'s' * (clients != 1)}" + (f" in {processes} processes" if processes > 1 else "")
+        if settings["rate"]:
+            limit = f", at most {settings['in_flight']} in flight each" if settings["in_flight"] else ""
+            return f"open loop at {settings['rate']:g} calls/s, {where}{limit}; {span}"
+        return f"closed loop, {where} x {settings['in_flight'] or 1} in flight; {span}"
+
     def merge(self, *others: LoadResult) -> LoadResult:
         """One result for runs made side by side (threads, processes, machines): counts and histograms add
         up, per-second figures are aligned on each run's start time, and the wall time spans them all."""
