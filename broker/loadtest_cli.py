@@ -188,7 +188,15 @@ def _test(options: argparse.Namespace, scenario: Scenario, address: str) -> int:
     _report(options, result)
     if result.interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_FAILED if result.error_count > options.max_errors else EXIT_OK
+    if result.error_count > options.max_errors:
+        by_type = ", ".join(f"{name} {count:,}" for name, count in sorted(result.errors.items()))
+        print(
+            f"dllpool loadtest: {result.error_count:,} of {result.calls:,} calls failed ({by_type}), "
+            f"more than --max-errors {options.max_errors}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 class _LiveLine:

@@ -111,7 +111,9 @@ def test_processes_share_the_clients_and_merge(demo_pool: Pool) -> None:
 
 def test_exit_status_follows_max_errors(demo_pool: Pool) -> None:
     failing = ("--address", demo_pool.address, "--requests", "20", "--quiet", "demo", "nope")
-    assert loadtest(*failing).returncode == 1
+    failed = loadtest(*failing)
+    assert failed.returncode == 1
+    assert "20 of 20 calls failed (UnknownMethod 20), more than --max-errors 0" in failed.stderr
     assert loadtest(*failing, "--max-errors", "20").returncode == 0
 
 
