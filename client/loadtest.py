@@ -574,7 +574,8 @@ class _Children:
         """Each child's standard error, in a file: a pipe nobody reads could fill up and block it."""
         self._start_at = 0.0
         self._lock = threading.Lock()
-        self._latest: dict[int, tuple[int, dict[str, int], str]] = {}
+        self._latest: dict[int, LoadProgress] = {}
+        """Each child's last progress line."""
         self._results: dict[int, LoadResult] = {}
         self._failures: dict[int, str] = {}
 
@@ -616,7 +617,6 @@ class _Children:
 
     def _watch(self, readers: list[threading.Thread], progress: ProgressCallback | None) -> bool:
         """Report progress until every child has answered; True if stopped early (the children stop too)."""
-        rate = _Rate(time.monotonic() + self._start_at - time.time())
         interrupted = False
         while any(r.is_alive() for r in readers):
             try:
@@ -625,23 +625,23 @@ class _Children:
                     interrupted = True
                     self._tell_stop()
                 if progress is not None and time.time() >= self._start_at:
-                    progress(self._progress(rate))
+                    progress(self._progress())
             except KeyboardInterrupt:  # the children got the terminal's SIGINT too; make sure of the others
                 interrupted = True
                 self._tell_stop()
         return interrupted
 
-    def _progress(self, rate: _Rate) -> LoadProgress:
+    def _progress(self) -> LoadProgress:
+        """The children's last progress lines added up (each child's rate is over its own last interval)."""
         histogram = new_histogram()
         errors: Counter[str] = Counter()
         with self._lock:
             latest = list(self._latest.values())
-        for _, child_errors, encoded in latest:
-            histogram.add(decode_histogram(encoded))
-            errors.update(child_errors)
-        calls = sum(c for c, _, _ in latest)
-        elapsed = time.time() - self._start_at
-        return LoadProgress(elapsed, calls, dict(errors), rate(time.monotonic(), calls), histogram, *self.test._span())
+        for child in latest:
+            histogram.add(child.histogram)
+            errors.update(child.errors)
+        calls, rate = sum(c.calls for c in latest), sum(c.calls_per_second for c in latest)
+        return LoadProgress(time.time() - self._start_at, calls, dict(errors), rate, histogram, *self.test._span())
 
     def _expect_ready(self, n: int, child: subprocess.Popen[str]) -> None:
         assert child.stdout is not None
@@ -658,8 +658,16 @@ class _Children:
             message = _parse_line(line)
             if "progress" in message:
                 figures = message["progress"]
+                latest = LoadProgress(
+                    float(figures["elapsed"]),
+                    int(figures["calls"]),
+                    dict(figures["errors"]),
+                    float(figures["calls_per_second"]),
+                    decode_histogram(figures["histogram"]),
+                    *self.test._span(),
+                )
                 with self._lock:
-                    self._latest[n] = (int(figures["calls"]), dict(figures["errors"]), str(figures["histogram"]))
+                    self._latest[n] = latest
             elif "result" in message:
                 self._results[n] = LoadResult.from_dict(message["result"])
             elif "error" in message:
@@ -751,8 +759,9 @@ def _child_main(stdin: IO[str], stdout: IO[str]) -> int:
         threading.Thread(target=_stop_on_request, args=(test, stdin), daemon=True).start()
 
         def report(progress: LoadProgress) -> None:
-            figures = {"calls": progress.calls, "errors": progress.errors}
-            say({"progress": {**figures, "histogram": encode_histogram(progress.histogram)}})
+            figures = {"elapsed": progress.elapsed, "calls": progress.calls, "errors": progress.errors}
+            rate, histogram = progress.calls_per_second, encode_histogram(progress.histogram)
+            say({"progress": {**figures, "calls_per_second": rate, "histogram": histogram}})
 
         result = test._run_here(report, start_at)
     except Exception as exc:  # the process's boundary: the parent raises it, with its type if it is ours
