@@ -395,6 +395,7 @@ class LoadTest:
         """Make the calls; ``progress`` gets a :class:`LoadProgress` every half second. Ctrl-C stops early, as
         :meth:`stop` does."""
         self._stop.clear()
+        self._failure = None
         if self.processes > 1:
             return _Children(self).run(progress)
         return self._run_here(progress, None)
@@ -413,7 +414,6 @@ class LoadTest:
             for c, g in zip(clients, self._senders)
         ]
         rate = _Rate(t0)
-        interrupted = False
         try:
             for thread in threads:
                 thread.start()
@@ -426,8 +426,8 @@ class LoadTest:
                         now = time.monotonic()
                         progress(LoadProgress(now - t0, calls, errors, rate(now, calls), histogram, *self._span()))
                 except KeyboardInterrupt:
-                    interrupted = True
                     self._stop.set()
+            interrupted = self._stop.is_set()  # by stop() or Ctrl-C (or a failing sender: raised below)
         finally:
             self._stop.set()
             for thread in threads:
@@ -436,15 +436,10 @@ class LoadTest:
                 c.close()
         if self._failure is not None:
             raise self._failure
-        return recorder.result(started_at, self.settings, interrupted or self._stopped_early(recorder))
+        return recorder.result(started_at, self.settings, interrupted)
 
     def _span(self) -> tuple[float | None, int | None]:
         return self.duration, self.requests
-
-    def _stopped_early(self, recorder: _Recorder) -> bool:
-        if self.requests is not None:
-            return recorder.calls < sum(_share(self.requests, self._total_senders, g) for g in self._senders)
-        return time.monotonic() < recorder.t0 + (self.duration or 0)
 
     def _send(self, client: Client, recorder: _Recorder, sender: int, t0: float) -> None:
         """One client thread: its share of the calls, closed or open loop, then waiting for its answers."""

@@ -156,3 +156,10 @@ def test_the_ramp_example_runs(demo_pool: Pool) -> None:
     result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert "all steps: 150 calls" in result.stdout
+
+
+def test_stop_ends_a_run_early_with_what_ran(demo_pool: Pool) -> None:
+    test = LoadTest(demo_pool.address, ("demo", "add", [1, 2]), clients=2, duration=60)
+    result = test.run(progress=lambda progress: test.stop())
+    assert result.interrupted and result.calls > 0 and result.error_count == 0
+    assert result.wall_seconds < 30
