@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import itertools
 import json
-import logging
 import math
 import os
 import random
@@ -53,7 +52,6 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 __all__ = ["CallSpec", "LoadResult", "LoadTest", "LoadProgress", "Scenario", "SecondStats"]
 
-log = logging.getLogger(__name__)
 
 DEFAULT_DURATION = 10.0
 DEFAULT_TIMEOUT = 10.0
