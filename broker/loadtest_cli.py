@@ -47,35 +47,46 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
     parser: argparse.ArgumentParser = commands.add_parser(
         "loadtest",
         help="load-test a pool: calls/s and latency percentiles, closed or open loop",
-        description="Call SERVICE METHOD [ARG ...] (or a --scenario) as fast as CLIENTS x IN_FLIGHT allow, or "
+        description="Call SERVICE METHOD [ARG ...] (or a --scenario) as fast as N clients x K in flight allow, or "
         "at --rate R calls/s, and report calls/s and latency percentiles.",
     )
     cli._config_arg(parser)
-    parser.add_argument("--address", help="a running pool's frontend endpoint (default: start the pool for the run)")
+    parser.add_argument(
+        "--address", metavar="ADDR", help="a running pool's frontend endpoint (default: start the pool for the run)"
+    )
     cli._curve_args(parser)
-    parser.add_argument("--scenario", type=Path, help="a TOML file of [[call]] tables with weights, instead of a call")
-    parser.add_argument("--clients", type=cli._COUNT, default=1, help="sending threads in all (default 1)")
-    parser.add_argument("--processes", type=cli._COUNT, default=1, help="processes the clients run in (default 1)")
+    parser.add_argument(
+        "--scenario", type=Path, metavar="FILE", help="a TOML file of [[call]] tables with weights, instead of a call"
+    )
+    parser.add_argument("--clients", type=cli._COUNT, metavar="N", default=1, help="sending threads in all (default 1)")
+    parser.add_argument(
+        "--processes", type=cli._COUNT, metavar="P", default=1, help="processes the clients run in (default 1)"
+    )
     span = parser.add_mutually_exclusive_group()
-    span.add_argument("--duration", type=cli._SECONDS, help="seconds to run (default 10)")
-    span.add_argument("--requests", type=cli._COUNT, help="calls to make in all, instead of a duration")
+    span.add_argument("--duration", type=cli._SECONDS, metavar="S", help="seconds to run (default 10)")
+    span.add_argument("--requests", type=cli._COUNT, metavar="N", help="calls to make in all, instead of a duration")
     parser.add_argument(
         "--in-flight",
         type=cli._COUNT,
+        metavar="K",
         help="calls each client keeps outstanding (default 1); with --rate, the most it may have outstanding",
     )
     parser.add_argument(
-        "--rate", type=cli._number(float, 0, False, " calls/s"), help="open loop: calls per second in all"
+        "--rate", type=cli._number(float, 0, False, " calls/s"), metavar="R", help="open loop: calls per second in all"
     )
-    parser.add_argument("--timeout", type=cli._SECONDS, default=10.0, help="seconds per call (default 10)")
+    parser.add_argument("--timeout", type=cli._SECONDS, metavar="S", default=10.0, help="seconds per call (default 10)")
     parser.add_argument(
-        "--max-errors", type=cli._number(int, 0, True, ""), default=0, help="failed calls that still exit 0"
+        "--max-errors",
+        type=cli._number(int, 0, True, ""),
+        metavar="N",
+        default=0,
+        help="failed calls that still exit 0",
     )
     parser.add_argument("--json", metavar="FILE", help="write the result as JSON to FILE (- for standard output)")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="write latency and throughput over time")
     parser.add_argument("--quiet", action="store_true", help="no progress line and no table")
-    parser.add_argument("service", nargs="?", help="the service to call (e.g. demo)")
-    parser.add_argument("method", nargs="?", help="its function (e.g. add)")
+    parser.add_argument("service", nargs="?", metavar="SERVICE", help="the service to call (e.g. demo)")
+    parser.add_argument("method", nargs="?", metavar="METHOD", help="its function (e.g. add)")
     parser.add_argument("args", nargs="*", metavar="ARG", help="JSON literals, as `dllpool call` takes them")
     parser.set_defaults(func=run)
     return parser
