@@ -56,7 +56,10 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
     )
     cli._curve_args(parser)
     parser.add_argument(
-        "--scenario", type=Path, metavar="FILE", help="a TOML file of [[call]] tables with weights, instead of a call"
+        "--scenario",
+        type=Path,
+        metavar="FILE",
+        help="a TOML file of [[call]] tables with weights (or a .py file setting scenario), instead of a call",
     )
     parser.add_argument("--clients", type=cli._COUNT, metavar="N", default=1, help="sending threads in all (default 1)")
     parser.add_argument(
@@ -139,7 +142,7 @@ def _scenario(options: argparse.Namespace) -> Scenario:
         if options.service is not None:
             raise _UsageError("give SERVICE METHOD [ARG ...] or --scenario FILE, not both")
         try:
-            return Scenario.from_toml(options.scenario)
+            return Scenario.from_file(options.scenario)
         except ValueError as exc:
             raise _UsageError(str(exc)) from None
     if options.service is None or options.method is None:

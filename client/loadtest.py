@@ -25,6 +25,7 @@ import json
 import math
 import os
 import random
+import runpy
 import subprocess
 import sys
 import tempfile
@@ -137,6 +138,24 @@ class Scenario:
         if set(data) != {"call"} or not isinstance(tables, list):
             raise ValueError(f"{path}: a scenario holds [[call]] tables only (service, method, args, weight)")
         return cls(CallSpec.from_dict(t, f"{path}, call {n}") for n, t in enumerate(tables, 1))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Scenario:
+        """A TOML scenario (:meth:`from_toml`), or a Python file (``*.py``) that sets ``scenario`` to a
+        Scenario or a list of CallSpec: for arguments TOML cannot write (bytes, arrays) or calls made up
+        by code. ValueError, naming the file, if it is neither."""
+        path = Path(path)
+        if path.suffix != ".py":
+            return cls.from_toml(path)
+        try:
+            found = runpy.run_path(str(path)).get("scenario")
+        except Exception as exc:  # the user's own code, run here: say where it failed
+            raise ValueError(f"the scenario {path} failed: {type(exc).__name__}: {exc}") from None
+        if isinstance(found, Scenario):
+            return found
+        if isinstance(found, (list, tuple)) and all(isinstance(c, CallSpec) for c in found):
+            return cls(found)
+        raise ValueError(f"{path} must set scenario = Scenario([...]) or a list of CallSpec")
 
     def picker(self, seed: int) -> Callable[[], CallSpec]:
         """A function returning the next call to make: a weighted random pick, reproducible from ``seed``."""

@@ -132,6 +132,15 @@ def test_scenario_file(demo_pool: Pool, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="call 1"):
         Scenario.from_toml(path)
 
+    script = tmp_path / "mix.py"
+    script.write_text(
+        "from client import CallSpec\nscenario = [CallSpec('demo', 'add', (i, i), weight=i) for i in (1, 2, 3)]\n"
+    )
+    assert [c.args for c in Scenario.from_file(script).calls] == [(1, 1), (2, 2), (3, 3)]
+    script.write_text("scenario = 42\n")
+    with pytest.raises(ValueError, match="must set scenario"):
+        Scenario.from_file(script)
+
 
 @pytest.mark.parametrize(
     ("args", "message"),
