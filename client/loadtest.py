@@ -370,6 +370,11 @@ class LoadTest:
         _check_positive("processes", processes, int)
         if processes > clients:
             raise ValueError(f"{processes} processes need at least as many clients, got {clients}")
+        if processes > 1:
+            try:  # the children get the calls as JSON
+                json.dumps(self.scenario.to_list())
+            except (TypeError, ValueError):
+                raise ValueError("with processes > 1 the calls' arguments must be JSON values") from None
         for name, value, kind in [("in_flight", in_flight, int), ("requests", requests, int)]:
             if value is not None:
                 _check_positive(name, value, kind)
@@ -517,13 +522,9 @@ class LoadTest:
     # --- as a child process ------------------------------------------------------------
 
     def _child_spec(self, senders: range) -> dict[str, Any]:
-        try:
-            scenario = json.loads(json.dumps(self.scenario.to_list()))
-        except (TypeError, ValueError):
-            raise ValueError("with processes > 1 the calls' arguments must be JSON values") from None
         return {
             "address": self.address,
-            "scenario": scenario,
+            "scenario": self.scenario.to_list(),
             "first_sender": senders.start,
             "senders": len(senders),
             "total_senders": self._total_senders,

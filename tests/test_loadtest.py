@@ -107,6 +107,8 @@ def test_processes_share_the_clients_and_merge(demo_pool: Pool) -> None:
     assert result.calls == 300 and result.error_count == 0
     assert result.histogram.get_total_count() == 300
     assert result.settings["processes"] == 2 and result.settings["clients"] == 2
+    with pytest.raises(ValueError, match="JSON values"):  # the children get the calls as JSON
+        LoadTest(demo_pool.address, ("demo", "str_len", [b"abc"]), clients=2, processes=2)
 
 
 def test_exit_status_follows_max_errors(demo_pool: Pool) -> None:
