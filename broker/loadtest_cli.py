@@ -103,8 +103,9 @@ def run(options: argparse.Namespace) -> int:
             _check_plotting()
         if options.address and options.config:
             raise _UsageError("give --address or -c FILE, not both")
+        test = _load_test(options, scenario)
         if options.address:
-            return _test(options, scenario, options.address)
+            return _run_test(options, test)
         config = load_config(options.config)
         _check_against(config, scenario, options.config)
         only = dataclasses.replace(config, services=tuple(config.service(n) for n in _services(scenario)))
@@ -113,7 +114,8 @@ def run(options: argparse.Namespace) -> int:
 
             setup()
         with Pool(only, broker="process") as pool:
-            return _test(options, scenario, pool.address)
+            test.address = pool.address
+            return _run_test(options, test)
     except (_UsageError, ConfigError) as exc:
         print(f"dllpool loadtest: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USAGE
@@ -175,12 +177,13 @@ def _check_plotting() -> None:
         raise _UsageError("--plot needs matplotlib: pip install 'dllpool[plot]'") from None
 
 
-def _test(options: argparse.Namespace, scenario: Scenario, address: str) -> int:
+def _load_test(options: argparse.Namespace, scenario: Scenario) -> LoadTest:
+    """The test the options describe, checked before any pool starts (its address is set once one runs)."""
     from . import cli
 
     try:
-        test = LoadTest(
-            address,
+        return LoadTest(
+            options.address or "",
             scenario,
             clients=options.clients,
             in_flight=options.in_flight,
@@ -193,6 +196,9 @@ def _test(options: argparse.Namespace, scenario: Scenario, address: str) -> int:
         )
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
+
+
+def _run_test(options: argparse.Namespace, test: LoadTest) -> int:
     err = Console(stderr=True)
     if options.quiet or not err.is_terminal:
         result = test.run()
