@@ -717,15 +717,18 @@ def _spawn_child(stderr: IO[str]) -> subprocess.Popen[str]:
 
 
 def _end_child(child: subprocess.Popen[str]) -> None:
-    """Wait a little for a child to end on its own, then kill it; close its pipes."""
+    """Close a child's input (one still waiting for its settings or start then ends), wait a little for it
+    to end on its own, then kill it."""
+    with contextlib.suppress(OSError):  # it has ended and the pipe is broken
+        if child.stdin is not None:
+            child.stdin.close()
     try:
         child.wait(timeout=5)
     except subprocess.TimeoutExpired:
         child.kill()
         child.wait()
-    for stream in (child.stdin, child.stdout):
-        if stream is not None:
-            stream.close()
+    if child.stdout is not None:
+        child.stdout.close()
 
 
 def _write_line(child: subprocess.Popen[str], message: Mapping[str, Any]) -> None:
