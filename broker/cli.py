@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import signal
 import sys
 import threading
@@ -19,15 +18,29 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any
 
-import zmq
-
-from client import CurveKeys
 from protocol import ArgumentError, CallError, ConfigError, DllPoolError
 
-from . import runtime32
+from . import loadtest_cli, runtime32
 from .announce import announced, find_running
+from .cli_args import (
+    COUNT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    GRACE,
+    SECONDS,
+    WORKERS,
+    Parser,
+    UsageError,
+    config_arg,
+    curve,
+    curve_args,
+    endpoint,
+    json_literals,
+)
 from .config import PoolConfig, load_config
 from .install import setup
 from .locations import default_config_path
@@ -42,132 +55,47 @@ __all__ = ["main"]
 
 _REFRESH_HELP = "rebuild the 32-bit runtime from the archive's current packages (e.g. once a mirror caught up)"
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with usage errors as one line that says where help is, not the whole usage text."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
-
-
-class _UsageError(Exception):
-    """A command line that parses but asks for something impossible; ``main`` prints it as one line."""
-
-
-def _number(kind: type[float] | type[int], low: float, inclusive: bool, unit: str) -> Any:
-    """An argparse ``type=`` for a finite number above ``low`` (or at it, when ``inclusive``)."""
-
-    def parse(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if not math.isfinite(value) or value < low or (value == low and not inclusive):
-            raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {low:g}{unit}, got {text}")
-        return value
-
-    return parse
-
-
-_SECONDS = _number(float, 0, False, " seconds")
-_GRACE = _number(float, 0, True, " seconds")
-_COUNT = _number(int, 1, True, "")
-_WORKERS = _number(int, 0, True, "")
-
-
-def _endpoint(text: str) -> str:
-    """An argparse ``type=``: a ZeroMQ endpoint this libzmq accepts, checked by connecting a throwaway socket.
-
-    A ``tcp://HOST:PORT`` is checked with port 0, where nothing listens: a check that reached the broker would
-    start a handshake there and show up as a refused peer.
-    """
-    probe = text
-    scheme, _, rest = text.partition("://")
-    host, colon, port = rest.rpartition(":")
-    if scheme == "tcp" and colon and port.isdigit():
-        if not 0 < int(port) < 65536:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an endpoint: the port must be 1-65535")
-        probe = f"tcp://{host}:0"
-    sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
-    try:
-        sock.connect(probe)
-    except zmq.ZMQError as exc:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an endpoint ({exc}); give e.g. tcp://HOST:PORT or ipc:///PATH"
-        ) from None
-    finally:
-        sock.close(linger=0)
-    return text
-
-
-def _config_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-c",
-        "--config",
-        type=Path,
-        default=None,
-        help="pool configuration (default: the embedded one, after `dllpool setup` has prepared what it needs)",
-    )
-
-
-def _curve_args(parser: argparse.ArgumentParser, default: str = "") -> None:
-    parser.add_argument("--curve-server-key", type=Path, help=f"the pool's public key file (CURVE over TCP){default}")
-    parser.add_argument("--curve-key", type=Path, help=f"this side's *.key_secret file (CURVE over TCP){default}")
-
-
-def _curve(options: argparse.Namespace, config: PoolConfig | None = None) -> dict[str, str] | None:
-    """The keys of the command line, else those of the configuration's ``[worker]`` table (``dllpool worker``)."""
-    server, own, where = options.curve_server_key, options.curve_key, "--curve-server-key and --curve-key"
-    if not (server or own) and config is not None:
-        server, own = config.worker_curve_server_key, config.worker_curve_key
-        where = "curve_server_key and curve_key under [worker]"
-    if not (server or own):
-        return None
-    if not (server and own):
-        raise ConfigError(f"CURVE needs both {where}")
-    return dataclasses.asdict(CurveKeys.from_files(server, own))
-
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="dllpool", description="Call 32-bit shared libraries from 64-bit Python through a worker pool."
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = commands.add_parser("up", help="run a pool in the foreground until Ctrl-C or SIGTERM")
-    _config_arg(up)
-    up.add_argument("--grace", type=_GRACE, default=5.0, help="seconds running calls get to finish at shutdown")
+    config_arg(up)
+    up.add_argument("--grace", type=GRACE, default=5.0, help="seconds running calls get to finish at shutdown")
     up.add_argument(
         "--json", action="store_true", help="announce the address, backend address and workers as one JSON line"
     )
 
     call = commands.add_parser("call", help="call one function and print its result as JSON")
-    _config_arg(call)
+    config_arg(call)
     call.add_argument("--address", help="a running pool's frontend endpoint (instead of starting one)")
-    call.add_argument("--timeout", type=_SECONDS, default=30.0, help="seconds to wait for the answer (default 30)")
-    _curve_args(call)
+    call.add_argument("--timeout", type=SECONDS, default=30.0, help="seconds to wait for the answer (default 30)")
+    curve_args(call)
     call.add_argument("service", nargs="?", help="the service, as the configuration names it (e.g. demo)")
     call.add_argument("method", nargs="?", help="the function or method to call (e.g. add)")
     call.add_argument("args", nargs="*", metavar="ARG", help="JSON literals: 1, 2.5, '\"text\"', '[1, 2]'")
+
+    loadtest_cli.add_parser(commands)
 
     status = commands.add_parser("status", help="show a running pool's workers, queues, rates, latencies and errors")
     _running_pool_args(status)
     status.add_argument("--json", action="store_true", help="print the status as JSON (with --watch: one line each)")
     status.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
-    status.add_argument("--interval", type=_SECONDS, default=1.0, help="seconds between refreshes (default 1)")
+    status.add_argument("--interval", type=SECONDS, default=1.0, help="seconds between refreshes (default 1)")
 
     scale = commands.add_parser("scale", help="change the number of workers of a running pool's service")
     _running_pool_args(scale)
     scale.add_argument("service", help="the service, as the configuration names it")
-    scale.add_argument("workers", type=_WORKERS, help="how many workers it should run (scaling down loses no call)")
+    scale.add_argument("workers", type=WORKERS, help="how many workers it should run (scaling down loses no call)")
     scale.add_argument("--no-wait", action="store_true", help="return at once instead of when they are ready")
     scale.add_argument("--json", action="store_true", help="machine-readable output")
 
     demo = commands.add_parser("demo", help="start the default pool and show concurrent calls to 32-bit workers")
-    _config_arg(demo)
+    config_arg(demo)
     demo.add_argument("--json", action="store_true", help="print a JSON report instead of text")
 
     keys = commands.add_parser("keys", help="create a CURVE key pair for a pool or a client")
@@ -181,13 +109,13 @@ def _parser() -> argparse.ArgumentParser:
     worker = commands.add_parser(
         "worker", help="run a configuration's workers against a broker elsewhere (e.g. another host)"
     )
-    _config_arg(worker)
+    config_arg(worker)
     worker.add_argument(
-        "--connect", required=True, type=_endpoint, help="the broker's backend endpoint (`dllpool up --json` shows it)"
+        "--connect", required=True, type=endpoint, help="the broker's backend endpoint (`dllpool up --json` shows it)"
     )
     worker.add_argument("--service", action="append", help="only this service (repeatable; default: all)")
-    worker.add_argument("--workers", type=_COUNT, help="processes per service (default: the configuration's)")
-    _curve_args(worker, " (default: curve_server_key and curve_key under the configuration's [worker])")
+    worker.add_argument("--workers", type=COUNT, help="processes per service (default: the configuration's)")
+    curve_args(worker, " (default: curve_server_key and curve_key under the configuration's [worker])")
 
     install = commands.add_parser(
         "setup", help="install what the default configuration needs: the 32-bit runtime and the demo libraries"
@@ -219,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         handler = _HANDLERS[options.command]
         return handler(options)
-    except (ConfigError, _UsageError) as exc:
+    except (ConfigError, UsageError) as exc:
         print(f"dllpool {options.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USAGE
     except DllPoolError as exc:
@@ -253,26 +181,19 @@ def _call(options: argparse.Namespace) -> int:
 
     config = None if options.address else load_config(options.config)
     service, method = _call_target(options, config)
-    args = []
-    for number, text in enumerate(options.args, 1):
-        try:
-            args.append(json.loads(text))
-        except json.JSONDecodeError:
-            raise _UsageError(
-                f"argument {number} ({text!r}) is not a JSON literal; write 2, 2.5, '\"text\"' or '[1, 2]'"
-            ) from None
+    args = json_literals(options.args)
     if config is not None and options.config is None:
         setup()
     try:
         if config is None:
-            with Client(options.address, timeout=options.timeout, curve=_curve(options)) as client:
+            with Client(options.address, timeout=options.timeout, curve=curve(options)) as client:
                 result = client.call(service, method, *args)
         else:
             only = dataclasses.replace(config, services=(config.service(service),))
             with Pool(only).start() as pool, pool.client(timeout=options.timeout) as client:
                 result = client.call(service, method, *args)
     except ArgumentError as exc:  # the command line's arguments do not fit the function: a usage error
-        raise _UsageError(f"ArgumentError: {exc}") from None
+        raise UsageError(f"ArgumentError: {exc}") from None
     except CallError as exc:
         print(f"dllpool: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -285,18 +206,18 @@ def _call_target(options: argparse.Namespace, config: PoolConfig | None) -> tupl
     services = [s.name for s in config.services] if config else []
     known = f"; {options.config or default_config_path()} has: {', '.join(services)}" if services else ""
     if options.service is None:
-        raise _UsageError(f"name the SERVICE and METHOD to call, then its arguments: dllpool call demo add 2 3{known}")
+        raise UsageError(f"name the SERVICE and METHOD to call, then its arguments: dllpool call demo add 2 3{known}")
     if config is not None and options.service not in services:
         owners = [s.name for s in config.services if options.service in s.hosting.get("functions", {})]
         hint = f"; did you mean `dllpool call {owners[0]} {options.service} ...`?" if owners else known
-        raise _UsageError(f"no service {options.service!r} in {options.config or default_config_path()}{hint}")
+        raise UsageError(f"no service {options.service!r} in {options.config or default_config_path()}{hint}")
     functions = sorted(config.service(options.service).hosting.get("functions", {})) if config else []
     listed = f"; {options.service!r} has: {', '.join(functions)}" if functions else ""
     if options.method is None:
         usage = f"dllpool call {options.service} METHOD [ARG ...]"
-        raise _UsageError(f"name the METHOD of {options.service!r} to call: {usage}{listed}")
+        raise UsageError(f"name the METHOD of {options.service!r} to call: {usage}{listed}")
     if functions and options.method not in functions:
-        raise _UsageError(f"service {options.service!r} has no function {options.method!r}{listed}")
+        raise UsageError(f"service {options.service!r} has no function {options.method!r}{listed}")
     return options.service, options.method
 
 
@@ -307,8 +228,8 @@ def _running_pool_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-c", "--config", type=Path, default=None, help="find the `dllpool up` serving this configuration"
     )
-    parser.add_argument("--timeout", type=_SECONDS, default=10.0, help="seconds to wait for the broker (default 10)")
-    _curve_args(parser)
+    parser.add_argument("--timeout", type=SECONDS, default=10.0, help="seconds to wait for the broker (default 10)")
+    curve_args(parser)
 
 
 def _running_pool(options: argparse.Namespace) -> str:
@@ -332,7 +253,7 @@ def _status(options: argparse.Namespace) -> int:
     from .status_view import render
 
     address = _running_pool(options)
-    with Client(address, timeout=options.timeout, curve=_curve(options)) as client:
+    with Client(address, timeout=options.timeout, curve=curve(options)) as client:
         if not options.watch:
             state = client.status()
             if options.json:
@@ -358,7 +279,7 @@ def _scale(options: argparse.Namespace) -> int:
 
     address = _running_pool(options)
     started = time.monotonic()
-    with Client(address, timeout=options.timeout, curve=_curve(options)) as client:
+    with Client(address, timeout=options.timeout, curve=curve(options)) as client:
         workers = client.scale(options.service, options.workers)
         ready = _wait_scaled(client, options.service, workers, None if options.no_wait else options.timeout)
     report = {"service": options.service, "workers": workers, "ready": ready, "seconds": time.monotonic() - started}
@@ -411,11 +332,11 @@ def _worker(options: argparse.Namespace) -> int:
     if options.workers is not None:
         services = tuple(dataclasses.replace(s, workers=options.workers) for s in services)
     if not any(s.workers for s in services):
-        raise _UsageError("the configuration gives these services 0 workers: say how many with --workers N")
-    curve = _curve(options, config)
+        raise UsageError("the configuration gives these services 0 workers: say how many with --workers N")
+    keys = curve(options, config)
     dedicate_process()
     stop = _stop_on_signals()
-    serve_workers(dataclasses.replace(config, services=services), options.connect, stop, curve)
+    serve_workers(dataclasses.replace(config, services=services), options.connect, stop, keys)
     return EXIT_OK
 
 
@@ -484,6 +405,7 @@ _HANDLERS = {
     "up": _up,
     "call": _call,
     "demo": _demo,
+    "loadtest": loadtest_cli.run,
     "status": _status,
     "scale": _scale,
     "keys": _keys,

@@ -29,6 +29,7 @@ from .client import Client, Session
 from .client64 import Client64
 from .core import ClientCore
 from .keys import CurveKeys
+from .loadtest import CallSpec, LoadProgress, LoadResult, LoadTest, Scenario
 from .proxy import RemoteMethod, ServiceProxy
 from .shm import close_shared_array, shared_array
 
@@ -39,6 +40,7 @@ __all__ = [
     "BrokerUnavailable",
     "Busy",
     "CallError",
+    "CallSpec",
     "Client",
     "Client64",
     "Session",
@@ -47,12 +49,16 @@ __all__ = [
     "CurveKeys",
     "DllPoolError",
     "HandleLost",
+    "LoadProgress",
+    "LoadResult",
+    "LoadTest",
     "ProtocolError",
     "RemoteError",
     "ReplyTooLarge",
     "SharedMemoryError",
     "Server32Error",
     "RemoteMethod",
+    "Scenario",
     "ServiceProxy",
     "Timeout",
     "UnknownMethod",
