@@ -438,8 +438,8 @@ class Supervisor:
             services[service.name] = {
                 "target": len(slots),
                 "starting": sum(1 for s in slots if not s.ready),
-                "min_workers": service.min_workers,
-                "max_workers": service.max_workers,
+                "min_workers": service.min_workers if service.autoscaled else None,
+                "max_workers": service.max_workers if service.autoscaled else None,
                 "restarts": {
                     s.process.pid: s.starts - 1 - s.recycled for s in slots if s.process is not None and s.ready
                 },
