@@ -44,7 +44,7 @@ from .cli_args import (
 from .config import PoolConfig, load_config
 from .install import setup
 from .locations import default_config_path
-from .pool import Pool
+from .pool import Pool, wait_scaled
 from .security import create_keys, load_public_keys
 from .supervisor import serve_workers
 from .zygote import dedicate_process
@@ -281,24 +281,13 @@ def _scale(options: argparse.Namespace) -> int:
     started = time.monotonic()
     with Client(address, timeout=options.timeout, curve=curve(options)) as client:
         workers = client.scale(options.service, options.workers)
-        ready = _wait_scaled(client, options.service, workers, None if options.no_wait else options.timeout)
+        ready = wait_scaled(client, options.service, 0.0 if options.no_wait else options.timeout)
     report = {"service": options.service, "workers": workers, "ready": ready, "seconds": time.monotonic() - started}
     if options.json:
         print(json.dumps(report))
     else:
         print(f"{options.service}: {workers} workers, {ready} ready ({report['seconds']:.2f} s)")
     return EXIT_OK if options.no_wait or ready == workers else EXIT_FAILED
-
-
-def _wait_scaled(client: Any, service: str, workers: int, timeout: float | None) -> int:
-    """Ready workers of ``service`` once there are ``workers`` (or when ``timeout`` passes; None: now)."""
-    deadline = time.monotonic() + (timeout or 0.0)
-    while True:
-        state = client.status()["services"][service]
-        ready = sum(1 for w in state["workers"] if w["state"] not in ("retiring", "gone", "doomed"))
-        if (ready == workers and not state["starting"]) or time.monotonic() >= deadline:
-            return ready
-        time.sleep(0.05)
 
 
 def _jsonable(value: Any) -> Any:

@@ -106,6 +106,8 @@ _RESERVED = b""
 CLIENT_WINDOW_FLOOR = 3.0
 """Seconds of silence before a client that asked for no window of its own is forgotten, at least: the window
 of a Client with default settings (heartbeat_interval 1 s x heartbeat_liveness 3)."""
+STATUS_EVERY = 0.05
+"""Seconds a status is reused for: building one walks every worker."""
 EXIT_REPORT_WAIT = 0.5
 """Seconds a worker whose socket went away waits for the supervisor to say how its process ended (a crashing
 worker's socket often closes before its exit can be reaped); then it is lost all the same."""
@@ -205,6 +207,8 @@ class Retire:
     (the pool was scaled down). The worker itself stops once it has finished its calls."""
 
     pid: int
+    host: str | None
+    """Where it runs, as it reported: only a worker of the broker's own host can be one the supervisor started."""
     reason: str
     replace: bool
 
@@ -352,8 +356,13 @@ class BrokerCore:
         self.accepting = True
         self._drops = _LogThrottle()
         self._meters = {p.name: ServiceMeter() for p in services}
-        self.unwanted: set[int] = set()
-        """Pids of workers still starting when the pool was scaled down: told to STOP when they register."""
+        self.unwanted: set[tuple[str, int]] = set()
+        """Host and pid of the workers still starting when the pool was scaled down: told to STOP when they
+        register (a pid alone could be another host's)."""
+        self._limits_too_low: set[str] = set()
+        """Services whose memory limits a fresh worker already passes (logged once; those are not recycled)."""
+        self._status: tuple[float, dict[str, Any]] | None = None
+        """The last status and when it was made: one per tick at most, however often clients ask."""
         self._retired: dict[bytes, float] = {}
         """Sockets of workers told to STOP, until when their last messages are ignored rather than answered."""
         self.supervision: Callable[[], dict[str, Any]] | None = None
@@ -393,9 +402,12 @@ class BrokerCore:
     def ready_workers(self, service: str) -> int:
         return len(self.worker_pids(service))
 
-    def worker_pids(self, service: str | None = None) -> list[int]:
+    def worker_pids(self, service: str | None = None, retiring: bool = False) -> list[int]:
+        """The registered workers' pids, those being retired only if ``retiring`` (they are not ready for calls)."""
         return sorted(
-            w.pid for w in self._registered() if service in (None, w.service) and w.state is not WorkerState.RETIRING
+            w.pid
+            for w in self._registered()
+            if service in (None, w.service) and (retiring or w.state is not WorkerState.RETIRING)
         )
 
     def workers(self) -> list[dict[str, Any]]:
@@ -747,12 +759,11 @@ class BrokerCore:
         if old is not None:
             actions += self._lose_worker(old, now, "it registered again")
         service = self._services.get(ready.service)
-        if ready.pid in self.unwanted:
-            self.unwanted.discard(ready.pid)
+        unwanted = (ready.info.get("host"), ready.pid)
+        if unwanted in self.unwanted or ident in self._retired:
+            self.unwanted.discard(unwanted)
             self._retired[ident] = now
-            log.info(
-                "worker pid %d of %r registered after the pool was scaled down; stopping it", ready.pid, ready.service
-            )
+            log.info("worker pid %d registered after it was retired (or scaled away); stopping it", ready.pid)
             return [*actions, ToWorker(ident, wire.stop_to_worker())]
         if service is None:
             self._drops.warn(now, "worker %s offers unknown service %r; dropped", ident.hex(), ready.service)
@@ -831,7 +842,7 @@ class BrokerCore:
 
     def worker_exited(self, pid: int, returncode: int | None, now: float) -> list[Action]:
         """The supervisor saw a worker process end."""
-        self.unwanted.discard(pid)
+        self.unwanted = {u for u in self.unwanted if u[1] != pid}
         ident = self._by_pid.get(pid)
         if ident is None:
             return []
@@ -932,7 +943,7 @@ class BrokerCore:
                 actions += self._lose_worker(worker, now, lapsed)
                 continue
             actions += self._expire_held(worker, now)
-            hung = self._hung(worker, now) if worker.state is WorkerState.SERVING else None
+            hung = self._hung(worker, now) if worker.state in _TAKES_PINNED else None
             if hung is not None:
                 self._retire(worker, WorkerState.DOOMED)
                 worker.doomed_by = (
@@ -1088,13 +1099,28 @@ class BrokerCore:
         worker.figures = figures
         policy = self._services[worker.service].policy
         rss, free = figures.get("rss"), figures.get("address_space_free")
+        reason = ""
         if policy.max_worker_rss and rss is not None and rss > policy.max_worker_rss:
-            return self._recycle(worker, f"its resident memory, {rss} bytes, passed max_worker_rss", now)
-        if policy.min_free_address_space and free is not None and free < policy.min_free_address_space:
-            return self._recycle(
-                worker, f"its free address space, {free} bytes, fell below min_free_address_space", now
+            reason = f"its resident memory, {rss} bytes, passed max_worker_rss ({policy.max_worker_rss})"
+        elif policy.min_free_address_space and free is not None and free < policy.min_free_address_space:
+            reason = (
+                f"its free address space, {free} bytes, fell below min_free_address_space "
+                f"({policy.min_free_address_space})"
             )
-        return []
+        if not reason:
+            return []
+        if not worker.calls and not worker.jobs:  # a fresh process past the limit: its successor would be too
+            if worker.service not in self._limits_too_low:
+                self._limits_too_low.add(worker.service)
+                log.error(
+                    "worker pid %d of %r is past its limit before any call (%s): replacing it would not help, so "
+                    "workers of this service that never ran a call are not recycled; fix the limit",
+                    worker.pid,
+                    worker.service,
+                    reason,
+                )
+            return []
+        return self._recycle(worker, reason, now)
 
     def _recycle(self, worker: _Worker, reason: str, now: float, replace: bool = True) -> list[Action]:
         """Retire ``worker``: it takes no new call, finishes those it has, then is told to STOP; with ``replace``
@@ -1105,7 +1131,9 @@ class BrokerCore:
         if replace:
             self._meters[worker.service].recycled += 1
         log.info("retiring worker pid %d of %r: %s", worker.pid, worker.service, reason)
-        return [Retire(worker.pid, reason, replace), *self._wind_down(worker, now)]
+        host = worker.info.get("host")
+        retire = Retire(worker.pid, host if isinstance(host, str) else None, reason, replace)
+        return [retire, *self._wind_down(worker, now)]
 
     def _wind_down(self, worker: _Worker, now: float) -> list[Action]:
         """Move a worker being retired on: RETIRING once no session holds it, told to STOP and forgotten once
@@ -1147,6 +1175,10 @@ class BrokerCore:
                 return now - job.arrived
         return 0.0
 
+    def reshaped(self) -> None:
+        """The supervisor's side of the status changed (a scale): the next status is made afresh."""
+        self._status = None
+
     def queued(self, service: str) -> int:
         """Calls of ``service`` waiting in its queue."""
         return self._services[service].queued
@@ -1157,7 +1189,10 @@ class BrokerCore:
 
     def status(self, now: float) -> dict[str, Any]:
         """Each service's workers, queue, calls in flight, recent rate and latency, errors by type, recycled
-        and restarted workers, and totals: what ``dllpool status`` and ``Client.status()`` show."""
+        and restarted workers, and totals: what ``dllpool status`` and ``Client.status()`` show. Made at most once
+        per ``STATUS_EVERY`` seconds: a client asking in a loop costs the broker little."""
+        if self._status is not None and now - self._status[0] < STATUS_EVERY:
+            return self._status[1]
         supervision = {} if self.supervision is None else self.supervision()
         services: dict[str, Any] = {}
         for name, service in sorted(self._services.items()):
@@ -1181,15 +1216,19 @@ class BrokerCore:
         }
         totals["workers"] = sum(len(s["workers"]) for s in services.values())
         totals["errors"] = sum(sum(s["errors"].values()) for s in services.values())
-        return {
+        status = {
             "broker": supervision.get("broker", {}),
             "services": services,
             "totals": totals,
             "counters": self.counters(),
         }
+        self._status = (now, status)
+        return status
 
     @staticmethod
     def _worker_status(worker: _Worker, now: float, restarts: int | None) -> dict[str, Any]:
+        """One worker's line of the status; ``state`` is ``idle``, ``busy``, ``held`` (a session's), or its
+        :class:`WorkerState` when it is not serving (``retiring``, ``doomed``, ``gone``)."""
         if worker.state is not WorkerState.SERVING:
             state = worker.state.value
         elif worker.lease not in (None, _RESERVED):
@@ -1370,9 +1409,10 @@ class BrokerCore:
             if not client.jobs and client.window is None and not client.leases:
                 del self._clients[client.ident]
         worker.lease = None
-        if worker.state is WorkerState.SERVING and not worker.retire:
-            self._services[worker.service].idle.extend([worker.ident] * worker.spare)
-        worker.spare = 0
+        if not worker.retire:  # a worker on its way out keeps its free slots to itself (see _wind_down)
+            if worker.state is WorkerState.SERVING:
+                self._services[worker.service].idle.extend([worker.ident] * worker.spare)
+            worker.spare = 0
         if client is not None:
             self.stats["leases_ended"] += 1
             log.info("the lease of worker pid %d of %r ended: %s", worker.pid, worker.service, why)
@@ -1425,11 +1465,16 @@ class BrokerCore:
                 worker.lease_used = now
             else:
                 service.idle.append(worker.ident)
+        elif worker.state is WorkerState.RETIRING:
+            worker.spare += 1
 
     def _retire(self, worker: _Worker, state: WorkerState) -> None:
-        """No more work for ``worker``: its free run slots leave the idle deque."""
+        """No more work for ``worker``: its free run slots leave the idle deque (a RETIRING worker keeps them as
+        ``spare``, for the calls pinned to it before)."""
         worker.state = state
         service = self._services[worker.service]
+        if state is WorkerState.RETIRING:
+            worker.spare += service.idle.count(worker.ident)
         service.idle = deque(i for i in service.idle if i != worker.ident)
 
     def _move(self, job: _Job, state: JobState) -> None:

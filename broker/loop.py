@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -123,6 +124,8 @@ class BrokerLoop:
             if s.autoscaled
         }
         self._started = time.monotonic()
+        self._host = socket.gethostname()
+        """This host's name as workers report it: workers with another are not this supervisor's."""
         core.supervision = self._supervision
 
     def run(self) -> None:
@@ -199,6 +202,7 @@ class BrokerLoop:
             actions += self.core.tick(now)
             self.supervisor.mark_ready(set(self.core.worker_pids()))
             self._execute(actions, now)
+            self.supervisor.reap_leaving(set(self.core.worker_pids(retiring=True)), now)
             self._autoscale(now)
         if now >= self._next_forget:
             self._next_forget = now + self.core.heartbeat_interval
@@ -331,7 +335,8 @@ class BrokerLoop:
             elif isinstance(action, KillWorker):
                 self.supervisor.kill(action.pid, action.reason)
             elif isinstance(action, Retire):
-                self.supervisor.retire(action.pid, action.replace, now)
+                if action.host == self._host:  # another host's worker is its own supervisor's to replace
+                    self.supervisor.retire(action.pid, action.replace and self.core.accepting, now)
             elif isinstance(action, Scale):
                 self._scale_for_client(action, now)
 
@@ -358,16 +363,18 @@ class BrokerLoop:
         elif workers < current:
             registered = set(self.core.worker_pids(service))
             dropped, starting = self.supervisor.drop_unready(service, current - workers, registered)
-            self.core.unwanted.update(starting)
+            self.core.unwanted.update((self._host, pid) for pid in starting)
             surplus = current - workers - dropped
             if surplus:
                 self._execute(self.core.retire(service, surplus, self.supervisor.pids(service), now), now)
         target = self.supervisor.target(service)
         if target != current:
+            self.core.reshaped()
             log.info("service %r scaled from %d to %d workers", service, current, target)
         return target
 
     def _scale_for_client(self, action: Scale, now: float) -> None:
+        """Carry out a client's SCALE and answer it: the number of workers, or why not."""
         try:
             answer = wire.reply_to_client(
                 action.corr, pack_value({"workers": self.scale(action.service, action.workers, now)})
@@ -378,6 +385,8 @@ class BrokerLoop:
 
     def _autoscale(self, now: float) -> None:
         """Grow or shrink the autoscaled services as their load asks. Caller holds the lock."""
+        if not self.core.accepting:  # shutting down
+            return
         for name, autoscaler in self.autoscalers.items():
             load = Load(
                 workers=self.supervisor.target(name),

@@ -43,7 +43,7 @@ from .inprocess import DEFAULT_GRACE, NOT_RUNNING, InProcessBroker, Readiness
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_BROKER", "BrokerKind", "Pool"]
+__all__ = ["DEFAULT_BROKER", "BrokerKind", "Pool", "wait_scaled"]
 
 BrokerKind = Literal["thread", "process"]
 DEFAULT_BROKER: BrokerKind = "process"
@@ -72,6 +72,17 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         return
     log.warning("SIGTERM received; stopping the pool")
     raise SystemExit(128 + signum)
+
+
+def wait_scaled(client: Client, service: str, timeout: float) -> int:
+    """Wait until the workers ``service`` was scaled to are ready (its own: not those of other hosts, nor those
+    still being retired, such as a session's), at most ``timeout`` seconds; how many are ready then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = client.status()["services"][service]
+        if (state["ready"] == state["target"] and not state["starting"]) or time.monotonic() >= deadline:
+            return int(state["ready"])
+        time.sleep(0.02)
 
 
 class _Broker(Protocol):
@@ -227,21 +238,12 @@ class Pool:
         self._require_broker()
         with self.client() as client:
             target = client.scale(service, workers)
-        if wait:
-            self._wait_scaled(service, target)
-        return target
-
-    def _wait_scaled(self, service: str, target: int) -> None:
-        broker = self._require_broker()
-        deadline = time.monotonic() + self.config.ready_timeout
-        self.wait_ready()
-        while len(broker.worker_pids(service)) != target:
-            if time.monotonic() >= deadline:
-                raise PoolStartError(
-                    f"service {service!r} has {len(broker.worker_pids(service))} workers ready, not {target}, "
-                    f"after {self.config.ready_timeout:.1f} s"
+            if wait and wait_scaled(client, service, self.config.ready_timeout) != target:
+                failure = self._require_broker().readiness().failure
+                raise failure or PoolStartError(
+                    f"service {service!r} did not get its {target} workers ready in {self.config.ready_timeout:.1f} s"
                 )
-            time.sleep(0.01)
+        return target
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Block until every service has all its workers ready (at start, or after crashes)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -48,7 +49,7 @@ def _service(name: str, service: dict[str, Any]) -> Table:
     if service.get("starting"):
         scaling += f", {service['starting']} starting"
     title = (
-        f"[bold]{name}[/]: {len(service['workers'])} workers ({scaling}) · queued {service['queued']} "
+        f"[bold]{escape(name)}[/]: {len(service['workers'])} workers ({scaling}) · queued {service['queued']} "
         f"(oldest {seconds(service['queue_wait'] if service['queued'] else None)}) · running {service['running']} · "
         f"{service['calls_per_s']:.1f} calls/s"
     )
@@ -77,7 +78,7 @@ def _service(name: str, service: dict[str, Any]) -> Table:
         table.add_row(
             str(worker["pid"]),
             str(worker["bits"] or "-"),
-            str(worker["host"] or "-"),
+            Text(str(worker["host"] or "-")),  # a worker's own words: never read as markup
             Text(state, style=style),
             str(worker["running"]),
             f"{worker['calls']:,}",

@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from protocol import DllPoolError, LibraryLoadError, PoolStartError, RuntimeMissing
-from workers32 import EXIT_STARTUP_FAILED, EXIT_UNLOADABLE
+from workers32 import EXIT_RETIRED, EXIT_STARTUP_FAILED, EXIT_UNLOADABLE
 
 from . import runtime32
-from .config import PoolConfig, ServiceConfig
+from .config import MAX_WORKERS, PoolConfig, ServiceConfig
 from .core import WINDOWS_CRASHES
 from .rundir import RunDir
 from .zygote import Spawner, WorkerProcess
@@ -62,6 +62,10 @@ _WORKER_PACKAGES = ("workers32", "protocol")
 _STDERR_TAIL = 30
 _BACKOFF_FIRST = 0.5
 _BACKOFF_MAX = 10.0
+_STARTS_PER_POLL = 8
+"""Workers started in one poll at most: the loop that polls serves the sockets, and a spawn can take 50 ms."""
+_LEAVING_GRACE = 10.0
+"""Seconds a retired worker's process may take to exit once the broker stopped having it; then it is killed."""
 _HEALTHY_AFTER = 5.0
 """A worker that ran this long started fine, even if no broker saw it ready: restart it at once."""
 POSIX_SIGNALS = os.name == "posix"
@@ -81,6 +85,16 @@ class Exit:
     service: str
     pid: int
     returncode: int
+
+
+@dataclass(eq=False)
+class _Leaving:
+    """A retired worker's process, out of its slot: it finishes its calls (the broker still has it), then stops."""
+
+    service: str
+    process: WorkerProcess
+    unregistered_since: float | None = None
+    """Since when the broker no longer has it (it was told to STOP, or was never ready): killed past a grace."""
 
 
 @dataclass(eq=False)
@@ -139,8 +153,8 @@ class Supervisor:
         self._slot_numbers = itertools.count()
         for service in config.services:
             self._add_slots(service, service.workers)
-        self._leaving: list[tuple[str, WorkerProcess]] = []
-        """Retired workers' processes (and their services), out of their slots, finishing their calls."""
+        self._leaving: list[_Leaving] = []
+        """Retired workers' processes, out of their slots, finishing their calls."""
         self._interpreters: dict[str, runtime32.Interpreter] = {}
         self._stopping = False
         self._spawner = Spawner(config.zygote)
@@ -225,13 +239,22 @@ class Supervisor:
             command.append("--stop-on-eof")
         slot.status_file.unlink(missing_ok=True)
         slot.starts += 1
-        slot.process = self._spawner.spawn(
-            interp,
-            command,
-            self.source_dir,
-            runtime32.command_env(interp, [str(self.source_dir)]),
-            subprocess.DEVNULL if POSIX_SIGNALS else subprocess.PIPE,
-        )
+        try:
+            slot.process = self._spawner.spawn(
+                interp,
+                command,
+                self.source_dir,
+                runtime32.command_env(interp, [str(self.source_dir)]),
+                subprocess.DEVNULL if POSIX_SIGNALS else subprocess.PIPE,
+            )
+        except OSError as exc:  # out of processes, memory or file descriptors: try again later, never crash
+            slot.failures += 1
+            slot.next_start = now + min(_BACKOFF_FIRST * 2 ** (slot.failures - 1), _BACKOFF_MAX)
+            slot.last_failure = PoolStartError(f"cannot start a worker of service {slot.service.name!r}: {exc}")
+            log.error(
+                "cannot start a worker of %r (%s); retrying in %.1f s", slot.service.name, exc, slot.next_start - now
+            )
+            return
         slot.started_at = now
         slot.ready = False
         slot.stderr_tail.clear()
@@ -268,13 +291,16 @@ class Supervisor:
     def poll(self, now: float) -> list[Exit]:
         """Reap ended workers and start replacements that are due."""
         exits: list[Exit] = []
-        for service, leaving in list(self._leaving):
-            code = leaving.poll()
+        for leaving in list(self._leaving):
+            code = leaving.process.poll()
             if code is not None:
-                self._leaving.remove((service, leaving))
-                exits.append(Exit(service, leaving.pid, code))
-                level = logging.DEBUG if code == 0 else logging.WARNING
-                log.log(level, "retired worker pid %d of %r ended (%s)", leaving.pid, service, _how(code))
+                self._leaving.remove(leaving)
+                exits.append(Exit(leaving.service, leaving.process.pid, code))
+                level = logging.DEBUG if code in (0, EXIT_RETIRED) else logging.WARNING
+                log.log(
+                    level, "retired worker pid %d of %r ended (%s)", leaving.process.pid, leaving.service, _how(code)
+                )
+        starts = 0
         for slot in self._slots:
             process = slot.process
             if process is not None:
@@ -284,12 +310,40 @@ class Supervisor:
                 exits.append(Exit(slot.service.name, process.pid, code))
                 slot.process = None
                 self._after_exit(slot, code, now)
-            if not self._stopping and slot.process is None and now >= slot.next_start:
+            if self._stopping or slot.process is not None or now < slot.next_start:
+                continue
+            if starts < _STARTS_PER_POLL and self._live(slot.service.name) < MAX_WORKERS:
+                starts += 1
                 self._start(slot, now)
         return exits
 
+    def _live(self, service: str) -> int:
+        """Processes of ``service`` not yet reaped, leaving ones included: what the host is running for it."""
+        return sum(1 for name, _ in self._owned() if name == service)
+
+    def reap_leaving(self, registered: set[int], now: float) -> None:
+        """Kill the leaving processes the broker has not had (``registered``: the pids it has) for ``_LEAVING_GRACE``:
+        one told to STOP whose close hook hangs, one dropped while it was still loading its library."""
+        for leaving in self._leaving:
+            if leaving.process.pid in registered:
+                leaving.unregistered_since = None
+            elif leaving.unregistered_since is None:
+                leaving.unregistered_since = now
+            elif now - leaving.unregistered_since >= _LEAVING_GRACE and leaving.process.poll() is None:
+                log.warning(
+                    "retired worker pid %d of %r did not exit %.0f s after it stopped serving; killing it",
+                    leaving.process.pid,
+                    leaving.service,
+                    _LEAVING_GRACE,
+                )
+                leaving.process.kill()
+
     def _after_exit(self, slot: _Slot, code: int, now: float) -> None:
         if self._stopping:
+            return
+        if code == EXIT_RETIRED:  # a broker elsewhere retired it (``dllpool worker``): its successor is due now
+            log.info("worker %s[%d] was retired by the broker; starting its successor", slot.service.name, slot.index)
+            slot.next_start = now
             return
         if code == EXIT_UNLOADABLE and slot.status_file.is_file():  # not a library's own exit(5)
             self._give_up(slot)
@@ -368,7 +422,7 @@ class Supervisor:
     def _owned(self) -> Iterator[tuple[str, WorkerProcess]]:
         """Every process started and not yet reaped, in a slot or leaving, with its service's name."""
         yield from ((slot.service.name, slot.process) for slot in self._slots if slot.process is not None)
-        yield from self._leaving
+        yield from ((leaving.service, leaving.process) for leaving in self._leaving)
 
     def _processes(self) -> Iterator[WorkerProcess]:
         return (process for _, process in self._owned())
@@ -376,6 +430,7 @@ class Supervisor:
     # --- scaling and retiring ---------------------------------------------------------
 
     def service(self, name: str) -> ServiceConfig:
+        """The configuration of service ``name`` (KeyError if it has none)."""
         return self.config.service(name)
 
     def target(self, service: str) -> int:
@@ -383,17 +438,25 @@ class Supervisor:
         return sum(1 for slot in self._slots if slot.service.name == service)
 
     def starting(self, service: str) -> int:
-        """Slots of ``service`` whose worker is not ready yet (starting, or waiting to start again)."""
-        return sum(1 for slot in self._slots if slot.service.name == service and not slot.ready)
+        """Slots of ``service`` whose worker is on its way: started and not ready yet, or due to start (not those
+        backing off after failed starts, nor those whose library cannot load)."""
+        return sum(
+            1
+            for slot in self._slots
+            if slot.service.name == service
+            and not slot.ready
+            and (slot.process is not None or slot.next_start <= time.monotonic())
+        )
 
     def pids(self, service: str) -> set[int]:
         """The workers of ``service`` in its slots: those a scale-down may retire."""
         return {s.process.pid for s in self._slots if s.service.name == service and s.process is not None}
 
     def add(self, service: str, count: int, now: float) -> None:
-        """``count`` more workers for ``service``, starting now."""
+        """``count`` more workers for ``service``: :meth:`poll` starts them, a few per tick, so that the broker
+        loop goes on serving while they start."""
         for slot in self._add_slots(self.config.service(service), count):
-            self._start(slot, now)
+            slot.next_start = now
 
     def drop_unready(self, service: str, count: int, registered: set[int]) -> tuple[int, list[int]]:
         """Remove up to ``count`` slots of ``service`` whose worker has not registered with the broker (the pids
@@ -411,7 +474,8 @@ class Supervisor:
             self._slots.remove(slot)
             if slot.process is not None:
                 pids.append(slot.process.pid)
-                self._leaving.append((service, slot.process))
+                _ask_to_stop(slot.process)
+                self._leaving.append(_Leaving(service, slot.process))
         return min(count, len(unready)), pids
 
     def retire(self, pid: int, replace: bool, now: float) -> None:
@@ -421,11 +485,12 @@ class Supervisor:
         slot = next((s for s in self._slots if s.process is not None and s.process.pid == pid), None)
         if slot is None or slot.process is None:
             return
-        self._leaving.append((slot.service.name, slot.process))
+        self._leaving.append(_Leaving(slot.service.name, slot.process))
         slot.process = None
         if replace:
             slot.recycled += 1
-            self._start(slot, now)
+            slot.ready = False
+            slot.next_start = now
         else:
             self._slots.remove(slot)
 
@@ -437,7 +502,8 @@ class Supervisor:
             slots = [s for s in self._slots if s.service is service]
             services[service.name] = {
                 "target": len(slots),
-                "starting": sum(1 for s in slots if not s.ready),
+                "ready": sum(1 for s in slots if s.ready),
+                "starting": self.starting(service.name),
                 "min_workers": service.min_workers if service.autoscaled else None,
                 "max_workers": service.max_workers if service.autoscaled else None,
                 "restarts": {

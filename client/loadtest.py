@@ -667,9 +667,11 @@ def _child_main(stdin: IO[str], stdout: IO[str]) -> int:
 
 
 def _stop_on_request(test: LoadTest, stdin: IO[str]) -> None:
+    """Stop when the parent asks, or when it is gone (its end of the pipe closed: killed, or interrupted)."""
     for line in stdin:
         if _parse_line(line).get("stop"):
-            test.stop()
+            break
+    test.stop()
 
 
 if __name__ == "__main__":

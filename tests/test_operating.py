@@ -222,3 +222,18 @@ def test_the_async_client_reads_status_and_scales(pool: Pool) -> None:
 
     pids, workers = asyncio.run(scenario())
     assert sorted(pids) == pool.worker_pids("s") and workers == 3
+
+
+def test_scaling_down_under_sessions_waits_for_them_and_reports_success(pool: Pool) -> None:
+    with pool.client(timeout=30) as client, client.session("s") as first, client.session("s") as second:
+        held = {first.pid, second.pid}
+        scaling = threading.Thread(target=pool.scale, args=("s", 1))
+        scaling.start()
+        wait_for(lambda: service_status(client)["target"] == 1, 30, "the scale to be taken")
+        assert first.call("add", 1, 2) == 3 and second.call("add", 2, 2) == 4  # the sessions go on
+        states = {w["pid"]: w for w in service_status(client)["workers"]}
+        assert {states[pid]["state"] for pid in held} == {"held"}
+        assert sum(1 for pid in held if states[pid]["retiring"]) == 1
+    scaling.join(30)
+    assert not scaling.is_alive()
+    wait_for(lambda: len(pool.worker_pids("s")) == 1, 30, "the retired session worker to go")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from broker.autoscale import Autoscaler, Load
-from broker.core import Action, BrokerCore, Retire, Scale, ServicePolicy
+from broker.core import Action, BrokerCore, KillWorker, Retire, Scale, ServicePolicy
 from broker.metrics import Latencies, ServiceMeter
 from protocol import frames as wire
 from protocol import pack_call, unpack_value
@@ -32,7 +32,7 @@ def test_a_worker_past_max_calls_finishes_its_call_is_replaced_and_stopped() -> 
         job = only_work(request(core, b"c", n, now=n))[1].job
         actions = reply(core, b"w", job, now=n)
         assert [a.corr for _, a in answers(actions)] == [n]  # every call answered, the last one too
-    assert retires(actions) == [Retire(10, "it served 2 calls (max_calls_per_worker)", True)]
+    assert retires(actions) == [Retire(10, None, "it served 2 calls (max_calls_per_worker)", True)]
     assert worker_commands(actions, b"w") == [wire.StopToWorker]
     assert core.worker_pids() == []
     assert core.stats["workers_retired"] == 1 and core.stats["workers_lost"] == 0
@@ -56,9 +56,44 @@ def test_a_retiring_worker_takes_no_new_call_and_stops_once_its_calls_are_done()
 def test_a_floor_on_free_address_space_retires_a_worker() -> None:
     core = make_core(ServicePolicy("s", min_free_address_space=64 << 20))
     ready(core, b"w", 10)
+    reply(core, b"w", only_work(request(core, b"c", 1))[1].job)
     assert retires(heartbeat(core, b"w", 1.0, rss=1, address_space_free=65 << 20)) == []
     assert core.status(1.0)["services"]["s"]["workers"][0]["address_space_free"] == 65 << 20
     assert [r.replace for r in retires(heartbeat(core, b"w", 2.0, address_space_free=63 << 20))] == [True]
+
+
+def test_a_fresh_worker_already_past_a_limit_is_not_recycled_forever(caplog: pytest.LogCaptureFixture) -> None:
+    core = make_core(ServicePolicy("s", max_worker_rss=1 << 20))
+    for n in range(2):
+        ready(core, bytes([n]), 10 + n)
+        assert retires(heartbeat(core, bytes([n]), 1.0, rss=20 << 20)) == []
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1  # said once, loudly
+    assert "fix the limit" in caplog.records[0].message and caplog.records[0].levelname == "ERROR"
+
+
+def test_a_call_pinned_to_a_worker_before_it_retires_still_runs_there() -> None:
+    core = make_core(ServicePolicy("s", max_calls_per_worker=1))
+    ready(core, b"w", 10)
+    first = only_work(request(core, b"c", 1))[1].job
+    pinned = wire.client_request(2, "s", "m", None, pack_call([], {}), pin=10)
+    assert work(core.client_message(b"c", pinned, 0.1)) == []  # waits for the worker's one run slot
+    actions = reply(core, b"w", first, now=0.2)  # its last call: it retires, and its pinned call runs
+    assert retires(actions) and [w for w, _ in work(actions)] == [b"w"]
+    actions = reply(core, b"w", work(actions)[0][1].job, now=0.3)
+    assert [a.corr for _, a in answers(actions)] == [2] and worker_commands(actions, b"w") == [wire.StopToWorker]
+
+
+def test_a_retiring_worker_whose_call_hangs_is_killed() -> None:
+    core = make_core(ServicePolicy("s", max_calls_per_worker=1), kill_grace=1.0)
+    ready(core, b"w", 10, threads=2)
+    reply(core, b"w", only_work(request(core, b"c", 1))[1].job)
+    assert core.worker_pids() == []  # retiring: it had nothing else, so it was stopped already
+    ready(core, b"v", 11, threads=2)
+    only_work(request(core, b"c", 2, timeout=1.0))
+    done = only_work(request(core, b"c", 3))[1].job
+    assert retires(reply(core, b"v", done, now=0.5))  # past its limit, one call still running
+    assert core.tick(1.5) and core.worker_message(b"v", wire.worker_heartbeat(), 1.5) == []  # deadline seen
+    assert [a.pid for a in core.tick(2.6) if isinstance(a, KillWorker)] == [11]  # and kill_grace is over
 
 
 def test_a_session_worker_is_retired_only_when_its_session_ends() -> None:
@@ -104,8 +139,12 @@ def test_a_busy_worker_scaled_away_answers_first() -> None:
 
 def test_a_worker_still_starting_when_scaled_away_is_stopped_when_it_registers() -> None:
     core = make_core()
-    core.unwanted.add(10)
-    assert worker_commands(ready(core, b"w", 10), b"w") == [wire.StopToWorker]
+    core.unwanted.add(("here", 10))
+    elsewhere = {"service": "s", "threads": 1, "pid": 10, "host": "there"}
+    assert worker_commands(core.worker_message(b"x", wire.worker_ready(elsewhere), 0.0), b"x") == []  # not ours
+    core.worker_message(b"x", wire.worker_disconnect(), 0.0)
+    mine = {"service": "s", "threads": 1, "pid": 10, "host": "here"}
+    assert worker_commands(core.worker_message(b"w", wire.worker_ready(mine), 0.0), b"w") == [wire.StopToWorker]
     assert core.worker_pids() == []
     assert work(request(core, b"c", 1)) == []
 

@@ -64,7 +64,15 @@ from .shm import MAPPINGS, SharedArguments, limit_of
 
 log = logging.getLogger("workers32")
 
-__all__ = ["EXIT_BROKER_GONE", "EXIT_STARTUP_FAILED", "EXIT_UNLOADABLE", "Worker", "report_unloadable", "run"]
+__all__ = [
+    "EXIT_BROKER_GONE",
+    "EXIT_RETIRED",
+    "EXIT_STARTUP_FAILED",
+    "EXIT_UNLOADABLE",
+    "Worker",
+    "report_unloadable",
+    "run",
+]
 
 EXIT_STARTUP_FAILED = 3
 """Exit code when a wrapper's constructor raised: maybe transient (a device still busy), so the supervisor
@@ -74,6 +82,9 @@ EXIT_BROKER_GONE = 4
 EXIT_UNLOADABLE = 5
 """Exit code when what the service hosts can never load as configured (a ConfigError): not retried.
 The reason is in the status file, if the supervisor named one."""
+EXIT_RETIRED = 6
+"""Exit code after the broker said STOP (the worker was recycled or its pool scaled down): its supervisor starts a
+successor at once (``dllpool worker``), or has already (a pool's own workers)."""
 
 _MAX_TRACEBACK = 16 * 1024
 _BATCH = 256
@@ -137,6 +148,8 @@ class Worker:
         self.curve = curve
         self.context = zmq.Context()
         self._stop = threading.Event()
+        self.retired = False
+        """The broker said STOP: the exit code says so (``EXIT_RETIRED``)."""
         self._lock = threading.Lock()
         """Held by whichever thread uses the DEALER socket and the heartbeat clocks."""
         self._sock: Optional[zmq.Socket[Any]] = None
@@ -391,7 +404,7 @@ class Worker:
                 log.warning("the broker process is gone; exiting")
                 logging.shutdown()
                 os._exit(EXIT_BROKER_GONE)  # a call may be stuck in the library: do not wait for it
-        if now >= self._broker_deadline:
+        if now >= self._broker_deadline and not self._stop.is_set():
             self._reconnect()
 
     def _on_broker(self, frames: list[Buffer], now: float) -> None:
@@ -412,7 +425,10 @@ class Worker:
             self._cancel(message.job)
         elif isinstance(message, StopToWorker):
             log.info("retired by the broker; stopping")
+            self.retired = True
             self._stop.set()
+        elif self._stop.is_set():
+            return  # stopping: it registers nowhere again
         elif isinstance(message, DisconnectToWorker):
             log.info("the broker does not know this worker; registering again")
             assert self._sock is not None
@@ -544,4 +560,4 @@ def run(
         hosted.close()  # a wrapper's shutdown_handler: the broker no longer sends this worker anything
     except Exception:
         log.exception("the shutdown handler of %r raised", spec.get("service"))
-    return 0
+    return EXIT_RETIRED if worker.retired else 0
