@@ -23,14 +23,12 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from client.loadtest import CallSpec, LoadProgress, LoadResult, LoadTest, Scenario
-from protocol import ConfigError, DllPoolError
 
 from .cli_args import (
     COUNT,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
-    EXIT_USAGE,
     SECONDS,
     UsageError,
     config_arg,
@@ -40,6 +38,7 @@ from .cli_args import (
     number,
 )
 from .config import PoolConfig, load_config
+from .install import setup
 from .pool import Pool
 
 __all__ = ["add_parser", "run"]
@@ -99,34 +98,24 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
 
 
 def run(options: argparse.Namespace) -> int:
-    """Run ``dllpool loadtest`` as ``options`` say; the exit code."""
-    try:
-        scenario = _scenario(options)
-        if options.plot is not None:
-            _check_plotting()
-        if options.address and options.config:
-            raise UsageError("give --address or -c FILE, not both")
-        test = _load_test(options, scenario)
-        if options.address:
-            return _run_test(options, test)
-        config = load_config(options.config)
-        _check_against(config, scenario, options.config)
-        only = dataclasses.replace(config, services=tuple(config.service(n) for n in _services(scenario)))
-        if options.config is None:
-            from .install import setup
-
-            setup()
-        with Pool(only, broker="process") as pool:
-            test.address = pool.address
-            return _run_test(options, test)
-    except (UsageError, ConfigError) as exc:
-        print(f"dllpool loadtest: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return EXIT_USAGE
-    except DllPoolError as exc:
-        print(f"dllpool loadtest: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    """Run ``dllpool loadtest`` as ``options`` say; the exit code. Usage errors and the pool's failures are
+    raised, for ``dllpool``'s ``main`` to report as every subcommand's are."""
+    scenario = _scenario(options)
+    if options.plot is not None:
+        _check_plotting()
+    if options.address and options.config:
+        raise UsageError("give --address or -c FILE, not both")
+    test = _load_test(options, scenario)
+    if options.address:
+        return _run_test(options, test)
+    config = load_config(options.config)
+    _check_against(config, scenario, options.config)
+    only = dataclasses.replace(config, services=tuple(config.service(n) for n in _services(scenario)))
+    if options.config is None:
+        setup()
+    with Pool(only, broker="process") as pool:
+        test.address = pool.address
+        return _run_test(options, test)
 
 
 def _scenario(options: argparse.Namespace) -> Scenario:
