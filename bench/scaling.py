@@ -1,0 +1,449 @@
+"""How calls/s grow with the worker count: a slow GIL-free call and a fast one, 1 to 32 workers.
+
+    python bench/scaling.py [--workers 1,2,4,8,16,32] [--threads 64] [--processes 1] [--seconds 3]
+                            [--repeat 3] [--calls sleep_ms,add] [--json FILE] [--png FILE]
+
+For each worker count, a pool of the default configuration's ``demo`` service (config/pool.toml,
+with ``workers = N`` and the other services left out) is started, and ``--threads`` calling threads
+call in a loop: ``demo.sleep_ms(10)`` (the library sleeps without the GIL: ideally N workers answer
+N x 100 calls/s) and ``demo.add(1, 2)`` (the per-call overhead alone). Each figure is calls answered
+in a window of ``--seconds`` after a warm-up, every thread calling before the window opens and after
+it closes; with ``--repeat`` the median of several windows. The speed-up is against the smallest
+worker count of the sweep.
+
+``--processes P`` spreads the threads over P client processes (threads / P each, one Client each)
+instead of one: the client side's Python then runs on more than one GIL. Their windows open and
+close together (wall clock), and their counts are summed.
+
+Prints a Markdown table; ``--json`` writes every figure with the machine's description; ``--png``
+plots calls/s against workers (log2 axis), with the ideal line for ``sleep_ms``. Progress goes to
+stderr. Keep the machine otherwise idle while it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+from compare import cpu_ticks, loadavg, machine, steal_percent, wait_for_line
+from profile_pool import COLUMNS, Labeler, Snapshot, snapshot, tabulate, zmq_label
+
+from broker import Pool, load_config, runtime32
+from broker.hosted import HostedBroker
+from broker.locations import default_config_path
+from broker.pool import DEFAULT_BROKER, BrokerKind
+from client import Client
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+log = logging.getLogger("scaling")
+
+WORKERS = (1, 2, 4, 8, 16, 32)
+SLEEP_MS = 10
+CALLS: dict[str, tuple[Any, ...]] = {"sleep_ms": (SLEEP_MS,), "add": (1, 2)}
+"""The calls swept, with their arguments."""
+WARMUP = 0.5
+"""Seconds every thread calls before the window opens."""
+START_SLACK = 0.3
+"""Seconds from telling client processes the window's start to that start: they all hear of it in time."""
+
+
+@dataclasses.dataclass
+class Point:
+    call: str
+    workers: int
+    runs: list[float]
+    """Calls/s of each window."""
+    calls_per_s: float = 0.0
+    """The median of ``runs``."""
+    speedup: float | None = None
+    """``calls_per_s`` over the smallest worker count's."""
+    ideal: float | None = None
+    """calls/s if every worker were always busy and a call cost nothing beyond its own run (``sleep_ms`` only)."""
+    cpu: dict[str, dict[str, float]] | None = None
+    """``--cpu``: per thread role, CPU time and wake-ups per call in the last window (profile_pool's columns)."""
+
+
+def demo_config(workers: int) -> dict[str, Any]:
+    """The default configuration's ``demo`` service alone, with ``workers`` workers, as a dict."""
+    path = default_config_path()
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    service = dict(data["services"]["demo"], workers=workers)
+    service["library"] = str((path.parent / service["library"]).resolve())
+    return {"pool": data.get("pool", {}), "services": {"demo": service}}
+
+
+class Watch:
+    """``--cpu``: every thread's CPU time and wake-ups (/proc schedstat) at the window's start and end."""
+
+    def __init__(self, pids: dict[int, str]) -> None:
+        self.pids = pids
+        """Process ids and their roles (client, broker, workers)."""
+        self.before: Snapshot = {}
+        self.after: Snapshot = {}
+
+    def window(self, start: float, seconds: float) -> None:
+        """Take the two snapshots; returns at the window's end."""
+        labelers: dict[int, Labeler] = {pid: functools.partial(_label, role) for pid, role in self.pids.items()}
+        time.sleep(max(0.0, start - time.time()))
+        self.before = snapshot(labelers)
+        time.sleep(max(0.0, start + seconds - time.time()))
+        self.after = snapshot(labelers)
+
+    def per_call(self, calls: int) -> dict[str, dict[str, float]]:
+        rows = tabulate(self.before, self.after, max(1, calls))
+        return {label: dict(zip(COLUMNS, values)) for label, values in sorted(rows.items())}
+
+
+def _label(role: str, pid: int, tid: int, comm: str) -> str:
+    return zmq_label(comm, role) or f"{role}: {'main thread' if tid == pid else 'other threads'}"
+
+
+def drive(
+    client: Client,
+    call: str,
+    threads: int,
+    start: float,
+    seconds: float,
+    watch: Watch | None = None,
+    hold: Callable[[], object] | None = None,
+) -> int:
+    """``threads`` threads call ``call`` in a loop on ``client`` from now until the window ``[start, start +
+    seconds)`` (wall clock) has closed, ``watch`` has looked and ``hold`` has returned: how many answers came
+    within the window. The load stays on until then, so whoever looks at the window's end sees it running."""
+    args = CALLS[call]
+    end = start + seconds
+    counts = [0] * threads
+    stop = threading.Event()
+
+    def run(t: int) -> None:
+        invoke, clock, n = client.call, time.time, 0
+        while not stop.is_set():
+            invoke("demo", call, *args)
+            n += start <= clock() < end
+        counts[t] = n
+
+    pool = [threading.Thread(target=run, args=(t,), name=f"caller-{t}") for t in range(threads)]
+    for thread in pool:
+        thread.start()
+    try:
+        if watch is not None:
+            watch.window(start, seconds)
+        time.sleep(max(0.0, end - time.time()))
+        if hold is not None:
+            hold()
+    finally:
+        stop.set()
+        for thread in pool:
+            thread.join()
+    return sum(counts)
+
+
+def serve_drive(address: str, call: str, threads: int, seconds: float) -> int:
+    """``--drive``: a client process. Says ``ready`` once connected, reads the window's start (wall clock)
+    from stdin, drives until told (a second line) to stop, and prints its count."""
+    with Client(address, 60) as client:
+        client.call("demo", call, *CALLS[call])
+        print("ready", flush=True)
+        start = float(sys.stdin.readline())
+        print(drive(client, call, threads, start, seconds, hold=sys.stdin.readline), flush=True)
+    return 0
+
+
+def split(threads: int, processes: int) -> list[int]:
+    """``threads`` spread as evenly as can be over ``processes``."""
+    share, extra = divmod(threads, processes)
+    return [share + (i < extra) for i in range(processes)]
+
+
+@contextmanager
+def client_process(command: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """A ``--drive`` child with pipes both ways, killed if the block ends before it did."""
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as child:
+        try:
+            yield child
+        finally:
+            if child.poll() is None:
+                child.kill()
+
+
+def window_in_processes(
+    address: str, call: str, threads: int, processes: int, seconds: float, watch: Watch | None = None
+) -> int:
+    """One window with the threads spread over ``processes`` client processes: calls answered in it."""
+    command = [sys.executable, __file__, "--drive", address, "--calls", call, "--seconds", str(seconds)]
+    with ExitStack() as stack:
+        children = [
+            stack.enter_context(client_process([*command, "--threads", str(n)])) for n in split(threads, processes)
+        ]
+        for child in children:
+            wait_for_line(child, "ready", 60, "a client process")
+        start = time.time() + START_SLACK + WARMUP
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write(f"{start!r}\n")
+            child.stdin.flush()
+        if watch is not None:
+            watch.pids.update(dict.fromkeys((child.pid for child in children), "client"))
+            watch.window(start, seconds)
+        time.sleep(max(0.0, start + seconds - time.time()))
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write("stop\n")
+            child.stdin.flush()
+        total = 0
+        for child in children:
+            assert child.stdout is not None
+            total += int(child.stdout.readline())
+            child.wait(60)
+    return total
+
+
+def measure(
+    workers: int,
+    calls: Sequence[str],
+    threads: int,
+    processes: int,
+    seconds: float,
+    repeat: int,
+    broker: BrokerKind,
+    cpu: bool,
+) -> list[Point]:
+    """Every call of ``calls`` on a pool of ``workers`` workers: one Point each (``cpu``: with the last
+    window's CPU time and wake-ups per call)."""
+    points = []
+    log.info("%d worker(s): starting the pool (broker=%s) ...", workers, broker)
+    with Pool(load_config(demo_config(workers)), broker).start() as pool, pool.client(timeout=60) as client:
+        if len(pool.worker_pids("demo")) != workers:
+            raise RuntimeError(f"the pool has {len(pool.worker_pids('demo'))} demo workers, not {workers}")
+        for call in calls:
+            runs = []
+            for _ in range(repeat):
+                watch = Watch(process_roles(pool, processes)) if cpu else None
+                if processes == 1:
+                    counted = drive(client, call, threads, time.time() + WARMUP, seconds, watch)
+                else:
+                    counted = window_in_processes(pool.address, call, threads, processes, seconds, watch)
+                runs.append(counted / seconds)
+                log.info("%d worker(s), %s: %.0f calls/s", workers, call, runs[-1])
+            ideal = min(workers, threads) * 1000 / SLEEP_MS if call == "sleep_ms" else None
+            point = Point(call, workers, runs, statistics.median(runs), ideal=ideal)
+            if watch is not None:
+                point.cpu = watch.per_call(counted)
+            points.append(point)
+    return points
+
+
+def process_roles(pool: Pool, processes: int) -> dict[int, str]:
+    """The processes ``--cpu`` watches: this one (the client, unless the threads run in client processes),
+    the broker's (when it has one of its own) and the workers."""
+    roles = dict.fromkeys(pool.worker_pids("demo"), "workers")
+    hosted = pool._broker
+    if isinstance(hosted, HostedBroker) and hosted._process is not None:
+        roles[hosted._process.pid] = "broker"
+        if processes == 1:
+            roles[os.getpid()] = "client"
+    elif processes == 1:
+        roles[os.getpid()] = "client + broker"
+    else:
+        roles[os.getpid()] = "broker"
+    return roles
+
+
+def cpu_table(points: list[Point]) -> str:
+    """CPU time and wake-ups per call by thread role, for the points that have them."""
+    lines = [
+        "| call | workers | thread (role) | threads | CPU us/call | wake-ups/call |",
+        "| --- | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for p in points:
+        for label, row in (p.cpu or {}).items():
+            lines.append(
+                f"| {p.call} | {p.workers} | {label} | {row['threads']:.0f} | {row['cpu_us']:.1f} "
+                f"| {row['scheduled_in']:.2f} |"
+            )
+        if p.cpu:
+            total = sum(row["cpu_us"] for row in p.cpu.values())
+            wakes = sum(row["scheduled_in"] for row in p.cpu.values())
+            lines.append(f"| {p.call} | {p.workers} | all | | {total:.1f} | {wakes:.2f} |")
+    return "\n".join(lines)
+
+
+def add_speedups(points: list[Point]) -> None:
+    for call in {p.call for p in points}:
+        mine = [p for p in points if p.call == call]
+        base = min(mine, key=lambda p: p.workers)
+        for p in mine:
+            p.speedup = p.calls_per_s / base.calls_per_s if base.calls_per_s else None
+
+
+def table(points: list[Point]) -> str:
+    lines = [
+        "| call | workers | calls/s (median) | speed-up | ideal calls/s | of ideal | runs |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for p in points:
+        speedup = "" if p.speedup is None else f"{p.speedup:.1f}x"
+        ideal = "" if p.ideal is None else f"{p.ideal:,.0f}"
+        share = "" if p.ideal is None else f"{100 * p.calls_per_s / p.ideal:.0f} %"
+        runs = ", ".join(f"{r:,.0f}" for r in p.runs)
+        lines.append(f"| {p.call} | {p.workers} | {p.calls_per_s:,.0f} | {speedup} | {ideal} | {share} | {runs} |")
+    return "\n".join(lines)
+
+
+def plot(points: list[Point], title: str, path: Path) -> None:
+    """calls/s against workers, one panel per call, log2 x axis; the ideal line where there is one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    calls = list(dict.fromkeys(p.call for p in points))
+    fig, axes = plt.subplots(1, len(calls), figsize=(5.5 * len(calls), 4.5), squeeze=False)
+    for ax, call in zip(axes[0], calls):
+        mine = [p for p in points if p.call == call]
+        x = [p.workers for p in mine]
+        ax.plot(x, [p.calls_per_s for p in mine], "o-", label="measured (median)")
+        for p in mine:
+            ax.annotate(
+                f"{p.speedup:.1f}x",
+                (p.workers, p.calls_per_s),
+                textcoords="offset points",
+                xytext=(0, 7),
+                ha="center",
+                fontsize=8,
+            )
+        if all(p.ideal is not None for p in mine):
+            ax.plot(x, [p.ideal for p in mine], "--", color="grey", label="ideal (workers x 1000 / ms)")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(x, [str(w) for w in x])
+        ax.set_xlabel("workers")
+        ax.set_ylabel("calls/s")
+        args = ", ".join(map(str, CALLS[call]))
+        ax.set_title(f"demo.{call}({args})")
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parse_workers(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--workers takes counts like 1,2,4, not {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("worker counts must be >= 1")
+    return sorted(set(counts))
+
+
+def parse_calls(text: str) -> list[str]:
+    calls = text.split(",")
+    unknown = sorted(set(calls) - set(CALLS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown call(s) {', '.join(unknown)}; choose from {', '.join(CALLS)}")
+    return calls
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=parse_workers, default=list(WORKERS), help="worker counts (1,2,4,...)")
+    parser.add_argument("--calls", type=parse_calls, default=list(CALLS), help="calls to sweep (sleep_ms,add)")
+    parser.add_argument("--threads", type=int, default=64, help="calling threads in all")
+    parser.add_argument("--processes", type=int, default=1, help="client processes the threads are spread over")
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each measured window")
+    parser.add_argument("--repeat", type=int, default=3, help="windows per figure; the median is reported")
+    parser.add_argument(
+        "--broker", choices=["thread", "process"], default=DEFAULT_BROKER, help="where the Pool runs its broker"
+    )
+    parser.add_argument(
+        "--cpu", action="store_true", help="also report CPU time and wake-ups per call by thread (Linux /proc)"
+    )
+    parser.add_argument("--json", metavar="FILE", type=Path, help="also write every figure to FILE as JSON")
+    parser.add_argument("--png", metavar="FILE", type=Path, help="plot calls/s against workers to FILE")
+    parser.add_argument("--drive", metavar="ADDRESS", help=argparse.SUPPRESS)
+    options = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="[scaling] %(message)s")
+    log.setLevel(logging.INFO)
+    if options.drive:
+        return serve_drive(options.drive, options.calls[0], options.threads, options.seconds)
+    if not 1 <= options.processes <= options.threads:
+        parser.error("--processes must be between 1 and --threads")
+
+    info = machine(runtime32.load())
+    log.info("load average %s", info["loadavg_before"])
+    ticks = cpu_ticks()
+    points: list[Point] = []
+    for workers in options.workers:
+        points += measure(
+            workers,
+            options.calls,
+            options.threads,
+            options.processes,
+            options.seconds,
+            options.repeat,
+            options.broker,
+            options.cpu,
+        )
+    points.sort(key=lambda p: (options.calls.index(p.call), p.workers))
+    add_speedups(points)
+    info["loadavg_after"] = loadavg()
+    info["steal_percent"] = steal_percent(ticks, cpu_ticks())
+
+    spread = "one process" if options.processes == 1 else f"{options.processes} processes"
+    setup = (
+        f"{options.threads} calling threads ({spread}), broker={options.broker}, "
+        f"{options.seconds:g} s windows, median of {options.repeat}"
+    )
+    print(table(points))
+    if options.cpu:
+        print("\nCPU time and wake-ups (times scheduled in) per call, last window of each figure:\n")
+        print(cpu_table(points))
+    print(
+        f"\n{setup}; {info['cpus']} CPUs ({info['cpu_model']}); load average before "
+        f"{info['loadavg_before'].split()[0]}, after {info['loadavg_after'].split()[0]}"
+        + ("" if info["steal_percent"] is None else f"; CPU steal {info['steal_percent']:.1f} %")
+    )
+    if options.json is not None:
+        document = {
+            "settings": {
+                "threads": options.threads,
+                "processes": options.processes,
+                "seconds": options.seconds,
+                "repeat": options.repeat,
+                "warmup": WARMUP,
+                "broker": options.broker,
+                "calls": {call: list(CALLS[call]) for call in options.calls},
+            },
+            "machine": info,
+            "points": [dataclasses.asdict(p) for p in points],
+        }
+        options.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        log.info("wrote %s", options.json)
+    if options.png is not None:
+        plot(points, f"dllpool, demo service: {setup}, {info['cpus']} CPUs", options.png)
+        log.info("wrote %s", options.png)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
