@@ -1,19 +1,26 @@
 """How calls/s grow with the worker count: a slow GIL-free call and a fast one, 1 to 32 workers.
 
     python bench/scaling.py [--workers 1,2,4,8,16,32] [--threads 64] [--processes 1] [--seconds 3]
-                            [--repeat 3] [--calls sleep_ms,add] [--json FILE] [--png FILE]
+                            [--repeat 3] [--passes 1] [--calls sleep_ms,add] [--worker-threads 1] [--cpu]
+                            [--json FILE] [--png FILE]
 
 For each worker count, a pool of the default configuration's ``demo`` service (config/pool.toml,
 with ``workers = N`` and the other services left out) is started, and ``--threads`` calling threads
 call in a loop: ``demo.sleep_ms(10)`` (the library sleeps without the GIL: ideally N workers answer
 N x 100 calls/s) and ``demo.add(1, 2)`` (the per-call overhead alone). Each figure is calls answered
 in a window of ``--seconds`` after a warm-up, every thread calling before the window opens and after
-it closes; with ``--repeat`` the median of several windows. The speed-up is against the smallest
-worker count of the sweep.
+it closes; with ``--repeat`` the median of several windows, and with ``--passes`` of several sweeps
+(on a shared machine, passes spread a noisy spell over every worker count instead of one). The
+speed-up is against the smallest worker count of the sweep.
 
 ``--processes P`` spreads the threads over P client processes (threads / P each, one Client each)
 instead of one: the client side's Python then runs on more than one GIL. Their windows open and
-close together (wall clock), and their counts are summed.
+close together (wall clock), and their counts are summed. ``--worker-threads K`` gives the service
+``threads = K`` (K calls at once in each worker; the ideal line counts workers x K).
+
+``--cpu`` also reads every thread's CPU time and times scheduled in (/proc schedstat, as
+bench/profile_pool.py does) at the start and end of each window, in the client, the broker and the
+workers, and prints them per call by thread role: where the per-call overhead goes.
 
 Prints a Markdown table; ``--json`` writes every figure with the machine's description; ``--png``
 plots calls/s against workers (log2 axis), with the ideal line for ``sleep_ms``. Progress goes to
@@ -33,7 +40,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -80,11 +87,29 @@ class Point:
     """``--cpu``: per thread role, CPU time and wake-ups per call in the last window (profile_pool's columns)."""
 
 
-def demo_config(workers: int) -> dict[str, Any]:
-    """The default configuration's ``demo`` service alone, with ``workers`` workers, as a dict."""
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """How each figure is measured (the command line's options)."""
+
+    calls: list[str]
+    threads: int
+    """Calling threads in all."""
+    processes: int
+    """Client processes the calling threads are spread over (1: this one)."""
+    seconds: float
+    repeat: int
+    broker: BrokerKind
+    worker_threads: int
+    """The service's ``threads``: calls one worker runs at once."""
+    cpu: bool
+
+
+def demo_config(workers: int, worker_threads: int = 1) -> dict[str, Any]:
+    """The default configuration's ``demo`` service alone, with ``workers`` workers of ``worker_threads``
+    threads each, as a dict."""
     path = default_config_path()
     data = tomllib.loads(path.read_text(encoding="utf-8"))
-    service = dict(data["services"]["demo"], workers=workers)
+    service = dict(data["services"]["demo"], workers=workers, threads=worker_threads)
     service["library"] = str((path.parent / service["library"]).resolve())
     return {"pool": data.get("pool", {}), "services": {"demo": service}}
 
@@ -215,34 +240,29 @@ def window_in_processes(
     return total
 
 
-def measure(
-    workers: int,
-    calls: Sequence[str],
-    threads: int,
-    processes: int,
-    seconds: float,
-    repeat: int,
-    broker: BrokerKind,
-    cpu: bool,
-) -> list[Point]:
-    """Every call of ``calls`` on a pool of ``workers`` workers: one Point each (``cpu``: with the last
+def measure(workers: int, sweep: Sweep) -> list[Point]:
+    """Every call of the sweep on a pool of ``workers`` workers: one Point each (with ``--cpu``, the last
     window's CPU time and wake-ups per call)."""
     points = []
-    log.info("%d worker(s): starting the pool (broker=%s) ...", workers, broker)
-    with Pool(load_config(demo_config(workers)), broker).start() as pool, pool.client(timeout=60) as client:
+    log.info("%d worker(s): starting the pool (broker=%s) ...", workers, sweep.broker)
+    config = load_config(demo_config(workers, sweep.worker_threads))
+    with Pool(config, sweep.broker).start() as pool, pool.client(timeout=60) as client:
         if len(pool.worker_pids("demo")) != workers:
             raise RuntimeError(f"the pool has {len(pool.worker_pids('demo'))} demo workers, not {workers}")
-        for call in calls:
+        for call in sweep.calls:
             runs = []
-            for _ in range(repeat):
-                watch = Watch(process_roles(pool, processes)) if cpu else None
-                if processes == 1:
-                    counted = drive(client, call, threads, time.time() + WARMUP, seconds, watch)
+            for _ in range(sweep.repeat):
+                watch = Watch(process_roles(pool, sweep.processes)) if sweep.cpu else None
+                if sweep.processes == 1:
+                    counted = drive(client, call, sweep.threads, time.time() + WARMUP, sweep.seconds, watch)
                 else:
-                    counted = window_in_processes(pool.address, call, threads, processes, seconds, watch)
-                runs.append(counted / seconds)
+                    counted = window_in_processes(
+                        pool.address, call, sweep.threads, sweep.processes, sweep.seconds, watch
+                    )
+                runs.append(counted / sweep.seconds)
                 log.info("%d worker(s), %s: %.0f calls/s", workers, call, runs[-1])
-            ideal = min(workers, threads) * 1000 / SLEEP_MS if call == "sleep_ms" else None
+            slots = min(workers * sweep.worker_threads, sweep.threads)
+            ideal = slots * 1000 / SLEEP_MS if call == "sleep_ms" else None
             point = Point(call, workers, runs, statistics.median(runs), ideal=ideal)
             if watch is not None:
                 point.cpu = watch.per_call(counted)
@@ -283,6 +303,21 @@ def cpu_table(points: list[Point]) -> str:
             wakes = sum(row["scheduled_in"] for row in p.cpu.values())
             lines.append(f"| {p.call} | {p.workers} | all | | {total:.1f} | {wakes:.2f} |")
     return "\n".join(lines)
+
+
+def merge(points: list[Point], more: list[Point]) -> list[Point]:
+    """``points`` with ``more`` added: the windows of a figure measured again join its runs (and its median);
+    the CPU figures are the latest pass's."""
+    known = {(p.call, p.workers): p for p in points}
+    for new in more:
+        old = known.get((new.call, new.workers))
+        if old is None:
+            points.append(new)
+            continue
+        old.runs += new.runs
+        old.calls_per_s = statistics.median(old.runs)
+        old.cpu = new.cpu or old.cpu
+    return points
 
 
 def add_speedups(points: list[Point]) -> None:
@@ -371,9 +406,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=64, help="calling threads in all")
     parser.add_argument("--processes", type=int, default=1, help="client processes the threads are spread over")
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each measured window")
-    parser.add_argument("--repeat", type=int, default=3, help="windows per figure; the median is reported")
+    parser.add_argument("--repeat", type=int, default=3, help="windows per figure and pass; the median is reported")
+    parser.add_argument(
+        "--passes",
+        type=int,
+        default=1,
+        help="sweeps over the worker counts, each with pools of its own; a figure's median is over all its "
+        "windows, so a noisy spell on a shared machine spreads over every worker count",
+    )
     parser.add_argument(
         "--broker", choices=["thread", "process"], default=DEFAULT_BROKER, help="where the Pool runs its broker"
+    )
+    parser.add_argument(
+        "--worker-threads", type=int, default=1, help="the service's threads: calls one worker runs at once"
     )
     parser.add_argument(
         "--cpu", action="store_true", help="also report CPU time and wake-ups per call by thread (Linux /proc)"
@@ -388,31 +433,36 @@ def main(argv: list[str] | None = None) -> int:
         return serve_drive(options.drive, options.calls[0], options.threads, options.seconds)
     if not 1 <= options.processes <= options.threads:
         parser.error("--processes must be between 1 and --threads")
+    sweep = Sweep(
+        options.calls,
+        options.threads,
+        options.processes,
+        options.seconds,
+        options.repeat,
+        options.broker,
+        options.worker_threads,
+        options.cpu,
+    )
 
     info = machine(runtime32.load())
     log.info("load average %s", info["loadavg_before"])
     ticks = cpu_ticks()
     points: list[Point] = []
-    for workers in options.workers:
-        points += measure(
-            workers,
-            options.calls,
-            options.threads,
-            options.processes,
-            options.seconds,
-            options.repeat,
-            options.broker,
-            options.cpu,
-        )
+    for done in range(options.passes):
+        if options.passes > 1:
+            log.info("pass %d of %d", done + 1, options.passes)
+        for workers in options.workers:
+            points = merge(points, measure(workers, sweep))
     points.sort(key=lambda p: (options.calls.index(p.call), p.workers))
     add_speedups(points)
     info["loadavg_after"] = loadavg()
     info["steal_percent"] = steal_percent(ticks, cpu_ticks())
 
     spread = "one process" if options.processes == 1 else f"{options.processes} processes"
+    per_worker = "" if options.worker_threads == 1 else f", {options.worker_threads} threads per worker"
     setup = (
-        f"{options.threads} calling threads ({spread}), broker={options.broker}, "
-        f"{options.seconds:g} s windows, median of {options.repeat}"
+        f"{options.threads} calling threads ({spread}), broker={options.broker}{per_worker}, "
+        f"{options.seconds:g} s windows, median of {options.repeat * options.passes}"
     )
     print(table(points))
     if options.cpu:
@@ -426,12 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     if options.json is not None:
         document = {
             "settings": {
-                "threads": options.threads,
-                "processes": options.processes,
-                "seconds": options.seconds,
-                "repeat": options.repeat,
+                **dataclasses.asdict(sweep),
+                "passes": options.passes,
                 "warmup": WARMUP,
-                "broker": options.broker,
                 "calls": {call: list(CALLS[call]) for call in options.calls},
             },
             "machine": info,
@@ -440,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
         options.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
         log.info("wrote %s", options.json)
     if options.png is not None:
-        plot(points, f"dllpool, demo service: {setup}, {info['cpus']} CPUs", options.png)
+        load = f"load average {info['loadavg_before'].split()[0]} to {info['loadavg_after'].split()[0]}"
+        plot(points, f"dllpool, demo service: {setup}; {info['cpus']} CPUs, {load}", options.png)
         log.info("wrote %s", options.png)
     return 0
 
