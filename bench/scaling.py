@@ -23,8 +23,8 @@ bench/profile_pool.py does) at the start and end of each window, in the client, 
 workers, and prints them per call by thread role: where the per-call overhead goes.
 
 Prints a Markdown table; ``--json`` writes every figure with the machine's description; ``--png``
-plots calls/s against workers (log2 axis), with the ideal line for ``sleep_ms``. Progress goes to
-stderr. Keep the machine otherwise idle while it runs.
+plots calls/s against workers (log2 axis; bars from the slowest to the fastest window), with the ideal
+line for ``sleep_ms``. Progress goes to stderr. Keep the machine otherwise idle while it runs.
 """
 
 from __future__ import annotations
@@ -354,7 +354,9 @@ def plot(points: list[Point], title: str, path: Path) -> None:
     for ax, call in zip(axes[0], calls):
         mine = [p for p in points if p.call == call]
         x = [p.workers for p in mine]
-        ax.plot(x, [p.calls_per_s for p in mine], "o-", label="measured (median)")
+        y = [p.calls_per_s for p in mine]
+        spread = [[v - min(p.runs) for v, p in zip(y, mine)], [max(p.runs) - v for v, p in zip(y, mine)]]
+        ax.errorbar(x, y, yerr=spread, fmt="o-", capsize=3, label="measured (median; bars: slowest to fastest window)")
         for p in mine:
             ax.annotate(
                 f"{p.speedup:.1f}x",
@@ -488,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("wrote %s", options.json)
     if options.png is not None:
         load = f"load average {info['loadavg_before'].split()[0]} to {info['loadavg_after'].split()[0]}"
+        if info["steal_percent"] is not None:
+            load += f", CPU steal {info['steal_percent']:.1f} %"
         plot(points, f"dllpool, demo service: {setup}; {info['cpus']} CPUs, {load}", options.png)
         log.info("wrote %s", options.png)
     return 0
