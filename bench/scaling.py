@@ -367,7 +367,13 @@ def plot(points: list[Point], title: str, path: Path) -> None:
                 fontsize=8,
             )
         if all(p.ideal is not None for p in mine):
-            ax.plot(x, [p.ideal for p in mine], "--", color="grey", label="ideal (workers x 1000 / ms)")
+            ax.plot(
+                x,
+                [p.ideal for p in mine],
+                "--",
+                color="grey",
+                label=f"ideal ({1000 // SLEEP_MS} calls/s per call slot)",
+            )
         ax.set_xscale("log", base=2)
         ax.set_xticks(x, [str(w) for w in x])
         ax.set_xlabel("workers")
@@ -492,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         load = f"load average {info['loadavg_before'].split()[0]} to {info['loadavg_after'].split()[0]}"
         if info["steal_percent"] is not None:
             load += f", CPU steal {info['steal_percent']:.1f} %"
-        plot(points, f"dllpool, demo service: {setup}; {info['cpus']} CPUs, {load}", options.png)
+        plot(points, f"dllpool, demo service: {setup}\n{info['cpus']} CPUs, {load}", options.png)
         log.info("wrote %s", options.png)
     return 0
 
