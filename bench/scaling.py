@@ -1,7 +1,8 @@
 """How calls/s grow with the worker count: a slow GIL-free call and a fast one, 1 to 32 workers.
 
     python bench/scaling.py [--workers 1,2,4,8,16,32] [--threads 64] [--processes 1] [--seconds 3]
-                            [--repeat 3] [--passes 1] [--calls sleep_ms,add] [--worker-threads 1] [--cpu]
+                            [--repeat 3] [--passes 1] [--calls sleep_ms,add] [--worker-threads 1]
+                            [--system dllpool|bare] [--cpu]
                             [--json FILE] [--png FILE]
 
 For each worker count, a pool of the default configuration's ``demo`` service (config/pool.toml,
@@ -17,6 +18,10 @@ speed-up is against the smallest worker count of the sweep.
 instead of one: the client side's Python then runs on more than one GIL. Their windows open and
 close together (wall clock), and their counts are summed. ``--worker-threads K`` gives the service
 ``threads = K`` (K calls at once in each worker; the ideal line counts workers x K).
+
+``--system bare`` measures the floor the same way (DESIGN.md: measure against it in the same run):
+bench/compare.py's bare zguide LRU broker with bench/bare_worker.py workers (credit 1) calling the same
+functions, each calling thread on a raw DEALER of its own.
 
 ``--cpu`` also reads every thread's CPU time and times scheduled in (/proc schedstat, as
 bench/profile_pool.py does) at the start and end of each window, in the client, the broker and the
@@ -38,6 +43,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -45,7 +51,9 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from compare import cpu_ticks, loadavg, machine, steal_percent, wait_for_line
+import msgpack
+import zmq
+from compare import bare_pool, cpu_ticks, dealer, loadavg, machine, steal_percent, wait_for_line
 from profile_pool import COLUMNS, Labeler, Snapshot, snapshot, tabulate, zmq_label
 
 from broker import Pool, load_config, runtime32
@@ -102,6 +110,8 @@ class Sweep:
     worker_threads: int
     """The service's ``threads``: calls one worker runs at once."""
     cpu: bool
+    system: str
+    """``dllpool``, or ``bare``: the floor (bench/compare.py's bare broker and workers)."""
 
 
 def demo_config(workers: int, worker_threads: int = 1) -> dict[str, Any]:
@@ -140,27 +150,56 @@ def _label(role: str, pid: int, tid: int, comm: str) -> str:
     return zmq_label(comm, role) or f"{role}: {'main thread' if tid == pid else 'other threads'}"
 
 
+Roles = Callable[[], dict[int, str]]
+"""The processes ``--cpu`` watches, by pid, with their roles (client, broker, workers)."""
+Caller = Callable[[], Callable[[], object]]
+"""Run in each calling thread: makes what that thread calls to make one call."""
+
+
+def dllpool_caller(client: Client, call: str) -> Caller:
+    """One call of ``call`` through ``client`` (a Client is shared by threads)."""
+    invoke = functools.partial(client.call, "demo", call, *CALLS[call])
+    return lambda: invoke
+
+
+def bare_caller(context: zmq.Context[Any], address: str, call: str, sockets: list[zmq.Socket[Any]]) -> Caller:
+    """One call of ``call`` on a DEALER of the calling thread's own (kept in ``sockets`` for closing), to the
+    bare broker at ``address``."""
+    body = msgpack.packb(list(CALLS[call]))
+
+    def make() -> Callable[[], object]:
+        sock = dealer(context, address)
+        sockets.append(sock)
+        send, recv = sock.send, sock.recv
+
+        def invoke() -> object:
+            send(body)
+            return recv()
+
+        return invoke
+
+    return make
+
+
 def drive(
-    client: Client,
-    call: str,
+    caller: Caller,
     threads: int,
     start: float,
     seconds: float,
     watch: Watch | None = None,
     hold: Callable[[], object] | None = None,
 ) -> int:
-    """``threads`` threads call ``call`` in a loop on ``client`` from now until the window ``[start, start +
-    seconds)`` (wall clock) has closed, ``watch`` has looked and ``hold`` has returned: how many answers came
-    within the window. The load stays on until then, so whoever looks at the window's end sees it running."""
-    args = CALLS[call]
+    """``threads`` threads call in a loop from now until the window ``[start, start + seconds)`` (wall
+    clock) has closed, ``watch`` has looked and ``hold`` has returned: how many answers came within the
+    window. The load stays on until then, so whoever looks at the window's end sees it running."""
     end = start + seconds
     counts = [0] * threads
     stop = threading.Event()
 
     def run(t: int) -> None:
-        invoke, clock, n = client.call, time.time, 0
+        invoke, clock, n = caller(), time.time, 0
         while not stop.is_set():
-            invoke("demo", call, *args)
+            invoke()
             n += start <= clock() < end
         counts[t] = n
 
@@ -187,7 +226,7 @@ def serve_drive(address: str, call: str, threads: int, seconds: float) -> int:
         client.call("demo", call, *CALLS[call])
         print("ready", flush=True)
         start = float(sys.stdin.readline())
-        print(drive(client, call, threads, start, seconds, hold=sys.stdin.readline), flush=True)
+        print(drive(dllpool_caller(client, call), threads, start, seconds, hold=sys.stdin.readline), flush=True)
     return 0
 
 
@@ -240,33 +279,69 @@ def window_in_processes(
     return total
 
 
+def figure(call: str, workers: int, sweep: Sweep, window: Callable[[Watch | None], int], roles: Roles) -> Point:
+    """``sweep.repeat`` windows of ``call`` on ``workers`` workers (``window`` measures one, looked at by the
+    watch it is given); with ``--cpu``, the last window's CPU time and wake-ups per call by thread role."""
+    runs, watch, counted = [], None, 0
+    for _ in range(sweep.repeat):
+        watch = Watch(roles()) if sweep.cpu else None
+        counted = window(watch)
+        runs.append(counted / sweep.seconds)
+        log.info("%d worker(s), %s: %.0f calls/s", workers, call, runs[-1])
+    slots = min(workers * sweep.worker_threads, sweep.threads)
+    ideal = slots * 1000 / SLEEP_MS if call == "sleep_ms" else None
+    point = Point(call, workers, runs, statistics.median(runs), ideal=ideal)
+    if watch is not None:
+        point.cpu = watch.per_call(counted)
+    return point
+
+
 def measure(workers: int, sweep: Sweep) -> list[Point]:
-    """Every call of the sweep on a pool of ``workers`` workers: one Point each (with ``--cpu``, the last
-    window's CPU time and wake-ups per call)."""
-    points = []
+    """Every call of the sweep on a pool of ``workers`` workers: one Point each."""
     log.info("%d worker(s): starting the pool (broker=%s) ...", workers, sweep.broker)
     config = load_config(demo_config(workers, sweep.worker_threads))
     with Pool(config, sweep.broker).start() as pool, pool.client(timeout=60) as client:
         if len(pool.worker_pids("demo")) != workers:
             raise RuntimeError(f"the pool has {len(pool.worker_pids('demo'))} demo workers, not {workers}")
-        for call in sweep.calls:
-            runs = []
-            for _ in range(sweep.repeat):
-                watch = Watch(process_roles(pool, sweep.processes)) if sweep.cpu else None
-                if sweep.processes == 1:
-                    counted = drive(client, call, sweep.threads, time.time() + WARMUP, sweep.seconds, watch)
-                else:
-                    counted = window_in_processes(
-                        pool.address, call, sweep.threads, sweep.processes, sweep.seconds, watch
-                    )
-                runs.append(counted / sweep.seconds)
-                log.info("%d worker(s), %s: %.0f calls/s", workers, call, runs[-1])
-            slots = min(workers * sweep.worker_threads, sweep.threads)
-            ideal = slots * 1000 / SLEEP_MS if call == "sleep_ms" else None
-            point = Point(call, workers, runs, statistics.median(runs), ideal=ideal)
-            if watch is not None:
-                point.cpu = watch.per_call(counted)
-            points.append(point)
+
+        def window(call: str, watch: Watch | None) -> int:
+            if sweep.processes == 1:
+                return drive(dllpool_caller(client, call), sweep.threads, time.time() + WARMUP, sweep.seconds, watch)
+            return window_in_processes(pool.address, call, sweep.threads, sweep.processes, sweep.seconds, watch)
+
+        roles = functools.partial(process_roles, pool, sweep.processes)
+        return [figure(call, workers, sweep, functools.partial(window, call), roles) for call in sweep.calls]
+
+
+def bare_window(caller: Caller, threads: int, seconds: float, watch: Watch | None) -> int:
+    return drive(caller, threads, time.time() + WARMUP, seconds, watch)
+
+
+def measure_bare(workers: int, sweep: Sweep, interp: runtime32.Interpreter) -> list[Point]:
+    """``--system bare``: the same windows through bench/compare.py's floor, a bare zguide LRU broker with
+    ``workers`` bare 32-bit workers (credit 1; a pool per call, as a bare worker calls one function), each
+    calling thread on a raw DEALER of its own."""
+    library = str(load_config(demo_config(1)).service("demo").hosting["library"])
+    points = []
+    for call in sweep.calls:
+        log.info("%d bare worker(s) calling %s: starting ...", workers, call)
+        context: zmq.Context[Any] = zmq.Context()
+        sockets: list[zmq.Socket[Any]] = []
+        try:
+            with (
+                tempfile.TemporaryDirectory(prefix="dllpool-scaling-") as tmp,
+                bare_pool(Path(tmp), interp, library, workers, function=call) as bare,
+            ):
+                roles = dict.fromkeys((w.pid for w in bare.workers), "workers")
+                roles.update({bare.broker.pid: "broker", os.getpid(): "client"})
+                window = functools.partial(
+                    bare_window, bare_caller(context, bare.frontend, call, sockets), sweep.threads, sweep.seconds
+                )
+                points.append(figure(call, workers, sweep, window, roles.copy))
+        finally:
+            for sock in sockets:
+                sock.close()
+            context.term()
     return points
 
 
@@ -426,6 +501,12 @@ def main(argv: list[str] | None = None) -> int:
         "--broker", choices=["thread", "process"], default=DEFAULT_BROKER, help="where the Pool runs its broker"
     )
     parser.add_argument(
+        "--system",
+        choices=["dllpool", "bare"],
+        default="dllpool",
+        help="bare: the floor, a bare zguide broker and bare 32-bit workers (bench/compare.py's) on raw DEALERs",
+    )
+    parser.add_argument(
         "--worker-threads", type=int, default=1, help="the service's threads: calls one worker runs at once"
     )
     parser.add_argument(
@@ -450,9 +531,13 @@ def main(argv: list[str] | None = None) -> int:
         options.broker,
         options.worker_threads,
         options.cpu,
+        options.system,
     )
+    if sweep.system == "bare" and (sweep.processes > 1 or sweep.worker_threads > 1):
+        parser.error("--system bare runs its threads in this process, one call per worker at a time")
 
-    info = machine(runtime32.load())
+    interp = runtime32.load()
+    info = machine(interp)
     log.info("load average %s", info["loadavg_before"])
     ticks = cpu_ticks()
     points: list[Point] = []
@@ -460,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
         if options.passes > 1:
             log.info("pass %d of %d", done + 1, options.passes)
         for workers in options.workers:
-            points = merge(points, measure(workers, sweep))
+            found = measure(workers, sweep) if sweep.system == "dllpool" else measure_bare(workers, sweep, interp)
+            points = merge(points, found)
     points.sort(key=lambda p: (options.calls.index(p.call), p.workers))
     add_speedups(points)
     info["loadavg_after"] = loadavg()
@@ -468,10 +554,11 @@ def main(argv: list[str] | None = None) -> int:
 
     spread = "one process" if options.processes == 1 else f"{options.processes} processes"
     per_worker = "" if options.worker_threads == 1 else f", {options.worker_threads} threads per worker"
-    setup = (
-        f"{options.threads} calling threads ({spread}), broker={options.broker}{per_worker}, "
-        f"{options.seconds:g} s windows, median of {options.repeat * options.passes}"
-    )
+    if sweep.system == "bare":
+        clients = f"{options.threads} calling threads on raw DEALERs, bare LRU broker"
+    else:
+        clients = f"{options.threads} calling threads ({spread}), broker={options.broker}{per_worker}"
+    setup = f"{clients}, {options.seconds:g} s windows, median of {options.repeat * options.passes}"
     print(table(points))
     if options.cpu:
         print("\nCPU time and wake-ups (times scheduled in) per call, last window of each figure:\n")
@@ -498,7 +585,8 @@ def main(argv: list[str] | None = None) -> int:
         load = f"load average {info['loadavg_before'].split()[0]} to {info['loadavg_after'].split()[0]}"
         if info["steal_percent"] is not None:
             load += f", CPU steal {info['steal_percent']:.1f} %"
-        plot(points, f"dllpool, demo service: {setup}\n{info['cpus']} CPUs, {load}", options.png)
+        what = "dllpool, demo service" if sweep.system == "dllpool" else "the floor (bare broker and workers)"
+        plot(points, f"{what}: {setup}\n{info['cpus']} CPUs, {load}", options.png)
         log.info("wrote %s", options.png)
     return 0
 
