@@ -2,7 +2,7 @@
 
     python bench/scaling.py [--workers 1,2,4,8,16,32] [--threads 64] [--processes 1] [--seconds 3]
                             [--repeat 3] [--passes 1] [--calls sleep_ms,add] [--worker-threads 1]
-                            [--system dllpool|bare] [--cpu]
+                            [--system dllpool|bare] [--floor] [--cpu]
                             [--json FILE] [--png FILE]
 
 For each worker count, a pool of the default configuration's ``demo`` service (config/pool.toml,
@@ -19,9 +19,10 @@ instead of one: the client side's Python then runs on more than one GIL. Their w
 close together (wall clock), and their counts are summed. ``--worker-threads K`` gives the service
 ``threads = K`` (K calls at once in each worker; the ideal line counts workers x K).
 
-``--system bare`` measures the floor the same way (DESIGN.md: measure against it in the same run):
-bench/compare.py's bare zguide LRU broker with bench/bare_worker.py workers (credit 1) calling the same
-functions, each calling thread on a raw DEALER of its own.
+``--system bare`` measures the floor the same way, and ``--floor`` measures it too, right after each
+worker count (DESIGN.md: measure against the floor in the same run): bench/compare.py's bare zguide
+LRU broker with bench/bare_worker.py workers (credit 1) calling the same functions, each calling
+thread on a raw DEALER of its own.
 
 ``--cpu`` also reads every thread's CPU time and times scheduled in (/proc schedstat, as
 bench/profile_pool.py does) at the start and end of each window, in the client, the broker and the
@@ -93,6 +94,8 @@ class Point:
     """calls/s if every worker were always busy and a call cost nothing beyond its own run (``sleep_ms`` only)."""
     cpu: dict[str, dict[str, float]] | None = None
     """``--cpu``: per thread role, CPU time and wake-ups per call in the last window (profile_pool's columns)."""
+    system: str = "dllpool"
+    """``dllpool``, or ``bare``: the floor."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +153,11 @@ def _label(role: str, pid: int, tid: int, comm: str) -> str:
     return zmq_label(comm, role) or f"{role}: {'main thread' if tid == pid else 'other threads'}"
 
 
+SYSTEMS = {
+    "dllpool": "dllpool (median; bars: slowest to fastest window)",
+    "bare": "floor: bare LRU broker and workers, raw DEALERs",
+}
+"""What was measured, as the plot's legend names it."""
 Roles = Callable[[], dict[int, str]]
 """The processes ``--cpu`` watches, by pid, with their roles (client, broker, workers)."""
 Caller = Callable[[], Callable[[], object]]
@@ -279,7 +287,9 @@ def window_in_processes(
     return total
 
 
-def figure(call: str, workers: int, sweep: Sweep, window: Callable[[Watch | None], int], roles: Roles) -> Point:
+def figure(
+    call: str, workers: int, sweep: Sweep, window: Callable[[Watch | None], int], roles: Roles, system: str
+) -> Point:
     """``sweep.repeat`` windows of ``call`` on ``workers`` workers (``window`` measures one, looked at by the
     watch it is given); with ``--cpu``, the last window's CPU time and wake-ups per call by thread role."""
     runs, watch, counted = [], None, 0
@@ -288,9 +298,9 @@ def figure(call: str, workers: int, sweep: Sweep, window: Callable[[Watch | None
         counted = window(watch)
         runs.append(counted / sweep.seconds)
         log.info("%d worker(s), %s: %.0f calls/s", workers, call, runs[-1])
-    slots = min(workers * sweep.worker_threads, sweep.threads)
+    slots = min(workers * (sweep.worker_threads if system == "dllpool" else 1), sweep.threads)
     ideal = slots * 1000 / SLEEP_MS if call == "sleep_ms" else None
-    point = Point(call, workers, runs, statistics.median(runs), ideal=ideal)
+    point = Point(call, workers, runs, statistics.median(runs), ideal=ideal, system=system)
     if watch is not None:
         point.cpu = watch.per_call(counted)
     return point
@@ -310,7 +320,7 @@ def measure(workers: int, sweep: Sweep) -> list[Point]:
             return window_in_processes(pool.address, call, sweep.threads, sweep.processes, sweep.seconds, watch)
 
         roles = functools.partial(process_roles, pool, sweep.processes)
-        return [figure(call, workers, sweep, functools.partial(window, call), roles) for call in sweep.calls]
+        return [figure(call, workers, sweep, functools.partial(window, call), roles, "dllpool") for call in sweep.calls]
 
 
 def bare_window(caller: Caller, threads: int, seconds: float, watch: Watch | None) -> int:
@@ -337,7 +347,7 @@ def measure_bare(workers: int, sweep: Sweep, interp: runtime32.Interpreter) -> l
                 window = functools.partial(
                     bare_window, bare_caller(context, bare.frontend, call, sockets), sweep.threads, sweep.seconds
                 )
-                points.append(figure(call, workers, sweep, window, roles.copy))
+                points.append(figure(call, workers, sweep, window, roles.copy, "bare"))
         finally:
             for sock in sockets:
                 sock.close()
@@ -364,28 +374,28 @@ def process_roles(pool: Pool, processes: int) -> dict[int, str]:
 def cpu_table(points: list[Point]) -> str:
     """CPU time and wake-ups per call by thread role, for the points that have them."""
     lines = [
-        "| call | workers | thread (role) | threads | CPU us/call | wake-ups/call |",
-        "| --- | ---: | --- | ---: | ---: | ---: |",
+        "| system | call | workers | thread (role) | threads | CPU us/call | wake-ups/call |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: |",
     ]
     for p in points:
         for label, row in (p.cpu or {}).items():
             lines.append(
-                f"| {p.call} | {p.workers} | {label} | {row['threads']:.0f} | {row['cpu_us']:.1f} "
+                f"| {p.system} | {p.call} | {p.workers} | {label} | {row['threads']:.0f} | {row['cpu_us']:.1f} "
                 f"| {row['scheduled_in']:.2f} |"
             )
         if p.cpu:
             total = sum(row["cpu_us"] for row in p.cpu.values())
             wakes = sum(row["scheduled_in"] for row in p.cpu.values())
-            lines.append(f"| {p.call} | {p.workers} | all | | {total:.1f} | {wakes:.2f} |")
+            lines.append(f"| {p.system} | {p.call} | {p.workers} | all | | {total:.1f} | {wakes:.2f} |")
     return "\n".join(lines)
 
 
 def merge(points: list[Point], more: list[Point]) -> list[Point]:
     """``points`` with ``more`` added: the windows of a figure measured again join its runs (and its median);
     the CPU figures are the latest pass's."""
-    known = {(p.call, p.workers): p for p in points}
+    known = {(p.system, p.call, p.workers): p for p in points}
     for new in more:
-        old = known.get((new.call, new.workers))
+        old = known.get((new.system, new.call, new.workers))
         if old is None:
             points.append(new)
             continue
@@ -396,8 +406,8 @@ def merge(points: list[Point], more: list[Point]) -> list[Point]:
 
 
 def add_speedups(points: list[Point]) -> None:
-    for call in {p.call for p in points}:
-        mine = [p for p in points if p.call == call]
+    for system, call in {(p.system, p.call) for p in points}:
+        mine = [p for p in points if p.call == call and p.system == system]
         base = min(mine, key=lambda p: p.workers)
         for p in mine:
             p.speedup = p.calls_per_s / base.calls_per_s if base.calls_per_s else None
@@ -405,15 +415,17 @@ def add_speedups(points: list[Point]) -> None:
 
 def table(points: list[Point]) -> str:
     lines = [
-        "| call | workers | calls/s (median) | speed-up | ideal calls/s | of ideal | runs |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| system | call | workers | calls/s (median) | speed-up | ideal calls/s | of ideal | runs |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for p in points:
         speedup = "" if p.speedup is None else f"{p.speedup:.1f}x"
         ideal = "" if p.ideal is None else f"{p.ideal:,.0f}"
         share = "" if p.ideal is None else f"{100 * p.calls_per_s / p.ideal:.0f} %"
         runs = ", ".join(f"{r:,.0f}" for r in p.runs)
-        lines.append(f"| {p.call} | {p.workers} | {p.calls_per_s:,.0f} | {speedup} | {ideal} | {share} | {runs} |")
+        lines.append(
+            f"| {p.system} | {p.call} | {p.workers} | {p.calls_per_s:,.0f} | {speedup} | {ideal} | {share} | {runs} |"
+        )
     return "\n".join(lines)
 
 
@@ -428,19 +440,23 @@ def plot(points: list[Point], title: str, path: Path) -> None:
     fig, axes = plt.subplots(1, len(calls), figsize=(5.5 * len(calls), 4.5), squeeze=False)
     for ax, call in zip(axes[0], calls):
         mine = [p for p in points if p.call == call]
-        x = [p.workers for p in mine]
-        y = [p.calls_per_s for p in mine]
-        spread = [[v - min(p.runs) for v, p in zip(y, mine)], [max(p.runs) - v for v, p in zip(y, mine)]]
-        ax.errorbar(x, y, yerr=spread, fmt="o-", capsize=3, label="measured (median; bars: slowest to fastest window)")
-        for p in mine:
-            ax.annotate(
-                f"{p.speedup:.1f}x",
-                (p.workers, p.calls_per_s),
-                textcoords="offset points",
-                xytext=(0, 7),
-                ha="center",
-                fontsize=8,
-            )
+        for system in dict.fromkeys(p.system for p in mine):
+            line = [p for p in mine if p.system == system]
+            x = [p.workers for p in line]
+            y = [p.calls_per_s for p in line]
+            spread = [[v - min(p.runs) for v, p in zip(y, line)], [max(p.runs) - v for v, p in zip(y, line)]]
+            ax.errorbar(x, y, yerr=spread, fmt="o-", capsize=3, label=SYSTEMS[system])
+            for p in line:
+                ax.annotate(
+                    f"{p.speedup:.1f}x",
+                    (p.workers, p.calls_per_s),
+                    textcoords="offset points",
+                    xytext=(0, 7),
+                    ha="center",
+                    fontsize=8,
+                )
+        x = sorted({p.workers for p in mine})
+        mine = [p for p in mine if p.system == mine[0].system]
         if all(p.ideal is not None for p in mine):
             ax.plot(
                 x,
@@ -457,7 +473,7 @@ def plot(points: list[Point], title: str, path: Path) -> None:
         ax.set_title(f"demo.{call}({args})")
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper left", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -507,6 +523,9 @@ def main(argv: list[str] | None = None) -> int:
         help="bare: the floor, a bare zguide broker and bare 32-bit workers (bench/compare.py's) on raw DEALERs",
     )
     parser.add_argument(
+        "--floor", action="store_true", help="also measure the floor (as --system bare does) in the same run"
+    )
+    parser.add_argument(
         "--worker-threads", type=int, default=1, help="the service's threads: calls one worker runs at once"
     )
     parser.add_argument(
@@ -545,9 +564,11 @@ def main(argv: list[str] | None = None) -> int:
         if options.passes > 1:
             log.info("pass %d of %d", done + 1, options.passes)
         for workers in options.workers:
-            found = measure(workers, sweep) if sweep.system == "dllpool" else measure_bare(workers, sweep, interp)
-            points = merge(points, found)
-    points.sort(key=lambda p: (options.calls.index(p.call), p.workers))
+            if sweep.system == "dllpool":
+                points = merge(points, measure(workers, sweep))
+            if sweep.system == "bare" or options.floor:
+                points = merge(points, measure_bare(workers, sweep, interp))
+    points.sort(key=lambda p: (p.system != "dllpool", options.calls.index(p.call), p.workers))
     add_speedups(points)
     info["loadavg_after"] = loadavg()
     info["steal_percent"] = steal_percent(ticks, cpu_ticks())
@@ -585,7 +606,8 @@ def main(argv: list[str] | None = None) -> int:
         load = f"load average {info['loadavg_before'].split()[0]} to {info['loadavg_after'].split()[0]}"
         if info["steal_percent"] is not None:
             load += f", CPU steal {info['steal_percent']:.1f} %"
-        what = "dllpool, demo service" if sweep.system == "dllpool" else "the floor (bare broker and workers)"
+        what = "the floor (bare broker and workers)" if sweep.system == "bare" else "dllpool, demo service"
+        what += " and the floor" if options.floor and sweep.system != "bare" else ""
         plot(points, f"{what}: {setup}\n{info['cpus']} CPUs, {load}", options.png)
         log.info("wrote %s", options.png)
     return 0
