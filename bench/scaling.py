@@ -30,7 +30,8 @@ workers, and prints them per call by thread role: where the per-call overhead go
 
 Prints a Markdown table; ``--json`` writes every figure with the machine's description; ``--png``
 plots calls/s against workers (log2 axis; bars from the slowest to the fastest window), with the ideal
-line for ``sleep_ms``. Progress goes to stderr. Keep the machine otherwise idle while it runs.
+line for ``sleep_ms`` (``--replot JSON --png FILE`` plots a saved run again). Progress goes to
+stderr. Keep the machine otherwise idle while it runs.
 """
 
 from __future__ import annotations
@@ -446,12 +447,13 @@ def plot(points: list[Point], title: str, path: Path) -> None:
             y = [p.calls_per_s for p in line]
             spread = [[v - min(p.runs) for v, p in zip(y, line)], [max(p.runs) - v for v, p in zip(y, line)]]
             ax.errorbar(x, y, yerr=spread, fmt="o-", capsize=3, label=SYSTEMS[system])
+            below = system != mine[0].system  # a second line's labels go under its points
             for p in line:
                 ax.annotate(
                     f"{p.speedup:.1f}x",
                     (p.workers, p.calls_per_s),
                     textcoords="offset points",
-                    xytext=(0, 7),
+                    xytext=(0, -13 if below else 7),
                     ha="center",
                     fontsize=8,
                 )
@@ -533,12 +535,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", metavar="FILE", type=Path, help="also write every figure to FILE as JSON")
     parser.add_argument("--png", metavar="FILE", type=Path, help="plot calls/s against workers to FILE")
+    parser.add_argument("--replot", metavar="JSON", type=Path, help="only plot (--png) what a --json FILE holds")
     parser.add_argument("--drive", metavar="ADDRESS", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[scaling] %(message)s")
     log.setLevel(logging.INFO)
     if options.drive:
         return serve_drive(options.drive, options.calls[0], options.threads, options.seconds)
+    if options.replot:
+        if options.png is None:
+            parser.error("--replot needs --png")
+        saved = json.loads(options.replot.read_text(encoding="utf-8"))
+        plot([Point(**p) for p in saved["points"]], saved["title"], options.png)
+        return 0
     if not 1 <= options.processes <= options.threads:
         parser.error("--processes must be between 1 and --threads")
     sweep = Sweep(
@@ -589,8 +598,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{info['loadavg_before'].split()[0]}, after {info['loadavg_after'].split()[0]}"
         + ("" if info["steal_percent"] is None else f"; CPU steal {info['steal_percent']:.1f} %")
     )
+    load = f"load average {info['loadavg_before'].split()[0]} to {info['loadavg_after'].split()[0]}"
+    if info["steal_percent"] is not None:
+        load += f", CPU steal {info['steal_percent']:.1f} %"
+    what = "the floor (bare broker and workers)" if sweep.system == "bare" else "dllpool, demo service"
+    what += " and the floor" if options.floor and sweep.system != "bare" else ""
+    title = f"{what}: {setup}\n{info['cpus']} CPUs, {load}"
     if options.json is not None:
         document = {
+            "title": title,
             "settings": {
                 **dataclasses.asdict(sweep),
                 "passes": options.passes,
@@ -603,12 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         options.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
         log.info("wrote %s", options.json)
     if options.png is not None:
-        load = f"load average {info['loadavg_before'].split()[0]} to {info['loadavg_after'].split()[0]}"
-        if info["steal_percent"] is not None:
-            load += f", CPU steal {info['steal_percent']:.1f} %"
-        what = "the floor (bare broker and workers)" if sweep.system == "bare" else "dllpool, demo service"
-        what += " and the floor" if options.floor and sweep.system != "bare" else ""
-        plot(points, f"{what}: {setup}\n{info['cpus']} CPUs, {load}", options.png)
+        plot(points, title, options.png)
         log.info("wrote %s", options.png)
     return 0
 
