@@ -1,12 +1,14 @@
 """The floor's worker: a minimal 32-bit loop calling the demo library's ``add`` through ctypes.
 
     <32-bit python> bench/bare_worker.py --connect ipc:///tmp/x/backend --library examples/build/32/libdemo.so
+                                         [--credit 1] [--function add|sleep_ms]
 
 Started by bench/compare.py with the project's 32-bit runtime; it needs only Python 3.9+, pyzmq,
 msgpack and ctypes (no dllpool package). A zguide load-balancing worker: a DEALER that says READY
 ``--credit`` times (how many requests the broker may give it at once), then answers each request
 ``[client, body]`` with ``[client, reply]``, where body is msgpack ``[a, b]`` and reply is msgpack
-``add(a, b)``. No heartbeats, no errors, no validation: the cheapest worker that does the same call.
+``add(a, b)`` (with ``--function sleep_ms``, body ``[ms]`` and reply ``None``: bench/scaling.py's slow
+call). No heartbeats, no errors, no validation: the cheapest worker that does the same call.
 """
 
 import argparse
@@ -19,6 +21,8 @@ import msgpack
 import zmq
 
 READY = b"READY"
+SIGNATURES = {"add": ((ctypes.c_int, ctypes.c_int), ctypes.c_int), "sleep_ms": ((ctypes.c_int,), None)}
+"""The demo library's functions this worker can call: their argument and result types."""
 
 
 def main() -> int:
@@ -26,11 +30,11 @@ def main() -> int:
     parser.add_argument("--connect", required=True, help="the bare broker's backend endpoint")
     parser.add_argument("--library", required=True, help="the 32-bit demo library (libdemo.so)")
     parser.add_argument("--credit", type=int, default=1, help="requests this worker may hold at once")
+    parser.add_argument("--function", choices=sorted(SIGNATURES), default="add", help="the function called")
     options = parser.parse_args()
 
-    add = ctypes.CDLL(options.library).add
-    add.argtypes = (ctypes.c_int, ctypes.c_int)
-    add.restype = ctypes.c_int
+    function = getattr(ctypes.CDLL(options.library), options.function)
+    function.argtypes, function.restype = SIGNATURES[options.function]
     packb, unpackb = msgpack.packb, msgpack.unpackb
 
     context = zmq.Context()
@@ -45,8 +49,7 @@ def main() -> int:
     try:
         while True:
             client, body = recv_multipart()
-            a, b = unpackb(body)
-            send_multipart([client, packb(add(a, b))])
+            send_multipart([client, packb(function(*unpackb(body)))])
     except (KeyboardInterrupt, SystemExit):
         return 0
     finally:

@@ -270,9 +270,15 @@ class BarePool:
 
 @contextmanager
 def bare_pool(
-    folder: Path, interp: runtime32.Interpreter, library: str, workers: int = WORKERS, credit: int = 1
+    folder: Path,
+    interp: runtime32.Interpreter,
+    library: str,
+    workers: int = WORKERS,
+    credit: int = 1,
+    function: str = "add",
 ) -> Iterator[BarePool]:
-    """The bare broker and its 32-bit workers, running and ready; all stopped when the block ends."""
+    """The bare broker and its 32-bit workers (calling ``function``), running and ready; all stopped when the
+    block ends."""
     frontend, backend = f"ipc://{folder}/bare-frontend", f"ipc://{folder}/bare-backend"
     broker_command = [sys.executable, str(BENCH / "bare_broker.py"), "--frontend", frontend, "--backend", backend]
     worker_command = [*interp.command, "-s", str(BENCH / "bare_worker.py"), "--connect", backend]
@@ -281,7 +287,7 @@ def bare_pool(
         procs = [
             stack.enter_context(
                 process(
-                    [*worker_command, "--library", library, "--credit", str(credit)],
+                    [*worker_command, "--library", library, "--credit", str(credit), "--function", function],
                     env=runtime32.command_env(interp, []),
                     cwd=folder,
                 )
