@@ -304,6 +304,9 @@ class _Service:
     """Bytes of the jobs QUEUED or AHEAD: they count toward ``queue_limit_bytes``."""
     lease_waiters: deque[_Job] = field(default_factory=deque)
     """LEASE requests waiting for a worker with nothing to do."""
+    reserved: bytes | None = None
+    """The worker kept free for the LEASE requests waiting (its lease is ``_RESERVED``), if one is: known here so
+    that no reply has to look through every worker for it."""
 
 
 @dataclass(eq=False)
@@ -1350,6 +1353,8 @@ class BrokerCore:
             waiters.popleft()
             if worker.lease is None:
                 service.idle = deque(i for i in service.idle if i != worker.ident)
+            elif service.reserved == worker.ident:
+                service.reserved = None
             worker.spare, worker.lease, worker.lease_used = worker.capacity, job.client, now
             self._clients[job.client].leases.add(worker.ident)
             self._move(job, JobState.DONE)
@@ -1357,11 +1362,9 @@ class BrokerCore:
             self.stats["leases"] += 1
             log.info("worker pid %d of %r leased to client %s", worker.pid, worker.service, job.client.hex())
             actions.append(ToClient(job.client, wire.reply_to_client(job.corr, pack_value({"pid": worker.pid}))))
-        if not waiters:
-            reserved = next((w for w in service.workers.values() if w.lease == _RESERVED), None)
-            if reserved is not None:  # the LEASE it was kept for was cancelled or expired
-                self._end_lease(reserved, "no lease waits for it any more")
-                actions += self._dispatch(service, now)
+        if not waiters and service.reserved is not None:  # the LEASE it was kept for was cancelled or expired
+            self._end_lease(self._workers[service.reserved], "no lease waits for it any more")
+            actions += self._dispatch(service, now)
         return actions
 
     @staticmethod
@@ -1376,7 +1379,7 @@ class BrokerCore:
     def _reserve(self, service: _Service) -> None:
         """Keep the least busy worker from taking new work until it has none, for the lease waiting: under a
         steady load (or with ``prefetch``) no worker would ever have nothing to do on its own."""
-        if any(w.lease == _RESERVED for w in service.workers.values()):
+        if service.reserved is not None:
             return
         free = [w for w in service.workers.values() if w.state is WorkerState.SERVING and w.lease is None]
         if not free:
@@ -1385,6 +1388,7 @@ class BrokerCore:
         worker.spare = service.idle.count(worker.ident)
         service.idle = deque(i for i in service.idle if i != worker.ident)
         worker.lease = _RESERVED
+        service.reserved = worker.ident
 
     def _release_lease(self, ident: bytes, req: ClientRequest, now: float) -> list[Action]:
         """A RELEASE: end the lease ``ident`` holds on the pinned worker (answers whether it held one); the
@@ -1404,6 +1408,9 @@ class BrokerCore:
     def _end_lease(self, worker: _Worker, why: str) -> None:
         """``worker`` serves its whole service again; the dispatch that follows gives it work."""
         client = None if worker.lease is None else self._clients.get(worker.lease)
+        service = self._services[worker.service]
+        if service.reserved == worker.ident:
+            service.reserved = None
         if client is not None:
             client.leases.discard(worker.ident)
             if not client.jobs and client.window is None and not client.leases:
