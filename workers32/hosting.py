@@ -13,7 +13,6 @@ constructor raises may be transient (a device still busy) and is retried.
 """
 
 import ctypes
-import ctypes.util
 import functools
 import importlib
 import importlib.util
@@ -67,6 +66,8 @@ def resolve_library(path: "str | os.PathLike[str]") -> str:
         name = original + {"win32": ".dll", "darwin": ".dylib"}.get(sys.platform, ".so")
     if os.path.isfile(name):
         return os.path.abspath(name)
+    import ctypes.util  # here: it imports subprocess and shutil, 0.1 s of every worker's (and zygote's) start
+
     found = ctypes.util.find_library(original)
     if found is not None:
         return found
