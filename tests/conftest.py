@@ -30,6 +30,17 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def stopped(pid: int) -> bool:
+    """True once every thread of ``pid`` is stopped (SIGSTOP takes effect a little after ``kill`` returns)."""
+    states = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            states.add((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+        except OSError:  # the thread just ended
+            continue
+    return states == {"T"}
+
+
 def in_nanosleep(pid: int, threads: int = 1) -> bool:
     """True while ``threads`` threads of ``pid`` (or more) are blocked in nanosleep: a worker inside demo's
     ``sleep_ms`` that many times.

@@ -28,6 +28,7 @@ from .conftest import (
     in_nanosleep,
     library,
     pid_alive,
+    stopped,
     wait_for,
 )
 
@@ -234,6 +235,7 @@ def test_a_silent_broker_still_gives_a_timeout(tmp_path: Path) -> None:
         with Client(address, timeout=10, heartbeat_liveness=10) as client:
             assert client.call("s", "add", 1, 2) == 3
             os.kill(broker.pid, signal.SIGSTOP)
+            wait_for(lambda: stopped(broker.pid), 10, "the broker to be stopped")
             started = time.monotonic()
             with pytest.raises(Timeout, match="the broker sent no answer"):
                 client.call("s", "add", 2, 2, timeout=0.5)
