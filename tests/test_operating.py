@@ -120,9 +120,9 @@ def test_retired_workers_exit_and_leave_no_process(pool: Pool) -> None:
 
 
 def test_autoscaling_grows_under_a_queue_and_shrinks_after_the_cooldown() -> None:
-    options = {"workers": 1, "min_workers": 1, "max_workers": 4, "autoscale_wait": 0.05, "autoscale_cooldown": 1.0}
+    options = {"workers": 1, "min_workers": 1, "max_workers": 4, "autoscale_wait": 0.05, "autoscale_cooldown": 0.5}
     with Pool.from_config(config(**options)) as pool, pool.client(timeout=60) as client:
-        futures = [client.submit("s", "sleep_ms", 400) for _ in range(12)]
+        futures = [client.submit("s", "sleep_ms", 300) for _ in range(12)]
         wait_for(lambda: service_status(client)["target"] == 4, 30, "the pool to grow to max_workers")
         wait_for(lambda: len(pool.worker_pids("s")) == 4, 30, "four ready workers")
         assert [f.result() for f in futures] == [None] * 12
