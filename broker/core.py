@@ -405,12 +405,10 @@ class BrokerCore:
     def ready_workers(self, service: str) -> int:
         return len(self.worker_pids(service))
 
-    def worker_pids(self, service: str | None = None, retiring: bool = False) -> list[int]:
-        """The registered workers' pids, those being retired only if ``retiring`` (they are not ready for calls)."""
+    def worker_pids(self, service: str | None = None) -> list[int]:
+        """The pids of the registered workers ready for calls (not those being retired)."""
         return sorted(
-            w.pid
-            for w in self._registered()
-            if service in (None, w.service) and (retiring or w.state is not WorkerState.RETIRING)
+            w.pid for w in self._registered() if service in (None, w.service) and w.state is not WorkerState.RETIRING
         )
 
     def workers(self) -> list[dict[str, Any]]:
@@ -959,7 +957,7 @@ class BrokerCore:
                 actions.append(ToWorker(worker.ident, wire.heartbeat_to_worker()))
             if worker.pinned:
                 actions += self._dispatch_pinned(worker, now)  # expires those past their deadline
-            if worker.retire and worker.state in (WorkerState.SERVING, WorkerState.RETIRING):
+            if worker.retire:  # a backstop: a pinned call it waited for may have been cancelled or expired
                 actions += self._wind_down(worker, now)
                 if worker.ident not in self._workers:
                     continue
@@ -1171,6 +1169,12 @@ class BrokerCore:
             actions += self._recycle(worker, "the pool was scaled down", now, replace=False)
         return actions
 
+    def has_worker(self, pid: int) -> bool:
+        """Whether the worker with that pid is registered and reachable (retiring ones included)."""
+        ident = self._by_pid.get(pid)
+        worker = None if ident is None else self._workers.get(ident)
+        return worker is not None and worker.state is not WorkerState.GONE
+
     def queue_wait(self, service: str, now: float) -> float:
         """Seconds the oldest call of ``service`` still in its queue has waited (0 when none waits)."""
         for job in self._services[service].queue:
@@ -1208,9 +1212,7 @@ class BrokerCore:
                 "queued": service.queued + len(service.lease_waiters),
                 "queue_wait": self.queue_wait(name, now),
                 "held_ahead": service.ahead,
-                "running": sum(
-                    1 for w in service.workers.values() for j in w.jobs.values() if j.state is JobState.RUNNING
-                ),
+                "running": sum(w["running"] for w in workers),
                 **self._meters[name].snapshot(now),
             }
         totals = {

@@ -202,7 +202,7 @@ class BrokerLoop:
             actions += self.core.tick(now)
             self.supervisor.mark_ready(set(self.core.worker_pids()))
             self._execute(actions, now)
-            self.supervisor.reap_leaving(set(self.core.worker_pids(retiring=True)), now)
+            self.supervisor.reap_leaving(self.core.has_worker, now)
             self._autoscale(now)
         if now >= self._next_forget:
             self._next_forget = now + self.core.heartbeat_interval
@@ -409,10 +409,10 @@ class BrokerLoop:
 
     def _supervision(self) -> dict[str, Any]:
         """What the core's status needs from this loop and its supervisor."""
-        described = self.supervisor.describe()
-        for name, service in described["services"].items():
-            service["autoscaled"] = name in self.autoscalers
-        return {"broker": {"pid": os.getpid(), "uptime": time.monotonic() - self._started}, **described}
+        return {
+            "broker": {"pid": os.getpid(), "uptime": time.monotonic() - self._started},
+            **self.supervisor.describe(),
+        }
 
     def _shut_down(self) -> None:
         """Finish what is running within the grace period, answer the rest, stop the workers.

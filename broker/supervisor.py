@@ -6,9 +6,10 @@ that ended, reports them (so the broker can answer the calls they held), and
 starts replacements. Slots are added and removed while the pool runs
 (:meth:`Supervisor.add`, :meth:`Supervisor.drop_unready`); a retired worker
 (recycled, or its slot removed) leaves its slot at once and finishes its
-calls as a *leaving* process, reaped and reported like the others. A worker that dies before it ever got ready is
-restarted with a growing back-off, so a wrapper that fails to start does not
-become a fork bomb; one that served and then crashed is replaced at once.
+calls as a *leaving* process, reaped and reported like the others. A worker
+that dies before it ever got ready is restarted with a growing back-off, so
+a wrapper that fails to start does not become a fork bomb; one that served
+and then crashed is replaced at once.
 
 A worker whose library can never load as configured (it exits
 ``EXIT_UNLOADABLE`` and writes why to the status file named on its command
@@ -248,8 +249,7 @@ class Supervisor:
                 subprocess.DEVNULL if POSIX_SIGNALS else subprocess.PIPE,
             )
         except OSError as exc:  # out of processes, memory or file descriptors: try again later, never crash
-            slot.failures += 1
-            slot.next_start = now + min(_BACKOFF_FIRST * 2 ** (slot.failures - 1), _BACKOFF_MAX)
+            slot.next_start = now + _back_off(slot)
             slot.last_failure = PoolStartError(f"cannot start a worker of service {slot.service.name!r}: {exc}")
             log.error(
                 "cannot start a worker of %r (%s); retrying in %.1f s", slot.service.name, exc, slot.next_start - now
@@ -321,11 +321,11 @@ class Supervisor:
         """Processes of ``service`` not yet reaped, leaving ones included: what the host is running for it."""
         return sum(1 for name, _ in self._owned() if name == service)
 
-    def reap_leaving(self, registered: set[int], now: float) -> None:
+    def reap_leaving(self, registered: Callable[[int], bool], now: float) -> None:
         """Kill the leaving processes the broker has not had (``registered``: the pids it has) for ``_LEAVING_GRACE``:
         one told to STOP whose close hook hangs, one dropped while it was still loading its library."""
         for leaving in self._leaving:
-            if leaving.process.pid in registered:
+            if registered(leaving.process.pid):
                 leaving.unregistered_since = None
             elif leaving.unregistered_since is None:
                 leaving.unregistered_since = now
@@ -353,12 +353,11 @@ class Supervisor:
             log.warning("worker %s[%d] ended (%s); starting a replacement", slot.service.name, slot.index, _how(code))
             slot.next_start = now
             return
-        slot.failures += 1
         slot.last_failure = PoolStartError(
             f"a worker of service {slot.service.name!r} ended before it was ready ({_how(code)}); "
             f"its last output:\n{self._tail(slot)}"
         )
-        delay = min(_BACKOFF_FIRST * 2 ** (slot.failures - 1), _BACKOFF_MAX)
+        delay = _back_off(slot)
         slot.next_start = now + delay
         log.error(
             "worker %s[%d] ended before it was ready (%s); retrying in %.1f s",
@@ -504,6 +503,7 @@ class Supervisor:
                 "target": len(slots),
                 "ready": sum(1 for s in slots if s.ready),
                 "starting": self.starting(service.name),
+                "autoscaled": service.autoscaled,
                 "min_workers": service.min_workers if service.autoscaled else None,
                 "max_workers": service.max_workers if service.autoscaled else None,
                 "restarts": {
@@ -565,6 +565,12 @@ def serve_workers(config: PoolConfig, backend: str, stop: threading.Event, curve
                 supervisor.poll(time.monotonic())
         finally:
             supervisor.stop_all()
+
+
+def _back_off(slot: _Slot) -> float:
+    """Count one more failed start of ``slot``: seconds until it is tried again, doubling each time."""
+    slot.failures += 1
+    return min(_BACKOFF_FIRST * 2.0 ** (slot.failures - 1), _BACKOFF_MAX)
 
 
 def _ask_to_stop(process: WorkerProcess) -> None:

@@ -226,12 +226,13 @@ class Client:
     def status(self, timeout: float | Unset | None = UNSET) -> dict[str, Any]:
         """The pool as its broker sees it now, for people (``dllpool status``) and for scripts.
 
-        ``services``: per service its ``workers`` (pid, bits, host, threads, ``state`` idle/busy/held/retiring,
-        ``running`` calls, ``calls`` answered, ``uptime`` s, ``restarts`` of its slot after crashes, ``rss`` and
-        ``address_space_free`` bytes), ``target``/``starting``/``min_workers``/``max_workers``, ``queued``,
-        ``queue_wait`` s, ``held_ahead``, ``running``, ``calls``, ``calls_per_s`` and ``latency`` percentiles (s)
-        over the last 5-10 s, ``latency_since_start``, ``errors`` by type, ``recycled`` and ``restarts``.
-        ``totals`` sums them; ``counters`` are the broker's event counts; ``broker`` its pid and uptime.
+        ``services``: per service its ``workers`` (pid, bits, host, threads, ``state`` idle, busy, held (a
+        session's), retiring, doomed or gone, ``running`` calls, ``calls`` answered, ``uptime`` s, ``restarts`` of
+        its slot after crashes, ``rss`` and ``address_space_free`` bytes), ``target``/``ready``/``starting``,
+        ``autoscaled`` with ``min_workers``/``max_workers``, ``queued``, ``queue_wait`` s, ``held_ahead``,
+        ``running``, ``calls``, ``calls_per_s`` and ``latency`` percentiles (s) over the last 5-10 s,
+        ``latency_since_start``, ``errors`` by type, ``recycled`` and ``restarts``. ``totals`` sums them;
+        ``counters`` are the broker's event counts; ``broker`` its pid and uptime.
         """
         return dict(self.call(wire.ANY_SERVICE, wire.STATUS, timeout=timeout))
 
