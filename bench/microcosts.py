@@ -187,27 +187,24 @@ def client_costs() -> Figures:
 # --------------------------------------------------------------------------- 32-bit worker
 
 
-def worker_costs(library: str) -> Figures:
+def worker_costs(hosting: dict[str, Any]) -> Figures:
     from workers32.hosting import build, call
     from workers32.worker import Worker
 
-    spec = {
-        "service": "demo",
-        "library": library,
-        "kind": "cdll",
-        "functions": {"add": {"args": ["int", "int"], "returns": "int"}},
-    }
+    spec = {**hosting, "service": "demo", "functions": {"add": hosting["functions"]["add"]}}
     methods = build(spec).methods
     worker = Worker("inproc://unused", spec, methods)
     frames = wire.request_to_worker(1, "add", 9.5, pack_call((2, 3), {}))
     request = wire.parse_for_worker(frames)
     assert isinstance(request, wire.WorkerRequest)
     add = methods["add"]
-    args, kwargs = unpack_call(request.payload)
+    payload = list(request.payload)
+    args, kwargs = unpack_call(payload)
     batch = wire.parse_for_worker(
         wire.request_to_worker(2, "add", 9.5, pack_batch([(i, 1) for i in range(BATCH)]), wire.FLAG_BATCH)
     )
     assert isinstance(batch, wire.WorkerRequest)
+    batch_payload = list(batch.payload)
     outcomes = [[True, i + 1] for i in range(BATCH)]
     try:
         return {
@@ -215,17 +212,18 @@ def worker_costs(library: str) -> Figures:
                 lambda: worker._answer(wire.parse_for_worker(frames), math.inf)  # type: ignore[arg-type]
             ),
             "parse_for_worker (header + body)": per_op(lambda: wire.parse_for_worker(frames)),
+            # _answer empties the payload it decoded (see Worker._decode): each run gets a fresh list
             "Worker._answer (unpack_call, call, pack_value, worker_reply)": per_op(
-                lambda: worker._answer(request, math.inf)
+                lambda: worker._answer(request._replace(payload=list(payload)), math.inf)
             ),
-            "unpack_call": per_op(lambda: unpack_call(request.payload)),
+            "unpack_call": per_op(lambda: unpack_call(payload)),
             "hosting.call(add, [2, 3]) (CFunction: checks + ctypes)": per_op(lambda: call(add, args, kwargs)),
             "pack_value(5)": per_op(lambda: pack_value(5)),
             f"Worker._answer, a batch of {BATCH} demo.add calls (Client.map), per call": per_op(
-                lambda: worker._answer(batch, math.inf), 200
+                lambda: worker._answer(batch._replace(payload=list(batch_payload)), math.inf), 200
             )
             / BATCH,
-            f"  unpack_batch, per call of {BATCH}": per_op(lambda: unpack_batch(batch.payload), 200) / BATCH,
+            f"  unpack_batch, per call of {BATCH}": per_op(lambda: unpack_batch(batch_payload), 200) / BATCH,
             f"  pack_value of {BATCH} outcomes, per call": per_op(lambda: pack_value(outcomes), 200) / BATCH,
         }
     finally:
@@ -235,21 +233,21 @@ def worker_costs(library: str) -> Figures:
 # --------------------------------------------------------------------------- driver
 
 
-def measure(side: str, library: str) -> Figures:
+def measure(side: str, hosting: dict[str, Any]) -> Figures:
     if side == "socket":
         return socket_costs()
     if side == "broker":
         return broker_costs()
     if side == "client":
         return client_costs()
-    return worker_costs(library)
+    return worker_costs(hosting)
 
 
-def in_runtime32(sides: list[str], library: str) -> dict[str, Figures]:
+def in_runtime32(sides: list[str], hosting: dict[str, Any]) -> dict[str, Figures]:
     from broker import runtime32
 
     interp = runtime32.load()
-    command = [*interp.command, "-s", str(Path(__file__).resolve()), "--json", "--library", library]
+    command = [*interp.command, "-s", str(Path(__file__).resolve()), "--json", "--hosting", json.dumps(hosting)]
     for side in sides:
         command += ["--side", side]
     done = subprocess.run(
@@ -262,25 +260,30 @@ def in_runtime32(sides: list[str], library: str) -> dict[str, Figures]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--side", action="append", choices=("socket", "broker", "client", "worker"))
-    parser.add_argument("--library", help="the 32-bit demo library (default: the default configuration's)")
+    parser.add_argument(
+        "--hosting",
+        type=json.loads,
+        help="the worker's spec of the demo library, as JSON (default: the default "
+        "configuration's, resolved by the broker's configuration code)",
+    )
     parser.add_argument("--json", action="store_true")
     options = parser.parse_args()
-    library = options.library
-    if library is None:
+    hosting = options.hosting
+    if hosting is None:
         from broker import load_config
 
-        library = str(load_config().service("demo").hosting["library"])
+        hosting = dict(load_config().service("demo").hosting)
     bits = 8 * struct.calcsize("P")
     results: dict[str, Figures] = {}
     if options.side:
         for side in options.side:
-            results[f"{side} ({bits}-bit Python {sys.version.split()[0]})"] = measure(side, library)
+            results[f"{side} ({bits}-bit Python {sys.version.split()[0]})"] = measure(side, hosting)
     else:
         for side in ("socket", "broker", "client"):
             print(f"[microcosts] {side} ...", file=sys.stderr, flush=True)
-            results[f"{side} ({bits}-bit Python {sys.version.split()[0]})"] = measure(side, library)
+            results[f"{side} ({bits}-bit Python {sys.version.split()[0]})"] = measure(side, hosting)
         print("[microcosts] socket and worker, in the 32-bit runtime ...", file=sys.stderr, flush=True)
-        results.update(in_runtime32(["socket", "worker"], library))
+        results.update(in_runtime32(["socket", "worker"], hosting))
     if options.json:
         print(json.dumps(results, indent=2))
     else:

@@ -7,6 +7,7 @@ everything in place, it touches neither apt nor the network.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,9 @@ from pathlib import Path
 from . import demolibs, locations, runtime32
 
 __all__ = ["SetupReport", "setup"]
+
+_PACKAGES = ("broker", "client", "protocol", "workers32")
+"""dllpool's packages, all of which the 64-bit side imports."""
 
 
 @dataclass(frozen=True)
@@ -29,8 +33,12 @@ class SetupReport:
 
 
 def setup(prefix: Path | None = None, *, refresh: bool = False) -> SetupReport:
-    """Provision the 32-bit runtime (under ``prefix``; rebuilt if ``refresh``) and build the demo libraries."""
+    """Provision the 32-bit runtime (under ``prefix``; rebuilt if ``refresh``), compile dllpool's own bytecode
+    for both interpreters (see :func:`runtime32.compile_bytecode`), and build the demo libraries."""
     started = time.monotonic()
     runtime = runtime32.provision(prefix, refresh=refresh)
+    root = Path(__file__).resolve().parent.parent
+    runtime32.compile_bytecode(runtime.interpreter, [root / package for package in runtime32.WORKER_PACKAGES])
+    runtime32.compile_bytecode(runtime32.Interpreter(sys.executable), [root / package for package in _PACKAGES])
     libraries = demolibs.build()
     return SetupReport(runtime, libraries, locations.default_config_path(), time.monotonic() - started)

@@ -59,7 +59,6 @@ __all__ = [
     "serve_workers",
 ]
 
-_WORKER_PACKAGES = ("workers32", "protocol")
 _STDERR_TAIL = 30
 _BACKOFF_FIRST = 0.5
 _BACKOFF_MAX = 10.0
@@ -122,7 +121,7 @@ def make_worker_source(folder: Path) -> Path:
     source = folder / "src"
     source.mkdir()
     root = Path(__file__).resolve().parent.parent
-    for package in _WORKER_PACKAGES:
+    for package in runtime32.WORKER_PACKAGES:
         if sys.platform == "win32":
             shutil.copytree(root / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
         else:

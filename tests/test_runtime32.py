@@ -72,6 +72,31 @@ def test_second_setup_does_nothing(interp: Interpreter) -> None:
     assert result.seconds < 5  # a behaviour guard (no apt ran), not a speed target
 
 
+def test_setup_leaves_the_runtime_compiled(interp: Interpreter) -> None:
+    """Unpacked Debian packages have no bytecode: without it every zygote compiles the standard library it
+    imports (when PYTHONDONTWRITEBYTECODE is set, or the folder is read-only) on each start."""
+    tag = _cache_tag(interp)
+    lib = Path(runtime32.default_prefix()) / "root" / "usr" / "lib"
+    assert list(lib.glob(f"python3*/__pycache__/typing.{tag}.pyc"))
+    assert list(lib.glob(f"python3*/json/__pycache__/decoder.{tag}.pyc"))
+
+
+def test_compile_bytecode_writes_the_interpreters_own_pyc(interp: Interpreter, tmp_path: Path) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "mod.py").write_text("VALUE = 1\n")
+    (tmp_path / "pkg" / "broken.py").write_text("def (\n")  # left out, with a warning; the rest is compiled
+    assert runtime32.compile_bytecode(interp, [tmp_path / "pkg", tmp_path / "missing"])
+    assert [p.name for p in (tmp_path / "pkg" / "__pycache__").iterdir()] == [f"mod.{_cache_tag(interp)}.pyc"]
+
+
+def _cache_tag(interp: Interpreter) -> str:
+    code = "import sys; print(sys.implementation.cache_tag)"
+    done = subprocess.run(
+        [*interp.command, "-c", code], env=runtime32.command_env(interp, []), capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
 def test_64_bit_pyzmq_never_reaches_the_32_bit_process(interp: Interpreter, monkeypatch: pytest.MonkeyPatch) -> None:
     """Even with the 64-bit venv exported, the worker imports the i686 zmq from its own site folder."""
     import zmq  # the 64-bit one, for its site-packages folder
