@@ -63,8 +63,9 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
-_COPIED = 2
-"""Header and body arrive as ``bytes``; later frames, the out-of-band buffers, as zero-copy views."""
+_COPIED = 1
+"""The header (with a body under ``JOIN_LIMIT`` joined to it) arrives as ``bytes``; later frames, a big body
+and the out-of-band buffers, as zero-copy views."""
 
 
 @dataclass(eq=False)
@@ -214,7 +215,7 @@ class BrokerLoop:
 
     def _drain_backend(self) -> None:
         deadline = time.monotonic() + _BATCH_SECONDS
-        for ident, *frames in transport.drain(self.backend, _BATCH):
+        for ident, *frames in transport.drain(self.backend, _BATCH, copied=2):
             if self._handle(self.core.worker_message, cast(bytes, ident), frames) >= deadline:
                 return
 

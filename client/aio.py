@@ -413,7 +413,7 @@ class AsyncClient:
 
     def _drain(self, line: _Line) -> None:
         core = line.core
-        for msg in transport.drain(line.sock, _BATCH, copied=2):
+        for msg in transport.drain(line.sock, _BATCH, copied=1):
             outcome = core.received(msg, time.monotonic())
             if outcome is not None:
                 self._answered(outcome)

@@ -670,7 +670,7 @@ class Connection:
             if timeo != lane.timeo:
                 sock.rcvtimeo = lane.timeo = timeo
             try:
-                msg = transport.recv(sock, 2, 0)  # blocks up to timeo ms, without the GIL
+                msg = transport.recv(sock, 1, 0)  # blocks up to timeo ms, without the GIL
             except zmq.Again:
                 pass
             else:
@@ -847,7 +847,7 @@ class Connection:
                 _send_backlog(self._bulk_core, self._bulk[0], now)
 
     def _drain(self, sock: zmq.Socket[Any], core: ClientCore) -> None:
-        for msg in transport.drain(sock, _BATCH, copied=2):
+        for msg in transport.drain(sock, _BATCH, copied=1):
             try:
                 outcome = core.received(msg, time.monotonic())
             except Exception:  # a bug here must not stop the thread every call depends on

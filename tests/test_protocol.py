@@ -7,6 +7,7 @@ import contextlib
 import math
 import pickle
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -33,6 +34,7 @@ from protocol.errors import (
     error_from_wire,
     error_to_wire,
 )
+from protocol.frames import Buffer
 
 CPC = wire.CLIENT_PROTOCOL
 DPW = wire.WORKER_PROTOCOL
@@ -57,7 +59,8 @@ def conv(request: pytest.FixtureRequest) -> Any:
 
 def test_client_request_round_trip(conv: Any) -> None:
     frames = wire.client_request(2**64 - 1, "démo", "scale_sum", 1.5, [b"body", b"big buffer"])
-    assert len(frames) == 3, "one header frame, then the payload as given"
+    assert len(frames) == 2, "the header with the small body joined to it, then the buffers as given"
+    assert bytes(frames[0]).endswith(b"body") and frames[1] == b"big buffer"
     msg = wire.parse_client(conv(frames))
     assert isinstance(msg, wire.ClientRequest)
     assert msg.corr == 2**64 - 1
@@ -65,6 +68,26 @@ def test_client_request_round_trip(conv: Any) -> None:
     assert msg.timeout == 1.5
     assert msg.flags & wire.FLAG_TIMEOUT
     assert as_bytes(msg.payload) == [b"body", b"big buffer"]
+
+
+def test_a_body_of_join_limit_bytes_keeps_a_frame_of_its_own(conv: Any) -> None:
+    """Joining copies the body: a big one is never joined (nor copied)."""
+    big, small = b"x" * wire.JOIN_LIMIT, b"y" * (wire.JOIN_LIMIT - 1)
+    builders: list[tuple[Callable[[list[bytes]], list[Buffer]], Callable[[list[Any]], Any]]] = [
+        (lambda p: wire.client_request(1, "s", "m", None, p), wire.parse_client),
+        (lambda p: wire.request_to_worker(1, "m", None, p), wire.parse_for_worker),
+        (lambda p: wire.worker_reply(1, p), wire.parse_worker),
+        (lambda p: wire.reply_to_client(1, p), wire.parse_for_client),
+    ]
+    for build, parse in builders:
+        separate = build([big, b"buf"])
+        assert separate[1] is big and len(separate) == 3
+        joined = build([small, b"buf"])
+        assert len(joined) == 2
+        for frames, body in ((separate, big), (joined, small)):
+            msg = parse(conv(frames))
+            assert as_bytes(msg.payload) == [body, b"buf"]
+            assert not getattr(msg, "flags", 0) & wire.FLAG_JOINED, "the flag is the frames', not the caller's"
 
 
 def test_client_request_without_timeout_and_with_batch_flag(conv: Any) -> None:
@@ -98,14 +121,14 @@ def test_error_to_client_round_trip(conv: Any) -> None:
 
 
 def test_a_worker_answer_is_forwarded_to_the_client_untouched(conv: Any) -> None:
-    """The broker re-addresses a worker's answer: only the header changes, the body is the same object."""
+    """The broker re-addresses a worker's answer: only the header changes, the body is forwarded as it came."""
     error = wire.pack_header({"type": "RemoteError", "message": "boom", "details": {}})
     reply = wire.parse_worker(conv(wire.worker_error(99, {"type": "RemoteError", "message": "boom", "details": {}})))
     assert isinstance(reply, wire.WorkerReply)
     assert reply.error
+    assert bytes(reply.payload[0]) == error
     forwarded = wire.answer_to_client(5, reply.error, reply.payload)
-    assert forwarded[1] is reply.payload[0]
-    assert bytes(forwarded[1]) == error
+    assert len(forwarded) == 1 and bytes(forwarded[0]).endswith(error)
     msg = wire.parse_for_client(forwarded)
     assert isinstance(msg, wire.ReplyToClient)
     assert (msg.corr, msg.error) == (5, {"type": "RemoteError", "message": "boom", "details": {}})
@@ -170,11 +193,13 @@ def test_client_and_worker_protocols_are_not_interchangeable() -> None:
         wire.parse_worker(wire.client_heartbeat())
 
 
-def test_every_message_is_one_header_frame_plus_the_payload() -> None:
-    assert len(wire.client_request(1, "s", "m", None, [b"body"])) == 2
-    assert len(wire.request_to_worker(1, "m", None, [b"body"])) == 2
-    assert len(wire.worker_reply(1, [b"body"])) == 2
-    assert len(wire.reply_to_client(1, [b"body"])) == 2
+def test_a_message_with_a_small_body_is_one_frame() -> None:
+    assert len(wire.client_request(1, "s", "m", None, [b"body"])) == 1
+    assert len(wire.request_to_worker(1, "m", None, [b"body"])) == 1
+    assert len(wire.worker_reply(1, [b"body"])) == 1
+    assert len(wire.worker_error(1, {"type": "RemoteError"})) == 1
+    assert len(wire.reply_to_client(1, [b"body"])) == 1
+    assert len(wire.error_to_client(1, {"type": "Timeout"})) == 1
     for heartbeat in (wire.client_heartbeat(), wire.worker_heartbeat(), wire.heartbeat_to_client()):
         assert len(heartbeat) == 1
 
@@ -226,8 +251,10 @@ def _struct_request(flags: int, service_len: int, method_len: int, timeout: floa
         ([b""], "not a dllpool message"),
         (_request(body=[]), "no body frame"),
         ([CPC + bytes([wire.REQUEST]) + bytes(10), b"b"], "at least 24 bytes"),
-        (_struct_request(0, 1, 1, 0.0, b"s"), "name lengths"),
-        (_struct_request(0, 1, 1, 0.0, b"smm"), "name lengths"),
+        (_struct_request(0, 1, 1, 0.0, b"s"), "its fields say 26"),
+        (_struct_request(0, 1, 1, 0.0, b"smm"), "its fields say 26"),
+        (_struct_request(wire.FLAG_JOINED, 1, 1, 0.0, b"sm")[:1], "its frame ends with the header"),
+        (_struct_request(wire.FLAG_JOINED, 1, 2, 0.0, b"sm")[:1], "its frame ends with the header"),
         (_struct_request(0, 0, 1, 0.0, b"m"), "service name is empty"),
         (_struct_request(0, 1, 0, 0.0, b"s"), "method name is empty"),
         (_struct_request(0, 1, 1, 0.0, b"\xffm"), "service name is not UTF-8"),
@@ -285,6 +312,11 @@ def _ready(info: Any) -> list[bytes]:
     return [DPW + bytes([wire.READY]), msgpack.packb(info)]
 
 
+def _client_error_header() -> bytes:
+    """An ERROR header whose error map comes in a frame of its own (as a big one does)."""
+    return struct.pack(">4sBBxxQ", CPC, wire.ERROR, 0, 1)
+
+
 def _answer(command: int, job: bytes) -> bytes:
     return DPW + bytes([command]) + job
 
@@ -309,9 +341,11 @@ def _answer(command: int, job: bytes) -> bytes:
         (_ready(["s", 1, 5]), "map"),
         ([DPW + bytes([wire.READY]), b"\xdd\xff\xff\xff\xff"], "READY info"),
         ([DPW + bytes([wire.READY]), b"\x91" * 100_000], "limit"),
-        ([_answer(wire.REPLY, bytes(11))], "REPLY needs at least 2 frames"),
-        ([_answer(wire.REPLY, bytes(3)), b"body"], "REPLY header must be 16 bytes"),
-        ([_answer(wire.ERROR, bytes(12)), b"body"], "ERROR header must be 16 bytes"),
+        ([_answer(wire.REPLY, bytes(11))], "REPLY has no body frame"),
+        ([_answer(wire.REPLY, bytes(3)), b"body"], "REPLY header must be at least 16 bytes"),
+        ([_answer(wire.ERROR, bytes(12)), b"body"], "ERROR header is 17 bytes; its fields say 16"),
+        ([_answer(wire.REPLY, bytes([wire.FLAG_JOINED]) + bytes(10))], "its frame ends with the header"),
+        ([_answer(wire.REPLY, bytes([0x80]) + bytes(10)), b"body"], "unknown flag bits 0x80"),
     ],
 )
 def test_parse_worker_rejects(frames: list[bytes], needle: str) -> None:
@@ -323,12 +357,13 @@ def test_parse_worker_rejects(frames: list[bytes], needle: str) -> None:
 @pytest.mark.parametrize(
     ("frames", "needle"),
     [
-        ([wire.reply_to_client(1, [])[0]], "REPLY needs at least 2 frames"),
-        ([wire.error_to_client(1, {})[0], b"\x90"], "map"),
+        ([wire.reply_to_client(1, [])[0]], "REPLY has no body frame"),
+        ([_client_error_header(), b"\x90"], "map"),
+        (wire.answer_to_client(1, True, [b"\x90"]), "map"),
         (_request(), "unknown broker command 0x01"),
-        ([CPC + bytes([wire.REPLY]) + bytes(3), b"body"], "REPLY header must be 16 bytes"),
+        ([CPC + bytes([wire.REPLY]) + bytes(3), b"body"], "REPLY header must be at least 16 bytes"),
         (
-            [wire.error_to_client(1, {})[0], b"\x81\xa1m" + b"\xdb" + (70_000).to_bytes(4, "big") + b"x" * 70_000],
+            [_client_error_header(), b"\x81\xa1m" + b"\xdb" + (70_000).to_bytes(4, "big") + b"x" * 70_000],
             "limit",
         ),
     ],
@@ -346,9 +381,10 @@ def _worker_request(method_len: int, names: bytes, flags: int = 0, timeout: floa
 @pytest.mark.parametrize(
     ("frames", "needle"),
     [
-        ([_worker_request(1, b"m")], "a body frame"),
+        ([_worker_request(1, b"m")], "no body frame"),
+        ([_worker_request(1, b"m", wire.FLAG_JOINED)], "its frame ends with the header"),
         ([_worker_request(0, b""), b"body"], "method name"),
-        ([_worker_request(2, b"m"), b"body"], "name length"),
+        ([_worker_request(2, b"m"), b"body"], "its fields say"),
         ([_worker_request(1, b"\xff"), b"body"], "not UTF-8"),
         ([_worker_request(1, b"m", wire.FLAG_TIMEOUT, -1.0), b"body"], "timeout"),
         ([DPW + bytes([wire.READY]), b"\x80"], "unknown broker command 0x04"),
