@@ -13,11 +13,10 @@ import ipaddress
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
 
 from protocol import ConfigError, DllPoolError, transport
 
@@ -27,6 +26,9 @@ from .loop import BrokerLoop
 from .rundir import RunDir
 from .security import BACKEND, FRONTEND, Allowlist, CurveServer, HandshakeWatch, start_authenticator
 from .supervisor import Supervisor, make_worker_source
+
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
 
 __all__ = ["DEFAULT_GRACE", "NOT_RUNNING", "InProcessBroker", "Readiness", "ipc_available"]
 

@@ -32,9 +32,12 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from client import AsyncClient, Client
+from client import Client
+
+if TYPE_CHECKING:
+    from client import AsyncClient
 from protocol import BrokerUnavailable, ConfigError, PoolStartError
 
 from .config import PoolConfig, load_config
@@ -205,6 +208,8 @@ class Pool:
         """An AsyncClient connected to this pool's frontend (make it in a coroutine), with the configuration's
         ``shared_memory_min`` unless ``options`` say."""
         options.setdefault("shared_memory_min", self.config.shared_memory_min)
+        from client import AsyncClient  # asyncio, imported only by pools that use it
+
         return AsyncClient(self.address, timeout, **options)
 
     def worker_pids(self, service: str | None = None) -> list[int]:

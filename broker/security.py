@@ -16,14 +16,17 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
-import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
-from zmq.utils.monitor import recv_monitor_message
 
-from protocol import ConfigError
+from protocol import ConfigError, transport
+
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
+
+# zmq.auth (and its thread, which brings asyncio) is imported where keys are used: importing it took 60-110 ms
+# of every pool's start, and most pools have no keys.
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,8 @@ class CurveServer:
 
 
 def _load(path: Path) -> tuple[bytes, bytes | None]:
+    import zmq.auth
+
     try:
         return zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
@@ -112,6 +117,8 @@ def create_keys(directory: Path, name: str, *, force: bool = False) -> tuple[Pat
         verb = "exists" if len(existing) == 1 else "exist"
         raise ConfigError(f"{' and '.join(existing)} already {verb}; pass --force to replace the key pair")
     try:
+        import zmq.auth
+
         # Created private before the secret is written into it: no moment where others can read it.
         os.close(os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
         secret.chmod(0o600)
@@ -155,6 +162,8 @@ class Allowlist:
 
 def start_authenticator(context: zmq.Context[Any], allowlist: Allowlist) -> ThreadAuthenticator:
     """Run the ZAP handler that checks every CURVE handshake against ``allowlist``."""
+    from zmq.auth.thread import ThreadAuthenticator
+
     auth = ThreadAuthenticator(context, log=logging.getLogger("dllpool.auth"))
     auth.start()
     for domain in allowlist.allowed:
@@ -189,15 +198,14 @@ class HandshakeWatch:
 
     def drain(self, now: float) -> None:
         """Count (and now and then log) every failed handshake the monitor has reported."""
-        while self.monitor.poll(0):
-            event = recv_monitor_message(self.monitor)
-            why = _FAILED.get(int(event["event"]))
+        for kind, value in transport.monitor_events(self.monitor):
+            why = _FAILED.get(kind)
             if why is None:
                 continue
             self.refused += 1
-            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and event["value"] == _MISMATCH:
+            if kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == _MISMATCH:
                 why = "it has no CURVE keys (a mechanism mismatch)"
-            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH or now < self._next_warning:
+            if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH or now < self._next_warning:
                 log.debug("refused a connection to the %s: %s", self.name, why)  # the allowlist named the key
                 continue
             self._next_warning = now + _WARN_EVERY

@@ -1,8 +1,12 @@
 """The 64-bit caller's side of dllpool: ``from client import Client, Timeout`` (``AsyncClient`` for asyncio).
 
 Errors are re-exported from :mod:`protocol.errors`, so one import gives a
-caller everything it needs to call and to catch.
+caller everything it needs to call and to catch. ``AsyncClient`` and the
+load-test names are imported when first used (:func:`__getattr__`).
 """
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from protocol.errors import (
     ArgumentError,
@@ -24,14 +28,33 @@ from protocol.errors import (
     WorkerCrashed,
 )
 
-from .aio import AsyncClient
 from .client import Client, Session
 from .client64 import Client64
 from .core import ClientCore
 from .keys import CurveKeys
-from .loadtest import CallSpec, LoadProgress, LoadResult, LoadTest, Scenario
 from .proxy import RemoteMethod, ServiceProxy
 from .shm import close_shared_array, shared_array
+
+if TYPE_CHECKING:
+    from .aio import AsyncClient
+    from .loadtest import CallSpec, LoadProgress, LoadResult, LoadTest, Scenario
+
+_ON_FIRST_USE = {
+    "AsyncClient": "aio",
+    **dict.fromkeys(("CallSpec", "LoadProgress", "LoadResult", "LoadTest", "Scenario"), "loadtest"),
+}
+"""Names imported when first asked for: asyncio and the load tests (hdrh) took 55 ms of every start of a
+pool's broker process, which uses neither (nor do most callers)."""
+
+
+def __getattr__(name: str) -> Any:
+    module = _ON_FIRST_USE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ArgumentError",

@@ -17,12 +17,11 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, Generator, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Generator, Iterable, Mapping
 from typing import Any
 
 import zmq
 import zmq.asyncio
-from zmq.utils.monitor import parse_monitor_message
 
 from protocol import frames as wire
 from protocol import transport
@@ -446,7 +445,7 @@ class AsyncClient:
 
     def _drain_monitor(self) -> None:
         core = self._core
-        for kind, value in _events(self._main.monitor):
+        for kind, value in transport.monitor_events(self._main.monitor):
             if kind == _CONNECTED:
                 core.connection_made(time.monotonic())
                 self._flush()
@@ -460,7 +459,7 @@ class AsyncClient:
 
     def _drain_bulk_monitor(self) -> None:
         assert self._bulk is not None
-        for kind, _ in _events(self._bulk.monitor):
+        for kind, _ in transport.monitor_events(self._bulk.monitor):
             if kind == zmq.EVENT_DISCONNECTED or kind in _HANDSHAKE_FAILED:
                 self._drain(self._bulk)  # answers that arrived before the drop still count
                 self._close_bulk(_BULK_NOTE)  # the next big request opens a fresh one
@@ -587,16 +586,6 @@ def _unawaited(future: asyncio.Future[Any]) -> asyncio.Future[Any]:
     """A Future nobody awaits: its error is taken, so asyncio does not log it as never retrieved."""
     future.add_done_callback(lambda done: done.cancelled() or done.exception())
     return future
-
-
-def _events(monitor: zmq.Socket[Any]) -> Iterator[tuple[int, int]]:
-    """The (event, value) pairs waiting on a socket monitor."""
-    while True:
-        try:
-            event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
-        except zmq.Again:
-            return
-        yield event["event"], event["value"]
 
 
 class AsyncSession:

@@ -59,7 +59,6 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Any, Final, NamedTuple
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from protocol import frames as wire
 from protocol import transport
@@ -875,12 +874,7 @@ class Connection:
         _settle_all(tick.ended)
 
     def _drain_monitor(self) -> None:
-        while True:
-            try:
-                event = parse_monitor_message(self._monitor.recv_multipart(zmq.NOBLOCK))
-            except zmq.Again:
-                return
-            kind = event["event"]
+        for kind, value in transport.monitor_events(self._monitor):
             if kind == _CONNECTED:
                 now = time.monotonic()
                 self._core.connection_made(now)
@@ -894,7 +888,7 @@ class Connection:
                     self._apply(Tick([], self._core.connection_lost(time.monotonic()), True))
                     return  # that monitor is closed now
             elif kind in _HANDSHAKE_FAILED:
-                self._handshake_failed(kind, event["value"])
+                self._handshake_failed(kind, value)
 
     def _handshake_failed(self, kind: int, value: int) -> None:
         """Name the problem; a refusal (unlike a dropped connection) fails waiting calls at once."""
@@ -956,12 +950,8 @@ class Connection:
     def _drain_bulk_monitor(self) -> None:
         assert self._bulk is not None
         monitor = self._bulk[1]
-        while True:
-            try:
-                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
-            except zmq.Again:
-                return
-            if event["event"] == zmq.EVENT_DISCONNECTED or event["event"] in _HANDSHAKE_FAILED:
+        for kind, _ in transport.monitor_events(monitor):
+            if kind == zmq.EVENT_DISCONNECTED or kind in _HANDSHAKE_FAILED:
                 self._drain(self._bulk[0], self._bulk_core)  # answers that arrived before the drop still count
                 self._close_bulk(_BULK_NOTE)  # the next big request opens a fresh one
                 return

@@ -13,6 +13,7 @@ zero-copy only above about 64 KiB), and drains that stop when the socket's
 5.6 us each).
 """
 
+import struct
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ import zmq
 from .errors import ConfigError
 from .frames import Buffer
 
-__all__ = ["ZERO_COPY_MIN", "send", "try_send", "recv", "drain", "bind", "connect"]
+__all__ = ["ZERO_COPY_MIN", "send", "try_send", "recv", "drain", "monitor_events", "bind", "connect"]
 
 ZERO_COPY_MIN = 64 * 1024
 """Frames this big or bigger are sent and received without copying."""
@@ -32,6 +33,8 @@ _RCVMORE = int(zmq.RCVMORE)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _GONE = (zmq.EAGAIN, zmq.EHOSTUNREACH)
+_MONITOR_EVENT = struct.Struct("=HI")
+"""A socket monitor's first frame: the event (u16) and its value (u32), native byte order (zmq_socket_monitor(3))."""
 
 
 def send(sock: "zmq.Socket[Any]", frames: Sequence[Any], flags: int = 0) -> None:
@@ -90,6 +93,18 @@ def drain(sock: "zmq.Socket[Any]", limit: int, copied: int = 2, ready: bool = Tr
         except zmq.Again:
             return
         yield message
+
+
+def monitor_events(monitor: "zmq.Socket[Any]") -> "Iterator[tuple[int, int]]":
+    """The (event, value) pairs waiting on a socket monitor. (pyzmq's own parser imports ``zmq.asyncio``:
+    30 ms of every client's and broker's start.)"""
+    while True:
+        try:
+            frames = monitor.recv_multipart(_NOBLOCK)
+        except zmq.Again:
+            return
+        if len(frames) == 2 and len(frames[0]) == _MONITOR_EVENT.size:  # else not from libzmq: skipped
+            yield _MONITOR_EVENT.unpack(frames[0])
 
 
 def bind(sock: "zmq.Socket[Any]", endpoint: str, what: str) -> None:
