@@ -825,7 +825,7 @@ class BrokerCore:
             meter = self._meters[worker.service]
             meter.record(now - job.arrived)
             if reply.error:
-                meter.errors[_error_type(reply.payload)] += 1
+                meter.error(_error_type(reply.payload))
             actions.append(ToClient(job.client, wire.answer_to_client(job.corr, reply.error, reply.payload)))
         self._move(job, JobState.DONE)
         limit = service.policy.max_calls_per_worker
@@ -1529,7 +1529,7 @@ class BrokerCore:
     def _error_to(self, ident: bytes, corr: int, error: CallError) -> ToClient:
         meter = self._meters.get(str(error.details.get("service")))
         if meter is not None:
-            meter.errors[type(error).__name__] += 1
+            meter.error(type(error).__name__)
         return ToClient(ident, wire.error_to_client(corr, error_to_wire(error)))
 
 

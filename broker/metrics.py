@@ -11,11 +11,14 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-__all__ = ["PERCENTILES", "WINDOW", "Latencies", "ServiceMeter"]
+__all__ = ["MAX_ERROR_TYPES", "OTHER_ERRORS", "PERCENTILES", "WINDOW", "Latencies", "ServiceMeter"]
 
 WINDOW = 5.0
 """Seconds of one window of recent figures."""
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+MAX_ERROR_TYPES = 64
+"""Distinct error type names a service's counts keep; later new names count as :data:`OTHER_ERRORS`."""
+OTHER_ERRORS = "other"
 _SUB = 4
 """Buckets per doubling of the latency."""
 _BUCKETS = _SUB * 42
@@ -109,6 +112,14 @@ class ServiceMeter:
     def record(self, seconds: float) -> None:
         self.calls += 1
         self._current.record(seconds)
+
+    def error(self, name: str) -> None:
+        """Count an error answer of type ``name``; past :data:`MAX_ERROR_TYPES` names, new ones count as
+        ``"other"`` (the names come from workers: a library raising ever new exception types, or a hostile
+        worker, must not grow the broker's memory or its status without bound)."""
+        if name not in self.errors and len(self.errors) >= MAX_ERROR_TYPES:
+            name = OTHER_ERRORS
+        self.errors[name] += 1
 
     def rotate(self, now: float) -> None:
         """Start a new window once the current one is ``WINDOW`` seconds old (the loop's tick calls this)."""

@@ -506,8 +506,8 @@ def compile_bytecode(interp: Interpreter, folders: Sequence[Path]) -> bool:
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.warning("cannot compile the bytecode of %s with %s: %s", ", ".join(existing), interp.shown, exc)
         return False
-    if done.returncode != 0:  # a file that does not compile (a test fixture, say) fails only its own .pyc
-        log.warning(
+    if done.returncode != 0:  # a read-only folder, or a file that does not compile: only those go without
+        log.info(
             "compiling the bytecode of %s with %s left files out: %s",
             ", ".join(existing),
             interp.shown,

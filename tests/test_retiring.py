@@ -6,7 +6,7 @@ import pytest
 
 from broker.autoscale import Autoscaler, Load
 from broker.core import Action, BrokerCore, KillWorker, Retire, Scale, ServicePolicy
-from broker.metrics import Latencies, ServiceMeter
+from broker.metrics import MAX_ERROR_TYPES, OTHER_ERRORS, Latencies, ServiceMeter
 from protocol import frames as wire
 from protocol import pack_call, unpack_value
 from protocol.errors import BadRequest, ProtocolError, error_from_wire
@@ -211,6 +211,19 @@ def test_heartbeat_figures_are_checked() -> None:
         with pytest.raises(ProtocolError):
             wire.parse_worker(frames)
     assert isinstance(wire.parse_for_worker(wire.stop_to_worker()), wire.StopToWorker)
+
+
+def test_error_types_a_worker_names_are_counted_within_a_bound() -> None:
+    """A worker (a library raising ever new exception types, or a hostile peer) cannot grow the counts."""
+    core = make_core()
+    ready(core, b"w", 10)
+    for n in range(1, MAX_ERROR_TYPES + 11):
+        job = only_work(request(core, b"c", n, now=float(n)))[1].job
+        error = {"type": f"Error{n}", "message": "no", "details": {}}
+        core.worker_message(b"w", wire.worker_error(job, error), float(n))
+    errors = core.status(100.0)["services"]["s"]["errors"]
+    assert len(errors) == MAX_ERROR_TYPES + 1 and errors[OTHER_ERRORS] == 10
+    assert sum(errors.values()) == MAX_ERROR_TYPES + 10
 
 
 def test_a_meter_reports_the_recent_windows_only() -> None:
