@@ -353,7 +353,7 @@ def _keys(options: argparse.Namespace) -> int:
 
 
 def _setup(options: argparse.Namespace) -> int:
-    report = setup(options.prefix, refresh=options.refresh)
+    report = setup(options.prefix, refresh=options.refresh, bytecode=True)
     info = runtime32.describe(report.runtime.interpreter)
     if options.json:
         result = {

@@ -32,13 +32,15 @@ class SetupReport:
         return self.runtime.actions + self.libraries.actions + tuple(f"built {b}" for b in self.libraries.built)
 
 
-def setup(prefix: Path | None = None, *, refresh: bool = False) -> SetupReport:
-    """Provision the 32-bit runtime (under ``prefix``; rebuilt if ``refresh``), compile dllpool's own bytecode
-    for both interpreters (see :func:`runtime32.compile_bytecode`), and build the demo libraries."""
+def setup(prefix: Path | None = None, *, refresh: bool = False, bytecode: bool = False) -> SetupReport:
+    """Provision the 32-bit runtime (under ``prefix``; rebuilt if ``refresh``) and build the demo libraries;
+    with ``bytecode`` (``dllpool setup``; not the commands that set up on the way), compile dllpool's own
+    packages for both interpreters too (see :func:`runtime32.compile_bytecode`)."""
     started = time.monotonic()
     runtime = runtime32.provision(prefix, refresh=refresh)
-    root = Path(__file__).resolve().parent.parent
-    runtime32.compile_bytecode(runtime.interpreter, [root / package for package in runtime32.WORKER_PACKAGES])
-    runtime32.compile_bytecode(runtime32.Interpreter(sys.executable), [root / package for package in _PACKAGES])
+    if bytecode:
+        root = Path(__file__).resolve().parent.parent
+        runtime32.compile_bytecode(runtime.interpreter, [root / package for package in runtime32.WORKER_PACKAGES])
+        runtime32.compile_bytecode(runtime32.Interpreter(sys.executable), [root / package for package in _PACKAGES])
     libraries = demolibs.build()
     return SetupReport(runtime, libraries, locations.default_config_path(), time.monotonic() - started)

@@ -97,6 +97,7 @@ _ROOT_DIR = "root"
 _SITE_DIR = "site"
 _SITE_MARKER = ".dllpool-wheels.json"
 _BYTECODE_MARKER = ".bytecode"
+"""In ``root/``: a rebuilt or refreshed runtime has none, so it is compiled again."""
 WORKER_PACKAGES = ("workers32", "protocol")
 """dllpool's packages a worker imports: all its interpreter sees of dllpool."""
 
@@ -495,8 +496,8 @@ def compile_bytecode(interp: Interpreter, folders: Sequence[Path]) -> bool:
     if not existing:
         return True
     try:
-        done = subprocess.run(
-            [*interp.command, "-m", "compileall", "-q", "-j", "0", *existing],
+        done = subprocess.run(  # one process: ``-j`` would start others without the runtime's loader in front
+            [*interp.command, "-m", "compileall", "-q", *existing],
             env=command_env(interp, ()),
             capture_output=True,
             text=True,
@@ -513,19 +514,24 @@ def compile_bytecode(interp: Interpreter, folders: Sequence[Path]) -> bool:
             interp.shown,
             tail(done.stdout + done.stderr),
         )
-    return True
+    return "Traceback (most recent call last)" not in done.stderr  # else compileall itself failed
 
 
 def _ensure_bytecode(prefix: Path, interp: Interpreter) -> list[str]:
-    """The runtime's standard library and wheels, compiled once (Debian compiles them when it installs its
-    packages; unpacked here, nothing did)."""
-    marker = prefix / _BYTECODE_MARKER
-    if marker.exists():
+    """The private runtime's standard library and wheels, compiled once (Debian compiles them when it installs
+    its packages; unpacked here, nothing did). Nothing for another interpreter, nor where nothing can be
+    written."""
+    library = prefix / _ROOT_DIR / "usr" / "lib"
+    marker = prefix / _ROOT_DIR / _BYTECODE_MARKER
+    if marker.exists() or not library.is_dir() or not os.access(library, os.W_OK):
         return []
-    log.info("compiling the 32-bit runtime's bytecode (once)")
-    if not compile_bytecode(interp, [prefix / _ROOT_DIR / "usr" / "lib", prefix / _SITE_DIR]):
+    log.info("compiling the 32-bit runtime's bytecode (once, a few seconds)")
+    if not compile_bytecode(interp, [library, prefix / _SITE_DIR]):
         return []
-    marker.write_text("the standard library and wheels of this runtime are compiled\n", encoding="utf-8")
+    try:
+        marker.write_text("the standard library and wheels of this runtime are compiled\n", encoding="utf-8")
+    except OSError as exc:
+        log.info("cannot write %s (%s): the runtime's bytecode will be checked again next time", marker, exc)
     return ["bytecode"]
 
 

@@ -47,6 +47,10 @@ _ON_FIRST_USE = {
 pool's broker process, which uses neither (nor do most callers)."""
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_ON_FIRST_USE})
+
+
 def __getattr__(name: str) -> Any:
     module = _ON_FIRST_USE.get(name)
     if module is None:

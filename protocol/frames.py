@@ -287,12 +287,16 @@ def _timeout(flags: int, value: float, what: str) -> Optional[float]:
 def _payload(frames: Sequence[Buffer], header_len: int, flags: int, what: str) -> "list[Buffer]":
     """The body and buffers after a header of ``header_len`` bytes: joined to it, or in frames of their own."""
     header = frames[0]
-    if flags & FLAG_JOINED:
-        if len(header) <= header_len:
-            raise ProtocolError(f"{what} says its body follows the header, but its frame ends with the header")
-        return [header[header_len:], *frames[1:]]
-    if len(header) != header_len:
+    joined = bool(flags & FLAG_JOINED)
+    if len(header) < header_len or (len(header) > header_len and not joined):
         raise ProtocolError(f"{what} header is {len(header)} bytes; its fields say {header_len}")
+    if joined:
+        if not 0 < len(header) - header_len < JOIN_LIMIT:
+            raise ProtocolError(
+                f"{what} says its body follows the header, but the body is {len(header) - header_len} bytes: "
+                f"a joined body has 1 to {JOIN_LIMIT - 1}"
+            )
+        return [header[header_len:], *frames[1:]]
     if len(frames) < 2:
         raise ProtocolError(f"{what} has no body frame")
     return list(frames[1:])

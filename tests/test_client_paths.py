@@ -192,7 +192,9 @@ def test_close_fails_calls_waiting_on_their_own_sockets_and_hangs_nothing() -> N
 def test_ctrl_c_during_a_fast_call_cancels_it_at_the_broker() -> None:
     with Pool.from_config({"services": {"s": demo_service(workers=1)}}) as pool, pool.client(timeout=30) as client:
         assert client.call("s", "count_calls") == 1
-        busy = client.submit("s", "sleep_ms", 1500)
+        # The interrupt must land while the call waits behind this sleep: 4 s leaves room for a loaded machine
+        # (a fresh-clone run sharing the cores with other tests once took over 1.5 s to see the call queued).
+        busy = client.submit("s", "sleep_ms", 4000)
         wait_for(lambda: pool.stats()["requests"] == 2, 10, "the worker to take the sleep")
         main = threading.main_thread().ident
         assert main is not None and threading.get_ident() == main

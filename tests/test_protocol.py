@@ -253,8 +253,12 @@ def _struct_request(flags: int, service_len: int, method_len: int, timeout: floa
         ([CPC + bytes([wire.REQUEST]) + bytes(10), b"b"], "at least 24 bytes"),
         (_struct_request(0, 1, 1, 0.0, b"s"), "its fields say 26"),
         (_struct_request(0, 1, 1, 0.0, b"smm"), "its fields say 26"),
-        (_struct_request(wire.FLAG_JOINED, 1, 1, 0.0, b"sm")[:1], "its frame ends with the header"),
-        (_struct_request(wire.FLAG_JOINED, 1, 2, 0.0, b"sm")[:1], "its frame ends with the header"),
+        (_struct_request(wire.FLAG_JOINED, 1, 1, 0.0, b"sm")[:1], "but the body is 0 bytes"),
+        (_struct_request(wire.FLAG_JOINED, 1, 2, 0.0, b"sm")[:1], "its fields say 27"),
+        (
+            [_struct_request(wire.FLAG_JOINED, 1, 1, 0.0, b"sm" + bytes(wire.JOIN_LIMIT))[0]],
+            f"a joined body has 1 to {wire.JOIN_LIMIT - 1}",
+        ),
         (_struct_request(0, 0, 1, 0.0, b"m"), "service name is empty"),
         (_struct_request(0, 1, 0, 0.0, b"s"), "method name is empty"),
         (_struct_request(0, 1, 1, 0.0, b"\xffm"), "service name is not UTF-8"),
@@ -344,7 +348,7 @@ def _answer(command: int, job: bytes) -> bytes:
         ([_answer(wire.REPLY, bytes(11))], "REPLY has no body frame"),
         ([_answer(wire.REPLY, bytes(3)), b"body"], "REPLY header must be at least 16 bytes"),
         ([_answer(wire.ERROR, bytes(12)), b"body"], "ERROR header is 17 bytes; its fields say 16"),
-        ([_answer(wire.REPLY, bytes([wire.FLAG_JOINED]) + bytes(10))], "its frame ends with the header"),
+        ([_answer(wire.REPLY, bytes([wire.FLAG_JOINED]) + bytes(10))], "but the body is 0 bytes"),
         ([_answer(wire.REPLY, bytes([0x80]) + bytes(10)), b"body"], "unknown flag bits 0x80"),
     ],
 )
@@ -382,7 +386,7 @@ def _worker_request(method_len: int, names: bytes, flags: int = 0, timeout: floa
     ("frames", "needle"),
     [
         ([_worker_request(1, b"m")], "no body frame"),
-        ([_worker_request(1, b"m", wire.FLAG_JOINED)], "its frame ends with the header"),
+        ([_worker_request(1, b"m", wire.FLAG_JOINED)], "but the body is 0 bytes"),
         ([_worker_request(0, b""), b"body"], "method name"),
         ([_worker_request(2, b"m"), b"body"], "its fields say"),
         ([_worker_request(1, b"\xff"), b"body"], "not UTF-8"),

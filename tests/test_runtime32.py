@@ -89,6 +89,12 @@ def test_compile_bytecode_writes_the_interpreters_own_pyc(interp: Interpreter, t
     assert [p.name for p in (tmp_path / "pkg" / "__pycache__").iterdir()] == [f"mod.{_cache_tag(interp)}.pyc"]
 
 
+def test_bytecode_is_left_alone_where_there_is_no_private_runtime(interp: Interpreter, tmp_path: Path) -> None:
+    """Another interpreter (Windows' launcher, a configured python32) has no standard library of ours to compile."""
+    assert runtime32._ensure_bytecode(tmp_path, interp) == []
+    assert list(tmp_path.iterdir()) == []
+
+
 def _cache_tag(interp: Interpreter) -> str:
     code = "import sys; print(sys.implementation.cache_tag)"
     done = subprocess.run(

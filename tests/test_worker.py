@@ -58,7 +58,7 @@ class _Backend:
 
 
 @contextmanager
-def _worker(tmp_path: Path, threads: int) -> Iterator[_Backend]:
+def _worker(tmp_path: Path, threads: int, max_message_size: int = 1 << 30) -> Iterator[_Backend]:
     """A real 32-bit worker of the demo library connected to a ROUTER this test holds."""
     router: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.ROUTER)
     router.linger = 0
@@ -70,7 +70,7 @@ def _worker(tmp_path: Path, threads: int) -> Iterator[_Backend]:
         "threads": threads,
         "heartbeat_interval": 1.0,
         "heartbeat_liveness": 60,  # this test sends no heartbeats: the worker must not give up on it
-        "max_message_size": 1 << 30,
+        "max_message_size": max_message_size,
         **hosting,
     }
     interp = runtime32.load()
@@ -113,6 +113,14 @@ def test_a_call_cancelled_before_it_started_is_answered_at_once_and_never_runs(t
         assert sorted(answers[1:]) == [*((job, None) for job in running), (after, 7)]
         worker.request(after + 1, "count_calls")
         assert worker.answers(1) == [(after + 1, 1)], "the cancelled count_calls ran, or a job got two answers"
+
+
+def test_the_size_check_counts_the_frame_as_sent_with_its_header(tmp_path: Path) -> None:
+    """``add``'s one-byte body goes out in its 16-byte header's frame: over a 10-byte max_message_size, which
+    the broker would have enforced by dropping the worker's connection."""
+    with _worker(tmp_path, 1, max_message_size=10) as worker:
+        worker.request(1, "add", 3, 4)
+        assert worker.answers(1) == [(1, "ReplyTooLarge")]
 
 
 def test_a_600_mib_array_argument_does_not_stop_its_workers_heartbeats() -> None:

@@ -89,10 +89,11 @@ successor at once (``dllpool worker``), or has already (a pool's own workers).""
 
 _MAX_TRACEBACK = 16 * 1024
 _BATCH = 256
-_WAIT_STEP = 100
-"""Milliseconds: the socket thread's waits are rounded up to a multiple of this."""
-_RCVTIMEO = int(zmq.RCVTIMEO)
 """Messages taken from a socket at once before heartbeats are looked at again."""
+_WAIT_STEP = 100
+"""Milliseconds: the socket thread's waits are rounded up to a multiple of this (of an eighth of the
+heartbeat interval, if that is shorter)."""
+_RCVTIMEO = int(zmq.RCVTIMEO)
 _NEVER = float("inf")
 
 
@@ -141,6 +142,7 @@ class Worker:
         self.service = str(spec["service"])
         self.threads = int(spec.get("threads", 1))
         self.interval = float(spec.get("heartbeat_interval", 1.0))
+        self._wait_step = max(1, min(_WAIT_STEP, int(self.interval * 1000 / 8)))
         self.liveness = int(spec.get("heartbeat_liveness", 3))
         limit = spec.get("max_message_size")
         self.max_message_size: Optional[int] = None if limit is None else int(limit)
@@ -191,20 +193,22 @@ class Worker:
                     method=request.method,
                 )
             payload = self._execute_batch(request) if request.flags & wire.FLAG_BATCH else self._execute(request)
-            self._check_size(request.method, payload)
-            return wire.worker_reply(request.job, payload)
+            frames = wire.worker_reply(request.job, payload)
+            self._check_size(request.method, frames)
+            return frames
         except CallError as exc:
             return _error_frames(request.job, exc)
         except BaseException as exc:  # SystemExit from a wrapper, say: still an answer, not silence
             return _error_frames(request.job, _remote_error(exc, self.service, request.method))
 
-    def _check_size(self, method: str, payload: list[Buffer]) -> None:
-        """Refuse a result the broker would refuse: it drops the connection of a peer that sends a frame
-        over its limit, so the caller would see this live worker as crashed."""
+    def _check_size(self, method: str, frames: list[Buffer]) -> None:
+        """Refuse a reply the broker would refuse: it drops the connection of a peer that sends a frame
+        over its limit, so the caller would see this live worker as crashed. (A small body is sent in its
+        header's frame: the frames as sent are what count.)"""
         limit = self.max_message_size
         if limit is None:
             return
-        size = max(map(len, payload))  # pack_value's frames are bytes and byte views: len() counts bytes
+        size = max(map(len, frames))  # pack_value's frames are bytes and byte views: len() counts bytes
         if size > limit:
             raise ReplyTooLarge(
                 f"{self.service}.{method} returned a result with a frame of {size:,} bytes, over the pool's "
@@ -396,7 +400,7 @@ class Worker:
         assert self._sock is not None
         # Rounded up to whole steps: the socket's timeout then changes a few times a second, not on every call
         # (a heartbeat may go out up to one step late).
-        timeout = max(0, math.ceil(wait * 1000 / _WAIT_STEP)) * _WAIT_STEP
+        timeout = max(0, math.ceil(wait * 1000 / self._wait_step)) * self._wait_step
         if self._results is None:
             self._from_broker(self._sock, timeout)
         else:
