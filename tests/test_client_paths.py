@@ -192,9 +192,7 @@ def test_close_fails_calls_waiting_on_their_own_sockets_and_hangs_nothing() -> N
 def test_ctrl_c_during_a_fast_call_cancels_it_at_the_broker() -> None:
     with Pool.from_config({"services": {"s": demo_service(workers=1)}}) as pool, pool.client(timeout=30) as client:
         assert client.call("s", "count_calls") == 1
-        # The interrupt must land while the call waits behind this sleep: 4 s leaves room for a loaded machine
-        # (a fresh-clone run sharing the cores with other tests once took over 1.5 s to see the call queued).
-        busy = client.submit("s", "sleep_ms", 4000)
+        busy = client.submit("s", "sleep_ms", 1500)
         wait_for(lambda: pool.stats()["requests"] == 2, 10, "the worker to take the sleep")
         main = threading.main_thread().ident
         assert main is not None and threading.get_ident() == main
@@ -203,11 +201,17 @@ def test_ctrl_c_during_a_fast_call_cancels_it_at_the_broker() -> None:
             wait_for(lambda: pool.stats()["requests"] == 3, 10, "the broker to queue the interrupted call")
             signal.pthread_kill(main, signal.SIGINT)
 
+        # A runner started in the background of a shell inherits SIGINT ignored (Python then installs no
+        # handler): this test needs Python's own, whatever started it.
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
         interrupter = threading.Thread(target=interrupt)
         interrupter.start()
-        with pytest.raises(KeyboardInterrupt):
-            client.call("s", "count_calls")  # queued behind the sleep: interrupted while it waits
-        interrupter.join()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                client.call("s", "count_calls")  # queued behind the sleep: interrupted while it waits
+        finally:
+            interrupter.join()
+            signal.signal(signal.SIGINT, previous)
         assert not client._conn._lanes_out
         busy.result()
         assert client.call("s", "count_calls") == 2, "the interrupted call ran after all"
