@@ -335,7 +335,10 @@ def _stop_on_signals() -> threading.Event:
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("%s received; shutting down", signal.Signals(signum).name)
-        stop.set()
+        # Not stop.set() here: a handler runs between two bytecodes of the main thread, which may be inside
+        # stop.wait() holding the event's lock (not reentrant); set() would wait for it forever. That hung a
+        # `dllpool up` given SIGTERM right after SIGCONT, when its wait(0.5) had just timed out.
+        threading.Thread(target=stop.set, name="stop").start()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)

@@ -294,3 +294,33 @@ def children_of(pid: int) -> list[int]:
             except (FileNotFoundError, ProcessLookupError):
                 continue
     return found
+
+
+_HOLDING_THE_STOP_EVENT = """
+import time
+from broker.cli import _stop_on_signals
+stop = _stop_on_signals()
+with stop._cond:  # as the main thread is, inside stop.wait(), before and after each timed wait
+    print("ready", flush=True)
+    busy_until = time.monotonic() + 1.0
+    while time.monotonic() < busy_until:  # a signal's handler runs here, between two bytecodes
+        pass
+while not stop.wait(0.5):
+    pass
+"""
+
+
+def test_a_signal_that_lands_while_the_stop_event_is_held_still_stops() -> None:
+    """The handler used to set the event itself: landing while the main thread held the event's lock (inside
+    wait(), whose 0.5 s timeout had just expired), it waited for that lock forever. A `dllpool up` given
+    SIGTERM right after SIGCONT hung so in a fresh-clone run."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _HOLDING_THE_STOP_EVENT], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline() == "ready\n"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+        process.wait()
