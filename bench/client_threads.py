@@ -18,6 +18,7 @@ running this script with ``PYTHONPATH`` set to each (the fake broker speaks the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import heapq
 import itertools
 import json
@@ -66,21 +67,25 @@ def serve(address: str, delay: float) -> None:
                 sock.send_multipart([ident, *wire.heartbeat_to_client()])
 
 
-def switches() -> int:
-    """Context switches of every thread of this process so far."""
-    total = 0
+def switches(status: Path) -> int:
+    """A thread's context switches so far (voluntary and not), from its ``status`` file."""
+    return sum(int(line.split()[1]) for line in status.read_text().splitlines() if "ctxt_switches" in line)
+
+
+def each_thread() -> dict[str, int]:
+    """Context switches of every live thread of this process, by thread id."""
+    counts = {}
     for task in Path("/proc/self/task").iterdir():
-        try:
-            lines = (task / "status").read_text().splitlines()
-        except OSError:  # a thread that just ended
-            continue
-        total += sum(int(line.split()[1]) for line in lines if "ctxt_switches" in line)
-    return total
+        with contextlib.suppress(OSError):  # a thread that just ended
+            counts[task.name] = switches(task / "status")
+    return counts
 
 
 def run(address: str, mode: str, threads: int, seconds: float) -> dict[str, float]:
     context: zmq.Context[Any] = zmq.Context()
     counts = [0] * threads
+    ended = [0] * threads
+    """Each calling thread's own context switches, read as it ends (its ``/proc`` entry goes with it)."""
     with Client(address, 60) as client:
         client.call(SERVICE, METHOD, 10)
         end = time.monotonic() + seconds
@@ -89,6 +94,7 @@ def run(address: str, mode: str, threads: int, seconds: float) -> dict[str, floa
             while time.monotonic() < end:
                 client.call(SERVICE, METHOD, 10)
                 counts[t] += 1
+            ended[t] = switches(Path("/proc/thread-self/status"))
 
         def raw(t: int) -> None:
             sock: zmq.Socket[Any] = context.socket(zmq.DEALER)
@@ -107,14 +113,16 @@ def run(address: str, mode: str, threads: int, seconds: float) -> dict[str, floa
                         continue
                 counts[t] += 1
             sock.close(0)
+            ended[t] = switches(Path("/proc/thread-self/status"))
 
         pool = [threading.Thread(target=raw if mode == "raw" else through_client, args=(t,)) for t in range(threads)]
-        started, cpu, switched = time.monotonic(), time.process_time(), switches()
+        started, cpu, before = time.monotonic(), time.process_time(), each_thread()
         for thread in pool:
             thread.start()
         for thread in pool:
             thread.join()
-        elapsed, cpu, switched = time.monotonic() - started, time.process_time() - cpu, switches() - switched
+        elapsed, cpu, after = time.monotonic() - started, time.process_time() - cpu, each_thread()
+        switched = sum(ended) + sum(after[tid] - before[tid] for tid in after.keys() & before.keys())
     context.destroy(0)
     calls = sum(counts)
     return {
