@@ -312,11 +312,10 @@ def _answer(frames: Sequence[Buffer], what: str) -> "tuple[int, list[Buffer]]":
     return ident, _payload(frames, _ANSWER.size, flags, what)
 
 
-def _joined(header: bytes, payload: Sequence[Buffer]) -> "list[Buffer]":
-    """The frames of a message whose ``header`` was packed with :data:`FLAG_JOINED` iff :func:`_joins`."""
-    if _joins(payload):
-        return [header + payload[0], *payload[1:]]
-    return [header, *payload]
+def _joined(header: bytes, payload: Sequence[Buffer], joined: bool) -> "list[Buffer]":
+    """The frames of a message whose ``header`` was packed with :data:`FLAG_JOINED` iff ``joined``
+    (:func:`_joins`, asked once per message)."""
+    return [header + payload[0], *payload[1:]] if joined else [header, *payload]
 
 
 def _joins(payload: Sequence[Buffer]) -> bool:
@@ -588,8 +587,9 @@ def client_request(
 ) -> "list[Buffer]":
     """A REQUEST; names that do not fit raise ValueError (the caller's mistake, found before sending)."""
     names = _encoded_name(service, "service"), _encoded_name(method, "method")
-    flags = flags | FLAG_JOINED if _joins(payload) else flags & ~FLAG_JOINED
-    return _joined(client_request_header(corr, *names, timeout, flags, pin), payload)
+    joined = _joins(payload)
+    flags = flags | FLAG_JOINED if joined else flags & ~FLAG_JOINED
+    return _joined(client_request_header(corr, *names, timeout, flags, pin), payload, joined)
 
 
 def client_request_header(
@@ -632,7 +632,8 @@ def answer_to_client(corr: int, error: bool, payload: Sequence[Buffer]) -> "list
 
 
 def _answer_frames(protocol: bytes, command: int, ident: int, payload: Sequence[Buffer]) -> "list[Buffer]":
-    return _joined(_ANSWER.pack(protocol, command, FLAG_JOINED if _joins(payload) else 0, ident), payload)
+    joined = _joins(payload)
+    return _joined(_ANSWER.pack(protocol, command, FLAG_JOINED if joined else 0, ident), payload, joined)
 
 
 def reply_to_client(corr: int, payload: Sequence[Buffer]) -> "list[Buffer]":
@@ -652,12 +653,14 @@ def request_to_worker(
 ) -> "list[Buffer]":
     """A REQUEST for a worker; ``timeout`` is what is left of the caller's, not the whole of it."""
     raw = _encoded_name(method, "method")
+    joined = _joins(payload)
     flags &= ~(FLAG_TIMEOUT | FLAG_JOINED)
     if timeout is not None:
         flags |= FLAG_TIMEOUT
-    if _joins(payload):
+    if joined:
         flags |= FLAG_JOINED
-    return _joined(_WORKER_REQUEST.pack(WORKER_PROTOCOL, REQUEST, flags, len(raw), job, timeout or 0.0) + raw, payload)
+    header = _WORKER_REQUEST.pack(WORKER_PROTOCOL, REQUEST, flags, len(raw), job, timeout or 0.0) + raw
+    return _joined(header, payload, joined)
 
 
 def heartbeat_to_worker() -> "list[Buffer]":
