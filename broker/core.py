@@ -151,6 +151,10 @@ class JobState(enum.Enum):
     DONE = "done"
     """Over: answered by its worker, lost with it, dropped from the queue, or expired there."""
 
+    __hash__ = object.__hash__
+    """Members are singletons, so identity is the right hash, and a C-fast one: Enum's own hashes the name in
+    Python, several times per call through the state sets below."""
+
 
 _TRANSITIONS = {
     JobState.QUEUED: frozenset({JobState.RUNNING, JobState.AHEAD, JobState.DONE}),
@@ -297,7 +301,8 @@ class _Service:
     """One entry per free run slot of a ready worker, least recently freed first."""
     workers: dict[bytes, _Worker] = field(default_factory=dict)
     queued: int = 0
-    """Jobs in state QUEUED (``queue`` may also hold DONE ones, not yet swept out)."""
+    """Jobs in state QUEUED, LEASE requests in ``lease_waiters`` included (``queue`` may also hold DONE ones, not
+    yet swept out)."""
     ahead: int = 0
     """Jobs in state AHEAD: they count toward ``queue_limit``."""
     waiting_bytes: int = 0
@@ -1176,11 +1181,14 @@ class BrokerCore:
         return worker is not None and worker.state is not WorkerState.GONE
 
     def queue_wait(self, service: str, now: float) -> float:
-        """Seconds the oldest call of ``service`` still in its queue has waited (0 when none waits)."""
-        for job in self._services[service].queue:
-            if job.state is JobState.QUEUED:
-                return now - job.arrived
-        return 0.0
+        """Seconds the oldest call of ``service`` still waiting for a worker has waited (0 when none waits): in its
+        queue, or a session's LEASE waiting for a worker of its own (autoscaling grows the pool for either)."""
+        waiting = self._services[service]
+        oldest = [
+            next((job.arrived for job in jobs if job.state is JobState.QUEUED), now)
+            for jobs in (waiting.queue, waiting.lease_waiters)
+        ]
+        return now - min(oldest)
 
     def reshaped(self) -> None:
         """The supervisor's side of the status changed (a scale): the next status is made afresh."""
@@ -1209,7 +1217,7 @@ class BrokerCore:
             services[name] = {
                 **{key: value for key, value in shape.items() if key != "restarts"},
                 "workers": sorted(workers, key=lambda w: w["pid"]),
-                "queued": service.queued + len(service.lease_waiters),
+                "queued": service.queued,
                 "queue_wait": self.queue_wait(name, now),
                 "held_ahead": service.ahead,
                 "running": sum(w["running"] for w in workers),

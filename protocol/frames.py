@@ -312,6 +312,15 @@ def _answer(frames: Sequence[Buffer], what: str) -> "tuple[int, list[Buffer]]":
     return ident, _payload(frames, _ANSWER.size, flags, what)
 
 
+def _cancelled(frames: Sequence[Buffer]) -> int:
+    """The ID a CANCEL names. It has no flags: a set bit is a peer speaking something else, not a cancel."""
+    _expect(frames, _ANSWER.size, 1, "CANCEL")
+    _, _, flags, ident = _ANSWER.unpack(frames[0])
+    if flags:
+        raise ProtocolError(f"CANCEL has unknown flag bits {flags:#04x}")
+    return int(ident)
+
+
 def _joined(header: bytes, payload: Sequence[Buffer], joined: bool) -> "list[Buffer]":
     """The frames of a message whose ``header`` was packed with :data:`FLAG_JOINED` iff ``joined``
     (:func:`_joins`, asked once per message)."""
@@ -422,8 +431,7 @@ def parse_client(frames: Sequence[Buffer]) -> ClientMessage:
             raise ProtocolError(f"HEARTBEAT window must be > 0 and <= {MAX_CLIENT_WINDOW:g} s, got {window!r}")
         return ClientHeartbeat(window)
     if command == CANCEL:
-        _expect(frames, _ANSWER.size, 1, "CANCEL")
-        return ClientCancel(_ANSWER.unpack(header)[3])
+        return ClientCancel(_cancelled(frames))
     if command == DISCONNECT:
         return _CLIENT_DISCONNECT
     raise ProtocolError(f"unknown client command {command:#04x}")
@@ -552,8 +560,7 @@ def parse_for_worker(
     if command == STOP:
         return _STOP_TO_WORKER
     if command == CANCEL:
-        _expect(frames, _ANSWER.size, 1, "CANCEL")
-        return CancelToWorker(_ANSWER.unpack(frames[0])[3])
+        return CancelToWorker(_cancelled(frames))
     raise ProtocolError(f"unknown broker command {command:#04x}")
 
 

@@ -1620,6 +1620,18 @@ def test_a_lease_waits_until_a_worker_has_nothing_to_do() -> None:
     assert core.counters()["leases_ended"] == 1
 
 
+def test_a_waiting_lease_counts_once_as_queued_and_its_wait_as_the_queue_wait() -> None:
+    """What status and the autoscaler see of a session waiting for a worker: one queued call, waiting since it came."""
+    core = make_core(ServicePolicy("s"))
+    ready(core, b"w1", 101)
+    assert answer_body(pinned(core, b"a", 1, None, wire.LEASE, 1.0), b"a") == {"pid": 101}
+    assert answers(pinned(core, b"b", 1, None, wire.LEASE, 2.0)) == []
+    assert core.queued("s") == 1 and core.status(2.5)["services"]["s"]["queued"] == 1
+    assert core.queue_wait("s", 2.5) == pytest.approx(0.5)
+    core.client_message(b"b", wire.client_cancel(1), 3.0)
+    assert core.queued("s") == 0 and core.queue_wait("s", 3.0) == 0.0
+
+
 def test_a_windows_crash_code_makes_a_poison_call_as_a_fatal_signal_does() -> None:
     core = make_core(ServicePolicy("s", idempotent=frozenset({"m"})))
     ready(core, b"w1", 101)

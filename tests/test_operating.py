@@ -132,6 +132,16 @@ def test_autoscaling_grows_under_a_queue_and_shrinks_after_the_cooldown() -> Non
             client.scale("s", 5)
 
 
+def test_autoscaling_grows_the_pool_for_a_session_waiting_for_a_worker_of_its_own() -> None:
+    """Every worker is leased: a second session waits like a queued call, and the pool grows for it."""
+    options = {"workers": 1, "min_workers": 1, "max_workers": 2, "autoscale_wait": 0.05, "autoscale_cooldown": 60}
+    with Pool.from_config(config(**options)) as pool, pool.client(timeout=60) as client:
+        with client.session("s") as first, client.session("s") as second:
+            assert first.pid != second.pid
+            assert second.call("worker_pid") == second.pid
+        assert service_status(client)["target"] == 2
+
+
 def test_a_worker_past_max_calls_per_worker_is_replaced_without_a_failed_call() -> None:
     with Pool.from_config(config(workers=1, max_calls_per_worker=3)) as pool, pool.client(timeout=30) as client:
         first = pool.worker_pids("s")

@@ -972,3 +972,19 @@ def test_a_big_buffer_argument_is_sent_as_its_own_frame_never_copied_into_the_bo
 def test_a_non_contiguous_buffer_is_a_type_error(size: int) -> None:
     with pytest.raises(TypeError, match="contiguous"):
         pack_value(memoryview(bytes(size))[::2])
+
+
+@pytest.mark.parametrize(
+    ("build", "parse", "message"),
+    [
+        (wire.client_cancel, wire.parse_client, wire.ClientCancel),
+        (wire.cancel_to_worker, wire.parse_for_worker, wire.CancelToWorker),
+    ],
+)
+def test_cancel_with_flag_bits_is_refused(build: Any, parse: Any, message: type) -> None:
+    """A CANCEL has no flags (the byte after its command): one with bits set is not taken as a cancel."""
+    header = build(0x1234)[0]
+    assert parse([header]) == message(0x1234)
+    flagged = header[:5] + bytes([wire.FLAG_JOINED]) + header[6:]
+    with pytest.raises(ProtocolError, match="CANCEL has unknown flag bits 0x08"):
+        parse([flagged])
