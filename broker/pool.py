@@ -32,12 +32,10 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
+import client as client_package  # its AsyncClient (and asyncio with it) loads when first used
 from client import Client
-
-if TYPE_CHECKING:
-    from client import AsyncClient
 from protocol import BrokerUnavailable, ConfigError, PoolStartError
 
 from .config import PoolConfig, load_config
@@ -204,13 +202,11 @@ class Pool:
         options.setdefault("shared_memory_min", self.config.shared_memory_min)
         return Client(self.address, timeout, **options)
 
-    def async_client(self, timeout: float | None = None, **options: Any) -> AsyncClient:
+    def async_client(self, timeout: float | None = None, **options: Any) -> client_package.AsyncClient:
         """An AsyncClient connected to this pool's frontend (make it in a coroutine), with the configuration's
         ``shared_memory_min`` unless ``options`` say."""
         options.setdefault("shared_memory_min", self.config.shared_memory_min)
-        from client import AsyncClient  # asyncio, imported only by pools that use it
-
-        return AsyncClient(self.address, timeout, **options)
+        return client_package.AsyncClient(self.address, timeout, **options)
 
     def worker_pids(self, service: str | None = None) -> list[int]:
         """PIDs of the workers that are registered and ready."""
