@@ -1269,8 +1269,10 @@ class BrokerCore:
     def _dispatch(self, service: _Service, now: float) -> list[Action]:
         """Hand queued jobs out in order: to a free run slot (LRU) if any worker has one, else, for an
         idempotent job, ahead to the worker holding the fewest; the first job that can go nowhere waits."""
-        actions: list[Action] = []
         queue = service.queue
+        if not queue:  # as after most replies: no call left to look at
+            return []
+        actions: list[Action] = []
         idempotent = service.policy.idempotent
         while (job := self._first_waiting(queue, now, actions)) is not None:
             if service.idle:
@@ -1335,6 +1337,8 @@ class BrokerCore:
 
     def _dispatch_pinned(self, worker: _Worker, now: float) -> list[Action]:
         """Give ``worker``'s free run slots to the jobs pinned to it, in order."""
+        if not worker.pinned:
+            return []
         actions: list[Action] = []
         service = self._services[worker.service]
         while worker.state in _TAKES_PINNED and (job := self._first_waiting(worker.pinned, now, actions)):
@@ -1353,8 +1357,10 @@ class BrokerCore:
 
     def _grant_leases(self, service: _Service, now: float) -> list[Action]:
         """Lease workers with nothing to do to the LEASE requests waiting, oldest first."""
-        actions: list[Action] = []
         waiters = service.lease_waiters
+        if not waiters and service.reserved is None:
+            return []
+        actions: list[Action] = []
         while (job := self._first_waiting(waiters, now, actions)) is not None:
             worker = next((w for w in service.workers.values() if self._leasable(service, w)), None)
             if worker is None:
