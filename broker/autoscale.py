@@ -25,12 +25,16 @@ class Load:
     starting: int
     """Of those, workers not ready yet."""
     queued: int
+    """Calls waiting in the queue, for any worker (calls pinned to a worker of a session are not: a new worker
+    cannot run them)."""
     queue_wait: float
-    """Seconds the oldest queued call has waited."""
+    """Seconds the oldest queued call, or session waiting for a worker, has waited."""
     free_slots: int
     """Run slots of ready workers with nothing to do."""
     threads: int
     """Run slots per worker."""
+    leases: int = 0
+    """Sessions waiting for a worker of their own: one worker each."""
 
 
 @dataclass
@@ -52,8 +56,8 @@ class Autoscaler:
             if load.starting:
                 return load.workers  # those asked for already are on their way
             self._changed = now
-            return min(self.high, load.workers + max(1, math.ceil(load.queued / load.threads)))
-        spare = load.free_slots // load.threads if not load.queued else 0
+            return min(self.high, load.workers + max(1, math.ceil(load.queued / load.threads) + load.leases))
+        spare = load.free_slots // load.threads if not (load.queued or load.leases) else 0
         if not spare:
             self._quiet_since = None
             return load.workers

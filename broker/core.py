@@ -301,8 +301,11 @@ class _Service:
     """One entry per free run slot of a ready worker, least recently freed first."""
     workers: dict[bytes, _Worker] = field(default_factory=dict)
     queued: int = 0
-    """Jobs in state QUEUED, LEASE requests in ``lease_waiters`` included (``queue`` may also hold DONE ones, not
-    yet swept out)."""
+    """Jobs in state QUEUED, wherever they wait (``queue`` may also hold DONE ones, not yet swept out)."""
+    leases_waiting: int = 0
+    """Of ``queued``, the LEASE requests (in ``lease_waiters``): each needs a worker of its own."""
+    pinned_waiting: int = 0
+    """Of ``queued``, the jobs pinned to one worker (in its ``pinned``): no other worker can run them."""
     ahead: int = 0
     """Jobs in state AHEAD: they count toward ``queue_limit``."""
     waiting_bytes: int = 0
@@ -312,6 +315,20 @@ class _Service:
     reserved: bytes | None = None
     """The worker kept free for the LEASE requests waiting (its lease is ``_RESERVED``), if one is: known here so
     that no reply has to look through every worker for it."""
+
+    @property
+    def in_queue(self) -> int:
+        """Jobs QUEUED in ``queue`` itself: what any worker of the service, a new one too, could run."""
+        return self.queued - self.leases_waiting - self.pinned_waiting
+
+
+def _count_aside(service: _Service, job: _Job, step: int) -> None:
+    """Count a job that becomes (``step`` 1) or stops being (-1) QUEUED in or out of those waiting outside the
+    queue: ``service.leases_waiting``, ``service.pinned_waiting``."""
+    if job.method == wire.LEASE:
+        service.leases_waiting += step
+    elif job.pin is not None:
+        service.pinned_waiting += step
 
 
 @dataclass(eq=False)
@@ -554,6 +571,7 @@ class BrokerCore:
         self._pending += 1
         self.held_bytes += size
         service.queued += 1
+        _count_aside(service, job, 1)
         service.waiting_bytes += size
         if req.method == wire.LEASE:
             service.lease_waiters.append(job)
@@ -1183,10 +1201,10 @@ class BrokerCore:
     def queue_wait(self, service: str, now: float) -> float:
         """Seconds the oldest call of ``service`` still waiting for a worker has waited (0 when none waits): in its
         queue, or a session's LEASE waiting for a worker of its own (autoscaling grows the pool for either)."""
-        waiting = self._services[service]
+        entry = self._services[service]
         oldest = [
             next((job.arrived for job in jobs if job.state is JobState.QUEUED), now)
-            for jobs in (waiting.queue, waiting.lease_waiters)
+            for jobs in (entry.queue, entry.lease_waiters)
         ]
         return now - min(oldest)
 
@@ -1195,8 +1213,12 @@ class BrokerCore:
         self._status = None
 
     def queued(self, service: str) -> int:
-        """Calls of ``service`` waiting in its queue."""
-        return self._services[service].queued
+        """Calls of ``service`` waiting in its queue, for any worker (not those pinned to one, nor LEASEs)."""
+        return self._services[service].in_queue
+
+    def leases_waiting(self, service: str) -> int:
+        """Sessions waiting for a worker of ``service`` of their own."""
+        return self._services[service].leases_waiting
 
     def free_slots(self, service: str) -> int:
         """Run slots of ``service`` with nothing to do."""
@@ -1508,10 +1530,12 @@ class BrokerCore:
         service = self._services[job.service]
         if old is JobState.QUEUED:
             service.queued -= 1
+            _count_aside(service, job, -1)
         elif old is JobState.AHEAD:
             service.ahead -= 1
         if state is JobState.QUEUED:
             service.queued += 1
+            _count_aside(service, job, 1)
         elif state is JobState.AHEAD:
             service.ahead += 1
         if (old in _WAITING) != (state in _WAITING):
@@ -1536,8 +1560,9 @@ class BrokerCore:
 
     def _sweep(self, service: _Service, force: bool = False) -> None:
         """Drop the DONE jobs from ``service``'s queue once they are many (or now, when ``force``)."""
-        dropped = len(service.queue) - service.queued
-        if dropped and (force or dropped > max(64, service.queued)):
+        queued = service.in_queue
+        dropped = len(service.queue) - queued
+        if dropped and (force or dropped > max(64, queued)):
             service.queue = deque(job for job in service.queue if job.state is JobState.QUEUED)
 
     def _error_to(self, ident: bytes, corr: int, error: CallError) -> ToClient:

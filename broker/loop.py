@@ -396,6 +396,7 @@ class BrokerLoop:
                 queue_wait=self.core.queue_wait(name, now),
                 free_slots=self.core.free_slots(name),
                 threads=self.supervisor.service(name).threads,
+                leases=self.core.leases_waiting(name),
             )
             target = autoscaler.target(now, load)
             if target != load.workers:

@@ -181,6 +181,8 @@ class ClientCore:
 
     def add(self, call: Call) -> None:
         """Take a call to send; :meth:`next_request` hands it out while connected."""
+        if not self.pending:  # the deadlines left are of answered calls: a lane's heap stays one entry deep
+            self._deadlines.clear()
         self.pending[call.corr] = call
         if call.deadline is not None:
             heapq.heappush(self._deadlines, (call.deadline, call.corr))

@@ -21,7 +21,7 @@ given; both unsigned 64-bit)::
 
     REQUEST, client -> broker   tag cmd flags len(service) len(method) corr:u64 timeout:f64 service method [pid:u32]
     REQUEST, broker -> worker   tag cmd flags len(method)  pad         job:u64  timeout:f64 method
-    REPLY, ERROR, CANCEL        tag cmd flags pad pad corr-or-job:u64
+    REPLY, ERROR, CANCEL        tag cmd flags pad pad corr-or-job:u64      (a CANCEL's flags are 0)
     HEARTBEAT, client -> broker tag cmd [pad pad pad window:f64]
     READY, HEARTBEAT, DISCONNECT, STOP tag cmd
 

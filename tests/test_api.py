@@ -15,15 +15,18 @@ PACKAGES = ("broker", "client", "protocol", "workers32")
 
 
 def public_callables() -> Iterator[tuple[str, Any]]:
+    """Each public function, and each public class with its constructor, methods and properties."""
     for package in PACKAGES:
         module = importlib.import_module(package)
         for name in module.__all__:
             value = getattr(module, name)
             if inspect.isclass(value):
-                yield f"{package}.{name}", value.__init__
+                yield f"{package}.{name}", value
+                yield f"{package}.{name}.__init__", value.__init__
                 for attr, member in vars(value).items():
-                    if not attr.startswith("_") and inspect.isfunction(member):
-                        yield f"{package}.{name}.{attr}", member
+                    function = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
+                    if not attr.startswith("_") and inspect.isfunction(function):
+                        yield f"{package}.{name}.{attr}", function
             elif inspect.isfunction(value):
                 yield f"{package}.{name}", value
 

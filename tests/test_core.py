@@ -1626,10 +1626,25 @@ def test_a_waiting_lease_counts_once_as_queued_and_its_wait_as_the_queue_wait() 
     ready(core, b"w1", 101)
     assert answer_body(pinned(core, b"a", 1, None, wire.LEASE, 1.0), b"a") == {"pid": 101}
     assert answers(pinned(core, b"b", 1, None, wire.LEASE, 2.0)) == []
-    assert core.queued("s") == 1 and core.status(2.5)["services"]["s"]["queued"] == 1
+    assert core.leases_waiting("s") == 1 and core.status(2.5)["services"]["s"]["queued"] == 1
+    assert core.queued("s") == 0, "a new worker is for the session: no call waits in the queue"
     assert core.queue_wait("s", 2.5) == pytest.approx(0.5)
-    core.client_message(b"b", wire.client_cancel(1), 3.0)
-    assert core.queued("s") == 0 and core.queue_wait("s", 3.0) == 0.0
+    assert work(request(core, b"c", 1, 3.0)) == [], "the leased worker takes no unpinned work"
+    assert work(pinned(core, b"a", 2, 101, now=3.0)), "the lease holder's own call runs"
+    assert work(pinned(core, b"a", 3, 101, now=3.0)) == [], "pinned behind the holder's running call"
+    assert (core.queued("s"), core.leases_waiting("s")) == (1, 1), "the pinned call is no call for a new worker"
+    assert core.queue_wait("s", 4.0) == pytest.approx(2.0), "the session waited longer than the queued call"
+    core.client_message(b"b", wire.client_cancel(1), 5.0)
+    assert core.leases_waiting("s") == 0 and core.queue_wait("s", 5.0) == pytest.approx(2.0)
+    assert core.status(5.0)["services"]["s"]["queued"] == 2
+
+
+def test_a_cancel_with_flag_bits_is_a_bad_message_and_cancels_nothing() -> None:
+    core = make_core(ServicePolicy("s"))
+    request(core, b"c", 1)
+    cancel = bytes(wire.client_cancel(1)[0])
+    assert core.client_message(b"c", [cancel[:5] + b"\x01" + cancel[6:]], 0.0) == []
+    assert core.counters()["bad_client_messages"] == 1 and core.queued("s") == 1
 
 
 def test_a_windows_crash_code_makes_a_poison_call_as_a_fatal_signal_does() -> None:

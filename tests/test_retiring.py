@@ -264,6 +264,14 @@ def test_autoscaler_grows_by_what_the_queue_needs_up_to_max() -> None:
     assert scaler.target(0.5, load(4, queued=100, wait=0.5)) == 8
 
 
+def test_autoscaler_grows_by_a_whole_worker_for_each_session_waiting_for_one() -> None:
+    scaler = Autoscaler(low=1, high=8, wait=0.1, cooldown=10.0)
+    sessions = Load(workers=1, starting=0, queued=2, queue_wait=0.2, free_slots=0, threads=4, leases=3)
+    assert scaler.target(0.0, sessions) == 5, "a worker for each of the 3 sessions, one for the 2 queued calls"
+    waiting = Load(workers=2, starting=0, queued=0, queue_wait=0.0, free_slots=4, threads=4, leases=1)
+    assert scaler.target(20.0, waiting) == 2 and scaler.target(40.0, waiting) == 2, "not quiet while one waits"
+
+
 def test_autoscaler_shrinks_after_a_quiet_cooldown_by_the_workers_idle_throughout() -> None:
     scaler = Autoscaler(low=2, high=8, wait=0.1, cooldown=10.0)
     assert scaler.target(0.0, load(8, free=6)) == 8
