@@ -20,6 +20,7 @@ I/O thread) could not run.
 
 import array
 import ctypes
+import functools
 import io
 import re
 import struct
@@ -611,6 +612,8 @@ def unpack_value(
     if len(body) > limits.max_body:
         raise ProtocolError(f"payload body is {len(body)} bytes; the limit is {limits.max_body}")
 
+    if len(frames) == 1 and _EXT_START.search(body) is None:
+        return _unpackb(body, _options(limits))  # no ext value: no frame to refer to, no hook to run
     used: set[int] = set()
 
     def frame(index: Any) -> Buffer:
@@ -667,9 +670,24 @@ def unpack_value(
             return _copy_array(typecode, where if isinstance(where, bytes) else frame(where))
         raise ProtocolError(f"unknown ext type {code} in payload")
 
-    options: dict[str, Any] = {
+    options = {**_options(limits), "ext_hook": ext_hook}
+    value = _unpackb(body, options)
+    if len(used) < len(frames) - 1:
+        unused = [i for i in range(1, len(frames)) if i not in used]
+        raise ProtocolError(f"payload has {len(unused)} frame(s) its body never refers to (frame {unused[0]} first)")
+    return value
+
+
+_EXT_START = re.compile(b"[\xc7-\xc9\xd4-\xd8]")
+"""The bytes that start a msgpack ext value (ext 8/16/32, fixext 1-16). A body with none of them holds no ext
+value; one with some may (they also occur inside other values), and takes the full path."""
+
+
+@functools.lru_cache(maxsize=8)
+def _options(limits: Limits) -> "dict[str, Any]":
+    """msgpack's options for a payload under ``limits``, made once (a call's arguments are unpacked per call)."""
+    return {
         "raw": False,
-        "ext_hook": ext_hook,
         "strict_map_key": False,
         "max_str_len": limits.max_body,
         "max_bin_len": limits.max_body,
@@ -677,16 +695,15 @@ def unpack_value(
         "max_map_len": limits.max_items,
         "max_ext_len": limits.max_body,
     }
+
+
+def _unpackb(body: Buffer, options: "dict[str, Any]") -> Any:
     try:
-        value = msgpack.unpackb(body, **options)
-    except ProtocolError:
+        return msgpack.unpackb(body, **options)
+    except ProtocolError:  # from the ext hook
         raise
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise ProtocolError(f"payload is not valid msgpack: {str(exc) or type(exc).__name__}") from None
-    if len(used) < len(frames) - 1:
-        unused = [i for i in range(1, len(frames)) if i not in used]
-        raise ProtocolError(f"payload has {len(unused)} frame(s) its body never refers to (frame {unused[0]} first)")
-    return value
 
 
 def unpack_call(
