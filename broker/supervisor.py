@@ -289,6 +289,7 @@ class Supervisor:
 
     def poll(self, now: float) -> list[Exit]:
         """Reap ended workers and start replacements that are due."""
+        self._spawner.watch()
         exits: list[Exit] = []
         for leaving in list(self._leaving):
             code = leaving.process.poll()

@@ -12,7 +12,8 @@ each worker in milliseconds. :class:`Spawner` gives the supervisor a Popen-like 
   zygote cannot start, workers are spawned (the latter with a warning): never a failed pool;
 * one zygote per interpreter, started with the first worker that needs it, from the broker loop's
   thread, whose end (or the broker's) ends the zygote (parent-death signal, end of its channel). One
-  that died is started again with the next worker; one that fails a request is replaced;
+  that died, or failed a request, is replaced without waiting for it: the broker loop goes on routing
+  meanwhile, and spawns the workers it needs until the new zygote says it is ready;
 * a forked worker is this process's child, as a spawned one is: this process is a child subreaper
   (PR_SET_CHILD_SUBREAPER) while it has zygotes, so it adopts each worker from the intermediate process
   the zygote forks it through. So it reaps the worker and knows its exit code, signals it without a
@@ -113,25 +114,44 @@ class _Zygote:
     """One zygote process and this end of its control socket."""
 
     def __init__(self, interp: Interpreter, cwd: Path, env: dict[str, str]) -> None:
+        """Launch it; it is ready to fork once :meth:`wait_ready` says so."""
+        self.interp, self.cwd, self.env = interp, cwd, env
+        """What it was started with: what its replacement starts with."""
         self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.control.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_MESSAGE)
         command = [*interp.command, "-s", "-m", "workers32.zygote", "--control", str(theirs.fileno())]
         command += ["--broker-pid", str(os.getpid())]
-        started = time.monotonic()
+        self.started = time.monotonic()
         with theirs:
             self.process = subprocess.Popen(
                 command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=[theirs.fileno()]
             )
+        self.ready = False
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Whether it is ready, after waiting up to ``timeout`` s for it; ZygoteFailed (and it is closed) when it
+        never will be: it ended, said something else, or took :data:`_START_TIMEOUT`."""
+        if self.ready:
+            return True
+        left = self.started + _START_TIMEOUT - time.monotonic()
         try:
-            self._receive(_START_TIMEOUT, "ready")
+            if not select.select([self.control], [], [], max(0.0, min(timeout, left)))[0]:
+                if timeout < left:
+                    return False
+                raise ZygoteFailed(f"no answer in {_START_TIMEOUT:.0f} s")
+            self._receive(0.0, "ready")
         except ZygoteFailed as exc:
             self.close()
             assert self.process.stderr is not None
             with self.process.stderr as stream:  # it has ended: the pipe ends too
                 output = stream.read().decode("utf-8", "replace").strip()
             raise ZygoteFailed(f"{exc}; it printed: {output or 'nothing'}") from None
+        self.ready = True
         threading.Thread(target=self._forward_stderr, name=f"stderr zygote {self.process.pid}", daemon=True).start()
-        log.debug("zygote pid %d of %s ready in %.3f s", self.process.pid, interp.shown, time.monotonic() - started)
+        log.debug(
+            "zygote pid %d of %s ready in %.3f s", self.process.pid, self.interp.shown, time.monotonic() - self.started
+        )
+        return True
 
     def _receive(self, timeout: float, key: str) -> int:
         """The value of ``key`` in the zygote's next message."""
@@ -227,7 +247,8 @@ class Spawner:
     def __init__(self, use_zygote: bool) -> None:
         self.use_zygote = use_zygote and supported() and _dedicated
         self._zygotes: dict[Interpreter, _Zygote | None] = {}
-        """The zygote of each interpreter; None for one whose zygotes failed (spawned from then on)."""
+        """The zygote of each interpreter, ready or starting; None for one whose zygotes failed (spawned from then
+        on)."""
         self._failures: dict[Interpreter, int] = {}
         """Fork requests in a row each interpreter's zygotes failed."""
         self._subreaper = False
@@ -241,11 +262,10 @@ class Spawner:
                 pid = zygote.spawn(args, write)
             except ZygoteFailed as exc:
                 os.close(read)
-                zygote.close()
                 self._failures[interp] = failures = self._failures.get(interp, 0) + 1
                 if failures < _MAX_FAILURES:
                     log.warning("the zygote of %s failed to fork a worker (%s); replacing it", interp.shown, exc)
-                    del self._zygotes[interp]
+                    self._replace(zygote)
                 else:
                     log.warning(
                         "the zygotes of %s failed %d times in a row (%s); spawning its workers from now on",
@@ -253,6 +273,7 @@ class Spawner:
                         failures,
                         exc,
                     )
+                    zygote.close()
                     self._zygotes[interp] = None
             else:
                 self._failures.pop(interp, None)
@@ -262,28 +283,63 @@ class Spawner:
         command = [*interp.command, "-s", "-m", "workers32", *args]
         return subprocess.Popen(command, cwd=cwd, env=env, stdin=stdin, stderr=subprocess.PIPE)
 
+    def watch(self) -> None:
+        """Start again each zygote that ended, and take up those that became ready (the supervisor calls this
+        as it polls its workers), so that the next crash's replacement is forked too."""
+        for interp, zygote in list(self._zygotes.items()):
+            if zygote is None:
+                continue
+            if not zygote.ready:
+                self._ready(interp, zygote, 0.0)
+            elif not zygote.alive():
+                log.warning(
+                    "the zygote of %s ended (return code %s); starting another", interp.shown, zygote.process.returncode
+                )
+                self._replace(zygote)
+
     def _zygote(self, interp: Interpreter, cwd: Path, env: dict[str, str]) -> _Zygote | None:
-        """The interpreter's running zygote, started (again) if it has none; None: spawn instead."""
-        zygote = self._zygotes.get(interp)
-        if zygote is not None and zygote.alive():
-            return zygote
-        if interp in self._zygotes and zygote is None:
+        """The interpreter's zygote if it is ready; the first one is started here and waited for (the pool's start
+        waits for its workers anyway). None: spawn instead (its zygotes failed, or one is starting)."""
+        if interp not in self._zygotes:
+            self._launch(interp, cwd, env)
+            return self._ready(interp, self._zygotes[interp], _START_TIMEOUT)
+        zygote = self._zygotes[interp]
+        if zygote is None:
             return None
-        if zygote is not None:
-            log.warning(
-                "the zygote of %s ended (return code %s); starting another", interp.shown, zygote.process.returncode
-            )
-            zygote.close()
+        if not zygote.ready:
+            return self._ready(interp, zygote, 0.0)
+        if zygote.alive():
+            return zygote
+        self._replace(zygote)  # it ended since the last watch
+        return None
+
+    def _launch(self, interp: Interpreter, cwd: Path, env: dict[str, str]) -> None:
+        """Start a zygote for ``interp`` without waiting for it: the broker loop goes on routing meanwhile."""
+        zygote: _Zygote | None = None
         try:
             if not self._subreaper:
                 _subreaper(True)
                 self._subreaper = True
             zygote = _Zygote(interp, cwd, env)
-        except (ZygoteFailed, OSError) as exc:
+        except OSError as exc:
             log.warning("cannot start a zygote for %s, so its workers start slower: %s", interp.shown, exc)
-            zygote = None
         self._zygotes[interp] = zygote
-        return zygote
+
+    def _ready(self, interp: Interpreter, zygote: _Zygote | None, timeout: float) -> _Zygote | None:
+        """``zygote`` once ready within ``timeout``, else None; one that cannot start leaves ``interp``'s workers
+        spawned from then on."""
+        if zygote is None:
+            return None
+        try:
+            return zygote if zygote.wait_ready(timeout) else None
+        except ZygoteFailed as exc:
+            log.warning("cannot start a zygote for %s, so its workers start slower: %s", interp.shown, exc)
+            self._zygotes[interp] = None
+            return None
+
+    def _replace(self, old: _Zygote) -> None:
+        old.close()
+        self._launch(old.interp, old.cwd, old.env)
 
     def close(self) -> None:
         """Stop the zygotes (their workers are stopped already, or live on as this process's children)."""

@@ -85,11 +85,18 @@ def test_a_killed_zygote_is_started_again_and_its_workers_keep_serving(pool: Poo
         with client.session("s") as first, client.session("s") as second:
             assert {first.call("worker_pid"), second.call("worker_pid")} == set(pool.worker_pids("s"))
         assert sorted(pool.worker_pids()) == sorted(workers), "a worker ended with its zygote"
-        (victim,) = pool.worker_pids("one")
-        os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: pool.worker_pids("one") not in ([], [victim]), TIMEOUT, "a replacement worker")
-        (replacement,) = pool.worker_pids("one")
-        assert forked(replacement) and client.call("one", "worker_pid") == replacement
+
+        def replaced_by_a_fork() -> bool:
+            """Crash the worker of "one": its replacement answers, forked once the new zygote is ready (spawned
+            while it starts: the broker does not wait for it)."""
+            (victim,) = pool.worker_pids("one")
+            os.kill(victim, signal.SIGKILL)
+            wait_for(lambda: pool.worker_pids("one") not in ([], [victim]), TIMEOUT, "a replacement worker")
+            (replacement,) = pool.worker_pids("one")
+            assert client.call("one", "worker_pid") == replacement
+            return forked(replacement)
+
+        wait_for(replaced_by_a_fork, TIMEOUT, "a replacement forked by the new zygote")
     (restarted,) = zygotes_of(broker, pool.worker_pids())
     assert restarted != zygote
 
