@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol import ConfigError
-from workers32.hosting import LIBRARY_KINDS
+from workers32.constants import LIBRARY_KINDS
 
 from .declarations import calling_convention, legacy_prototype, parse_function, parse_structs
 from .locations import default_config_path

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from pycparser import c_ast, c_generator, c_parser
 
 from protocol import ConfigError
-from workers32.signatures import SCALARS
+from workers32.marshal import SCALARS
 
 __all__ = ["calling_convention", "legacy_prototype", "parse_function", "parse_structs"]
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from protocol import DllPoolError, LibraryLoadError, PoolStartError, RuntimeMissing
-from workers32 import EXIT_RETIRED, EXIT_STARTUP_FAILED, EXIT_UNLOADABLE
+from workers32.constants import EXIT_RETIRED, EXIT_STARTUP_FAILED, EXIT_UNLOADABLE
 
 from . import runtime32
 from .config import MAX_WORKERS, PoolConfig, ServiceConfig

@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import IO, Protocol
 
-from workers32.zygote import ADOPTION_TIMEOUT, MAX_MESSAGE
+from workers32.constants import ADOPTION_TIMEOUT, MAX_MESSAGE
 
 from .runtime32 import Interpreter
 

@@ -28,6 +28,7 @@ from protocol.codec import StructFields, is_pointer
 from protocol.errors import ArgumentError, ConfigError, LibraryLoadError
 from protocol.frames import DROP_HANDLES, SESSION_CLOSE, SESSION_INIT
 
+from .constants import LIBRARY_KINDS
 from .handles import HANDLES
 from .signatures import CFunction
 
@@ -48,8 +49,6 @@ ATTRIBUTE = "dllpool:attribute"
 """The built-in method of a wrapper service that reads one public attribute or property of the wrapper object
 (msl-loadlib's ``request32`` of a non-callable name). It is not a Python identifier, so no method can clash."""
 
-LIBRARY_KINDS = ("cdll", "windll", "oledll")
-"""The ``kind`` values a declared library may have, as msl-loadlib's ``libtype`` names them."""
 _LOADERS = {"cdll": "CDLL", "windll": "WinDLL", "oledll": "OleDLL"}
 """The ctypes class of each kind (Windows only for the last two: ``__stdcall``, and HRESULTs checked)."""
 

@@ -59,6 +59,7 @@ from protocol import (
 from protocol import frames as wire
 from protocol.frames import Buffer, CancelToWorker, DisconnectToWorker, StopToWorker
 
+from .constants import EXIT_BROKER_GONE, EXIT_RETIRED, EXIT_STARTUP_FAILED, EXIT_UNLOADABLE
 from .hosting import build, call
 from .resources import figures
 from .shm import MAPPINGS, SharedArguments, limit_of
@@ -74,18 +75,6 @@ __all__ = [
     "report_unloadable",
     "run",
 ]
-
-EXIT_STARTUP_FAILED = 3
-"""Exit code when a wrapper's constructor raised: maybe transient (a device still busy), so the supervisor
-retries with back-off, never in a tight loop."""
-EXIT_BROKER_GONE = 4
-"""Exit code when the process that started the worker is gone."""
-EXIT_UNLOADABLE = 5
-"""Exit code when what the service hosts can never load as configured (a ConfigError): not retried.
-The reason is in the status file, if the supervisor named one."""
-EXIT_RETIRED = 6
-"""Exit code after the broker said STOP (the worker was recycled or its pool scaled down): its supervisor starts a
-successor at once (``dllpool worker``), or has already (a pool's own workers)."""
 
 _MAX_TRACEBACK = 16 * 1024
 _BATCH = 256

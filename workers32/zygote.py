@@ -40,16 +40,11 @@ import zmq  # noqa: F401  (no context: one made before fork would be unusable in
 from . import handles, marshal, signatures  # noqa: F401  the rest of what workers import
 from . import worker as worker_module
 from .__main__ import parse, serve
-from .worker import EXIT_BROKER_GONE
+from .constants import ADOPTION_TIMEOUT, EXIT_BROKER_GONE, MAX_MESSAGE
 
 log = logging.getLogger("workers32.zygote")
 
-__all__ = ["ADOPTION_TIMEOUT", "MAX_MESSAGE", "main"]
-
-MAX_MESSAGE = 1 << 20
-"""Bytes of one control message: more than a command line may hold (128 KiB per argument on Linux)."""
-ADOPTION_TIMEOUT = 5.0
-"""Seconds a new worker waits to become its broker's child; longer means the broker is gone."""
+__all__ = ["main"]
 
 
 def _send(control: socket.socket, message: dict[str, Any]) -> None:
