@@ -5,8 +5,7 @@ caller everything it needs to call and to catch. ``AsyncClient`` and the
 load-test names are imported when first used (:func:`__getattr__`).
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from protocol.errors import (
     ArgumentError,
@@ -27,6 +26,7 @@ from protocol.errors import (
     UnknownService,
     WorkerCrashed,
 )
+from protocol.lazy import on_first_use
 
 from .client import Client, Session
 from .client64 import Client64
@@ -46,18 +46,7 @@ _ON_FIRST_USE = {
 """Names imported when first asked for: asyncio and the load tests (hdrh) took 55 ms of every start of a
 pool's broker process, which uses neither (nor do most callers)."""
 
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_ON_FIRST_USE})
-
-
-def __getattr__(name: str) -> Any:
-    module = _ON_FIRST_USE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = on_first_use(__name__, _ON_FIRST_USE)
 
 
 __all__ = [

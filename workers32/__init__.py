@@ -5,8 +5,9 @@ first used (:func:`__getattr__`): the broker reads :mod:`workers32.constants` an
 :mod:`workers32.marshal` without paying for the worker's sockets and wrappers.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from protocol.lazy import on_first_use
 
 if TYPE_CHECKING:
     from .constants import EXIT_BROKER_GONE, EXIT_RETIRED, EXIT_STARTUP_FAILED, EXIT_UNLOADABLE, LIBRARY_KINDS
@@ -23,18 +24,7 @@ _ON_FIRST_USE = {
     **dict.fromkeys(("Worker", "run"), "worker"),
 }
 
-
-def __dir__() -> "list[str]":
-    return sorted({*globals(), *_ON_FIRST_USE})
-
-
-def __getattr__(name: str) -> Any:
-    module = _ON_FIRST_USE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = on_first_use(__name__, _ON_FIRST_USE)
 
 
 __all__ = [
