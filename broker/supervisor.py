@@ -221,7 +221,8 @@ class Supervisor:
             return liveness
         return max(liveness, math.ceil(_PARENT_BROKER_SILENCE / self.config.heartbeat_interval))
 
-    def _start(self, slot: _Slot, now: float) -> None:
+    def _start(self, slot: _Slot, now: float, starting: bool = False) -> None:
+        """Start ``slot``'s worker; ``starting``: the pool's own start, which may wait for a first zygote."""
         interp = self._interpreter(slot.service)
         command = [
             "--connect",
@@ -246,6 +247,7 @@ class Supervisor:
                 self.source_dir,
                 runtime32.command_env(interp, [str(self.source_dir)]),
                 subprocess.DEVNULL if POSIX_SIGNALS else subprocess.PIPE,
+                wait=starting,
             )
         except OSError as exc:  # out of processes, memory or file descriptors: try again later, never crash
             slot.next_start = now + _back_off(slot)
@@ -277,7 +279,7 @@ class Supervisor:
     def start_all(self) -> None:
         now = time.monotonic()
         for slot in self._slots:
-            self._start(slot, now)
+            self._start(slot, now, starting=True)
 
     def mark_ready(self, pids: set[int]) -> None:
         """Record which workers reached READY, which decides how a later exit is handled."""
@@ -289,7 +291,8 @@ class Supervisor:
 
     def poll(self, now: float) -> list[Exit]:
         """Reap ended workers and start replacements that are due."""
-        self._spawner.watch()
+        if not self._stopping:
+            self._spawner.watch()
         exits: list[Exit] = []
         for leaving in list(self._leaving):
             code = leaving.process.poll()

@@ -122,10 +122,19 @@ class _Zygote:
         command = [*interp.command, "-s", "-m", "workers32.zygote", "--control", str(theirs.fileno())]
         command += ["--broker-pid", str(os.getpid())]
         self.started = time.monotonic()
-        with theirs:
-            self.process = subprocess.Popen(
-                command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=[theirs.fileno()]
-            )
+        try:
+            with theirs:
+                self.process = subprocess.Popen(
+                    command,
+                    cwd=cwd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    pass_fds=[theirs.fileno()],
+                )
+        except BaseException:
+            self.control.close()
+            raise
         self.ready = False
 
     def wait_ready(self, timeout: float) -> bool:
@@ -135,13 +144,13 @@ class _Zygote:
             return True
         left = self.started + _START_TIMEOUT - time.monotonic()
         try:
-            if not select.select([self.control], [], [], max(0.0, min(timeout, left)))[0]:
+            if not _readable(self.control, min(timeout, left)):
                 if timeout < left:
                     return False
                 raise ZygoteFailed(f"no answer in {_START_TIMEOUT:.0f} s")
             self._receive(0.0, "ready")
         except ZygoteFailed as exc:
-            self.close()
+            self.kill()
             assert self.process.stderr is not None
             with self.process.stderr as stream:  # it has ended: the pipe ends too
                 output = stream.read().decode("utf-8", "replace").strip()
@@ -155,7 +164,7 @@ class _Zygote:
 
     def _receive(self, timeout: float, key: str) -> int:
         """The value of ``key`` in the zygote's next message."""
-        if not select.select([self.control], [], [], timeout)[0]:
+        if not _readable(self.control, timeout):
             raise ZygoteFailed(f"no answer in {timeout:.0f} s")
         try:
             data = self.control.recv(MAX_MESSAGE)
@@ -191,8 +200,20 @@ class _Zygote:
         try:
             self.process.wait(_STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            self.kill()
+
+    def kill(self) -> None:
+        """End it now: one that failed or is not ready yet need not be waited for. Its workers live on."""
+        self.control.close()
+        self.process.kill()
+        self.process.wait()
+
+
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    """Whether ``sock`` has something to read within ``timeout`` s (``poll``: ``select`` refuses fds over 1023)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(max(0.0, timeout) * 1000))
 
 
 class ForkedWorker:
@@ -250,12 +271,18 @@ class Spawner:
         """The zygote of each interpreter, ready or starting; None for one whose zygotes failed (spawned from then
         on)."""
         self._failures: dict[Interpreter, int] = {}
-        """Fork requests in a row each interpreter's zygotes failed."""
+        """Fork requests or starts in a row each interpreter's zygotes failed."""
+        self._served: set[Interpreter] = set()
+        """Interpreters that had a zygote ready: one that then fails to start again is tried again."""
         self._subreaper = False
 
-    def spawn(self, interp: Interpreter, args: list[str], cwd: Path, env: dict[str, str], stdin: int) -> WorkerProcess:
-        """A worker running ``python -m workers32 ARGS`` in ``interp``, forked if it can be."""
-        zygote = self._zygote(interp, cwd, env) if self.use_zygote else None
+    def spawn(
+        self, interp: Interpreter, args: list[str], cwd: Path, env: dict[str, str], stdin: int, wait: bool = False
+    ) -> WorkerProcess:
+        """A worker running ``python -m workers32 ARGS`` in ``interp``, forked if it can be. ``wait``: the pool is
+        starting, so a first zygote is waited for (its 0.1 s beats spawning each worker); otherwise nothing waits
+        for one that starts, and the worker is spawned."""
+        zygote = self._zygote(interp, cwd, env, wait) if self.use_zygote else None
         if zygote is not None:
             read, write = os.pipe()
             try:
@@ -273,7 +300,7 @@ class Spawner:
                         failures,
                         exc,
                     )
-                    zygote.close()
+                    zygote.kill()
                     self._zygotes[interp] = None
             else:
                 self._failures.pop(interp, None)
@@ -297,12 +324,12 @@ class Spawner:
                 )
                 self._replace(zygote)
 
-    def _zygote(self, interp: Interpreter, cwd: Path, env: dict[str, str]) -> _Zygote | None:
-        """The interpreter's zygote if it is ready; the first one is started here and waited for (the pool's start
-        waits for its workers anyway). None: spawn instead (its zygotes failed, or one is starting)."""
+    def _zygote(self, interp: Interpreter, cwd: Path, env: dict[str, str], wait: bool) -> _Zygote | None:
+        """The interpreter's zygote if it is ready (the first one is started here, and waited for with ``wait``).
+        None: spawn instead (its zygotes failed, or one is starting)."""
         if interp not in self._zygotes:
             self._launch(interp, cwd, env)
-            return self._ready(interp, self._zygotes[interp], _START_TIMEOUT)
+            return self._ready(interp, self._zygotes[interp], _START_TIMEOUT if wait else 0.0)
         zygote = self._zygotes[interp]
         if zygote is None:
             return None
@@ -331,21 +358,31 @@ class Spawner:
         if zygote is None:
             return None
         try:
-            return zygote if zygote.wait_ready(timeout) else None
+            if not zygote.wait_ready(timeout):
+                return None
         except ZygoteFailed as exc:
-            log.warning("cannot start a zygote for %s, so its workers start slower: %s", interp.shown, exc)
-            self._zygotes[interp] = None
+            self._failures[interp] = failures = self._failures.get(interp, 0) + 1
+            if interp in self._served and failures < _MAX_FAILURES:
+                log.warning("the zygote of %s did not start (%s); starting another", interp.shown, exc)
+                self._launch(interp, zygote.cwd, zygote.env)
+            else:
+                log.warning("cannot start a zygote for %s, so its workers start slower: %s", interp.shown, exc)
+                self._zygotes[interp] = None
             return None
+        self._served.add(interp)
+        return zygote
 
     def _replace(self, old: _Zygote) -> None:
-        old.close()
+        old.kill()  # dead already, or failed a request: its workers are this process's children and live on
         self._launch(old.interp, old.cwd, old.env)
 
     def close(self) -> None:
         """Stop the zygotes (their workers are stopped already, or live on as this process's children)."""
         for zygote in self._zygotes.values():
-            if zygote is not None:
+            if zygote is not None and zygote.ready:
                 zygote.close()
+            elif zygote is not None:
+                zygote.kill()  # still importing: it would hear its channel close only once done
         self._zygotes.clear()
         if self._subreaper:
             self._subreaper = False

@@ -612,8 +612,8 @@ def unpack_value(
     if len(body) > limits.max_body:
         raise ProtocolError(f"payload body is {len(body)} bytes; the limit is {limits.max_body}")
 
-    if len(frames) == 1 and _EXT_START.search(body) is None:
-        return _unpackb(body, _options(limits))  # no ext value: no frame to refer to, no hook to run
+    if len(frames) == 1 and _holds_no_ext(body):
+        return _unpackb(body, _options(limits))  # no frame to refer to, no hook to run
     used: set[int] = set()
 
     def frame(index: Any) -> Buffer:
@@ -681,6 +681,13 @@ def unpack_value(
 _EXT_START = re.compile(b"[\xc7-\xc9\xd4-\xd8]")
 """The bytes that start a msgpack ext value (ext 8/16/32, fixext 1-16). A body with none of them holds no ext
 value; one with some may (they also occur inside other values), and takes the full path."""
+
+
+def _holds_no_ext(body: Buffer) -> bool:
+    try:
+        return _EXT_START.search(body) is None
+    except (TypeError, ValueError, BufferError):  # a buffer re cannot read (not contiguous): the full path says so
+        return False
 
 
 @functools.lru_cache(maxsize=8)

@@ -988,3 +988,8 @@ def test_cancel_with_flag_bits_is_refused(build: Any, parse: Any, message: type)
     flagged = header[:5] + bytes([wire.FLAG_JOINED]) + header[6:]
     with pytest.raises(ProtocolError, match="CANCEL has unknown flag bits 0x08"):
         parse([flagged])
+
+
+def test_a_body_in_a_buffer_that_is_not_contiguous_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError):
+        unpack_value([memoryview(b"\x93\x01\x02\x03\x04")[::2]])
