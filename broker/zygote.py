@@ -353,7 +353,8 @@ class Spawner:
         self._zygotes[interp] = zygote
 
     def _ready(self, interp: Interpreter, zygote: _Zygote | None, timeout: float) -> _Zygote | None:
-        """``zygote`` once ready within ``timeout``, else None; one that cannot start leaves ``interp``'s workers
+        """``zygote`` once ready within ``timeout``, else None. One that cannot start is started again if its
+        interpreter had one ready before (up to :data:`_MAX_FAILURES` in a row); otherwise ``interp``'s workers are
         spawned from then on."""
         if zygote is None:
             return None
