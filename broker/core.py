@@ -301,11 +301,8 @@ class _Service:
     """One entry per free run slot of a ready worker, least recently freed first."""
     workers: dict[bytes, _Worker] = field(default_factory=dict)
     queued: int = 0
-    """Jobs in state QUEUED, wherever they wait (``queue`` may also hold DONE ones, not yet swept out)."""
-    leases_waiting: int = 0
-    """Of ``queued``, the LEASE requests (in ``lease_waiters``): each needs a worker of its own."""
-    pinned_waiting: int = 0
-    """Of ``queued``, the jobs pinned to one worker (in its ``pinned``): no other worker can run them."""
+    """Jobs in state QUEUED, wherever they wait: in ``queue`` (which may also hold DONE ones, not yet swept out),
+    in ``lease_waiters``, or pinned to one worker (in its ``pinned``)."""
     ahead: int = 0
     """Jobs in state AHEAD: they count toward ``queue_limit``."""
     waiting_bytes: int = 0
@@ -317,18 +314,15 @@ class _Service:
     that no reply has to look through every worker for it."""
 
     @property
+    def leases_waiting(self) -> int:
+        """LEASE requests waiting for a worker of their own (counted when asked: the tick asks, no call does)."""
+        return sum(job.state is JobState.QUEUED for job in self.lease_waiters)
+
+    @property
     def in_queue(self) -> int:
         """Jobs QUEUED in ``queue`` itself: what any worker of the service, a new one too, could run."""
-        return self.queued - self.leases_waiting - self.pinned_waiting
-
-
-def _count_aside(service: _Service, job: _Job, step: int) -> None:
-    """Count a job that becomes (``step`` 1) or stops being (-1) QUEUED in or out of those waiting outside the
-    queue: ``service.leases_waiting``, ``service.pinned_waiting``."""
-    if job.method == wire.LEASE:
-        service.leases_waiting += step
-    elif job.pin is not None:
-        service.pinned_waiting += step
+        pinned = sum(job.state is JobState.QUEUED for worker in self.workers.values() for job in worker.pinned)
+        return self.queued - self.leases_waiting - pinned
 
 
 @dataclass(eq=False)
@@ -571,7 +565,6 @@ class BrokerCore:
         self._pending += 1
         self.held_bytes += size
         service.queued += 1
-        _count_aside(service, job, 1)
         service.waiting_bytes += size
         if req.method == wire.LEASE:
             service.lease_waiters.append(job)
@@ -1530,12 +1523,10 @@ class BrokerCore:
         service = self._services[job.service]
         if old is JobState.QUEUED:
             service.queued -= 1
-            _count_aside(service, job, -1)
         elif old is JobState.AHEAD:
             service.ahead -= 1
         if state is JobState.QUEUED:
             service.queued += 1
-            _count_aside(service, job, 1)
         elif state is JobState.AHEAD:
             service.ahead += 1
         if (old in _WAITING) != (state in _WAITING):

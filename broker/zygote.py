@@ -314,15 +314,7 @@ class Spawner:
         """Start again each zygote that ended, and take up those that became ready (the supervisor calls this
         as it polls its workers), so that the next crash's replacement is forked too."""
         for interp, zygote in list(self._zygotes.items()):
-            if zygote is None:
-                continue
-            if not zygote.ready:
-                self._ready(interp, zygote, 0.0)
-            elif not zygote.alive():
-                log.warning(
-                    "the zygote of %s ended (return code %s); starting another", interp.shown, zygote.process.returncode
-                )
-                self._replace(zygote)
+            self._usable(interp, zygote)
 
     def _zygote(self, interp: Interpreter, cwd: Path, env: dict[str, str], wait: bool) -> _Zygote | None:
         """The interpreter's zygote if it is ready (the first one is started here, and waited for with ``wait``).
@@ -330,14 +322,18 @@ class Spawner:
         if interp not in self._zygotes:
             self._launch(interp, cwd, env)
             return self._ready(interp, self._zygotes[interp], _START_TIMEOUT if wait else 0.0)
-        zygote = self._zygotes[interp]
-        if zygote is None:
-            return None
-        if not zygote.ready:
+        return self._usable(interp, self._zygotes[interp])
+
+    def _usable(self, interp: Interpreter, zygote: _Zygote | None) -> _Zygote | None:
+        """``zygote`` if it is ready and alive; one that became ready is taken up, one that ended is replaced."""
+        if zygote is None or not zygote.ready:
             return self._ready(interp, zygote, 0.0)
         if zygote.alive():
             return zygote
-        self._replace(zygote)  # it ended since the last watch
+        log.warning(
+            "the zygote of %s ended (return code %s); starting another", interp.shown, zygote.process.returncode
+        )
+        self._replace(zygote)
         return None
 
     def _launch(self, interp: Interpreter, cwd: Path, env: dict[str, str]) -> None:

@@ -321,14 +321,14 @@ def _cancelled(frames: Sequence[Buffer]) -> int:
     return int(ident)
 
 
-def _joined(header: bytes, payload: Sequence[Buffer], joined: bool) -> "list[Buffer]":
-    """The frames of a message whose ``header`` was packed with :data:`FLAG_JOINED` iff ``joined``
-    (:func:`_joins`, asked once per message)."""
+def _joined(header: bytes, payload: Sequence[Buffer], joined: int) -> "list[Buffer]":
+    """The frames of a message whose ``header`` was packed with the flag :func:`_join_flag` gave (``joined``)."""
     return [header + payload[0], *payload[1:]] if joined else [header, *payload]
 
 
-def _joins(payload: Sequence[Buffer]) -> bool:
-    return bool(payload) and 0 < len(payload[0]) < JOIN_LIMIT
+def _join_flag(payload: Sequence[Buffer]) -> int:
+    """:data:`FLAG_JOINED` when the body rides in its header's frame, else 0: asked once per message."""
+    return FLAG_JOINED if payload and 0 < len(payload[0]) < JOIN_LIMIT else 0
 
 
 # --- messages the broker receives ---------------------------------------------------
@@ -594,9 +594,8 @@ def client_request(
 ) -> "list[Buffer]":
     """A REQUEST; names that do not fit raise ValueError (the caller's mistake, found before sending)."""
     names = _encoded_name(service, "service"), _encoded_name(method, "method")
-    joined = _joins(payload)
-    flags = flags | FLAG_JOINED if joined else flags & ~FLAG_JOINED
-    return _joined(client_request_header(corr, *names, timeout, flags, pin), payload, joined)
+    joined = _join_flag(payload)
+    return _joined(client_request_header(corr, *names, timeout, flags & ~FLAG_JOINED | joined, pin), payload, joined)
 
 
 def client_request_header(
@@ -639,8 +638,8 @@ def answer_to_client(corr: int, error: bool, payload: Sequence[Buffer]) -> "list
 
 
 def _answer_frames(protocol: bytes, command: int, ident: int, payload: Sequence[Buffer]) -> "list[Buffer]":
-    joined = _joins(payload)
-    return _joined(_ANSWER.pack(protocol, command, FLAG_JOINED if joined else 0, ident), payload, joined)
+    joined = _join_flag(payload)
+    return _joined(_ANSWER.pack(protocol, command, joined, ident), payload, joined)
 
 
 def reply_to_client(corr: int, payload: Sequence[Buffer]) -> "list[Buffer]":
@@ -660,12 +659,10 @@ def request_to_worker(
 ) -> "list[Buffer]":
     """A REQUEST for a worker; ``timeout`` is what is left of the caller's, not the whole of it."""
     raw = _encoded_name(method, "method")
-    joined = _joins(payload)
-    flags &= ~(FLAG_TIMEOUT | FLAG_JOINED)
+    joined = _join_flag(payload)
+    flags = flags & ~(FLAG_TIMEOUT | FLAG_JOINED) | joined
     if timeout is not None:
         flags |= FLAG_TIMEOUT
-    if joined:
-        flags |= FLAG_JOINED
     header = _WORKER_REQUEST.pack(WORKER_PROTOCOL, REQUEST, flags, len(raw), job, timeout or 0.0) + raw
     return _joined(header, payload, joined)
 
