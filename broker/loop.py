@@ -248,17 +248,19 @@ class BrokerLoop:
         """One client message, or None once it passed a limit (then ``_unread`` holds what was read of it)."""
         sock = self.frontend
         recv = sock.recv
-        ident = recv(_NOBLOCK)
+        frame = recv(_NOBLOCK, copy=False)  # its ``more`` is cheaper than getsockopt(RCVMORE) (protocol.transport)
+        ident = frame.bytes
         frames: list[Buffer] = []
         size = 0
         max_frames, max_bytes = self.limits["max_request_frames"], self.limits["max_request_bytes"]
-        while sock.getsockopt(_RCVMORE):
+        while frame.more:
             if len(frames) == max_frames:
                 self._unread = _Unread(ident, frames[0], len(frames), size, "max_request_frames")
                 return None
-            frame = recv(_NOBLOCK) if len(frames) < _COPIED else recv(_NOBLOCK, copy=False).buffer
-            frames.append(frame)
-            size += len(frame)
+            frame = recv(_NOBLOCK, copy=False)
+            data = frame.bytes if len(frames) < _COPIED else frame.buffer
+            frames.append(data)
+            size += len(data)
             if size > max_bytes:
                 self._unread = _Unread(ident, frames[0], len(frames), size, "max_request_bytes")
                 return None

@@ -95,12 +95,7 @@ def share_from(address: str, shared_memory_min: int) -> int:
 def check_name(name: str, what: str) -> None:
     if not isinstance(name, str):
         raise TypeError(f"{what} name must be a str, not {type(name).__name__}")
-    try:
-        size = len(name.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise ValueError(f"{what} name {name!r:.80} cannot be encoded as UTF-8") from None
-    if not 0 < size <= wire.MAX_NAME_LEN:
-        raise ValueError(f"{what} name must be 1-{wire.MAX_NAME_LEN} UTF-8 bytes, got {size}")
+    wire.encoded_name(name, what)
 
 
 def check_timeout(timeout: float | None) -> float | None:

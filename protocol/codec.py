@@ -20,12 +20,11 @@ I/O thread) could not run.
 
 import array
 import ctypes
-import functools
 import io
 import re
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, cast
 
 import msgpack
@@ -103,6 +102,20 @@ class Limits:
     max_body: int = 16 * 1024 * 1024
     max_items: int = 1_000_000
     max_frames: int = 1024
+    options: "dict[str, Any]" = field(init=False, repr=False, compare=False)
+    """msgpack's unpacking options for these bounds, made once: a call's arguments are unpacked per call."""
+
+    def __post_init__(self) -> None:
+        options = {
+            "raw": False,
+            "strict_map_key": False,
+            "max_str_len": self.max_body,
+            "max_bin_len": self.max_body,
+            "max_array_len": self.max_items,
+            "max_map_len": self.max_items,
+            "max_ext_len": self.max_body,
+        }
+        object.__setattr__(self, "options", options)  # frozen: set the way dataclasses itself does
 
 
 DEFAULT_LIMITS = Limits()
@@ -428,8 +441,10 @@ class _Packer:
 
 def _packb(value: Any, default: Optional[Callable[[Any], Any]] = None) -> bytes:
     try:
-        # strict_types: a tuple reaches the hook (to become EXT_TUPLE) instead of packing as a list
-        return cast(bytes, msgpack.packb(value, use_bin_type=True, default=default, strict_types=True))
+        # strict_types: a tuple reaches the hook (to become EXT_TUPLE) instead of packing as a list. (Annotated,
+        # not cast(): that is one more function call on every call's path.)
+        packed: bytes = msgpack.packb(value, use_bin_type=True, default=default, strict_types=True)
+        return packed
     except OverflowError:  # msgpack says only "Integer value out of range"
         raise OverflowError(f"integer out of range (msgpack carries {_INT_RANGE})") from None
     except BufferError as exc:  # a non-contiguous memoryview
@@ -613,7 +628,7 @@ def unpack_value(
         raise ProtocolError(f"payload body is {len(body)} bytes; the limit is {limits.max_body}")
 
     if len(frames) == 1 and _holds_no_ext(body):
-        return _unpackb(body, _options(limits))  # no frame to refer to, no hook to run
+        return _unpackb(body, limits.options)  # no frame to refer to, no hook to run
     used: set[int] = set()
 
     def frame(index: Any) -> Buffer:
@@ -670,7 +685,7 @@ def unpack_value(
             return _copy_array(typecode, where if isinstance(where, bytes) else frame(where))
         raise ProtocolError(f"unknown ext type {code} in payload")
 
-    options = {**_options(limits), "ext_hook": ext_hook}
+    options = {**limits.options, "ext_hook": ext_hook}
     value = _unpackb(body, options)
     if len(used) < len(frames) - 1:
         unused = [i for i in range(1, len(frames)) if i not in used]
@@ -688,20 +703,6 @@ def _holds_no_ext(body: Buffer) -> bool:
         return _EXT_START.search(body) is None
     except (TypeError, ValueError, BufferError):  # a buffer re cannot read (not contiguous): the full path says so
         return False
-
-
-@functools.lru_cache(maxsize=8)
-def _options(limits: Limits) -> "dict[str, Any]":
-    """msgpack's options for a payload under ``limits``, made once (a call's arguments are unpacked per call)."""
-    return {
-        "raw": False,
-        "strict_map_key": False,
-        "max_str_len": limits.max_body,
-        "max_bin_len": limits.max_body,
-        "max_array_len": limits.max_items,
-        "max_map_len": limits.max_items,
-        "max_ext_len": limits.max_body,
-    }
 
 
 def _unpackb(body: Buffer, options: "dict[str, Any]") -> Any:
@@ -723,7 +724,7 @@ def unpack_call(
         or len(value) != 2
         or not isinstance(value[0], list)
         or not isinstance(value[1], dict)
-        or not all(isinstance(k, str) for k in value[1])
+        or (value[1] and not all(isinstance(k, str) for k in value[1]))  # most calls have no kwargs to look at
     ):
         raise ProtocolError("call payload must be [args list, kwargs map with string keys]")
     return value[0], value[1]

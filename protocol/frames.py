@@ -56,6 +56,7 @@ good. A CANCEL to a worker asks it to answer a job it holds but has not
 started without running it (the broker already gave up on that job).
 """
 
+import functools
 import math
 import struct
 from collections.abc import Sequence
@@ -124,6 +125,7 @@ __all__ = [
     "parse_for_worker",
     "corr_of",
     "client_request",
+    "encoded_name",
     "client_request_header",
     "client_heartbeat",
     "client_cancel",
@@ -576,8 +578,14 @@ def corr_of(frames: Sequence[Buffer], protocol: bytes) -> Optional[int]:
 # --- builders -----------------------------------------------------------------------
 
 
-def _encoded_name(name: str, what: str) -> bytes:
-    raw = name.encode("utf-8")
+@functools.lru_cache(maxsize=1024)
+def encoded_name(name: str, what: str) -> bytes:
+    """A service or method name (``what``) as it is sent; ValueError if it cannot be. Made once per name: a
+    client checks and sends, and a broker forwards, the same few names on every call."""
+    try:
+        raw = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} name {name!r:.80} cannot be encoded as UTF-8") from None
     if not 0 < len(raw) <= MAX_NAME_LEN:
         raise ValueError(f"{what} name must be 1-{MAX_NAME_LEN} UTF-8 bytes, got {len(raw)}")
     return raw
@@ -593,7 +601,7 @@ def client_request(
     pin: Optional[int] = None,
 ) -> "list[Buffer]":
     """A REQUEST; names that do not fit raise ValueError (the caller's mistake, found before sending)."""
-    names = _encoded_name(service, "service"), _encoded_name(method, "method")
+    names = encoded_name(service, "service"), encoded_name(method, "method")
     joined = _join_flag(payload)
     return _joined(client_request_header(corr, *names, timeout, flags & ~FLAG_JOINED | joined, pin), payload, joined)
 
@@ -658,7 +666,7 @@ def request_to_worker(
     job: int, method: str, timeout: Optional[float], payload: Sequence[Buffer], flags: int = 0
 ) -> "list[Buffer]":
     """A REQUEST for a worker; ``timeout`` is what is left of the caller's, not the whole of it."""
-    raw = _encoded_name(method, "method")
+    raw = encoded_name(method, "method")
     joined = _join_flag(payload)
     flags = flags & ~(FLAG_TIMEOUT | FLAG_JOINED) | joined
     if timeout is not None:

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from client.calls import check_name
 from protocol import codec, errors
 from protocol import frames as wire
 from protocol.codec import Limits, pack_call, pack_value, unpack_call, unpack_value
@@ -95,6 +96,21 @@ def test_client_request_without_timeout_and_with_batch_flag(conv: Any) -> None:
     assert isinstance(msg, wire.ClientRequest)
     assert msg.timeout is None
     assert msg.flags == wire.FLAG_BATCH
+
+
+@pytest.mark.parametrize(
+    ("name", "needle"),
+    [("", "1-255 UTF-8 bytes, got 0"), ("é" * 128, "1-255 UTF-8 bytes, got 256"), ("\ud800", "cannot be encoded")],
+)
+def test_a_name_that_cannot_be_sent_is_refused_before_sending_every_time(name: str, needle: str) -> None:
+    for _ in range(2):  # names are encoded once and kept: a refusal is not
+        with pytest.raises(ValueError, match=needle):
+            check_name(name, "method")
+        with pytest.raises(ValueError, match=needle):
+            wire.client_request(1, "demo", name, None, pack_call((), {}))
+    with pytest.raises(TypeError, match="method name must be a str, not bytes"):
+        check_name(b"add", "method")  # type: ignore[arg-type]
+    assert wire.encoded_name("é" * 127, "method") == "é".encode() * 127
 
 
 def test_client_heartbeat_and_cancel_round_trip(conv: Any) -> None:

@@ -250,6 +250,8 @@ class SharedArguments:
 
     def release(self) -> None:
         """Let go of the call's views of its segments, and unmap those not kept for the next call."""
+        if not (self.arrays or self._views or self._own):
+            return  # most calls: no shared arrays
         views, self._views = self._views, []
         own, self._own = self._own, []
         self.arrays = []
