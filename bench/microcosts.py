@@ -7,7 +7,9 @@ Each figure is the best of 5 repeats, in microseconds per operation:
 
 * socket: pyzmq operations on an ipc DEALER -> ROUTER pair in one process (nothing blocks: the
   messages are queued first, then read), by frame count and copy mode; a NOBLOCK recv on an empty
-  socket (the raised ``zmq.Again`` that ends every drain) against asking ``EVENTS``; flag enums;
+  socket (the raised ``zmq.Again`` that ends every drain) against asking ``EVENTS``; the end of a
+  message told by ``getsockopt(RCVMORE)`` against ``zmq.Frame.more``; pyzmq's ``send`` with and
+  without its Python wrapper; flag enums;
 * broker (64-bit): ``BrokerCore`` routing one request and its reply, and the wire functions it uses;
 * client (64-bit): the work ``Client.call`` does before any I/O, its core's share, and reading a reply;
 * worker (32-bit): ``Worker._answer`` for ``demo.add`` and its parts, and per call of a ``Client.map`` batch.
@@ -93,6 +95,46 @@ def socket_costs() -> Figures:
             except zmq.Again:
                 pass
 
+        rcvmore = int(zmq.RCVMORE)
+
+        def by_getsockopt() -> None:
+            frames = [router.recv()]
+            while router.getsockopt(rcvmore):
+                frames.append(router.recv())
+
+        def by_frame_more() -> None:
+            frame = router.recv(copy=False)
+            frames = [frame.bytes]
+            while frame.more:
+                frame = router.recv(copy=False)
+                frames.append(frame.bytes)
+
+        for name, receive in (
+            ("asking getsockopt(RCVMORE)", by_getsockopt),
+            ("reading zmq.Frame.more (protocol.transport)", by_frame_more),
+        ):
+            best = float("inf")
+            for _ in range(5):
+                for _ in range(batch):
+                    dealer.send(b"x" * 8)
+                while router.poll(0) == 0:
+                    time.sleep(0.001)
+                time.sleep(0.05)
+                started = time.perf_counter()
+                for _ in range(batch):
+                    receive()
+                best = min(best, time.perf_counter() - started)
+            figures[f"recv 1+1 frames, {name}"] = best / batch * 1e6
+
+        wrapped, below = dealer.send, zmq.backend.Socket.send
+        figures["send 1 frame through zmq.Socket.send (the Python wrapper)"] = per_op(
+            lambda: wrapped(b"x", 0, copy=True)
+        )
+        figures["send 1 frame, zmq.backend.Socket.send (protocol.transport)"] = per_op(
+            lambda: below(dealer, b"x", 0, True)
+        )
+        while router.poll(0):
+            router.recv_multipart()
         events = zmq.EVENTS
         figures["recv(NOBLOCK) on an empty socket, raising zmq.Again"] = per_op(empty_recv)
         figures["getsockopt(EVENTS) instead"] = per_op(lambda: router.getsockopt(events))

@@ -1001,6 +1001,12 @@ class BrokerCore:
         window = self.heartbeat_interval * self.heartbeat_liveness
         for worker in self._workers.values():
             worker.expires = max(worker.expires, now + window)
+        self.clients_unheard(now)
+
+    def clients_unheard(self, now: float) -> None:
+        """The clients' messages wait behind one long message the loop is still reading (the socket hands out the
+        rest of a message first): their silence proves nothing, so each gets a fresh liveness window from ``now``.
+        The loop calls this at least once a heartbeat interval until that message is read."""
         for client in self._clients.values():
             client.expires = max(client.expires, now + self._window(client))
 

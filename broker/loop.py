@@ -290,10 +290,12 @@ class BrokerLoop:
             unread.frames, unread.size = frames, size
 
     def _reassure_clients(self) -> None:
-        """Once a heartbeat interval while a message is being dropped, a heartbeat to every client heard lately.
+        """Once a heartbeat interval while a message is being dropped, a heartbeat to every client heard lately,
+        and a fresh liveness window for every client at the core.
 
         The socket hands out the rest of a message before anything other clients sent, so their heartbeats wait
-        behind it; unanswered, they would take the broker for dead.
+        behind it; unanswered, they would take the broker for dead, and unheard, the broker would forget them and
+        fail their calls.
         """
         unread = self._unread
         assert unread is not None
@@ -301,6 +303,8 @@ class BrokerLoop:
         if now < unread.reassure_at:
             return
         unread.reassure_at = now + self.core.heartbeat_interval
+        with self.lock:
+            self.core.clients_unheard(now)
         heartbeat = wire.heartbeat_to_client()
         for ident in self._clients:
             if ident != unread.ident:

@@ -19,6 +19,8 @@ import pytest
 import zmq
 
 from broker import BrokerCore, BrokerKind, Pool
+from broker import loop as loop_module
+from broker.loop import BrokerLoop
 from client import BadRequest, BrokerUnavailable, CallError, Client
 from protocol import error_from_wire
 from protocol import frames as wire
@@ -56,6 +58,16 @@ def refusal(sock: zmq.Socket[bytes], corr: int) -> CallError:
     return error_from_wire(answer.error)
 
 
+def flood(address: str, frames: int) -> CallError:
+    """The broker's answer to a request of ``frames`` frames (all but the header empty) from a raw socket."""
+    with raw_dealer(address) as sock:
+        sock.send(wire.client_request_header(7, b"s", b"add", None), zmq.SNDMORE)
+        for _ in range(frames - 2):
+            sock.send(b"", zmq.SNDMORE)
+        sock.send(b"")
+        return refusal(sock, 7)
+
+
 def test_a_request_of_a_million_frames_is_refused_and_costs_nobody_else_anything() -> None:
     config = {"services": {"s": demo_service(workers=3)}}
     with Pool.from_config(config, broker="process") as pool, pool.client(timeout=60) as client:
@@ -77,12 +89,7 @@ def test_a_request_of_a_million_frames_is_refused_and_costs_nobody_else_anything
         caller = threading.Thread(target=cheap_calls)
         caller.start()
         try:
-            with raw_dealer(pool.address) as flood:
-                flood.send(wire.client_request_header(7, b"s", b"add", None), zmq.SNDMORE)
-                for _ in range(999_998):
-                    flood.send(b"", zmq.SNDMORE)
-                flood.send(b"")
-                error = refusal(flood, 7)
+            error = flood(pool.address, 1_000_000)
         finally:
             done.set()
             caller.join()
@@ -95,6 +102,30 @@ def test_a_request_of_a_million_frames_is_refused_and_costs_nobody_else_anything
         assert pool.worker_pids("s") == pids
         stats = pool.stats()
         assert stats["workers_lost"] == 0 and stats["requests"] == len(answered) + 3, stats
+
+
+def test_clients_unheard_behind_a_message_being_dropped_are_not_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another client's heartbeats wait in the socket behind the rest of a refused message: however long that
+    takes to drop, the broker does not take its silence for death and fail its calls."""
+    original = BrokerLoop._drop_rest
+
+    def slow_drop(loop: BrokerLoop, deadline: float) -> bool:
+        time.sleep(0.05)  # the fault itself: a slow slice, so the drop outlasts the 3 s liveness window
+        return original(loop, deadline)
+
+    monkeypatch.setattr(loop_module, "_DISCARD_SLICE", 1000)
+    monkeypatch.setattr(BrokerLoop, "_drop_rest", slow_drop)
+    config = {"services": {"s": demo_service(workers=1)}}
+    with Pool.from_config(config, broker="thread") as pool, pool.client(timeout=60) as client:
+        (pid,) = pool.worker_pids("s")
+        running = client.submit("s", "sleep_ms", 7000)
+        wait_for(lambda: in_nanosleep(pid), 30, "the call to run")
+        started = time.monotonic()
+        error = flood(pool.address, 120_000)
+        assert isinstance(error, BadRequest) and "max_request_frames" in error.message, error
+        assert time.monotonic() - started > 3.5, "the drop was too quick to outlast a liveness window"
+        assert running.result() is None
+        assert pool.stats()["clients_forgotten"] == 0
 
 
 def test_a_request_over_max_request_bytes_gets_bad_request_naming_the_limit() -> None:
