@@ -19,7 +19,6 @@ from typing import Any
 from protocol import ConfigError
 from workers32.constants import LIBRARY_KINDS
 
-from .declarations import calling_convention, legacy_prototype, parse_function, parse_structs
 from .locations import default_config_path
 
 if sys.version_info >= (3, 11):
@@ -384,6 +383,8 @@ def _service(name: str, table: Any, base: Path, origin: str) -> ServiceConfig:
         functions = _get(table, "functions", Mapping, None, where)
         if not functions:
             raise ConfigError(f"{where}: a declared library needs a [services.{name}.functions] table")
+        from .declarations import parse_structs  # pycparser: 35 ms that a broker process, given parsed data, spares
+
         structs = parse_structs(_get(table, "structs", Mapping, {}, where), f"{where}.structs")
         kind = _kind(_get(table, "kind", str, "cdll", where), f"{where}.kind")
         _check_conventions(functions, kind, where)
@@ -494,6 +495,8 @@ def _kind(kind: str, where: str) -> str:
 
 def _check_conventions(functions: Mapping[str, Any], kind: str, where: str) -> None:
     """A prototype that names its calling convention must agree with ``kind``: a mismatch corrupts the stack."""
+    from .declarations import calling_convention
+
     wanted = {"stdcall": ("windll", "oledll"), "cdecl": ("cdll",)}
     for name, decl in functions.items():
         prototype = decl if isinstance(decl, str) else decl.get("c") if isinstance(decl, Mapping) else None
@@ -507,6 +510,8 @@ def _check_conventions(functions: Mapping[str, Any], kind: str, where: str) -> N
 
 def _function(name: str, decl: Any, structs: Mapping[str, Any], where: str) -> dict[str, Any]:
     """FUNC (broker/declarations.py) from a prototype string, or a table with ``c`` or the old ``args``/``returns``."""
+    from .declarations import legacy_prototype, parse_function
+
     where = f"{where}.{name}"
     if isinstance(decl, str):
         decl = {"c": decl}

@@ -34,8 +34,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Literal, Protocol
 
-import client as client_package  # its AsyncClient (and asyncio with it) loads when first used
-from client import Client
+import client as client_package  # its clients (and asyncio with AsyncClient) load when first used
 from protocol import BrokerUnavailable, ConfigError, PoolStartError
 
 from .config import PoolConfig, load_config
@@ -75,7 +74,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def wait_scaled(client: Client, service: str, timeout: float) -> int:
+def wait_scaled(client: client_package.Client, service: str, timeout: float) -> int:
     """Wait until the workers ``service`` was scaled to are ready (its own: not those of other hosts, nor those
     still being retired, such as a session's), at most ``timeout`` seconds; how many are ready then."""
     deadline = time.monotonic() + timeout
@@ -196,11 +195,11 @@ class Pool:
 
     # --- use ------------------------------------------------------------------------
 
-    def client(self, timeout: float | None = None, **options: Any) -> Client:
+    def client(self, timeout: float | None = None, **options: Any) -> client_package.Client:
         """A Client connected to this pool's frontend, with the configuration's ``shared_memory_min`` unless
         ``options`` say."""
         options.setdefault("shared_memory_min", self.config.shared_memory_min)
-        return Client(self.address, timeout, **options)
+        return client_package.Client(self.address, timeout, **options)
 
     def async_client(self, timeout: float | None = None, **options: Any) -> client_package.AsyncClient:
         """An AsyncClient connected to this pool's frontend (make it in a coroutine), with the configuration's

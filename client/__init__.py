@@ -28,23 +28,29 @@ from protocol.errors import (
 )
 from protocol.lazy import on_first_use
 
-from .client import Client, Session
-from .client64 import Client64
-from .core import ClientCore
-from .keys import CurveKeys
-from .proxy import RemoteMethod, ServiceProxy
 from .shm import close_shared_array, shared_array
 
 if TYPE_CHECKING:
     from .aio import AsyncClient
+    from .client import Client, Session
+    from .client64 import Client64
+    from .core import ClientCore
+    from .keys import CurveKeys
     from .loadtest import CallSpec, LoadProgress, LoadResult, LoadTest, Scenario
+    from .proxy import RemoteMethod, ServiceProxy
 
 _ON_FIRST_USE = {
     "AsyncClient": "aio",
     **dict.fromkeys(("CallSpec", "LoadProgress", "LoadResult", "LoadTest", "Scenario"), "loadtest"),
+    **dict.fromkeys(("Client", "Session"), "client"),
+    "Client64": "client64",
+    "ClientCore": "core",
+    "CurveKeys": "keys",
+    **dict.fromkeys(("RemoteMethod", "ServiceProxy"), "proxy"),
 }
 """Names imported when first asked for: asyncio and the load tests (hdrh) took 55 ms of every start of a
-pool's broker process, which uses neither (nor do most callers)."""
+pool's broker process, which uses neither (nor do most callers); the clients, 20 ms more, and that process
+needs only :mod:`client.shm`."""
 
 __getattr__, __dir__ = on_first_use(__name__, _ON_FIRST_USE)
 
