@@ -303,6 +303,7 @@ class BrokerLoop:
         if now < unread.reassure_at:
             return
         unread.reassure_at = now + self.core.heartbeat_interval
+        self._clients = dict.fromkeys(self._clients, now)  # unheard, not silent: still reassured at the next beat
         with self.lock:
             self.core.clients_unheard(now)
         heartbeat = wire.heartbeat_to_client()

@@ -1,8 +1,8 @@
 """The 64-bit caller's side of dllpool: ``from client import Client, Timeout`` (``AsyncClient`` for asyncio).
 
 Errors are re-exported from :mod:`protocol.errors`, so one import gives a
-caller everything it needs to call and to catch. ``AsyncClient`` and the
-load-test names are imported when first used (:func:`__getattr__`).
+caller everything it needs to call and to catch. The clients, ``AsyncClient``
+and the load-test names are imported when first used (:func:`__getattr__`).
 """
 
 from typing import TYPE_CHECKING

@@ -20,11 +20,12 @@ I/O thread) could not run.
 
 import array
 import ctypes
+import functools
 import io
 import re
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, cast
 
 import msgpack
@@ -102,20 +103,6 @@ class Limits:
     max_body: int = 16 * 1024 * 1024
     max_items: int = 1_000_000
     max_frames: int = 1024
-    options: "dict[str, Any]" = field(init=False, repr=False, compare=False)
-    """msgpack's unpacking options for these bounds, made once: a call's arguments are unpacked per call."""
-
-    def __post_init__(self) -> None:
-        options = {
-            "raw": False,
-            "strict_map_key": False,
-            "max_str_len": self.max_body,
-            "max_bin_len": self.max_body,
-            "max_array_len": self.max_items,
-            "max_map_len": self.max_items,
-            "max_ext_len": self.max_body,
-        }
-        object.__setattr__(self, "options", options)  # frozen: set the way dataclasses itself does
 
 
 DEFAULT_LIMITS = Limits()
@@ -627,8 +614,9 @@ def unpack_value(
     if len(body) > limits.max_body:
         raise ProtocolError(f"payload body is {len(body)} bytes; the limit is {limits.max_body}")
 
+    options = _DEFAULT_OPTIONS if limits is DEFAULT_LIMITS else _options(limits)
     if len(frames) == 1 and _holds_no_ext(body):
-        return _unpackb(body, limits.options)  # no frame to refer to, no hook to run
+        return _unpackb(body, options)  # no frame to refer to, no hook to run
     used: set[int] = set()
 
     def frame(index: Any) -> Buffer:
@@ -685,7 +673,7 @@ def unpack_value(
             return _copy_array(typecode, where if isinstance(where, bytes) else frame(where))
         raise ProtocolError(f"unknown ext type {code} in payload")
 
-    options = {**limits.options, "ext_hook": ext_hook}
+    options = {**options, "ext_hook": ext_hook}
     value = _unpackb(body, options)
     if len(used) < len(frames) - 1:
         unused = [i for i in range(1, len(frames)) if i not in used]
@@ -703,6 +691,25 @@ def _holds_no_ext(body: Buffer) -> bool:
         return _EXT_START.search(body) is None
     except (TypeError, ValueError, BufferError):  # a buffer re cannot read (not contiguous): the full path says so
         return False
+
+
+@functools.lru_cache(maxsize=8)
+def _options(limits: Limits) -> "dict[str, Any]":
+    """msgpack's options for a payload under ``limits``, made once (a call's arguments are unpacked per call)."""
+    return {
+        "raw": False,
+        "strict_map_key": False,
+        "max_str_len": limits.max_body,
+        "max_bin_len": limits.max_body,
+        "max_array_len": limits.max_items,
+        "max_map_len": limits.max_items,
+        "max_ext_len": limits.max_body,
+    }
+
+
+_DEFAULT_OPTIONS = _options(DEFAULT_LIMITS)
+"""The options nearly every payload is read with, at hand without hashing a Limits (a dataclass's hash runs in
+Python) on every call."""
 
 
 def _unpackb(body: Buffer, options: "dict[str, Any]") -> Any:

@@ -6,9 +6,9 @@ cheap way and maps ZeroMQ's failures into dllpool's error types once.
 
 What makes it cheap, measured (docs/performance.md): plain ``int`` flags
 (pyzmq's flag enums cost about 1 us per ``|``), per-frame ``send``/``recv``
-rather than ``send_multipart``, copying small frames (a ``zmq.Frame`` object
-costs more than copying a few hundred bytes; pyzmq itself advises
-zero-copy only above about 64 KiB), and drains that stop when the socket's
+rather than ``send_multipart``, sending small frames by copy (a ``zmq.Frame``
+made to send costs more than copying a few hundred bytes; pyzmq itself
+advises zero-copy only above about 64 KiB), and drains that stop when the socket's
 ``EVENTS`` say it is empty rather than on a raised ``zmq.Again`` (about
 5.6 us each). Frames are received as ``zmq.Frame``, whose ``more`` says
 whether another follows: asking ``getsockopt(RCVMORE)`` instead builds an
@@ -37,7 +37,7 @@ _POLLIN = int(zmq.POLLIN)
 _GONE = (zmq.EAGAIN, zmq.EHOSTUNREACH)
 _send = zmq.backend.Socket.send
 """pyzmq's send below its Python wrapper, which only adds the draft sockets' ``routing_id`` and ``group``: 0.3-0.4 us
-less per frame (bench/microcosts.py)."""
+less per frame (bench/microcosts.py). It takes plain sockets only: a ``zmq.asyncio`` one would not await it."""
 _MONITOR_EVENT = struct.Struct("=HI")
 """A socket monitor's first frame: the event (u16) and its value (u32), native byte order (zmq_socket_monitor(3))."""
 

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -70,6 +71,15 @@ def test_the_configuration_crosses_to_the_broker_process_as_json_unchanged(tmp_p
     ]
     for config in configs:
         assert PoolConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_the_broker_process_imports_only_what_it_runs() -> None:
+    """Each import is paid on every pool's start, before its zygote can start: the broker process gets parsed
+    data (no C parser), uses no client but its shared-memory sweep, no asyncio, and never hosts a library."""
+    unwanted = ("pycparser", "broker.declarations", "client.client", "asyncio", "workers32.worker", "hdrh")
+    code = f"import sys; from broker.hosted import serve; print([m for m in {unwanted!r} if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 def test_the_broker_runs_in_a_child_process_with_the_same_api(pool: Pool) -> None:
