@@ -9,7 +9,6 @@ refused before the library is called.
 
 import logging
 import os
-import secrets
 import threading
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
@@ -24,6 +23,12 @@ log = logging.getLogger("workers32")
 
 ANY_KIND = "void"
 """A ``void *`` parameter takes a handle of any kind."""
+
+
+def _unguessable() -> int:
+    """62 random bits from the system's CSPRNG, as ``secrets.randbits`` gives them (its import, OpenSSL's
+    hashing included, is 5 ms of every worker's start)."""
+    return int.from_bytes(os.urandom(8), "little") >> 2
 
 
 class Handles:
@@ -42,9 +47,9 @@ class Handles:
         if not pointer:
             return None
         with self._lock:
-            handle_id = secrets.randbits(62)  # unguessable: another caller of the pool cannot name it
+            handle_id = _unguessable()  # another caller of the pool cannot name it
             while handle_id in self._open:
-                handle_id = secrets.randbits(62)
+                handle_id = _unguessable()
             self._open[handle_id] = (pointer, kind)
         return HandleRef(os.getpid(), handle_id, kind)
 
