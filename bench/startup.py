@@ -6,7 +6,9 @@ Each round runs both ways, zygote on then off (``[pool] zygote``), so both see t
 
 * **ready**: ``Pool(default configuration).start()`` until it returns (every worker ready), split by the
   broker's own log records into: until the first worker is started (the broker process's start, binding,
-  and with the zygote on, the zygote's start), until the last worker is ready, and until ``start()`` returns;
+  and with the zygote on, whatever is left of the zygote's start: a broker process starts its first zygote
+  before its own imports), until the last worker is ready, and until ``start()`` returns; with the zygote,
+  also its own start (from its launch) and when it was ready, from ``start()``;
 * **respawn**: a pool with one worker; SIGKILL it, then call ``worker_pid`` until the replacement answers.
   *kill->answer* runs from just before the kill to the answer. *noticed->answer* from the moment the
   broker noticed the exit (the ``created`` time of its ``worker ... ended`` log record: the supervisor's
@@ -59,15 +61,12 @@ def ready_time(config: PoolConfig, broker: BrokerKind, records: Records) -> dict
         ready = time.time()
     first_start = min(records.times("started worker pid "))
     last_ready = max(records.times(" ready for "))
-    zygote = [
-        float(r.getMessage().rsplit(" ready in ", 1)[1].split()[0])
-        for r in records.records
-        if "zygote pid " in r.getMessage()
-    ]
+    zygote = [r for r in records.records if "zygote pid " in r.getMessage() and " ready in " in r.getMessage()]
     return {
         "ready": ready - started,
         "to first worker started": first_start - started,
-        "of which the zygote's start": zygote[0] if zygote else 0.0,
+        "the zygote's own start": float(zygote[0].getMessage().rsplit(" ready in ", 1)[1].split()[0]) if zygote else 0,
+        "the zygote ready, from start()": zygote[0].created - started if zygote else 0.0,
         "workers started to all ready": last_ready - first_start,
         "last ready to start() returned": ready - last_ready,
     }

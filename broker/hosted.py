@@ -42,9 +42,12 @@ from typing import IO, Any
 from protocol import BrokerUnavailable, ConfigError, DllPoolError, LibraryLoadError, PoolStartError, RuntimeMissing
 
 from .config import PoolConfig
+from .early import ENV, EarlyStart, interpreter_to_env
 from .inprocess import DEFAULT_GRACE, InProcessBroker, Readiness
-from .supervisor import how_it_ended
+from .runtime32 import Interpreter
+from .supervisor import how_it_ended, interpreter_for
 from .zygote import dedicate_process
+from .zygote import supported as zygote_supported
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +97,16 @@ class HostedBroker:
         """Start the broker process and have it bind its sockets and start the workers."""
         root = str(Path(__file__).resolve().parent.parent)  # the child imports this very copy of the package
         path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path}
+        env.pop(ENV, None)  # one this process was given is not for its own pool
+        interp = _first_interpreter(self.config)
+        if interp is not None:
+            env[ENV] = interpreter_to_env(interp)
         self._process = subprocess.Popen(
-            [sys.executable, "-c", "from broker.hosted import serve; serve()"],
+            [sys.executable, "-c", _CHILD],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": path},
+            env=env,
         )
         assert self._process.stdout is not None
         self._reader = threading.Thread(
@@ -197,6 +205,23 @@ class HostedBroker:
             self._answers.put(None)
 
 
+_CHILD = "from broker.early import begin; started = begin(); from broker.hosted import serve; serve(started)"
+"""The broker process's program: its run folder and first zygote start before it imports the broker."""
+
+
+def _first_interpreter(config: PoolConfig) -> Interpreter | None:
+    """The interpreter of the first service that starts workers, when they will be forked from a zygote and it is
+    there: the broker process starts that zygote first thing (:mod:`broker.early`)."""
+    first = next((service for service in config.services if service.workers), None)
+    if not (config.zygote and zygote_supported() and first is not None):
+        return None
+    try:
+        interp = interpreter_for(config, first)
+    except (RuntimeMissing, ValueError, OSError):
+        return None  # the broker process says what is wrong, as the answer to its start
+    return interp if os.path.exists(interp.executable) else None
+
+
 def _log_levels() -> dict[str, int]:
     """This process's levels for the loggers a broker uses, for the broker process to copy ("" is the root).
 
@@ -282,8 +307,9 @@ def _watch_owner(owner: int, gone: threading.Event) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def serve() -> None:
-    """The broker process: answer the owner's requests on stdin until it says stop or goes away."""
+def serve(started: EarlyStart | None = None) -> None:
+    """The broker process: answer the owner's requests on stdin until it says stop or goes away. ``started``: what
+    :func:`broker.early.begin` made before this module was imported."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
     dedicate_process()
@@ -305,7 +331,8 @@ def serve() -> None:
             if request["op"] == "start":
                 for name, level in request["levels"].items():
                     logging.getLogger(name).setLevel(level)
-                broker = InProcessBroker(PoolConfig.from_dict(request["config"]))
+                broker = InProcessBroker(PoolConfig.from_dict(request["config"]), started)
+                started = None
             output.send(_answer(broker, request))
         else:
             grace = 0.0  # end of input: the owner is gone, and the callers it had with it
@@ -313,6 +340,8 @@ def serve() -> None:
         _stopping.set()
         if broker is not None:
             broker.stop(0.0 if owner_gone.is_set() else grace)
+        if started is not None:  # the owner went away before it asked for a start
+            started.discard()
     if stop is not None:
         output.send({"id": stop, "result": None})
 

@@ -23,12 +23,14 @@ from protocol import ConfigError, DllPoolError, transport
 from .config import PoolConfig
 from .core import BrokerCore, ServicePolicy
 from .loop import BrokerLoop
-from .rundir import RunDir
+from .rundir import RunDir, make_worker_source
 from .security import BACKEND, FRONTEND, Allowlist, CurveServer, HandshakeWatch, start_authenticator
-from .supervisor import Supervisor, make_worker_source
+from .supervisor import Supervisor
 
 if TYPE_CHECKING:
     from zmq.auth.thread import ThreadAuthenticator
+
+    from .early import EarlyStart
 
 __all__ = ["DEFAULT_GRACE", "NOT_RUNNING", "InProcessBroker", "Readiness", "ipc_available"]
 
@@ -55,8 +57,10 @@ class Readiness:
 class InProcessBroker:
     """A broker serving from a thread of this process until :meth:`stop`."""
 
-    def __init__(self, config: PoolConfig) -> None:
+    def __init__(self, config: PoolConfig, early: EarlyStart | None = None) -> None:
         self.config = config
+        self._early = early
+        """A run folder and zygote a broker process made before importing the broker (:mod:`broker.early`)."""
         self.address = ""
         self.backend_address = ""
         self.thread: threading.Thread | None = None
@@ -69,21 +73,30 @@ class InProcessBroker:
 
     def start(self) -> None:
         """Bind the sockets and start the workers (without waiting for them); :meth:`stop` undoes a partial start."""
-        self._run_dir = RunDir()
-        self._context = zmq.Context()
-        worker_curve = self._start_curve()
-        frontend = self._router(self.config.frontend, FRONTEND)
-        backend = self._router(self.config.backend, BACKEND)
-        self.address = frontend.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.backend_address = backend.getsockopt_string(zmq.LAST_ENDPOINT)
-        if not backend.curve_server:
-            worker_curve = None
-        supervisor = Supervisor(self.config, self.backend_address, make_worker_source(self._run_dir.path), worker_curve)
-        supervisor.check_interpreters()
-        sockets = ((frontend, FRONTEND), (backend, BACKEND))
-        watches = [HandshakeWatch(sock, name) for sock, name in sockets if sock.curve_server]
-        self._loop = BrokerLoop(core_for(self.config), supervisor, frontend, backend, watches)
-        self.thread = threading.Thread(target=self._loop.run, name="dllpool-broker", daemon=True)
+        early, self._early = self._early, None
+        zygote = None if early is None else early.zygote
+        try:
+            self._run_dir = RunDir() if early is None else early.run_dir
+            self._context = zmq.Context()
+            worker_curve = self._start_curve()
+            frontend = self._router(self.config.frontend, FRONTEND)
+            backend = self._router(self.config.backend, BACKEND)
+            self.address = frontend.getsockopt_string(zmq.LAST_ENDPOINT)
+            self.backend_address = backend.getsockopt_string(zmq.LAST_ENDPOINT)
+            if not backend.curve_server:
+                worker_curve = None
+            source = make_worker_source(self._run_dir.path) if early is None else early.source
+            supervisor = Supervisor(self.config, self.backend_address, source, worker_curve)
+            supervisor.check_interpreters()
+            sockets = ((frontend, FRONTEND), (backend, BACKEND))
+            watches = [HandshakeWatch(sock, name) for sock, name in sockets if sock.curve_server]
+            self._loop = BrokerLoop(core_for(self.config), supervisor, frontend, backend, watches)
+            self.thread = threading.Thread(target=self._loop.run, name="dllpool-broker", daemon=True)
+            if zygote is not None:
+                supervisor.adopt_zygote(zygote)  # the loop, started next, is what stops the supervisor
+        finally:
+            if zygote is not None:  # a no-op once the supervisor took it over
+                zygote.discard()
         self.thread.start()
 
     def _start_curve(self) -> dict[str, str] | None:
@@ -143,6 +156,9 @@ class InProcessBroker:
 
     def stop(self, grace: float) -> None:
         """Let running calls finish within ``grace`` seconds, answer the rest, stop every worker, clean up."""
+        if self._early is not None:  # never started
+            self._early.discard()
+            self._early = None
         if self._loop is not None and self.thread is not None:
             self._loop.grace = grace
             self._loop.stop_requested.set()

@@ -23,12 +23,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
+from .runtime32 import WORKER_PACKAGES
+
 if sys.platform != "win32":
     import fcntl
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LOCK_NAME", "RunDir", "sweep"]
+__all__ = ["LOCK_NAME", "RunDir", "make_worker_source", "sweep"]
 
 LOCK_NAME = ".owner.lock"
 _NAME = re.compile(r"dllpool-(?:workers-)?[a-z0-9_]{8}")
@@ -64,6 +66,19 @@ class RunDir:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.remove()
+
+
+def make_worker_source(folder: Path) -> Path:
+    """A folder holding only the packages a worker imports, so no 64-bit package is visible to it."""
+    source = folder / "src"
+    source.mkdir()
+    root = Path(__file__).resolve().parent.parent
+    for package in WORKER_PACKAGES:
+        if sys.platform == "win32":
+            shutil.copytree(root / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (source / package).symlink_to(root / package, target_is_directory=True)
+    return source
 
 
 def sweep(root: Path | None = None) -> list[Path]:

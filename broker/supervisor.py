@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -44,8 +43,8 @@ from workers32.constants import EXIT_RETIRED, EXIT_STARTUP_FAILED, EXIT_UNLOADAB
 from . import runtime32
 from .config import MAX_WORKERS, PoolConfig, ServiceConfig
 from .core import WINDOWS_CRASHES
-from .rundir import RunDir
-from .zygote import Spawner, WorkerProcess
+from .rundir import RunDir, make_worker_source
+from .zygote import Spawner, WorkerProcess, ZygoteStart
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ __all__ = [
     "Exit",
     "Supervisor",
     "how_it_ended",
-    "make_worker_source",
+    "interpreter_for",
     "serve_workers",
 ]
 
@@ -116,17 +115,15 @@ class _Slot:
     restarts after a crash."""
 
 
-def make_worker_source(folder: Path) -> Path:
-    """A folder holding only the packages a worker imports, so no 64-bit package is visible to it."""
-    source = folder / "src"
-    source.mkdir()
-    root = Path(__file__).resolve().parent.parent
-    for package in runtime32.WORKER_PACKAGES:
-        if sys.platform == "win32":
-            shutil.copytree(root / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            (source / package).symlink_to(root / package, target_is_directory=True)
-    return source
+def interpreter_for(config: PoolConfig, service: ServiceConfig) -> runtime32.Interpreter:
+    """The Python that runs ``service``'s workers; RuntimeMissing if it is the provisioned one and that is missing."""
+    if service.python:
+        return runtime32.from_executable(service.python)
+    if service.bits == 64:
+        return runtime32.Interpreter(sys.executable, {}, ())
+    if config.python32:
+        return runtime32.from_executable(config.python32)
+    return runtime32.load()
 
 
 class Supervisor:
@@ -172,16 +169,12 @@ class Supervisor:
 
     def _interpreter(self, service: ServiceConfig) -> runtime32.Interpreter:
         if service.name not in self._interpreters:
-            if service.python:
-                interp = runtime32.from_executable(service.python)
-            elif service.bits == 64:
-                interp = runtime32.Interpreter(sys.executable, {}, ())
-            elif self.config.python32:
-                interp = runtime32.from_executable(self.config.python32)
-            else:
-                interp = runtime32.load()
-            self._interpreters[service.name] = interp
+            self._interpreters[service.name] = interpreter_for(self.config, service)
         return self._interpreters[service.name]
+
+    def adopt_zygote(self, start: ZygoteStart) -> None:
+        """Take over a zygote started before this supervisor (:mod:`broker.early`) as its interpreter's first."""
+        self._spawner.adopt(start)
 
     def check_interpreters(self) -> None:
         """Fail before anything starts when a service's interpreter is missing or of the wrong bitness."""

@@ -11,7 +11,10 @@ each worker in milliseconds. :class:`Spawner` gives the supervisor a Popen-like 
   worker``); elsewhere (Windows, macOS, a ``broker="thread"`` pool inside an application), and when a
   zygote cannot start, workers are spawned (the latter with a warning): never a failed pool;
 * one zygote per interpreter, started with the first worker that needs it, from the broker loop's
-  thread, whose end (or the broker's) ends the zygote (parent-death signal, end of its channel). One
+  thread, whose end (or the broker's) ends the zygote (parent-death signal, end of its channel); a pool's
+  broker process starts its first one from its main thread before it imports the broker, and the spawner
+  takes it over (:class:`ZygoteStart`, :mod:`broker.early`). A zygote's output, and so a forked worker's
+  (a library's ``printf``), goes to this process's stderr: a pool's broker process answers on stdout. One
   that died, or failed a request, is replaced without waiting for it: the broker loop goes on routing
   meanwhile, and spawns the workers it needs until the new zygote says it is ready;
 * a forked worker is this process's child, as a spawned one is: this process is a child subreaper
@@ -50,7 +53,7 @@ from .runtime32 import Interpreter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ForkedWorker", "Spawner", "WorkerProcess", "dedicate_process", "supported"]
+__all__ = ["ForkedWorker", "Spawner", "WorkerProcess", "ZygoteStart", "dedicate_process", "start_zygote", "supported"]
 
 _START_TIMEOUT = 10.0
 """Seconds a new zygote has to import the worker's code and say it is ready; past it, workers are spawned."""
@@ -129,6 +132,7 @@ class _Zygote:
                     cwd=cwd,
                     env=env,
                     stdin=subprocess.DEVNULL,
+                    stdout=2,  # this process's stderr: see the module docstring
                     stderr=subprocess.PIPE,
                     pass_fds=[theirs.fileno()],
                 )
@@ -207,6 +211,43 @@ class _Zygote:
         self.control.close()
         self.process.kill()
         self.process.wait()
+
+
+class ZygoteStart:
+    """A zygote started before its spawner exists (:mod:`broker.early`), for the spawner to take over; the process
+    is a child subreaper from its start on."""
+
+    def __init__(self, interp: Interpreter, cwd: Path, env: dict[str, str]) -> None:
+        self.interp = interp
+        _subreaper(True)
+        try:
+            self._zygote: _Zygote | None = _Zygote(interp, cwd, env)
+        except BaseException:
+            _subreaper(False)
+            raise
+
+    def take(self) -> _Zygote | None:
+        """The zygote, with this process's count as a subreaper, for a spawner to own; None once taken or ended."""
+        zygote, self._zygote = self._zygote, None
+        return zygote
+
+    def discard(self) -> None:
+        """End it, unless a spawner took it (then it is the spawner's to end)."""
+        zygote = self.take()
+        if zygote is not None:
+            zygote.kill()
+            _subreaper(False)
+
+
+def start_zygote(interp: Interpreter, cwd: Path, env: dict[str, str]) -> ZygoteStart | None:
+    """A zygote for ``interp`` started now, or None where zygotes are off for this process or it cannot start."""
+    if not (supported() and _dedicated):
+        return None
+    try:
+        return ZygoteStart(interp, cwd, env)
+    except OSError as exc:
+        log.debug("no early zygote for %s: %s", interp.shown, exc)
+        return None
 
 
 def _readable(sock: socket.socket, timeout: float) -> bool:
@@ -310,6 +351,21 @@ class Spawner:
         command = [*interp.command, "-s", "-m", "workers32", *args]
         return subprocess.Popen(command, cwd=cwd, env=env, stdin=stdin, stderr=subprocess.PIPE)
 
+    def adopt(self, start: ZygoteStart) -> None:
+        """Take over a zygote started early (:func:`start_zygote`) as its interpreter's first; one this spawner does
+        not use (zygotes off, or it has one for that interpreter) is ended."""
+        if not self.use_zygote or start.interp in self._zygotes:
+            start.discard()
+            return
+        zygote = start.take()
+        if zygote is None:  # ended already
+            return
+        if self._subreaper:
+            _subreaper(False)  # the start counted this process in already
+        self._subreaper = True
+        self._zygotes[zygote.interp] = zygote
+        log.debug("took over zygote pid %d of %s, started early", zygote.process.pid, zygote.interp.shown)
+
     def watch(self) -> None:
         """Start again each zygote that ended, and take up those that became ready (the supervisor calls this
         as it polls its workers), so that the next crash's replacement is forked too."""
@@ -321,8 +377,10 @@ class Spawner:
         None: spawn instead (its zygotes failed, or one is starting)."""
         if interp not in self._zygotes:
             self._launch(interp, cwd, env)
-            return self._ready(interp, self._zygotes[interp], _START_TIMEOUT if wait else 0.0)
-        return self._usable(interp, self._zygotes[interp])
+        zygote = self._zygotes[interp]
+        if wait and zygote is not None and not zygote.ready:  # a first one, launched now or taken over (adopt)
+            return self._ready(interp, zygote, _START_TIMEOUT)
+        return self._usable(interp, zygote)
 
     def _usable(self, interp: Interpreter, zygote: _Zygote | None) -> _Zygote | None:
         """``zygote`` if it is ready and alive; one that became ready is taken up, one that ended is replaced."""

@@ -74,12 +74,15 @@ def test_the_configuration_crosses_to_the_broker_process_as_json_unchanged(tmp_p
 
 
 def test_the_broker_process_imports_only_what_it_runs() -> None:
-    """Each import is paid on every pool's start, before its zygote can start: the broker process gets parsed
-    data (no C parser), uses no client but its shared-memory sweep, no asyncio, and never hosts a library."""
+    """Each import is paid on every pool's start: the broker process gets parsed data (no C parser), uses no
+    client but its shared-memory sweep, no asyncio, and never hosts a library. What it imports before starting
+    its zygote (broker.early) is less still: none of the broker's sockets, configuration or loop."""
     unwanted = ("pycparser", "broker.declarations", "client.client", "asyncio", "workers32.worker", "hdrh")
-    code = f"import sys; from broker.hosted import serve; print([m for m in {unwanted!r} if m in sys.modules])"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
-    assert done.stdout.strip() == "[]", done.stdout
+    before_zygote = ("zmq", "broker.config", "broker.supervisor", "broker.inprocess", "broker.loop", "broker.core")
+    for first, modules in (("from broker.hosted import serve", unwanted), ("import broker.early", before_zygote)):
+        code = f"import sys; {first}; print([m for m in {modules!r} if m in sys.modules])"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+        assert done.stdout.strip() == "[]", (first, done.stdout)
 
 
 def test_the_broker_runs_in_a_child_process_with_the_same_api(pool: Pool) -> None:

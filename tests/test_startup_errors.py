@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from broker import Pool, Supervisor, load_config
-from broker.supervisor import make_worker_source
+from broker.rundir import make_worker_source
 from protocol import ConfigError, LibraryLoadError, PoolStartError
 
 from .conftest import demo_service, library, wait_for

@@ -26,6 +26,7 @@ from .test_cli import children_of
 from .test_pool_process import parent_of
 
 TIMEOUT = 30.0
+MISBEHAVING = Path(__file__).resolve().parent / "wrappers" / "misbehaving.py"
 
 
 def command_line(pid: int) -> list[str]:
@@ -62,6 +63,33 @@ def test_forked_workers_are_32_bit_children_of_the_broker_with_their_own_library
             counts = [first.call("count_calls") for _ in range(5)]
             other = second.call("count_calls")
         assert (counts, other) == ([1, 2, 3, 4, 5], 1), "the workers share (or inherit) the library's state"
+
+
+def test_a_broker_process_starts_its_first_zygote_before_its_imports_and_forks_from_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """broker.early: the zygote starts while the broker process imports, and the supervisor takes it over."""
+    caplog.set_level(logging.DEBUG, logger="broker.zygote")
+    with Pool.from_config({"services": {"s": demo_service(workers=2)}}, broker="process") as pool:
+        pids = pool.worker_pids("s")
+        assert all(forked(pid) for pid in pids)
+        (broker,) = {parent_of(pid) for pid in pids}
+        (started,) = [r.getMessage() for r in caplog.records if "started early" in r.getMessage()]
+        assert zygotes_of(broker, pids) == [int(started.split("zygote pid ")[1].split()[0])]
+
+
+@pytest.mark.timeout(60)  # the failure it guards against is an owner waiting forever for a mangled answer
+def test_a_forked_workers_stdout_stays_out_of_the_broker_processs_answers() -> None:
+    """A pool's broker process answers its owner on stdout; a forked worker writing there (a library's printf)
+    writes to the broker's stderr instead, so the answers stay whole and the pool stops."""
+    wrapper = {"module": str(MISBEHAVING), "class": "Misbehaving", "workers": 1}
+    with Pool.from_config({"services": {"w": wrapper}}, broker="process") as pool:
+        (pid,) = pool.worker_pids("w")
+        assert forked(pid)
+        with pool.client(timeout=TIMEOUT) as client:
+            assert client.call("w", "scribble", '{"not": "an answer"') == 19
+        for _ in range(3):  # each a request on the broker process's channel, answered on its stdout
+            assert pool.worker_pids("w") == [pid] and pool.stats()["workers_lost"] == 0
 
 
 def test_a_killed_worker_is_replaced_by_a_forked_one_that_answers(pool: Pool) -> None:

@@ -18,6 +18,10 @@ class Misbehaving:
     def hard_exit(self) -> None:
         os._exit(7)
 
+    def scribble(self, text: str) -> int:
+        """Writes ``text`` to the process's fd 1, no newline, as a library's printf would."""
+        return os.write(1, text.encode())
+
     def echo(self, value: object) -> object:
         return value
 
