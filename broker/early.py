@@ -19,15 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .rundir import RunDir, make_worker_source
-from .runtime32 import Interpreter, command_env
+from .runtime32 import command_env, interpreter_from_dict
 from .zygote import ZygoteStart, dedicate_process, start_zygote
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ENV", "EarlyStart", "begin", "interpreter_from_env", "interpreter_to_env"]
+__all__ = ["ENV", "EarlyStart", "begin"]
 
 ENV = "DLLPOOL_EARLY_ZYGOTE"
-"""The interpreter of the zygote to start, as JSON (:func:`interpreter_to_env`)."""
+"""The interpreter of the zygote to start, as JSON (:func:`broker.runtime32.interpreter_to_dict`)."""
 
 
 @dataclass
@@ -46,15 +46,6 @@ class EarlyStart:
         self.run_dir.remove()
 
 
-def interpreter_to_env(interp: Interpreter) -> str:
-    return json.dumps({"executable": interp.executable, "env": interp.env, "path": interp.path, "args": interp.args})
-
-
-def interpreter_from_env(text: str) -> Interpreter:
-    data = json.loads(text)
-    return Interpreter(str(data["executable"]), dict(data["env"]), tuple(data["path"]), tuple(data["args"]))
-
-
 def begin() -> EarlyStart | None:
     """The run folder and, if :data:`ENV` names an interpreter, its zygote, started now; None if the folder cannot
     be made here (the broker then tries again, and reports why)."""
@@ -69,7 +60,7 @@ def begin() -> EarlyStart | None:
         source = make_worker_source(run_dir.path)
         zygote = None
         if spec is not None:
-            interp = interpreter_from_env(spec)
+            interp = interpreter_from_dict(json.loads(spec))
             zygote = start_zygote(interp, source, command_env(interp, [str(source)]))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.debug("no early zygote: %s", exc)

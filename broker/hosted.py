@@ -42,12 +42,11 @@ from typing import IO, Any
 from protocol import BrokerUnavailable, ConfigError, DllPoolError, LibraryLoadError, PoolStartError, RuntimeMissing
 
 from .config import PoolConfig
-from .early import ENV, EarlyStart, interpreter_to_env
+from .early import ENV, EarlyStart
 from .inprocess import DEFAULT_GRACE, InProcessBroker, Readiness
-from .runtime32 import Interpreter
+from .runtime32 import Interpreter, interpreter_to_dict
 from .supervisor import how_it_ended, interpreter_for
-from .zygote import dedicate_process
-from .zygote import supported as zygote_supported
+from .zygote import dedicate_process, supported
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +100,7 @@ class HostedBroker:
         env.pop(ENV, None)  # one this process was given is not for its own pool
         interp = _first_interpreter(self.config)
         if interp is not None:
-            env[ENV] = interpreter_to_env(interp)
+            env[ENV] = json.dumps(interpreter_to_dict(interp))
         self._process = subprocess.Popen(
             [sys.executable, "-c", _CHILD],
             stdin=subprocess.PIPE,
@@ -213,7 +212,7 @@ def _first_interpreter(config: PoolConfig) -> Interpreter | None:
     """The interpreter of the first service that starts workers, when they will be forked from a zygote and it is
     there: the broker process starts that zygote first thing (:mod:`broker.early`)."""
     first = next((service for service in config.services if service.workers), None)
-    if not (config.zygote and zygote_supported() and first is not None):
+    if not (config.zygote and supported() and first is not None):
         return None
     try:
         interp = interpreter_for(config, first)

@@ -38,6 +38,7 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from protocol.errors import RuntimeMissing
 
@@ -54,6 +55,8 @@ __all__ = [
     "default_prefix",
     "describe",
     "from_executable",
+    "interpreter_from_dict",
+    "interpreter_to_dict",
     "load",
     "provision",
     "setup",
@@ -357,7 +360,7 @@ def load(prefix: Path | None = None) -> Interpreter:
     except (OSError, ValueError) as exc:
         raise RuntimeMissing(f"unreadable 32-bit runtime manifest {manifest} ({exc}): {SETUP_HINT}") from exc
     try:
-        interp = _interpreter_from_manifest(data)
+        interp = interpreter_from_dict(data)
     except (KeyError, TypeError, ValueError) as exc:
         raise RuntimeMissing(f"broken 32-bit runtime manifest {manifest} ({exc}): {SETUP_HINT}") from exc
     missing = [p for p in (interp.executable, *interp.path) if not os.path.exists(p)]
@@ -368,7 +371,19 @@ def load(prefix: Path | None = None) -> Interpreter:
     return interp
 
 
-def _interpreter_from_manifest(data: object) -> Interpreter:
+def interpreter_to_dict(interp: Interpreter) -> dict[str, Any]:
+    """``interp`` as JSON-ready data: the runtime's manifest holds it, and a pool hands it to its broker process."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "executable": interp.executable,
+        "env": interp.env,
+        "path": list(interp.path),
+        "args": list(interp.args),
+    }
+
+
+def interpreter_from_dict(data: object) -> Interpreter:
+    """The inverse of :func:`interpreter_to_dict`; ValueError (or KeyError) for anything else."""
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"not a format-{MANIFEST_FORMAT} manifest")
     executable, env, path, args = data["executable"], data["env"], data["path"], data["args"]
@@ -385,11 +400,7 @@ def _interpreter_from_manifest(data: object) -> Interpreter:
 
 def _write_manifest(prefix: Path, interp: Interpreter, info: Mapping[str, object]) -> None:
     data = {
-        "format": MANIFEST_FORMAT,
-        "executable": interp.executable,
-        "env": interp.env,
-        "path": list(interp.path),
-        "args": list(interp.args),
+        **interpreter_to_dict(interp),
         "version": info.get("version"),
         "platform": info.get("platform"),
         "pyzmq": info.get("pyzmq"),
