@@ -531,7 +531,7 @@ class BrokerCore:
                     BadRequest(f"correlation ID {req.corr:#x} is already in use by a pending request"),
                 )
             ]
-        size = sum(len(frame) for frame in req.payload)
+        size = sum(map(len, req.payload))
         refusal = self._refusal(service, client, req, size)
         if refusal is not None:
             return [self._error_to(ident, req.corr, refusal)]
@@ -852,10 +852,13 @@ class BrokerCore:
     def _dispatch_all(self, service: _Service, worker: _Worker, now: float) -> list[Action]:
         """After ``worker`` freed a run slot: first the jobs pinned to it (then, if it is being retired, its next step
         toward STOP), then a waiting lease, then the queue."""
-        actions = self._dispatch_pinned(worker, now)
+        # Each step looks first whether it has anything to do, as it would itself: a call fewer per reply each.
+        actions = self._dispatch_pinned(worker, now) if worker.pinned else []
         if worker.retire:
             actions += self._wind_down(worker, now)
-        return actions + self._grant_leases(service, now) + self._dispatch(service, now)
+        if service.lease_waiters or service.reserved is not None:
+            actions += self._grant_leases(service, now)
+        return actions + self._dispatch(service, now) if service.queue else actions
 
     def worker_exited(self, pid: int, returncode: int | None, now: float) -> list[Action]:
         """The supervisor saw a worker process end."""
@@ -1499,7 +1502,7 @@ class BrokerCore:
         deque when it holds none ahead."""
         if job.state is JobState.AHEAD:  # answered before the broker saw it start (replies raced): no slot freed
             return
-        waiting = next((j for j in worker.jobs.values() if j.state is JobState.AHEAD), None)
+        waiting = next((j for j in worker.jobs.values() if j.state is JobState.AHEAD), None) if worker.jobs else None
         if waiting is not None:
             self._move(waiting, JobState.RUNNING)
             waiting.running_since = now

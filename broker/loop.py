@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import zmq
 
@@ -116,6 +116,8 @@ class BrokerLoop:
         self._next_sweep = 0.0
         self._watched = 0.0
         """When the loop last looked at its sockets (a poll returned)."""
+        self._stall = max(core.heartbeat_interval, _PAUSE_MIN)
+        """A longer time without looking at them is a stall, which no peer is judged on (:meth:`_stalled`)."""
         self._unread: _Unread | None = None
         self._clients: dict[bytes, float] = {}
         """Frontend peers by when they were last heard: the clients to reassure while one message holds the socket."""
@@ -149,25 +151,24 @@ class BrokerLoop:
             self.stopped.set()
 
     def _serve(self) -> None:
-        poller = self._poller()
+        poll_items = self._poll_items()
         self._watched = time.monotonic()
         while not self.stop_requested.is_set():
-            self._step(poller)
+            self._step(poll_items)
 
-    def _poller(self) -> zmq.Poller:
-        poller = zmq.Poller()
-        poller.register(self.frontend, zmq.POLLIN)
-        poller.register(self.backend, zmq.POLLIN)
-        for watch in self.watches:
-            poller.register(watch.monitor, zmq.POLLIN)
-        return poller
+    def _poll_items(self) -> list[tuple[zmq.Socket[Any], int]]:
+        """What :func:`zmq.zmq_poll` watches: a ``zmq.Poller`` adds a Python function call to every poll."""
+        return [(sock, _POLLIN) for sock in (self.frontend, self.backend, *(w.monitor for w in self.watches))]
 
-    def _step(self, poller: zmq.Poller) -> None:
+    def _step(self, poll_items: list[tuple[zmq.Socket[Any], int]]) -> None:
         # Wait no longer than the next tick: a busy socket must not push the supervisor's poll (a crash noticed,
         # its replacement started) a whole TICK past when it is due.
         wait = 0 if self._unread is not None else max(0, math.ceil(1000 * (self._next_tick - time.monotonic())))
-        events = dict(poller.poll(wait))
-        self._watch(time.monotonic())
+        events = dict(zmq.zmq_poll(poll_items, wait))
+        now = time.monotonic()
+        if now - self._watched > self._stall:
+            self._stalled(now)
+        self._watched = now
         if self.backend in events:
             self._drain_backend()
         if self._unread is not None or self.frontend in events:
@@ -176,17 +177,17 @@ class BrokerLoop:
         for watch in self.watches:
             if watch.monitor in events:
                 watch.drain(now)
-        self._watch(now)  # a stall while handling (a GC, a stop, the GIL held by another thread) counts too
+        if now - self._watched > self._stall:  # while handling (a GC, a stop, the GIL held by another thread) too
+            self._stalled(now)
+        self._watched = now
         if now >= self._next_tick:
             self._next_tick = now + TICK
             self._tick(now)
 
-    def _watch(self, now: float) -> None:
-        """The loop looks at its sockets now; if it could not for a while, no peer is judged on that silence."""
+    def _stalled(self, now: float) -> None:
+        """The loop could not look at its sockets for a while (since ``self._watched``): no peer is judged on that
+        silence. (``_step`` checks for a stall itself, twice a step: it is rare, a function call is not.)"""
         unwatched = now - self._watched
-        self._watched = now
-        if unwatched <= max(self.core.heartbeat_interval, _PAUSE_MIN):
-            return
         log.warning(
             "the broker could not watch its sockets for %.1f s (was it stopped, or starved of CPU?); "
             "every peer gets a fresh liveness window",
@@ -215,8 +216,8 @@ class BrokerLoop:
 
     def _drain_backend(self) -> None:
         deadline = time.monotonic() + _BATCH_SECONDS
-        for ident, *frames in transport.drain(self.backend, _BATCH, copied=2):
-            if self._handle(self.core.worker_message, cast(bytes, ident), frames) >= deadline:
+        for ident, *frames in transport.drain(self.backend, _BATCH, copied=2):  # copied=2: the routing ID is bytes
+            if self._handle(self.core.worker_message, ident, frames) >= deadline:  # type: ignore[arg-type]
                 return
 
     def _read_frontend(self, readable: bool) -> None:
@@ -433,9 +434,9 @@ class BrokerLoop:
         with self.lock:
             self.core.stop_accepting()
         deadline = time.monotonic() + self.grace
-        poller = self._poller()
+        poll_items = self._poll_items()
         while self.core.pending() and time.monotonic() < deadline:
-            self._step(poller)
+            self._step(poll_items)
         with self.lock:
             now = time.monotonic()
             self._execute(self.core.abort_all("the pool shut down first", now), now)

@@ -428,9 +428,10 @@ class _Packer:
 
 def _packb(value: Any, default: Optional[Callable[[Any], Any]] = None) -> bytes:
     try:
-        # strict_types: a tuple reaches the hook (to become EXT_TUPLE) instead of packing as a list. (Annotated,
-        # not cast(): that is one more function call on every call's path.)
-        packed: bytes = msgpack.packb(value, use_bin_type=True, default=default, strict_types=True)
+        # strict_types: a tuple reaches the hook (to become EXT_TUPLE) instead of packing as a list. (A Packer of
+        # our own, and annotated rather than cast(): msgpack.packb and cast() are each a Python function call more
+        # on every call's path.)
+        packed: bytes = msgpack.Packer(use_bin_type=True, default=default, strict_types=True).pack(value)
         return packed
     except OverflowError:  # msgpack says only "Integer value out of range"
         raise OverflowError(f"integer out of range (msgpack carries {_INT_RANGE})") from None
@@ -477,7 +478,7 @@ def pack_value(value: Any, share: Optional[ShareHook] = None) -> list[Buffer]:
     big buffer to a frame of its own (or, where ``share`` says so, a typed
     array to shared memory).
     """
-    if _holds_big_buffer(value):
+    if type(value) not in _PLAIN and _holds_big_buffer(value):  # a number or a string holds none
         return _Packer(share).pack(value)
     try:
         body = _packb(value, _inline if share is None else _inline_unless_array)

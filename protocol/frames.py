@@ -247,17 +247,15 @@ def unpack_header(frame: Buffer, what: str, limit: int = MAX_HEADER_LEN) -> "dic
     return data
 
 
-def _command(frames: Sequence[Buffer], protocol: bytes) -> int:
-    """Validate the header's tag and return its command byte."""
+def _not_ours(frames: Sequence[Buffer], protocol: bytes) -> ProtocolError:
+    """Why a message whose first frame does not start with ``protocol``'s tag and a command is refused. (The
+    parsers check the tag themselves, on every message: this is called only for what they refuse.)"""
     if not frames:
-        raise ProtocolError("message has no frames")
-    header = frames[0]
-    if header[:_TAG_LEN] != protocol or len(header) < _SHORT_LEN:
-        head = bytes(header[:8])
-        if head[:3] == protocol[:3] and len(head) >= _TAG_LEN and head[3] != protocol[3]:
-            raise ProtocolError(f"protocol version {head[3]} is not supported; this peer speaks version {protocol[3]}")
-        raise ProtocolError(f"not a dllpool message (header {head!r})")
-    return header[_TAG_LEN]
+        return ProtocolError("message has no frames")
+    head = bytes(frames[0][:8])
+    if head[:3] == protocol[:3] and len(head) >= _TAG_LEN and head[3] != protocol[3]:
+        return ProtocolError(f"protocol version {head[3]} is not supported; this peer speaks version {protocol[3]}")
+    return ProtocolError(f"not a dllpool message (header {head!r})")
 
 
 def _expect(frames: Sequence[Buffer], size: int, minimum: int, what: str) -> None:
@@ -267,23 +265,37 @@ def _expect(frames: Sequence[Buffer], size: int, minimum: int, what: str) -> Non
         raise ProtocolError(f"{what} needs at least {minimum} frames, got {len(frames)}")
 
 
-def _name(raw: Buffer, what: str) -> str:
+_DECODED: "dict[bytes, str]" = {}
+"""Names as received, decoded: a broker and its workers see the same few names on every call. The parsers look a
+name up here themselves (a function call costs more than the lookup), and :func:`_name` decodes the others."""
+_DECODED_MAX = 1024
+"""Names kept; a peer sending ever new ones empties it now and then (they are decoded again, nothing else)."""
+
+
+def _name(raw: bytes, what: str) -> str:
+    """A name not in :data:`_DECODED`, decoded and kept there; ProtocolError if it is empty or not UTF-8."""
     if not raw:
         raise ProtocolError(f"{what} is empty")
     try:
-        return bytes(raw).decode("utf-8")
+        name = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError(f"{what} is not UTF-8") from None
+    if len(_DECODED) >= _DECODED_MAX:
+        _DECODED.clear()
+    _DECODED[raw] = name
+    return name
 
 
-def _timeout(flags: int, value: float, what: str) -> Optional[float]:
+def _request_payload(frames: Sequence[Buffer], header_len: int, flags: int, timeout: float) -> "list[Buffer]":
+    """A REQUEST's payload, after a header of ``header_len`` bytes whose flags and timeout are checked first."""
     if flags & ~_FLAGS:
-        raise ProtocolError(f"{what} has unknown flag bits {flags & ~_FLAGS:#04x}")
-    if not flags & FLAG_TIMEOUT:
-        return None
-    if not (value >= 0 and math.isfinite(value)):
-        raise ProtocolError(f"{what} timeout must be a finite number >= 0, got {value!r}")
-    return value
+        raise ProtocolError(f"REQUEST has unknown flag bits {flags & ~_FLAGS:#04x}")
+    if flags & FLAG_TIMEOUT and not 0.0 <= timeout < math.inf:
+        raise ProtocolError(f"REQUEST timeout must be a finite number >= 0, got {timeout!r}")
+    header = frames[0]
+    if flags & FLAG_JOINED and len(frames) == 1 and 0 < len(header) - header_len < JOIN_LIMIT:
+        return [header[header_len:]]  # the usual request: _payload's checks, in a line
+    return _payload(frames, header_len, flags, "REQUEST")
 
 
 def _payload(frames: Sequence[Buffer], header_len: int, flags: int, what: str) -> "list[Buffer]":
@@ -308,9 +320,12 @@ def _answer(frames: Sequence[Buffer], what: str) -> "tuple[int, list[Buffer]]":
     """The ID and payload of a REPLY or ERROR."""
     if len(frames[0]) < _ANSWER.size:
         raise ProtocolError(f"{what} header must be at least {_ANSWER.size} bytes, got {len(frames[0])}")
-    _, _, flags, ident = _ANSWER.unpack_from(frames[0])
+    header = frames[0]
+    _, _, flags, ident = _ANSWER.unpack_from(header)
     if flags & ~FLAG_JOINED:
         raise ProtocolError(f"{what} has unknown flag bits {flags & ~FLAG_JOINED:#04x}")
+    if flags and len(frames) == 1 and 0 < len(header) - _ANSWER.size < JOIN_LIMIT:
+        return ident, [header[_ANSWER.size :]]  # the usual answer: _payload's checks, in a line
     return ident, _payload(frames, _ANSWER.size, flags, what)
 
 
@@ -406,23 +421,26 @@ _WORKER_DISCONNECT = WorkerDisconnect()
 
 def parse_client(frames: Sequence[Buffer]) -> ClientMessage:
     """Parse what a client sent to the broker (routing frame already removed)."""
-    command = _command(frames, CLIENT_PROTOCOL)
-    header = frames[0]
+    header = frames[0] if frames else b""
+    if header[:_TAG_LEN] != CLIENT_PROTOCOL or len(header) < _SHORT_LEN:
+        raise _not_ours(frames, CLIENT_PROTOCOL)
+    command = header[_TAG_LEN]
     if command == REQUEST:
         if len(header) < _CLIENT_REQUEST.size:
             raise ProtocolError(f"REQUEST header must be at least {_CLIENT_REQUEST.size} bytes, got {len(header)}")
         _, _, flags, service_len, method_len, corr, timeout = _CLIENT_REQUEST.unpack_from(header)
         end = _CLIENT_REQUEST.size + service_len
-        pin_len = _PIN.size if flags & FLAG_PINNED else 0
-        payload = _payload(frames, end + method_len + pin_len, flags, "REQUEST")  # first: it checks the length
+        at = end + method_len + (_PIN.size if flags & FLAG_PINNED else 0)
+        payload = _request_payload(frames, at, flags, timeout)  # first: it checks the header's length
+        service, method = bytes(header[_CLIENT_REQUEST.size : end]), bytes(header[end : end + method_len])
         return ClientRequest(
             corr,
-            _name(header[_CLIENT_REQUEST.size : end], "service name"),
-            _name(header[end : end + method_len], "method name"),
-            _timeout(flags, timeout, "REQUEST"),
+            _DECODED.get(service) or _name(service, "service name"),
+            _DECODED.get(method) or _name(method, "method name"),
+            timeout if flags & FLAG_TIMEOUT else None,
             flags & ~(FLAG_PINNED | FLAG_JOINED),
             payload,
-            _PIN.unpack_from(header, end + method_len)[0] if pin_len else None,
+            _PIN.unpack_from(header, at - _PIN.size)[0] if flags & FLAG_PINNED else None,
         )
     if command == HEARTBEAT:
         if len(header) == _SHORT_LEN:
@@ -441,7 +459,10 @@ def parse_client(frames: Sequence[Buffer]) -> ClientMessage:
 
 def parse_worker(frames: Sequence[Buffer]) -> WorkerMessage:
     """Parse what a worker sent to the broker (routing frame already removed)."""
-    command = _command(frames, WORKER_PROTOCOL)
+    header = frames[0] if frames else b""
+    if header[:_TAG_LEN] != WORKER_PROTOCOL or len(header) < _SHORT_LEN:
+        raise _not_ours(frames, WORKER_PROTOCOL)
+    command = header[_TAG_LEN]
     if command in (REPLY, ERROR):
         job, payload = _answer(frames, "REPLY" if command == REPLY else "ERROR")
         return WorkerReply(job, command == ERROR, payload)
@@ -525,7 +546,10 @@ _STOP_TO_WORKER = StopToWorker()
 
 def parse_for_client(frames: Sequence[Buffer]) -> Union[ReplyToClient, HeartbeatToClient]:
     """Parse what the broker sent to a client; an error's map is unpacked (within limits) here."""
-    command = _command(frames, CLIENT_PROTOCOL)
+    header = frames[0] if frames else b""
+    if header[:_TAG_LEN] != CLIENT_PROTOCOL or len(header) < _SHORT_LEN:
+        raise _not_ours(frames, CLIENT_PROTOCOL)
+    command = header[_TAG_LEN]
     if command == REPLY:
         return ReplyToClient(*_answer(frames, "REPLY"))
     if command == ERROR:
@@ -540,18 +564,21 @@ def parse_for_worker(
     frames: Sequence[Buffer],
 ) -> Union[WorkerRequest, HeartbeatToWorker, DisconnectToWorker, CancelToWorker, StopToWorker]:
     """Parse what the broker sent to a worker."""
-    command = _command(frames, WORKER_PROTOCOL)
+    header = frames[0] if frames else b""
+    if header[:_TAG_LEN] != WORKER_PROTOCOL or len(header) < _SHORT_LEN:
+        raise _not_ours(frames, WORKER_PROTOCOL)
+    command = header[_TAG_LEN]
     if command == REQUEST:
-        header = frames[0]
         if len(header) <= _WORKER_REQUEST.size:
             raise ProtocolError("REQUEST needs a header with a method name and a body")
         _, _, flags, method_len, job, timeout = _WORKER_REQUEST.unpack_from(header)
         end = _WORKER_REQUEST.size + method_len
-        payload = _payload(frames, end, flags, "REQUEST")  # first: it checks the length
+        payload = _request_payload(frames, end, flags, timeout)  # first: it checks the header's length
+        method = bytes(header[_WORKER_REQUEST.size : end])
         return WorkerRequest(
             job,
-            _name(header[_WORKER_REQUEST.size : end], "method name"),
-            _timeout(flags, timeout, "REQUEST"),
+            _DECODED.get(method) or _name(method, "method name"),
+            timeout if flags & FLAG_TIMEOUT else None,
             flags & ~FLAG_JOINED,
             payload,
         )
@@ -602,6 +629,8 @@ def client_request(
 ) -> "list[Buffer]":
     """A REQUEST; names that do not fit raise ValueError (the caller's mistake, found before sending)."""
     names = encoded_name(service, "service"), encoded_name(method, "method")
+    if len(payload) == 1 and 0 < len(payload[0]) < JOIN_LIMIT:  # the usual request: _joined's work, in a line
+        return [client_request_header(corr, *names, timeout, flags | FLAG_JOINED, pin) + payload[0]]
     joined = _join_flag(payload)
     return _joined(client_request_header(corr, *names, timeout, flags & ~FLAG_JOINED | joined, pin), payload, joined)
 
@@ -646,6 +675,8 @@ def answer_to_client(corr: int, error: bool, payload: Sequence[Buffer]) -> "list
 
 
 def _answer_frames(protocol: bytes, command: int, ident: int, payload: Sequence[Buffer]) -> "list[Buffer]":
+    if len(payload) == 1 and 0 < len(payload[0]) < JOIN_LIMIT:  # the usual answer: _joined's work, in a line
+        return [_ANSWER.pack(protocol, command, FLAG_JOINED, ident) + payload[0]]
     joined = _join_flag(payload)
     return _joined(_ANSWER.pack(protocol, command, joined, ident), payload, joined)
 
@@ -667,12 +698,13 @@ def request_to_worker(
 ) -> "list[Buffer]":
     """A REQUEST for a worker; ``timeout`` is what is left of the caller's, not the whole of it."""
     raw = encoded_name(method, "method")
-    joined = _join_flag(payload)
+    short = len(payload) == 1 and 0 < len(payload[0]) < JOIN_LIMIT  # the usual request: _joined's work, in a line
+    joined = FLAG_JOINED if short else _join_flag(payload)
     flags = flags & ~(FLAG_TIMEOUT | FLAG_JOINED) | joined
     if timeout is not None:
         flags |= FLAG_TIMEOUT
     header = _WORKER_REQUEST.pack(WORKER_PROTOCOL, REQUEST, flags, len(raw), job, timeout or 0.0) + raw
-    return _joined(header, payload, joined)
+    return [header + payload[0]] if short else _joined(header, payload, joined)
 
 
 def heartbeat_to_worker() -> "list[Buffer]":

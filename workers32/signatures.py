@@ -453,8 +453,10 @@ class CFunction:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         numbers = self._numbers
         if numbers is not None and not kwargs and len(args) == len(numbers):
+            converted = []
             try:
-                converted = [convert(value) for convert, value in zip(numbers, args)]
+                for convert, value in zip(numbers, args):  # a loop: a comprehension is one more function call
+                    converted.append(convert(value))
             except Refused:
                 pass  # the general path names the argument that does not fit
             else:

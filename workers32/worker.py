@@ -35,7 +35,7 @@ import traceback
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 import zmq
 
@@ -63,6 +63,7 @@ from .constants import EXIT_BROKER_GONE, EXIT_RETIRED, EXIT_STARTUP_FAILED, EXIT
 from .hosting import build, call
 from .resources import figures
 from .shm import MAPPINGS, SharedArguments, limit_of
+from .signatures import CFunction
 
 log = logging.getLogger("workers32")
 
@@ -183,31 +184,29 @@ class Worker:
                 )
             payload = self._execute_batch(request) if request.flags & wire.FLAG_BATCH else self._execute(request)
             frames = wire.worker_reply(request.job, payload)
-            self._check_size(request.method, frames)
+            limit = self.max_message_size
+            if limit is not None and max(map(len, frames)) > limit:  # len() of pack_value's frames counts bytes
+                raise self._too_large(request.method, frames, limit)
             return frames
         except CallError as exc:
             return _error_frames(request.job, exc)
         except BaseException as exc:  # SystemExit from a wrapper, say: still an answer, not silence
             return _error_frames(request.job, _remote_error(exc, self.service, request.method))
 
-    def _check_size(self, method: str, frames: list[Buffer]) -> None:
-        """Refuse a reply the broker would refuse: it drops the connection of a peer that sends a frame
-        over its limit, so the caller would see this live worker as crashed. (A small body is sent in its
-        header's frame: the frames as sent are what count.)"""
-        limit = self.max_message_size
-        if limit is None:
-            return
-        size = max(map(len, frames))  # pack_value's frames are bytes and byte views: len() counts bytes
-        if size > limit:
-            raise ReplyTooLarge(
-                f"{self.service}.{method} returned a result with a frame of {size:,} bytes, over the pool's "
-                f"max_message_size of {limit:,} bytes, so it was not sent: return less per call, or raise "
-                "max_message_size in the configuration's [pool] table",
-                service=self.service,
-                method=method,
-                limit=limit,
-                size=size,
-            )
+    def _too_large(self, method: str, frames: list[Buffer], limit: int) -> ReplyTooLarge:
+        """Why a reply is refused here: the broker drops the connection of a peer that sends a frame over its limit,
+        so the caller would see this live worker as crashed. (A small body is sent in its header's frame: the
+        frames as sent are what count.)"""
+        size = max(map(len, frames))
+        return ReplyTooLarge(
+            f"{self.service}.{method} returned a result with a frame of {size:,} bytes, over the pool's "
+            f"max_message_size of {limit:,} bytes, so it was not sent: return less per call, or raise "
+            "max_message_size in the configuration's [pool] table",
+            service=self.service,
+            method=method,
+            limit=limit,
+            size=size,
+        )
 
     def _cancelled(self, request: WorkerRequest) -> list[Buffer]:
         return _error_frames(
@@ -229,17 +228,15 @@ class Worker:
                 self._pipes.append(pipe)
         transport.send(pipe, self._answer(request, deadline))
 
-    def _function(self, method: str) -> Callable[..., Any]:
-        function = self.methods.get(method)
-        if function is None:
-            names = sorted(m for m in self.methods if not m.startswith("$"))
-            raise UnknownMethod(
-                f"service {self.service!r} has no method {method!r}; it has: {', '.join(names)}",
-                service=self.service,
-                method=method,
-                methods=names,
-            )
-        return function
+    def _unknown(self, method: str) -> NoReturn:
+        """For a method ``self.methods`` has not: ``self.methods.get(method) or self._unknown(method)``."""
+        names = sorted(m for m in self.methods if not m.startswith("$"))
+        raise UnknownMethod(
+            f"service {self.service!r} has no method {method!r}; it has: {', '.join(names)}",
+            service=self.service,
+            method=method,
+            methods=names,
+        )
 
     def _decode(self, request: WorkerRequest, unpack: Callable[[list[Buffer]], Any]) -> Any:
         try:
@@ -257,7 +254,8 @@ class Worker:
 
     def _run(self, function: Callable[..., Any], method: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         try:
-            return call(function, args, kwargs)
+            # A declared function checks its own arguments: hosting.call's check of a wrapper's is not needed.
+            return function(*args, **kwargs) if type(function) is CFunction else call(function, args, kwargs)
         except CallError as exc:
             exc.details.setdefault("service", self.service)
             exc.details.setdefault("method", method)
@@ -279,19 +277,21 @@ class Worker:
     def _execute(self, request: WorkerRequest) -> list[Buffer]:
         """Run one call. Its shared-memory arguments are mapped before (a segment that cannot be mapped fails
         the call unrun) and unmapped once the reply is packed (a result may name a segment, not hold it)."""
-        function = self._function(request.method)
+        function = self.methods.get(request.method) or self._unknown(request.method)
         shared = SharedArguments(self.shared_memory_max)
         args, kwargs = self._decode(request, functools.partial(unpack_call, arrays=shared.collect))
         try:
-            shared.map(self.service, request.method)
+            if shared.arrays:  # most calls have none: nothing to map, and nothing to release after
+                shared.map(self.service, request.method)
             return self._pack(request.method, self._run(function, request.method, args, kwargs))
         finally:
-            shared.release()
+            if shared.arrays:  # emptied by a map that failed (it released what it had mapped)
+                shared.release()
 
     def _execute_batch(self, request: WorkerRequest) -> list[Buffer]:
         """Many calls of one method (``Client.map``): one outcome per call, in order; one failing call
         fails only its own item."""
-        function = self._function(request.method)
+        function = self.methods.get(request.method) or self._unknown(request.method)
         outcomes: list[list[Any]] = []
         for args in self._decode(request, unpack_batch):
             try:
