@@ -89,6 +89,26 @@ def test_a_body_of_join_limit_bytes_keeps_a_frame_of_its_own(conv: Any) -> None:
             msg = parse(conv(frames))
             assert as_bytes(msg.payload) == [body, b"buf"]
             assert not getattr(msg, "flags", 0) & wire.FLAG_JOINED, "the flag is the frames', not the caller's"
+        alone = build([small])  # the usual message: one frame, which the parsers take apart in line
+        assert len(alone) == 1
+        msg = parse(conv(alone))
+        assert as_bytes(msg.payload) == [small]
+        assert not getattr(msg, "flags", 0) & wire.FLAG_JOINED
+
+
+def test_names_are_decoded_alike_whether_or_not_the_table_of_decoded_names_holds_them(conv: Any) -> None:
+    """Received names are kept decoded, up to a bound: a peer sending ever new ones cannot grow the table, and a
+    name is read the same the first time, from the table, and after the table was emptied."""
+    names = [f"méthode_{i}" for i in range(wire._DECODED_MAX + 100)]
+    for _ in range(2):
+        for name in names:
+            request = wire.parse_for_worker(conv(wire.request_to_worker(1, name, None, [b"\x90"])))
+            assert isinstance(request, wire.WorkerRequest) and request.method == name
+            client = wire.parse_client(conv(wire.client_request(1, name, "m", None, [b"\x90"])))
+            assert isinstance(client, wire.ClientRequest) and (client.service, client.method) == (name, "m")
+            assert len(wire._DECODED) <= wire._DECODED_MAX
+    with pytest.raises(ProtocolError, match="method name is not UTF-8"):
+        wire.parse_for_worker(conv([_worker_request(1, b"\xff"), b"body"]))
 
 
 def test_client_request_without_timeout_and_with_batch_flag(conv: Any) -> None:

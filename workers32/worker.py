@@ -229,7 +229,7 @@ class Worker:
         transport.send(pipe, self._answer(request, deadline))
 
     def _unknown(self, method: str) -> NoReturn:
-        """For a method ``self.methods`` has not: ``self.methods.get(method) or self._unknown(method)``."""
+        """Refuse a method the service has not (the callers look it up in ``self.methods`` themselves)."""
         names = sorted(m for m in self.methods if not m.startswith("$"))
         raise UnknownMethod(
             f"service {self.service!r} has no method {method!r}; it has: {', '.join(names)}",
@@ -277,7 +277,9 @@ class Worker:
     def _execute(self, request: WorkerRequest) -> list[Buffer]:
         """Run one call. Its shared-memory arguments are mapped before (a segment that cannot be mapped fails
         the call unrun) and unmapped once the reply is packed (a result may name a segment, not hold it)."""
-        function = self.methods.get(request.method) or self._unknown(request.method)
+        function = self.methods.get(request.method)
+        if function is None:
+            self._unknown(request.method)
         shared = SharedArguments(self.shared_memory_max)
         args, kwargs = self._decode(request, functools.partial(unpack_call, arrays=shared.collect))
         try:
@@ -291,7 +293,9 @@ class Worker:
     def _execute_batch(self, request: WorkerRequest) -> list[Buffer]:
         """Many calls of one method (``Client.map``): one outcome per call, in order; one failing call
         fails only its own item."""
-        function = self.methods.get(request.method) or self._unknown(request.method)
+        function = self.methods.get(request.method)
+        if function is None:
+            self._unknown(request.method)
         outcomes: list[list[Any]] = []
         for args in self._decode(request, unpack_batch):
             try:
