@@ -10,6 +10,7 @@ builds of a library.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -225,12 +226,17 @@ class PoolConfig:
         return cls(**{**data, "services": services, **keys})
 
 
-def load_config(source: str | Path | Mapping[str, Any] | None = None) -> PoolConfig:
-    """Read a configuration file (default: the embedded one) or take a dict."""
+def load_config(source: str | Path | Mapping[str, Any] | PoolConfig | None = None) -> PoolConfig:
+    """Read a configuration file (default: the embedded one) or take a dict; a PoolConfig is taken as it is (so
+    ``Pool.from_config(load_config(...))`` works too)."""
     if source is None:
         source = default_config_path()
+    if isinstance(source, PoolConfig):
+        return source
     if isinstance(source, Mapping):
         return _parse(source, Path.cwd(), "<dict>")
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"a configuration is a TOML file's path, a dict or a PoolConfig, not {type(source).__name__}")
     path = Path(source)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

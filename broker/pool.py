@@ -122,12 +122,13 @@ class Pool:
     @classmethod
     def from_config(
         cls,
-        source: str | Path | Mapping[str, Any] | None = None,
+        source: str | Path | Mapping[str, Any] | PoolConfig | None = None,
         *,
         start: bool = True,
         broker: BrokerKind = DEFAULT_BROKER,
     ) -> Pool:
-        """A pool for a TOML file, a dict, or (None) the embedded default; started unless ``start=False``."""
+        """A pool for a TOML file, a dict, a PoolConfig or (None) the embedded default; started unless
+        ``start=False``."""
         pool = cls(load_config(source), broker)
         return pool.start() if start else pool
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from broker import Pool
 from broker.config import PoolConfig, ServiceConfig, load_config
 from broker.locations import default_config_path
 from protocol.errors import ConfigError
@@ -29,6 +30,16 @@ def config_error(source: Any) -> str:
 
 
 # ============================================================ the embedded default
+
+
+def test_a_pool_config_is_a_source_too_and_anything_else_is_refused_by_name() -> None:
+    """``Pool.from_config(load_config(path))`` reads naturally: the PoolConfig is taken as it is."""
+    config = load_config(minimal())
+    assert load_config(config) is config
+    pool = Pool.from_config(config, start=False)
+    assert pool.config is config
+    with pytest.raises(TypeError, match="a TOML file's path, a dict or a PoolConfig, not int"):
+        load_config(42)  # type: ignore[arg-type]
 
 
 def test_default_config_loads() -> None:
