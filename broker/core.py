@@ -365,6 +365,9 @@ class BrokerCore:
         self._job_ids = itertools.count(1)
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_liveness = heartbeat_liveness
+        self.shortest_window = float("inf")
+        """The shortest liveness window a client has declared (it gives the broker up after that much silence): the
+        loop reassures clients at least three times within it while a long message holds the socket."""
         self.kill_grace = kill_grace
         self.max_request_frames = max_request_frames
         self.max_request_bytes = max_request_bytes
@@ -664,6 +667,7 @@ class BrokerCore:
 
     def _declare_window(self, ident: bytes, window: float, now: float) -> None:
         """A client asked for a liveness window: remembered only when longer than the broker's own."""
+        self.shortest_window = min(self.shortest_window, window)
         client = self._clients.get(ident)
         longer = window if window > self._window(None) else None
         if client is None:

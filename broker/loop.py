@@ -291,8 +291,9 @@ class BrokerLoop:
             unread.frames, unread.size = frames, size
 
     def _reassure_clients(self) -> None:
-        """Once a heartbeat interval while a message is being dropped, a heartbeat to every client heard lately,
-        and a fresh liveness window for every client at the core.
+        """Once a heartbeat interval while a message is being dropped (oftener for a client that declared a shorter
+        liveness window), a heartbeat to every client heard lately, and a fresh liveness window for every client at
+        the core.
 
         The socket hands out the rest of a message before anything other clients sent, so their heartbeats wait
         behind it; unanswered, they would take the broker for dead, and unheard, the broker would forget them and
@@ -303,7 +304,9 @@ class BrokerLoop:
         now = time.monotonic()
         if now < unread.reassure_at:
             return
-        unread.reassure_at = now + self.core.heartbeat_interval
+        # Once a heartbeat interval, or oftener for a client that gives the broker up sooner than that.
+        every = min(self.core.heartbeat_interval, self.core.shortest_window / 3)
+        unread.reassure_at = now + max(every, _BATCH_SECONDS)
         self._clients = dict.fromkeys(self._clients, now)  # unheard, not silent: still reassured at the next beat
         with self.lock:
             self.core.clients_unheard(now)

@@ -104,10 +104,18 @@ def test_a_request_of_a_million_frames_is_refused_and_costs_nobody_else_anything
         assert stats["workers_lost"] == 0 and stats["requests"] == len(answered) + 3, stats
 
 
-def test_clients_unheard_behind_a_message_being_dropped_are_not_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "heartbeats",
+    [{"heartbeat_interval": 0.5}, {"heartbeat_interval": 0.2, "heartbeat_liveness": 2}],
+    ids=["window-1.5s", "window-0.4s-shorter-than-the-brokers-interval"],
+)
+def test_clients_unheard_behind_a_message_being_dropped_are_not_forgotten(
+    monkeypatch: pytest.MonkeyPatch, heartbeats: dict[str, Any]
+) -> None:
     """Another client's heartbeats wait in the socket behind the rest of a refused message: however long that
     takes to drop, the broker does not take its silence for death and fail its calls, and it keeps telling that
-    client it is alive (this one gives up on a broker silent for 1.5 s, so a pause in that would fail its call)."""
+    client it is alive (this one gives up on a broker silent for 1.5 s, or for 0.4 s, less than the broker's own
+    heartbeat interval of 1 s: a pause in that would fail its call)."""
     original = BrokerLoop._drop_rest
 
     def slow_drop(loop: BrokerLoop, deadline: float) -> bool:
@@ -117,7 +125,7 @@ def test_clients_unheard_behind_a_message_being_dropped_are_not_forgotten(monkey
     monkeypatch.setattr(loop_module, "_DISCARD_SLICE", 1000)
     monkeypatch.setattr(BrokerLoop, "_drop_rest", slow_drop)
     config = {"services": {"s": demo_service(workers=1)}}
-    with Pool.from_config(config, broker="thread") as pool, Client(pool.address, 60, heartbeat_interval=0.5) as client:
+    with Pool.from_config(config, broker="thread") as pool, Client(pool.address, 60, **heartbeats) as client:
         (pid,) = pool.worker_pids("s")
         running = client.submit("s", "sleep_ms", 10_000)
         wait_for(lambda: in_nanosleep(pid), 30, "the call to run")
