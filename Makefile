@@ -17,8 +17,15 @@ setup: venv
 
 venv: $(STAMPS)/venv
 
+# Debian's own python3 makes virtualenvs only with its python3-venv package (ensurepip and the wheels it installs),
+# which a fresh machine lacks: apt installs it (as root; apt-get update only if the install finds no lists).
+VENV_PACKAGE = echo "$(PYTHON) cannot make a virtualenv without Debian's python3-venv: installing it" && \
+	{ DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv || \
+	  { apt-get update -q; DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv; }; }
+
 $(STAMPS)/venv: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10) and "dllpool needs Python 3.10+ for its 64-bit side")'
+	@test -x $(PY) || $(PYTHON) -c 'import ensurepip' 2>/dev/null || $(VENV_PACKAGE)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@mkdir -p $(STAMPS) && touch $@
