@@ -17,16 +17,18 @@ setup: venv
 
 venv: $(STAMPS)/venv
 
-# Debian's own python3 makes virtualenvs only with its python3-venv package (ensurepip and the wheels it installs),
-# which a fresh machine lacks: apt installs it (as root; apt-get update only if the install finds no lists).
-VENV_PACKAGE = echo "$(PYTHON) cannot make a virtualenv without Debian's python3-venv: installing it" && \
-	{ DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv || \
-	  { apt-get update -q; DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv; }; }
+# Debian's own python3 makes a virtualenv with pip only with its python3.X-venv package (ensurepip and the wheels it
+# installs), which a fresh machine lacks: as root, apt installs it first (apt-get update only when the install fails,
+# and a failed update is no stop: the lists apt has are usually enough). A venv left without pip is made again.
+VENV_PACKAGE = $(PYTHON) -c 'import sys; print("python%d.%d-venv" % sys.version_info[:2])'
 
 $(STAMPS)/venv: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10) and "dllpool needs Python 3.10+ for its 64-bit side")'
-	@test -x $(PY) || $(PYTHON) -c 'import ensurepip' 2>/dev/null || $(VENV_PACKAGE)
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip --version >/dev/null 2>&1 || $(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
+	  pkg=$$($(VENV_PACKAGE)); echo "$(PYTHON) cannot make a virtualenv with pip without Debian's $$pkg"; \
+	  [ "$$(id -u)" = 0 ] || { echo "as root, run: apt-get install $$pkg (then make again)"; exit 1; }; \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q $$pkg || { apt-get update -q; apt-get install -y -q $$pkg; }; }
+	$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@mkdir -p $(STAMPS) && touch $@
 

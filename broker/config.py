@@ -226,7 +226,7 @@ class PoolConfig:
         return cls(**{**data, "services": services, **keys})
 
 
-def load_config(source: str | Path | Mapping[str, Any] | PoolConfig | None = None) -> PoolConfig:
+def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | PoolConfig | None = None) -> PoolConfig:
     """Read a configuration file (default: the embedded one) or take a dict; a PoolConfig is taken as it is (so
     ``Pool.from_config(load_config(...))`` works too)."""
     if source is None:

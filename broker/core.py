@@ -367,7 +367,8 @@ class BrokerCore:
         self.heartbeat_liveness = heartbeat_liveness
         self.shortest_window = float("inf")
         """The shortest liveness window a client has declared (it gives the broker up after that much silence): the
-        loop reassures clients at least three times within it while a long message holds the socket."""
+        loop reassures clients three times within it while a long message holds the socket (ten times a second at
+        most: see ``broker.loop._REASSURE_MIN``)."""
         self.kill_grace = kill_grace
         self.max_request_frames = max_request_frames
         self.max_request_bytes = max_request_bytes

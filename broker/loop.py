@@ -52,6 +52,9 @@ poll alone takes a TICK."""
 _BATCH = 256
 """Messages taken from one socket before looking at the other: neither side can starve the other."""
 _BATCH_SECONDS = 0.02
+_REASSURE_MIN = 0.1
+"""Seconds between two reassurances of the clients while a message is dropped, at least: clients whose liveness
+window is 0.3 s or more keep the broker (whatever window a client declares, it costs at most ten a second)."""
 """Longest the loop spends on one socket's messages before it looks at the other socket and the clock: big
 messages count, not only many."""
 _DISCARD_SLICE = 1024
@@ -291,9 +294,9 @@ class BrokerLoop:
             unread.frames, unread.size = frames, size
 
     def _reassure_clients(self) -> None:
-        """Once a heartbeat interval while a message is being dropped (oftener for a client that declared a shorter
-        liveness window), a heartbeat to every client heard lately, and a fresh liveness window for every client at
-        the core.
+        """While a message is being dropped, once a heartbeat interval (or three times within the shortest liveness
+        window a client declared, if oftener, down to :data:`_REASSURE_MIN`), a heartbeat to every client heard
+        lately, and a fresh liveness window for every client at the core.
 
         The socket hands out the rest of a message before anything other clients sent, so their heartbeats wait
         behind it; unanswered, they would take the broker for dead, and unheard, the broker would forget them and
@@ -304,9 +307,9 @@ class BrokerLoop:
         now = time.monotonic()
         if now < unread.reassure_at:
             return
-        # Once a heartbeat interval, or oftener for a client that gives the broker up sooner than that.
+        # Three times within the shortest window a client declared, when that is oftener than once an interval.
         every = min(self.core.heartbeat_interval, self.core.shortest_window / 3)
-        unread.reassure_at = now + max(every, _BATCH_SECONDS)
+        unread.reassure_at = now + max(every, _REASSURE_MIN)
         self._clients = dict.fromkeys(self._clients, now)  # unheard, not silent: still reassured at the next beat
         with self.lock:
             self.core.clients_unheard(now)

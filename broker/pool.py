@@ -30,7 +30,6 @@ import signal
 import threading
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Literal, Protocol
 
@@ -122,7 +121,7 @@ class Pool:
     @classmethod
     def from_config(
         cls,
-        source: str | Path | Mapping[str, Any] | PoolConfig | None = None,
+        source: str | os.PathLike[str] | Mapping[str, Any] | PoolConfig | None = None,
         *,
         start: bool = True,
         broker: BrokerKind = DEFAULT_BROKER,
