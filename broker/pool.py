@@ -107,10 +107,14 @@ class Pool:
     raises :class:`PoolStartError` if that happens while the pool starts.
     """
 
-    def __init__(self, config: PoolConfig, broker: BrokerKind = DEFAULT_BROKER) -> None:
+    def __init__(
+        self, config: PoolConfig | str | os.PathLike[str] | Mapping[str, Any], broker: BrokerKind = DEFAULT_BROKER
+    ) -> None:
+        """A pool of ``config``: a PoolConfig, or what :func:`load_config` reads (a TOML file's path, a dict);
+        not started (:meth:`start`, or use it as a context manager)."""
         if broker not in ("thread", "process"):
             raise ConfigError(f"broker must be 'thread' or 'process', not {broker!r}")
-        self.config = config
+        self.config = load_config(config)
         self.broker = broker
         self._broker: _Broker | None = None
         self.address = ""

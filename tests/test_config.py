@@ -38,6 +38,9 @@ def test_a_pool_config_is_a_source_too_and_anything_else_is_refused_by_name() ->
     assert load_config(config) is config
     pool = Pool.from_config(config, start=False)
     assert pool.config is config
+    assert Pool(config).config is config
+    assert Pool(minimal()).config == config, "Pool() reads a source as load_config does"
+    assert Pool(default_config_path()).config == load_config()
     with pytest.raises(TypeError, match="a TOML file's path, a dict or a PoolConfig, not int"):
         load_config(42)  # type: ignore[arg-type]
 
