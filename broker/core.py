@@ -857,13 +857,10 @@ class BrokerCore:
     def _dispatch_all(self, service: _Service, worker: _Worker, now: float) -> list[Action]:
         """After ``worker`` freed a run slot: first the jobs pinned to it (then, if it is being retired, its next step
         toward STOP), then a waiting lease, then the queue."""
-        # Each step looks first whether it has anything to do, as it would itself: a call fewer per reply each.
-        actions = self._dispatch_pinned(worker, now) if worker.pinned else []
+        actions = self._dispatch_pinned(worker, now)
         if worker.retire:
             actions += self._wind_down(worker, now)
-        if service.lease_waiters or service.reserved is not None:
-            actions += self._grant_leases(service, now)
-        return actions + self._dispatch(service, now) if service.queue else actions
+        return actions + self._grant_leases(service, now) + self._dispatch(service, now)
 
     def worker_exited(self, pid: int, returncode: int | None, now: float) -> list[Action]:
         """The supervisor saw a worker process end."""

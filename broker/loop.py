@@ -120,7 +120,7 @@ class BrokerLoop:
         self._watched = 0.0
         """When the loop last looked at its sockets (a poll returned)."""
         self._stall = max(core.heartbeat_interval, _PAUSE_MIN)
-        """A longer time without looking at them is a stall, which no peer is judged on (:meth:`_stalled`)."""
+        """A longer time without looking at them is a stall, which no peer is judged on (:meth:`_watch`)."""
         self._unread: _Unread | None = None
         self._clients: dict[bytes, float] = {}
         """Frontend peers by when they were last heard: the clients to reassure while one message holds the socket."""
@@ -168,10 +168,7 @@ class BrokerLoop:
         # its replacement started) a whole TICK past when it is due.
         wait = 0 if self._unread is not None else max(0, math.ceil(1000 * (self._next_tick - time.monotonic())))
         events = dict(zmq.zmq_poll(poll_items, wait))
-        now = time.monotonic()
-        if now - self._watched > self._stall:
-            self._stalled(now)
-        self._watched = now
+        self._watch(time.monotonic())
         if self.backend in events:
             self._drain_backend()
         if self._unread is not None or self.frontend in events:
@@ -180,17 +177,17 @@ class BrokerLoop:
         for watch in self.watches:
             if watch.monitor in events:
                 watch.drain(now)
-        if now - self._watched > self._stall:  # while handling (a GC, a stop, the GIL held by another thread) too
-            self._stalled(now)
-        self._watched = now
+        self._watch(now)  # a stall while handling (a GC, a stop, the GIL held by another thread) counts too
         if now >= self._next_tick:
             self._next_tick = now + TICK
             self._tick(now)
 
-    def _stalled(self, now: float) -> None:
-        """The loop could not look at its sockets for a while (since ``self._watched``): no peer is judged on that
-        silence. (``_step`` checks for a stall itself, twice a step: it is rare, a function call is not.)"""
+    def _watch(self, now: float) -> None:
+        """The loop looks at its sockets now; if it could not for a while, no peer is judged on that silence."""
         unwatched = now - self._watched
+        self._watched = now
+        if unwatched <= self._stall:
+            return
         log.warning(
             "the broker could not watch its sockets for %.1f s (was it stopped, or starved of CPU?); "
             "every peer gets a fresh liveness window",

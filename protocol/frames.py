@@ -292,9 +292,6 @@ def _request_payload(frames: Sequence[Buffer], header_len: int, flags: int, time
         raise ProtocolError(f"REQUEST has unknown flag bits {flags & ~_FLAGS:#04x}")
     if flags & FLAG_TIMEOUT and not 0.0 <= timeout < math.inf:
         raise ProtocolError(f"REQUEST timeout must be a finite number >= 0, got {timeout!r}")
-    header = frames[0]
-    if flags & FLAG_JOINED and len(frames) == 1 and 0 < len(header) - header_len < JOIN_LIMIT:
-        return [header[header_len:]]  # the usual request: _payload's checks, in a line
     return _payload(frames, header_len, flags, "REQUEST")
 
 
@@ -320,12 +317,9 @@ def _answer(frames: Sequence[Buffer], what: str) -> "tuple[int, list[Buffer]]":
     """The ID and payload of a REPLY or ERROR."""
     if len(frames[0]) < _ANSWER.size:
         raise ProtocolError(f"{what} header must be at least {_ANSWER.size} bytes, got {len(frames[0])}")
-    header = frames[0]
-    _, _, flags, ident = _ANSWER.unpack_from(header)
+    _, _, flags, ident = _ANSWER.unpack_from(frames[0])
     if flags & ~FLAG_JOINED:
         raise ProtocolError(f"{what} has unknown flag bits {flags & ~FLAG_JOINED:#04x}")
-    if flags and len(frames) == 1 and 0 < len(header) - _ANSWER.size < JOIN_LIMIT:
-        return ident, [header[_ANSWER.size :]]  # the usual answer: _payload's checks, in a line
     return ident, _payload(frames, _ANSWER.size, flags, what)
 
 

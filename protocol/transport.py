@@ -32,7 +32,6 @@ ZERO_COPY_MIN = 64 * 1024
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
-_NOBLOCK_MORE = _NOBLOCK | _SNDMORE
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _GONE = (zmq.EAGAIN, zmq.EHOSTUNREACH)
@@ -55,15 +54,9 @@ def send(sock: "zmq.Socket[Any]", frames: Sequence[Any], flags: int = 0) -> None
 
 
 def try_send(sock: "zmq.Socket[Any]", frames: Sequence[Any]) -> bool:
-    """Send without blocking; False when the peer's pipe is full or (ROUTER_MANDATORY) the peer is gone.
-
-    The loop of :func:`send`, written out: a broker sends this way twice per call, and a nested call costs more
-    than the loop.
-    """
-    last = len(frames) - 1
+    """Send without blocking; False when the peer's pipe is full or (ROUTER_MANDATORY) the peer is gone."""
     try:
-        for i, frame in enumerate(frames):
-            _send(sock, frame, _NOBLOCK if i == last else _NOBLOCK_MORE, len(frame) < ZERO_COPY_MIN)
+        send(sock, frames, _NOBLOCK)
     except zmq.ZMQError as exc:
         if exc.errno in _GONE:
             return False

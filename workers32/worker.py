@@ -63,7 +63,6 @@ from .constants import EXIT_BROKER_GONE, EXIT_RETIRED, EXIT_STARTUP_FAILED, EXIT
 from .hosting import build, call
 from .resources import figures
 from .shm import MAPPINGS, SharedArguments, limit_of
-from .signatures import CFunction
 
 log = logging.getLogger("workers32")
 
@@ -254,8 +253,7 @@ class Worker:
 
     def _run(self, function: Callable[..., Any], method: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         try:
-            # A declared function checks its own arguments: hosting.call's check of a wrapper's is not needed.
-            return function(*args, **kwargs) if type(function) is CFunction else call(function, args, kwargs)
+            return call(function, args, kwargs)
         except CallError as exc:
             exc.details.setdefault("service", self.service)
             exc.details.setdefault("method", method)
