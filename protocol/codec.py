@@ -480,6 +480,11 @@ def pack_value(value: Any, share: Optional[ShareHook] = None) -> list[Buffer]:
     """
     if type(value) not in _PLAIN and _holds_big_buffer(value):  # a number or a string holds none
         return _Packer(share).pack(value)
+    return _packed_whole(value, share)
+
+
+def _packed_whole(value: Any, share: Optional[ShareHook]) -> list[Buffer]:
+    """msgpack's one pass for a value with no big buffer near its top; the walk if the body still needs frames."""
     try:
         body = _packb(value, _inline if share is None else _inline_unless_array)
     except _NeedsFrames:
@@ -491,8 +496,15 @@ def pack_value(value: Any, share: Optional[ShareHook] = None) -> list[Buffer]:
 
 
 def pack_call(args: Sequence[Any], kwargs: dict[str, Any], share: Optional[ShareHook] = None) -> list[Buffer]:
-    """Frames for a call's arguments."""
-    return pack_value([list(args), kwargs], share)
+    """Frames for a call's arguments.
+
+    Arguments that are all numbers, strings or None (most calls') hold no buffer: they skip the look for
+    one, whose walk into the argument list and the keyword map cost more than packing them.
+    """
+    value = [list(args), kwargs]
+    if _PLAIN.issuperset(map(type, args)) and _PLAIN.issuperset(map(type, kwargs.values())):
+        return _packed_whole(value, share)
+    return pack_value(value, share)
 
 
 def slices(data: Buffer) -> Iterator[memoryview]:

@@ -362,7 +362,7 @@ class Worker:
             while not self._stop.is_set():
                 with self._lock:
                     wait = 0.0 if self._inline else self._next_heartbeat - time.monotonic()
-                    self._step(wait)
+                    self._step(wait, drain=self._executor is not None)
                     entry = self._inline.popleft() if self._inline else None
                 # The watchdog may take a cancelled request out of _inline: it changes only under the lock.
                 while entry is not None and not self._stop.is_set():
@@ -386,18 +386,23 @@ class Worker:
                 finally:
                     self._lock.release()
 
-    def _step(self, wait: float) -> None:
-        """One round of socket work: receive, forward results, heartbeat, check peers. Caller holds the lock."""
+    def _step(self, wait: float, drain: bool = True) -> None:
+        """One round of socket work: receive, forward results, heartbeat, check peers. Caller holds the lock.
+
+        ``drain``: take every message waiting, not only the first. The socket thread of a one-thread worker
+        takes one per round: it runs a request as soon as it has one, and its next round's wait returns at
+        once if another is there, so asking the socket whether more wait (a system call) would be wasted.
+        """
         assert self._sock is not None
         # Rounded up to whole steps: the socket's timeout then changes a few times a second, not on every call
         # (a heartbeat may go out up to one step late).
         timeout = max(0, math.ceil(wait * 1000 / self._wait_step)) * self._wait_step
         if self._results is None:
-            self._from_broker(self._sock, timeout)
+            self._from_broker(self._sock, timeout, drain)
         else:
             events = dict(self._poller.poll(timeout))
             if self._sock in events:
-                self._from_broker(self._sock, 0)
+                self._from_broker(self._sock, 0, drain)
             if self._results in events:
                 for frames in transport.drain(self._results, _BATCH, copied=1):
                     transport.send(self._sock, frames)
@@ -413,8 +418,9 @@ class Worker:
         if now >= self._broker_deadline and not self._stop.is_set():
             self._reconnect()
 
-    def _from_broker(self, sock: "zmq.Socket[Any]", timeout: int) -> None:
-        """Take what the broker sent, waiting up to ``timeout`` ms for the first message.
+    def _from_broker(self, sock: "zmq.Socket[Any]", timeout: int, drain: bool) -> None:
+        """Take what the broker sent (the first message only, unless ``drain``), waiting up to ``timeout`` ms for
+        the first.
 
         With one socket to watch, a blocking ``recv`` (``RCVTIMEO``) waits in libzmq itself: half the
         system calls of ``zmq_poll``, which polls once without waiting before it waits, then asks the
@@ -431,8 +437,9 @@ class Worker:
         self._broker_deadline = now + self.interval * self.liveness
         self._backoff = self.interval
         self._on_broker(first, now)
-        for frames in transport.drain(sock, _BATCH - 1, copied=1, ready=False):
-            self._on_broker(frames, now)
+        if drain:
+            for frames in transport.drain(sock, _BATCH - 1, copied=1, ready=False):
+                self._on_broker(frames, now)
 
     def _on_broker(self, frames: list[Buffer], now: float) -> None:
         try:
