@@ -199,7 +199,10 @@ class BrokerLoop:
     def _tick(self, now: float) -> None:
         with self.lock:
             actions: list[Action] = []
-            for exit_ in self.supervisor.poll(now):
+            exits = self.supervisor.poll(now)
+            # First: a late worker's exit, reported by this same poll, takes its pid out of ``unwanted`` again.
+            self.core.unwanted.update((self._host, pid) for pid in self.supervisor.take_late())
+            for exit_ in exits:
                 actions += self.core.worker_exited(exit_.pid, exit_.returncode, now)
             actions += self.core.tick(now)
             self.supervisor.mark_ready(set(self.core.worker_pids()))

@@ -155,6 +155,9 @@ class Supervisor:
         self._interpreters: dict[str, runtime32.Interpreter] = {}
         self._stopping = False
         self._spawner = Spawner(config.zygote)
+        self._late: list[int] = []
+        """Pids of workers a zygote forked after it was given up on (their slots' spawned workers serve instead):
+        being stopped, and to be told STOP should they register first (see :meth:`take_late`)."""
 
     def _add_slots(self, service: ServiceConfig, count: int) -> list[_Slot]:
         first = max((slot.index + 1 for slot in self._slots if slot.service is service), default=0)
@@ -241,6 +244,7 @@ class Supervisor:
                 runtime32.command_env(interp, [str(self.source_dir)]),
                 subprocess.DEVNULL if POSIX_SIGNALS else subprocess.PIPE,
                 wait=starting,
+                name=slot.service.name,
             )
         except OSError as exc:  # out of processes, memory or file descriptors: try again later, never crash
             slot.next_start = now + _back_off(slot)
@@ -285,7 +289,10 @@ class Supervisor:
     def poll(self, now: float) -> list[Exit]:
         """Reap ended workers and start replacements that are due."""
         if not self._stopping:
-            self._spawner.watch()
+            for late in self._spawner.watch():
+                _ask_to_stop(late.process)
+                self._leaving.append(_Leaving(late.name, late.process))
+                self._late.append(late.process.pid)
         exits: list[Exit] = []
         for leaving in list(self._leaving):
             code = leaving.process.poll()
@@ -312,6 +319,12 @@ class Supervisor:
                 starts += 1
                 self._start(slot, now)
         return exits
+
+    def take_late(self) -> list[int]:
+        """The pids of the workers zygotes forked late since the last call (see ``_late``): the broker tells them
+        STOP should they register before their SIGTERM takes effect."""
+        late, self._late = self._late, []
+        return late
 
     def _live(self, service: str) -> int:
         """Processes of ``service`` not yet reaped, leaving ones included: what the host is running for it."""
@@ -559,6 +572,7 @@ def serve_workers(config: PoolConfig, backend: str, stop: threading.Event, curve
                 if stop.wait(0.1):
                     return
                 supervisor.poll(time.monotonic())
+                supervisor.take_late()  # being stopped: the broker elsewhere needs no word of them
         finally:
             supervisor.stop_all()
 

@@ -45,7 +45,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, NamedTuple, Protocol
 
 from workers32.constants import ADOPTION_TIMEOUT, MAX_MESSAGE
 
@@ -53,7 +53,16 @@ from .runtime32 import Interpreter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ForkedWorker", "Spawner", "WorkerProcess", "ZygoteStart", "dedicate_process", "start_zygote", "supported"]
+__all__ = [
+    "ForkedWorker",
+    "LateWorker",
+    "Spawner",
+    "WorkerProcess",
+    "ZygoteStart",
+    "dedicate_process",
+    "start_zygote",
+    "supported",
+]
 
 _START_TIMEOUT = 10.0
 """Seconds a new zygote has to import the worker's code and say it is ready; past it, workers are spawned."""
@@ -94,6 +103,11 @@ class WorkerProcess(Protocol):
 
 class ZygoteFailed(Exception):
     """A zygote could not start, or could not fork a worker."""
+
+
+class ZygoteSilent(ZygoteFailed):
+    """A zygote did not answer in time. Asked to fork, it may still do it and say so later: the worker is then
+    this process's child all the same (see :class:`Spawner`)."""
 
 
 def supported() -> bool:
@@ -169,7 +183,7 @@ class _Zygote:
     def _receive(self, timeout: float, key: str) -> int:
         """The value of ``key`` in the zygote's next message."""
         if not _readable(self.control, timeout):
-            raise ZygoteFailed(f"no answer in {timeout:.0f} s")
+            raise ZygoteSilent(f"no answer in {timeout:g} s")
         try:
             data = self.control.recv(MAX_MESSAGE)
         except OSError as exc:
@@ -194,6 +208,11 @@ class _Zygote:
         except OSError as exc:
             raise ZygoteFailed(f"cannot send it the request: {exc}") from None
         return self._receive(_REPLY_TIMEOUT, "spawned")
+
+    def late_answer(self) -> int | None:
+        """The pid of the worker forked for a request that went unanswered in time, once the answer is here;
+        None while it is not. ZygoteFailed when none will come (it failed the request, or is gone)."""
+        return self._receive(0.0, "spawned") if _readable(self.control, 0.0) else None
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -262,7 +281,7 @@ class ForkedWorker:
 
     stdin: IO[bytes] | None = None
 
-    def __init__(self, pid: int, stderr: IO[bytes], args: list[str]) -> None:
+    def __init__(self, pid: int, stderr: IO[bytes] | None, args: list[str]) -> None:
         self.pid = pid
         self.stderr: IO[bytes] | None = stderr
         self.args = args
@@ -303,8 +322,31 @@ class ForkedWorker:
         self.send_signal(signal.SIGKILL)
 
 
+class LateWorker(NamedTuple):
+    """A worker forked for a request its zygote did not answer in time: its spawned stand-in runs in its place."""
+
+    name: str
+    """What the request was for, as the caller named it (a service)."""
+    process: ForkedWorker
+
+
+class _Silent(NamedTuple):
+    """A zygote given up on while one of its fork requests was unanswered: read until ``until`` for a late answer."""
+
+    zygote: _Zygote
+    name: str
+    args: list[str]
+    until: float
+
+
 class Spawner:
-    """Starts the workers of one supervisor: forked from zygotes where it can (see the module docstring)."""
+    """Starts the workers of one supervisor: forked from zygotes where it can (see the module docstring).
+
+    A zygote that leaves a fork request unanswered for :data:`_REPLY_TIMEOUT` is replaced and the worker
+    spawned instead, but it may still fork the first one: that worker would then serve, unknown to the
+    supervisor. So the silent zygote is read for its answer a while longer, and :meth:`watch` hands the late
+    worker to the supervisor, which stops it.
+    """
 
     def __init__(self, use_zygote: bool) -> None:
         self.use_zygote = use_zygote and supported() and _dedicated
@@ -315,21 +357,33 @@ class Spawner:
         """Fork requests or starts in a row each interpreter's zygotes failed."""
         self._served: set[Interpreter] = set()
         """Interpreters that had a zygote ready: one that then fails to start again is tried again."""
+        self._silent: list[_Silent] = []
+        """Zygotes given up on with a fork request unanswered, until their answer (or the time for it) is over."""
         self._subreaper = False
 
     def spawn(
-        self, interp: Interpreter, args: list[str], cwd: Path, env: dict[str, str], stdin: int, wait: bool = False
+        self,
+        interp: Interpreter,
+        args: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        stdin: int,
+        wait: bool = False,
+        name: str = "",
     ) -> WorkerProcess:
         """A worker running ``python -m workers32 ARGS`` in ``interp``, forked if it can be. ``wait``: the pool is
         starting, so a first zygote is waited for (its 0.1 s beats spawning each worker); otherwise nothing waits
-        for one that starts, and the worker is spawned."""
+        for one that starts, and the worker is spawned. ``name``: what :meth:`watch` calls the worker should it
+        come late."""
         zygote = self._zygote(interp, cwd, env, wait) if self.use_zygote else None
         if zygote is not None:
             read, write = os.pipe()
             try:
                 pid = zygote.spawn(args, write)
             except ZygoteFailed as exc:
-                os.close(read)
+                os.close(read)  # a late worker's output is lost: it is stopped as soon as it is known
+                if isinstance(exc, ZygoteSilent):  # it may fork the worker yet: read its answer a while longer
+                    self._silent.append(_Silent(zygote, name, args, time.monotonic() + _REPLY_TIMEOUT))
                 self._failures[interp] = failures = self._failures.get(interp, 0) + 1
                 if failures < _MAX_FAILURES:
                     log.warning("the zygote of %s failed to fork a worker (%s); replacing it", interp.shown, exc)
@@ -341,7 +395,7 @@ class Spawner:
                         failures,
                         exc,
                     )
-                    zygote.kill()
+                    self._end(zygote)
                     self._zygotes[interp] = None
             else:
                 self._failures.pop(interp, None)
@@ -366,11 +420,27 @@ class Spawner:
         self._zygotes[zygote.interp] = zygote
         log.debug("took over zygote pid %d of %s, started early", zygote.process.pid, zygote.interp.shown)
 
-    def watch(self) -> None:
+    def watch(self) -> list[LateWorker]:
         """Start again each zygote that ended, and take up those that became ready (the supervisor calls this
-        as it polls its workers), so that the next crash's replacement is forked too."""
+        as it polls its workers), so that the next crash's replacement is forked too. Returns the workers that
+        zygotes given up on forked after all: this process's children, for the caller to stop and reap."""
         for interp, zygote in list(self._zygotes.items()):
             self._usable(interp, zygote)
+        late: list[LateWorker] = []
+        now = time.monotonic()
+        for silent in list(self._silent):
+            try:
+                pid = silent.zygote.late_answer()
+            except ZygoteFailed:  # it refused the request after all, or is gone: no worker came of it
+                pid = 0
+            if pid is None and now < silent.until and silent.zygote.alive():
+                continue
+            self._silent.remove(silent)
+            silent.zygote.kill()
+            if pid:
+                log.warning("a zygote forked worker pid %d after it was given up on; stopping that worker", pid)
+                late.append(LateWorker(silent.name, ForkedWorker(pid, None, silent.args)))
+        return late
 
     def _zygote(self, interp: Interpreter, cwd: Path, env: dict[str, str], wait: bool) -> _Zygote | None:
         """The interpreter's zygote if it is ready (the first one is started here, and waited for with ``wait``).
@@ -428,8 +498,14 @@ class Spawner:
         return zygote
 
     def _replace(self, old: _Zygote) -> None:
-        old.kill()  # dead already, or failed a request: its workers are this process's children and live on
+        self._end(old)
         self._launch(old.interp, old.cwd, old.env)
+
+    def _end(self, old: _Zygote) -> None:
+        """End a zygote that is dead already or failed a request (its workers are this process's children and live
+        on), unless it is left to answer one late (then :meth:`watch` ends it)."""
+        if not any(silent.zygote is old for silent in self._silent):
+            old.kill()
 
     def close(self) -> None:
         """Stop the zygotes (their workers are stopped already, or live on as this process's children)."""
@@ -439,6 +515,9 @@ class Spawner:
             elif zygote is not None:
                 zygote.kill()  # still importing: it would hear its channel close only once done
         self._zygotes.clear()
+        for silent in self._silent:
+            silent.zygote.kill()
+        self._silent.clear()
         if self._subreaper:
             self._subreaper = False
             _subreaper(False)

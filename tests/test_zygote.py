@@ -39,6 +39,11 @@ def forked(pid: int) -> bool:
     return "workers32.zygote" in command_line(pid)
 
 
+def spawned(pid: int) -> bool:
+    """Whether ``pid`` was started as ``python -m workers32``, not forked (whatever its zygote's command line)."""
+    return "workers32" in command_line(pid)
+
+
 def zygotes_of(broker: int, workers: list[int]) -> list[int]:
     """The broker's children that are zygotes: they have the zygote's command line and are not workers."""
     return [pid for pid in children_of(broker) if pid not in workers and forked(pid)]
@@ -191,3 +196,57 @@ def test_a_zygote_that_cannot_start_leaves_the_workers_spawned(
         assert client.call("s", "pointer_size") == 4
     (warning,) = [r.getMessage() for r in caplog.records if "cannot start a zygote" in r.getMessage()]
     assert "no zygote from this interpreter" in warning
+
+
+def test_a_worker_its_zygote_forks_after_it_was_given_up_on_is_stopped_and_reaped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A zygote that forks a worker but answers too late is replaced and the worker spawned instead. The worker it
+    forked is this process's child all the same: it must not serve unknown to the supervisor (before, it did: the
+    slot had two workers), so it is stopped and reaped, and the slot keeps its one spawned worker. (A thread-mode
+    pool, to see its log and shorten the wait for an answer; this process stands in for a dedicated one.)"""
+    monkeypatch.setattr(zygote, "_dedicated", True)
+    monkeypatch.setattr(zygote, "_REPLY_TIMEOUT", 1.0)
+    slow = tmp_path / "slow"  # once it exists, the zygote answers each fork request 1.5 s after forking
+    real = runtime32.load()
+    code = (
+        "import os, sys, time, workers32.zygote as z\n"
+        "send = z._send\n"
+        "def late(control, message):\n"
+        f"    if 'spawned' in message and os.path.exists({str(slow)!r}):\n"
+        "        time.sleep(1.5)\n"
+        "    send(control, message)\n"
+        "z._send = late\n"
+        "z.main()\n"
+    )
+    python = tmp_path / "python"
+    python.write_text(
+        "#!/bin/sh\n"
+        + "".join(f"export {name}={shlex.quote(value)}\n" for name, value in real.env.items())
+        + f"export PYTHONPATH={shlex.quote(os.pathsep.join(real.path))}${{PYTHONPATH:+:$PYTHONPATH}}\n"
+        + 'case " $* " in *" workers32.zygote "*) shift 3; '
+        + f'exec {shlex.join(real.command)} -s -c {shlex.quote(code)} "$@";; esac\n'
+        + f'exec {shlex.join(real.command)} "$@"\n'
+    )
+    python.chmod(0o755)
+    caplog.set_level(logging.WARNING, logger="broker.zygote")
+    with Pool.from_config({"services": {"one": demo_service(python=str(python))}}, broker="thread") as pool:
+        (victim,) = pool.worker_pids("one")
+        assert not spawned(victim)
+        slow.touch()
+        os.kill(victim, signal.SIGKILL)
+
+        def said(text: str) -> list[str]:
+            return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+        wait_for(lambda: bool(said("failed to fork a worker")), TIMEOUT, "the fork request to go unanswered")
+        wait_for(lambda: bool(said("after it was given up on")), TIMEOUT, "the late worker to be found")
+        (found,) = said("after it was given up on")
+        late = int(found.split("worker pid ")[1].split()[0])
+        wait_for(lambda: not os.path.exists(f"/proc/{late}"), TIMEOUT, "the late worker to end and be reaped")
+        wait_for(lambda: pool.worker_pids("one") not in ([], [victim]), TIMEOUT, "the spawned replacement")
+        (replacement,) = pool.worker_pids("one")
+        assert spawned(replacement), "the slot's worker is the one spawned in place of the late one"
+        with pool.client(timeout=TIMEOUT) as client:
+            assert client.call("one", "worker_pid") == replacement
+            assert client.call("one", "add", 2, 3) == 5
