@@ -17,7 +17,7 @@ from typing import Any, Final
 import zmq
 
 from protocol import frames as wire
-from protocol.codec import pack_batch, pack_call, pack_value
+from protocol.codec import pack_batch, pack_call, pack_value, plain_arguments
 from protocol.errors import ArgumentError, ConfigError, DllPoolError, ProtocolError, Timeout
 
 from . import shm
@@ -152,10 +152,11 @@ def new_call(
     TypeError for bad names, ArgumentError for arguments that cannot be sent."""
     check_name(service, "service")
     check_name(method, "method")
-    bound = pin_of(service, args, kwargs)
+    plain = plain_arguments(args, kwargs)  # no handle, no array: nothing to pin, nothing to share
+    bound = None if plain else pin_of(service, args, kwargs)
     if bound is not None and pin not in (None, bound):
         raise ArgumentError(f"{service}.{method}: handles of worker pid {bound} in a session on worker pid {pin}")
-    segments = shm.CallSegments(share_min, args, kwargs) if share_min else None
+    segments = shm.CallSegments(share_min, args, kwargs) if share_min and not plain else None
     try:
         payload = pack_call(args, kwargs, None if segments is None else segments.share)
     except BaseException as exc:

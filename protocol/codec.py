@@ -47,6 +47,7 @@ __all__ = [
     "KEPT_SUFFIX",
     "TYPESTRS",
     "pack_call",
+    "plain_arguments",
     "unpack_call",
     "pack_batch",
     "unpack_batch",
@@ -495,14 +496,16 @@ def _packed_whole(value: Any, share: Optional[ShareHook]) -> list[Buffer]:
     return _Packer(share).pack(value)
 
 
-def pack_call(args: Sequence[Any], kwargs: dict[str, Any], share: Optional[ShareHook] = None) -> list[Buffer]:
-    """Frames for a call's arguments.
+def plain_arguments(args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
+    """Whether a call's arguments are all numbers, strings or None, as most calls' are: then they hold no buffer,
+    array or handle, and the looks for those (which cost more than packing such arguments) can be skipped."""
+    return _PLAIN.issuperset(map(type, args)) and _PLAIN.issuperset(map(type, kwargs.values()))
 
-    Arguments that are all numbers, strings or None (most calls') hold no buffer: they skip the look for
-    one, whose walk into the argument list and the keyword map cost more than packing them.
-    """
+
+def pack_call(args: Sequence[Any], kwargs: dict[str, Any], share: Optional[ShareHook] = None) -> list[Buffer]:
+    """Frames for a call's arguments."""
     value = [list(args), kwargs]
-    if _PLAIN.issuperset(map(type, args)) and _PLAIN.issuperset(map(type, kwargs.values())):
+    if plain_arguments(args, kwargs):
         return _packed_whole(value, share)
     return pack_value(value, share)
 
