@@ -47,10 +47,11 @@ def send(sock: "zmq.Socket[Any]", frames: Sequence[Any], flags: int = 0) -> None
 
     A multipart message is atomic: with ``NOBLOCK`` only the first frame can raise ``zmq.Again``.
     """
-    last = len(frames) - 1
     more = flags | _SNDMORE
-    for i, frame in enumerate(frames):
-        _send(sock, frame, flags if i == last else more, len(frame) < ZERO_COPY_MIN)
+    for frame in frames[:-1]:  # most messages are one or two frames: no per-frame test of which is the last
+        _send(sock, frame, more, len(frame) < ZERO_COPY_MIN)
+    last = frames[-1]
+    _send(sock, last, flags, len(last) < ZERO_COPY_MIN)
 
 
 def try_send(sock: "zmq.Socket[Any]", frames: Sequence[Any]) -> bool:
