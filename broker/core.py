@@ -1201,6 +1201,17 @@ class BrokerCore:
             actions += self._recycle(worker, "the pool was scaled down", now, replace=False)
         return actions
 
+    def stop_unowned(self, host: str, pid: int, now: float) -> list[Action]:
+        """Worker ``pid`` of ``host`` (this broker's) was started by nobody on purpose (its zygote forked it after it
+        was given up on, and another was spawned in its place): retired for good if it registered (it finishes its
+        calls, a session's worker once the session ends, then STOP), told STOP when it registers otherwise."""
+        ident = self._by_pid.get(pid)
+        worker = None if ident is None else self._workers.get(ident)
+        if worker is None or worker.info.get("host") != host:
+            self.unwanted.add((host, pid))
+            return []
+        return self._recycle(worker, "its zygote forked it after the broker had spawned another", now, replace=False)
+
     def has_worker(self, pid: int) -> bool:
         """Whether the worker with that pid is registered and reachable (retiring ones included)."""
         ident = self._by_pid.get(pid)

@@ -200,8 +200,8 @@ class BrokerLoop:
         with self.lock:
             actions: list[Action] = []
             exits = self.supervisor.poll(now)
-            # First: a late worker's exit, reported by this same poll, takes its pid out of ``unwanted`` again.
-            self.core.unwanted.update((self._host, pid) for pid in self.supervisor.take_late())
+            for pid in self.supervisor.take_late():  # first: an exit this same poll reports must find it known
+                actions += self.core.stop_unowned(self._host, pid, now)
             for exit_ in exits:
                 actions += self.core.worker_exited(exit_.pid, exit_.returncode, now)
             actions += self.core.tick(now)

@@ -156,8 +156,8 @@ class Supervisor:
         self._stopping = False
         self._spawner = Spawner(config.zygote)
         self._late: list[int] = []
-        """Pids of workers a zygote forked after it was given up on (their slots' spawned workers serve instead):
-        being stopped, and to be told STOP should they register first (see :meth:`take_late`)."""
+        """Pids of workers a zygote forked after it was given up on (their slots' spawned workers serve instead),
+        for the broker of this process to retire (see :meth:`take_late`)."""
 
     def _add_slots(self, service: ServiceConfig, count: int) -> list[_Slot]:
         first = max((slot.index + 1 for slot in self._slots if slot.service is service), default=0)
@@ -290,9 +290,11 @@ class Supervisor:
         """Reap ended workers and start replacements that are due."""
         if not self._stopping:
             for late in self._spawner.watch():
-                _ask_to_stop(late.process)
                 self._leaving.append(_Leaving(late.name, late.process))
-                self._late.append(late.process.pid)
+                if self.parent_broker:  # the broker retires it: it finishes what it took (see take_late)
+                    self._late.append(late.process.pid)
+                else:  # a broker elsewhere does not know it came late: it stops as on Ctrl-C
+                    _ask_to_stop(late.process)
         exits: list[Exit] = []
         for leaving in list(self._leaving):
             code = leaving.process.poll()
@@ -321,8 +323,8 @@ class Supervisor:
         return exits
 
     def take_late(self) -> list[int]:
-        """The pids of the workers zygotes forked late since the last call (see ``_late``): the broker tells them
-        STOP should they register before their SIGTERM takes effect."""
+        """The pids of the workers zygotes forked late since the last call, for the broker to retire: they finish
+        what they took (a SIGTERM would drop it), and leave as retired workers do (reaped here)."""
         late, self._late = self._late, []
         return late
 
@@ -572,7 +574,6 @@ def serve_workers(config: PoolConfig, backend: str, stop: threading.Event, curve
                 if stop.wait(0.1):
                     return
                 supervisor.poll(time.monotonic())
-                supervisor.take_late()  # being stopped: the broker elsewhere needs no word of them
         finally:
             supervisor.stop_all()
 

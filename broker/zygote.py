@@ -190,10 +190,14 @@ class _Zygote:
             raise ZygoteFailed(f"it is gone ({exc})") from None
         if not data:
             raise ZygoteFailed("it is gone")
-        message = json.loads(data)
-        if key not in message:
-            raise ZygoteFailed(str(message.get("error", f"an unexpected answer: {message!r}")))
-        return int(message[key])
+        try:
+            message = json.loads(data)
+        except ValueError:
+            message = None
+        if isinstance(message, dict) and type(message.get(key)) is int:
+            return int(message[key])
+        error = message.get("error") if isinstance(message, dict) else None
+        raise ZygoteFailed(str(error or f"an unexpected answer: {data[:200]!r}"))
 
     def _forward_stderr(self) -> None:
         assert self.process.stderr is not None
@@ -212,7 +216,10 @@ class _Zygote:
     def late_answer(self) -> int | None:
         """The pid of the worker forked for a request that went unanswered in time, once the answer is here;
         None while it is not. ZygoteFailed when none will come (it failed the request, or is gone)."""
-        return self._receive(0.0, "spawned") if _readable(self.control, 0.0) else None
+        try:
+            return self._receive(0.0, "spawned")
+        except ZygoteSilent:
+            return None
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -368,8 +375,9 @@ class Spawner:
         cwd: Path,
         env: dict[str, str],
         stdin: int,
+        *,
+        name: str,
         wait: bool = False,
-        name: str = "",
     ) -> WorkerProcess:
         """A worker running ``python -m workers32 ARGS`` in ``interp``, forked if it can be. ``wait``: the pool is
         starting, so a first zygote is waited for (its 0.1 s beats spawning each worker); otherwise nothing waits
@@ -515,8 +523,16 @@ class Spawner:
             elif zygote is not None:
                 zygote.kill()  # still importing: it would hear its channel close only once done
         self._zygotes.clear()
-        for silent in self._silent:
+        for silent in self._silent:  # a last look for a late worker: the workers are being stopped, so it goes too
+            try:
+                pid = silent.zygote.late_answer()
+            except ZygoteFailed:
+                pid = None
             silent.zygote.kill()
+            if pid:
+                late = ForkedWorker(pid, None, silent.args)
+                late.kill()
+                late.wait()
         self._silent.clear()
         if self._subreaper:
             self._subreaper = False

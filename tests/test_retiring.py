@@ -149,6 +149,26 @@ def test_a_worker_still_starting_when_scaled_away_is_stopped_when_it_registers()
     assert work(request(core, b"c", 1)) == []
 
 
+def test_a_worker_forked_late_is_retired_after_its_calls_or_stopped_when_it_registers() -> None:
+    """``stop_unowned``: a registered one finishes its call, is not replaced, then gets STOP; one not registered
+    yet gets STOP when it does; the same pid on another host is not touched."""
+    core = make_core()
+    mine = {"service": "s", "threads": 1, "pid": 10, "host": "here"}
+    core.worker_message(b"w", wire.worker_ready(mine), 0.0)
+    job = only_work(request(core, b"c", 1))[1].job
+    actions = core.stop_unowned("here", 10, 1.0)
+    assert [(r.pid, r.replace) for r in retires(actions)] == [(10, False)] and worker_commands(actions, b"w") == []
+    actions = reply(core, b"w", job, now=2.0)
+    assert [a.corr for _, a in answers(actions)] == [1]
+    assert worker_commands(actions, b"w") == [wire.StopToWorker]
+    assert core.stop_unowned("here", 11, 3.0) == []
+    late = {"service": "s", "threads": 1, "pid": 11, "host": "here"}
+    assert worker_commands(core.worker_message(b"late", wire.worker_ready(late), 3.1), b"late") == [wire.StopToWorker]
+    theirs = {"service": "s", "threads": 1, "pid": 12, "host": "there"}
+    core.worker_message(b"x", wire.worker_ready(theirs), 4.0)
+    assert core.stop_unowned("here", 12, 4.1) == [] and core.worker_pids() == [12]
+
+
 def test_scale_requests_become_actions_and_bad_ones_errors() -> None:
     core = make_core()
     actions = core.client_message(b"c", wire.client_request(1, "s", wire.SCALE, None, pack_call([3], {})), 0.0)

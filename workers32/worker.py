@@ -392,6 +392,9 @@ class Worker:
         ``drain``: take every message waiting, not only the first. The socket thread of a one-thread worker
         takes one per round: it runs a request as soon as it has one, and its next round's wait returns at
         once if another is there, so asking the socket whether more wait (a system call) would be wasted.
+        (So a CANCEL right behind a request held ahead no longer reaches it before it starts when both wait
+        on the socket as the previous call ends; the request runs, and the broker discards its answer. One
+        that arrives during the call reaches the watchdog, which drains, as before.)
         """
         assert self._sock is not None
         # Rounded up to whole steps: the socket's timeout then changes a few times a second, not on every call
