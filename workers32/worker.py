@@ -359,18 +359,19 @@ class Worker:
             threading.Thread(target=self._watch, name="heartbeats", daemon=True).start()
         log.info("worker pid %d serving %r with %d thread(s)", os.getpid(), self.service, self.threads)
         try:
-            while not self._stop.is_set():
+            frames: Optional[list[Buffer]] = None
+            while True:  # one round per call: its answer goes out with the wait for the next request
                 with self._lock:
-                    wait = 0.0 if self._inline else self._next_heartbeat - time.monotonic()
-                    self._step(wait, drain=self._executor is not None)
-                    entry = self._inline.popleft() if self._inline else None
-                # The watchdog may take a cancelled request out of _inline: it changes only under the lock.
-                while entry is not None and not self._stop.is_set():
-                    frames = self._answer(*entry)
-                    with self._lock:
+                    if frames is not None:
                         assert self._sock is not None
                         transport.send(self._sock, frames)
-                        entry = self._inline.popleft() if self._inline else None
+                    if self._stop.is_set():
+                        break
+                    if not self._inline:  # else a request the watchdog took during the call runs at once
+                        self._step(self._next_heartbeat - time.monotonic(), drain=self._executor is not None)
+                    # The watchdog may take a cancelled request out of _inline: it changes only under the lock.
+                    entry = self._inline.popleft() if self._inline else None
+                frames = None if entry is None else self._answer(*entry)
         finally:
             self._stop.set()
             with self._lock:
