@@ -1204,11 +1204,11 @@ class BrokerCore:
     def stop_unowned(self, host: str, pid: int, now: float) -> list[Action]:
         """Worker ``pid`` of ``host`` (this broker's) was started by nobody on purpose (its zygote forked it after it
         was given up on, and another was spawned in its place): retired for good if it registered (it finishes its
-        calls, a session's worker once the session ends, then STOP), told STOP when it registers otherwise."""
+        calls, a session's worker once the session ends, then STOP), and told STOP whenever it registers (again)."""
+        self.unwanted.add((host, pid))  # also should it register again, on a new socket, after it was retired
         ident = self._by_pid.get(pid)
         worker = None if ident is None else self._workers.get(ident)
         if worker is None or worker.info.get("host") != host:
-            self.unwanted.add((host, pid))
             return []
         return self._recycle(worker, "its zygote forked it after the broker had spawned another", now, replace=False)
 

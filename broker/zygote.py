@@ -192,7 +192,7 @@ class _Zygote:
             raise ZygoteFailed("it is gone")
         try:
             message = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             message = None
         if isinstance(message, dict) and type(message.get(key)) is int:
             return int(message[key])

@@ -150,8 +150,8 @@ def test_a_worker_still_starting_when_scaled_away_is_stopped_when_it_registers()
 
 
 def test_a_worker_forked_late_is_retired_after_its_calls_or_stopped_when_it_registers() -> None:
-    """``stop_unowned``: a registered one finishes its call, is not replaced, then gets STOP; one not registered
-    yet gets STOP when it does; the same pid on another host is not touched."""
+    """``stop_unowned``: a registered one finishes its call, is not replaced, then gets STOP, and again should it
+    come back on a new socket; one not registered yet gets STOP when it does; another host's pid is not touched."""
     core = make_core()
     mine = {"service": "s", "threads": 1, "pid": 10, "host": "here"}
     core.worker_message(b"w", wire.worker_ready(mine), 0.0)
@@ -161,6 +161,8 @@ def test_a_worker_forked_late_is_retired_after_its_calls_or_stopped_when_it_regi
     actions = reply(core, b"w", job, now=2.0)
     assert [a.corr for _, a in answers(actions)] == [1]
     assert worker_commands(actions, b"w") == [wire.StopToWorker]
+    again = core.worker_message(b"w2", wire.worker_ready(mine), 2.5)  # back on a new socket, before it exited
+    assert worker_commands(again, b"w2") == [wire.StopToWorker] and core.worker_pids() == []
     assert core.stop_unowned("here", 11, 3.0) == []
     late = {"service": "s", "threads": 1, "pid": 11, "host": "here"}
     assert worker_commands(core.worker_message(b"late", wire.worker_ready(late), 3.1), b"late") == [wire.StopToWorker]
