@@ -352,7 +352,7 @@ class Spawner:
     A zygote that leaves a fork request unanswered for :data:`_REPLY_TIMEOUT` is replaced and the worker
     spawned instead, but it may still fork the first one: that worker would then serve, unknown to the
     supervisor. So the silent zygote is read for its answer a while longer, and :meth:`watch` hands the late
-    worker to the supervisor, which stops it.
+    worker to the supervisor, which reaps it once the broker has retired it (``BrokerCore.stop_unowned``).
     """
 
     def __init__(self, use_zygote: bool) -> None:
@@ -446,7 +446,7 @@ class Spawner:
             self._silent.remove(silent)
             silent.zygote.kill()
             if pid:
-                log.warning("a zygote forked worker pid %d after it was given up on; stopping that worker", pid)
+                log.warning("a zygote forked worker pid %d after it was given up on; it is retired", pid)
                 late.append(LateWorker(silent.name, ForkedWorker(pid, None, silent.args)))
         return late
 
