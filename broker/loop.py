@@ -52,11 +52,11 @@ poll alone takes a TICK."""
 _BATCH = 256
 """Messages taken from one socket before looking at the other: neither side can starve the other."""
 _BATCH_SECONDS = 0.02
+"""Longest the loop spends on one socket's messages before it looks at the other socket and the clock: big
+messages count, not only many."""
 _REASSURE_MIN = 0.1
 """Seconds between two reassurances of the clients while a message is dropped, at least: clients whose liveness
 window is 0.3 s or more keep the broker (whatever window a client declares, it costs at most ten a second)."""
-"""Longest the loop spends on one socket's messages before it looks at the other socket and the clock: big
-messages count, not only many."""
 _DISCARD_SLICE = 1024
 """Frames of a refused message dropped between looks at the clock."""
 SWEEP_SECONDS = 2.0

@@ -68,6 +68,9 @@ _START_TIMEOUT = 10.0
 """Seconds a new zygote has to import the worker's code and say it is ready; past it, workers are spawned."""
 _REPLY_TIMEOUT = ADOPTION_TIMEOUT
 """Seconds a zygote has to answer a fork request before it counts as broken (and is replaced)."""
+_LATE_WINDOW = ADOPTION_TIMEOUT
+"""Seconds a zygote replaced for not answering a fork request in time is still read for its answer (the pid of a
+worker it forked after all)."""
 _STOP_TIMEOUT = 2.0
 _MAX_FAILURES = 3
 """Fork requests in a row that an interpreter's zygotes may fail before its workers are spawned instead."""
@@ -351,8 +354,9 @@ class Spawner:
 
     A zygote that leaves a fork request unanswered for :data:`_REPLY_TIMEOUT` is replaced and the worker
     spawned instead, but it may still fork the first one: that worker would then serve, unknown to the
-    supervisor. So the silent zygote is read for its answer a while longer, and :meth:`watch` hands the late
-    worker to the supervisor, which reaps it once the broker has retired it (``BrokerCore.stop_unowned``).
+    supervisor. So the silent zygote is read for its answer :data:`_LATE_WINDOW` longer, and :meth:`watch`
+    hands the late worker to the supervisor, which reaps it once the broker has retired it
+    (``BrokerCore.stop_unowned``).
     """
 
     def __init__(self, use_zygote: bool) -> None:
@@ -391,7 +395,7 @@ class Spawner:
             except ZygoteFailed as exc:
                 os.close(read)  # a late worker's output is lost: it is stopped as soon as it is known
                 if isinstance(exc, ZygoteSilent):  # it may fork the worker yet: read its answer a while longer
-                    self._silent.append(_Silent(zygote, name, args, time.monotonic() + _REPLY_TIMEOUT))
+                    self._silent.append(_Silent(zygote, name, args, time.monotonic() + _LATE_WINDOW))
                 self._failures[interp] = failures = self._failures.get(interp, 0) + 1
                 if failures < _MAX_FAILURES:
                     log.warning("the zygote of %s failed to fork a worker (%s); replacing it", interp.shown, exc)

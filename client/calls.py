@@ -158,7 +158,7 @@ def new_call(
         raise ArgumentError(f"{service}.{method}: handles of worker pid {bound} in a session on worker pid {pin}")
     segments = shm.CallSegments(share_min, args, kwargs) if share_min and not plain else None
     try:
-        payload = pack_call(args, kwargs, None if segments is None else segments.share)
+        payload = pack_call(args, kwargs, None if segments is None else segments.share, plain=plain)
     except BaseException as exc:
         if segments is not None:
             segments.release()

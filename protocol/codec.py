@@ -502,10 +502,12 @@ def plain_arguments(args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
     return _PLAIN.issuperset(map(type, args)) and _PLAIN.issuperset(map(type, kwargs.values()))
 
 
-def pack_call(args: Sequence[Any], kwargs: dict[str, Any], share: Optional[ShareHook] = None) -> list[Buffer]:
-    """Frames for a call's arguments."""
+def pack_call(
+    args: Sequence[Any], kwargs: dict[str, Any], share: Optional[ShareHook] = None, *, plain: Optional[bool] = None
+) -> list[Buffer]:
+    """Frames for a call's arguments; ``plain``: what :func:`plain_arguments` says of them, if the caller asked."""
     value = [list(args), kwargs]
-    if plain_arguments(args, kwargs):
+    if plain_arguments(args, kwargs) if plain is None else plain:
         return _packed_whole(value, share)
     return pack_value(value, share)
 

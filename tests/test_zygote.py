@@ -207,6 +207,7 @@ def test_a_worker_its_zygote_forks_after_it_was_given_up_on_is_stopped_and_reape
     pool, to see its log and shorten the wait for an answer; this process stands in for a dedicated one.)"""
     monkeypatch.setattr(zygote, "_dedicated", True)
     monkeypatch.setattr(zygote, "_REPLY_TIMEOUT", 1.0)
+    monkeypatch.setattr(zygote, "_LATE_WINDOW", TIMEOUT)  # its answer, 1.5 s after the fork, comes well within
     slow = tmp_path / "slow"  # once it exists, the zygote answers each fork request 1.5 s after forking
     real = runtime32.load()
     code = (

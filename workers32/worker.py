@@ -35,7 +35,7 @@ import traceback
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, NoReturn, Optional
+from typing import Any, Callable, Optional
 
 import zmq
 
@@ -227,15 +227,17 @@ class Worker:
                 self._pipes.append(pipe)
         transport.send(pipe, self._answer(request, deadline))
 
-    def _unknown(self, method: str) -> NoReturn:
-        """Refuse a method the service has not (the callers look it up in ``self.methods`` themselves)."""
-        names = sorted(m for m in self.methods if not m.startswith("$"))
-        raise UnknownMethod(
-            f"service {self.service!r} has no method {method!r}; it has: {', '.join(names)}",
-            service=self.service,
-            method=method,
-            methods=names,
-        )
+    def _function(self, method: str) -> Callable[..., Any]:
+        function = self.methods.get(method)
+        if function is None:
+            names = sorted(m for m in self.methods if not m.startswith("$"))
+            raise UnknownMethod(
+                f"service {self.service!r} has no method {method!r}; it has: {', '.join(names)}",
+                service=self.service,
+                method=method,
+                methods=names,
+            )
+        return function
 
     def _decode(self, request: WorkerRequest, unpack: Callable[[list[Buffer]], Any]) -> Any:
         try:
@@ -275,9 +277,7 @@ class Worker:
     def _execute(self, request: WorkerRequest) -> list[Buffer]:
         """Run one call. Its shared-memory arguments are mapped before (a segment that cannot be mapped fails
         the call unrun) and unmapped once the reply is packed (a result may name a segment, not hold it)."""
-        function = self.methods.get(request.method)
-        if function is None:
-            self._unknown(request.method)
+        function = self._function(request.method)
         shared = SharedArguments(self.shared_memory_max)
         args, kwargs = self._decode(request, functools.partial(unpack_call, arrays=shared.collect))
         try:
@@ -291,9 +291,7 @@ class Worker:
     def _execute_batch(self, request: WorkerRequest) -> list[Buffer]:
         """Many calls of one method (``Client.map``): one outcome per call, in order; one failing call
         fails only its own item."""
-        function = self.methods.get(request.method)
-        if function is None:
-            self._unknown(request.method)
+        function = self._function(request.method)
         outcomes: list[list[Any]] = []
         for args in self._decode(request, unpack_batch):
             try:
@@ -368,7 +366,7 @@ class Worker:
                     if self._stop.is_set():
                         break
                     if not self._inline:  # else a request the watchdog took during the call runs at once
-                        self._step(self._next_heartbeat - time.monotonic(), drain=self._executor is not None)
+                        self._step(self._next_heartbeat - time.monotonic(), drain=False)
                     # The watchdog may take a cancelled request out of _inline: it changes only under the lock.
                     entry = self._inline.popleft() if self._inline else None
                 frames = None if entry is None else self._answer(*entry)
@@ -390,9 +388,10 @@ class Worker:
     def _step(self, wait: float, drain: bool = True) -> None:
         """One round of socket work: receive, forward results, heartbeat, check peers. Caller holds the lock.
 
-        ``drain``: take every message waiting, not only the first. The socket thread of a one-thread worker
-        takes one per round: it runs a request as soon as it has one, and its next round's wait returns at
-        once if another is there, so asking the socket whether more wait (a system call) would be wasted.
+        ``drain``: with one thread, take every message waiting, not only the first (a worker with a pool of
+        threads always does). The socket thread of a one-thread worker takes one per round: it runs a request
+        as soon as it has one, and its next round's wait returns at once if another is there, so asking the
+        socket whether more wait (a system call) would be wasted.
         (So a CANCEL right behind a request held ahead no longer reaches it before it starts when both wait
         on the socket as the previous call ends; the request runs, and the broker discards its answer. One
         that arrives during the call reaches the watchdog, which drains, as before.)
@@ -406,7 +405,7 @@ class Worker:
         else:
             events = dict(self._poller.poll(timeout))
             if self._sock in events:
-                self._from_broker(self._sock, 0, drain)
+                self._from_broker(self._sock, 0, True)
             if self._results in events:
                 for frames in transport.drain(self._results, _BATCH, copied=1):
                     transport.send(self._sock, frames)
