@@ -2,7 +2,7 @@
 
     python bench/scaling.py [--workers 1,2,4,8,16,32] [--threads 64] [--processes 1] [--seconds 3]
                             [--repeat 3] [--passes 1] [--calls sleep_ms,add] [--worker-threads 1]
-                            [--system dllpool|bare] [--floor] [--cpu]
+                            [--system dllpool|bare] [--floor] [--cpu] [--max-steal 5 [--retakes 10]]
                             [--json FILE] [--png FILE]
 
 For each worker count, a pool of the default configuration's ``demo`` service (config/pool.toml,
@@ -23,6 +23,12 @@ close together (wall clock), and their counts are summed. ``--worker-threads K``
 worker count (DESIGN.md: measure against the floor in the same run): bench/compare.py's bare zguide
 LRU broker with bench/bare_worker.py workers (credit 1) calling the same functions, each calling
 thread on a raw DEALER of its own.
+
+Each window's CPU steal (/proc/stat: the time the hypervisor gave the machine's cores to someone else)
+is reported with it: on a shared VM the pool's figures follow it. ``--max-steal PERCENT`` measures a
+window again when the steal during it was above PERCENT, up to ``--retakes`` times per figure (then
+it counts as it is); the windows retaken are in ``--json``'s ``retaken``. Which windows count then
+depends on what the host left, not on the figure.
 
 ``--cpu`` also reads every thread's CPU time and times scheduled in (/proc schedstat, as
 bench/profile_pool.py does) at the start and end of each window, in the client, the broker and the
@@ -97,6 +103,11 @@ class Point:
     """``--cpu``: per thread role, CPU time and wake-ups per call in the last window (profile_pool's columns)."""
     system: str = "dllpool"
     """``dllpool``, or ``bare``: the floor."""
+    steal: list[float | None] = dataclasses.field(default_factory=list)
+    """The host's CPU steal (%) during each window of ``runs``: on a shared host, a window at 20 % steal ran on
+    1.6 cores, not 2."""
+    retaken: list[list[float]] = dataclasses.field(default_factory=list)
+    """``--max-steal``: ``[calls/s, steal %]`` of each window measured again because the host stole more."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +127,10 @@ class Sweep:
     cpu: bool
     system: str
     """``dllpool``, or ``bare``: the floor (bench/compare.py's bare broker and workers)."""
+    max_steal: float | None = None
+    """Windows during which the host stole more CPU than this (%) are measured again, up to ``retakes`` times
+    per figure; None: every window counts."""
+    retakes: int = 0
 
 
 def demo_config(workers: int, worker_threads: int = 1) -> dict[str, Any]:
@@ -292,16 +307,34 @@ def figure(
     call: str, workers: int, sweep: Sweep, window: Callable[[Watch | None], int], roles: Roles, system: str
 ) -> Point:
     """``sweep.repeat`` windows of ``call`` on ``workers`` workers (``window`` measures one, looked at by the
-    watch it is given); with ``--cpu``, the last window's CPU time and wake-ups per call by thread role."""
-    runs, watch, counted = [], None, 0
-    for _ in range(sweep.repeat):
+    watch it is given), each with the host's CPU steal during it; with ``--cpu``, the last window's CPU time
+    and wake-ups per call by thread role.
+
+    With ``--max-steal``, a window during which the host stole more is measured again (up to ``retakes`` in
+    all for the figure; then it counts as it is): the steal says how much of the machine the hypervisor
+    left, not how fast the pool is, so which windows count does not depend on their outcome."""
+    runs: list[float] = []
+    steal: list[float | None] = []
+    retaken: list[list[float]] = []
+    watch, counted = None, 0
+    while len(runs) < sweep.repeat:
         watch = Watch(roles()) if sweep.cpu else None
+        ticks = cpu_ticks()
         counted = window(watch)
-        runs.append(counted / sweep.seconds)
-        log.info("%d worker(s), %s: %.0f calls/s", workers, call, runs[-1])
+        rate, stolen = counted / sweep.seconds, steal_percent(ticks, cpu_ticks())
+        shown = "" if stolen is None else f" (steal {stolen:.1f} %)"
+        limit = sweep.max_steal
+        if limit is not None and stolen is not None and stolen > limit and len(retaken) < sweep.retakes:
+            retaken.append([rate, stolen])
+            log.info("%d worker(s), %s: %.0f calls/s%s, over --max-steal %g: again", workers, call, rate, shown, limit)
+            continue
+        runs.append(rate)
+        steal.append(stolen)
+        log.info("%d worker(s), %s: %.0f calls/s%s", workers, call, rate, shown)
     slots = min(workers * (sweep.worker_threads if system == "dllpool" else 1), sweep.threads)
     ideal = slots * 1000 / SLEEP_MS if call == "sleep_ms" else None
-    point = Point(call, workers, runs, statistics.median(runs), ideal=ideal, system=system)
+    median = statistics.median(runs)
+    point = Point(call, workers, runs, median, ideal=ideal, system=system, steal=steal, retaken=retaken)
     if watch is not None:
         point.cpu = watch.per_call(counted)
     return point
@@ -401,6 +434,8 @@ def merge(points: list[Point], more: list[Point]) -> list[Point]:
             points.append(new)
             continue
         old.runs += new.runs
+        old.steal += new.steal
+        old.retaken += new.retaken
         old.calls_per_s = statistics.median(old.runs)
         old.cpu = new.cpu or old.cpu
     return points
@@ -416,16 +451,19 @@ def add_speedups(points: list[Point]) -> None:
 
 def table(points: list[Point]) -> str:
     lines = [
-        "| system | call | workers | calls/s (median) | speed-up | ideal calls/s | of ideal | runs |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| system | call | workers | calls/s (median) | speed-up | ideal calls/s | of ideal | runs | steal % "
+        "| retaken |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: |",
     ]
     for p in points:
         speedup = "" if p.speedup is None else f"{p.speedup:.1f}x"
         ideal = "" if p.ideal is None else f"{p.ideal:,.0f}"
         share = "" if p.ideal is None else f"{100 * p.calls_per_s / p.ideal:.0f} %"
         runs = ", ".join(f"{r:,.0f}" for r in p.runs)
+        steal = ", ".join("?" if s is None else f"{s:.0f}" for s in p.steal)
         lines.append(
-            f"| {p.system} | {p.call} | {p.workers} | {p.calls_per_s:,.0f} | {speedup} | {ideal} | {share} | {runs} |"
+            f"| {p.system} | {p.call} | {p.workers} | {p.calls_per_s:,.0f} | {speedup} | {ideal} | {share} | {runs} "
+            f"| {steal} | {len(p.retaken)} |"
         )
     return "\n".join(lines)
 
@@ -533,6 +571,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cpu", action="store_true", help="also report CPU time and wake-ups per call by thread (Linux /proc)"
     )
+    parser.add_argument(
+        "--max-steal",
+        metavar="PERCENT",
+        type=float,
+        help="measure a window again when the host's CPU steal during it was above PERCENT (a shared VM lent "
+        "part of its cores away), up to --retakes times per figure",
+    )
+    parser.add_argument(
+        "--retakes", type=int, default=10, help="with --max-steal: windows measured again per figure, at most"
+    )
     parser.add_argument("--json", metavar="FILE", type=Path, help="also write every figure to FILE as JSON")
     parser.add_argument("--png", metavar="FILE", type=Path, help="plot calls/s against workers to FILE")
     parser.add_argument("--replot", metavar="JSON", type=Path, help="only plot (--png) what a --json FILE holds")
@@ -550,6 +598,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not 1 <= options.processes <= options.threads:
         parser.error("--processes must be between 1 and --threads")
+    if options.max_steal is not None and not 0 <= options.max_steal < 100:
+        parser.error("--max-steal is a percentage, 0 to below 100")
+    if options.retakes < 0:
+        parser.error("--retakes must be 0 or more")
     sweep = Sweep(
         options.calls,
         options.threads,
@@ -560,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
         options.worker_threads,
         options.cpu,
         options.system,
+        options.max_steal,
+        options.retakes,
     )
     if sweep.system == "bare" and (sweep.processes > 1 or sweep.worker_threads > 1):
         parser.error("--system bare runs its threads in this process, one call per worker at a time")
@@ -589,6 +643,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         clients = f"{options.threads} calling threads ({spread}), broker={options.broker}{per_worker}"
     setup = f"{clients}, {options.seconds:g} s windows, median of {options.repeat * options.passes}"
+    if options.max_steal is not None:
+        setup += f" (windows above {options.max_steal:g} % CPU steal measured again, at most {options.retakes} times)"
     print(table(points))
     if options.cpu:
         print("\nCPU time and wake-ups (times scheduled in) per call, last window of each figure:\n")
