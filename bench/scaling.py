@@ -52,6 +52,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -485,13 +486,12 @@ def plot(points: list[Point], title: str, path: Path) -> None:
             y = [p.calls_per_s for p in line]
             spread = [[v - min(p.runs) for v, p in zip(y, line)], [max(p.runs) - v for v, p in zip(y, line)]]
             ax.errorbar(x, y, yerr=spread, fmt="o-", capsize=3, label=SYSTEMS[system])
-            below = system != mine[0].system  # a second line's labels go under its points
             for p in line:
                 ax.annotate(
                     f"{p.speedup:.1f}x",
                     (p.workers, p.calls_per_s),
                     textcoords="offset points",
-                    xytext=(0, -13 if below else 7),
+                    xytext=(0, -13 if _lower(p, mine) else 7),
                     ha="center",
                     fontsize=8,
                 )
@@ -514,10 +514,17 @@ def plot(points: list[Point], title: str, path: Path) -> None:
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         ax.legend(loc="upper left", fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    lines = [line for part in title.splitlines() for line in textwrap.wrap(part, 75 * len(calls))]
+    fig.suptitle("\n".join(lines), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _lower(point: Point, points: list[Point]) -> bool:
+    """Whether another line's point at the same worker count is above ``point``: its label then goes under it,
+    so the two lines' labels do not overlap."""
+    return any(p.workers == point.workers and p.calls_per_s > point.calls_per_s for p in points)
 
 
 def parse_workers(text: str) -> list[int]:
