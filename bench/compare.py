@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -568,6 +569,12 @@ def steal_percent(before: list[int], after: list[int]) -> float | None:
     return 100 * delta[7] / sum(delta) if sum(delta) else None
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM ends a run as Ctrl-C does: the blocks that started processes end, and stop them. The bare
+    workers have no parent-death signal, so a bench killed outright would leave them running."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+
 def loadavg() -> str:
     try:
         return Path("/proc/loadavg").read_text(encoding="utf-8").strip()
@@ -576,6 +583,7 @@ def loadavg() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds per row instead of about 5 s")
     parser.add_argument("--json", metavar="FILE", type=Path, help="also write every figure to FILE as JSON")

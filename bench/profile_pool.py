@@ -42,6 +42,7 @@ from compare import (
     demo_only,
     process,
     raw_pipelined,
+    stop_on_sigterm,
     submit_window,
 )
 
@@ -334,6 +335,7 @@ def profile_bare(mode: str, seconds: float) -> Result:
 
 
 def main() -> int:
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--system", choices=("dllpool", "bare"), default="dllpool")
     parser.add_argument("--mode", choices=("sequential", "inflight", "threads"), default="sequential")

@@ -26,9 +26,9 @@ thread on a raw DEALER of its own.
 
 Each window's CPU steal (/proc/stat: the time the hypervisor gave the machine's cores to someone else)
 is reported with it: on a shared VM the pool's figures follow it. ``--max-steal PERCENT`` measures a
-window again when the steal during it was above PERCENT, up to ``--retakes`` times per figure (then
-it counts as it is); the windows retaken are in ``--json``'s ``retaken``. Which windows count then
-depends on what the host left, not on the figure.
+window again when the steal during it was above PERCENT, up to ``--retakes`` (10) times per figure
+and pass (then it counts as it is); the windows retaken are in ``--json``'s ``retaken``. Which
+windows count then depends on what the host left, not on the figure.
 
 ``--cpu`` also reads every thread's CPU time and times scheduled in (/proc schedstat, as
 bench/profile_pool.py does) at the start and end of each window, in the client, the broker and the
@@ -62,7 +62,7 @@ from typing import Any
 
 import msgpack
 import zmq
-from compare import bare_pool, cpu_ticks, dealer, loadavg, machine, steal_percent, wait_for_line
+from compare import bare_pool, cpu_ticks, dealer, loadavg, machine, steal_percent, stop_on_sigterm, wait_for_line
 from profile_pool import COLUMNS, Labeler, Snapshot, snapshot, tabulate, zmq_label
 
 from broker import Pool, load_config, runtime32
@@ -84,6 +84,8 @@ CALLS: dict[str, tuple[Any, ...]] = {"sleep_ms": (SLEEP_MS,), "add": (1, 2)}
 """The calls swept, with their arguments."""
 WARMUP = 0.5
 """Seconds every thread calls before the window opens."""
+RETAKES = 10
+"""``--max-steal``'s default: windows measured again per figure and pass, at most."""
 START_SLACK = 0.3
 """Seconds from telling client processes the window's start to that start: they all hear of it in time."""
 
@@ -130,8 +132,9 @@ class Sweep:
     """``dllpool``, or ``bare``: the floor (bench/compare.py's bare broker and workers)."""
     max_steal: float | None = None
     """Windows during which the host stole more CPU than this (%) are measured again, up to ``retakes`` times
-    per figure; None: every window counts."""
-    retakes: int = 0
+    per figure and pass; None: every window counts."""
+    retakes: int = RETAKES
+    """With ``max_steal``: windows measured again per figure and pass, at most."""
 
 
 def demo_config(workers: int, worker_threads: int = 1) -> dict[str, Any]:
@@ -145,21 +148,30 @@ def demo_config(workers: int, worker_threads: int = 1) -> dict[str, Any]:
 
 
 class Watch:
-    """``--cpu``: every thread's CPU time and wake-ups (/proc schedstat) at the window's start and end."""
+    """The machine's CPU time (/proc/stat, for the steal) at the window's start and end, and with ``--cpu``
+    every thread's CPU time and wake-ups (/proc schedstat)."""
 
-    def __init__(self, pids: dict[int, str]) -> None:
+    def __init__(self, pids: dict[int, str] | None) -> None:
         self.pids = pids
-        """Process ids and their roles (client, broker, workers)."""
+        """Process ids and their roles (client, broker, workers); None: no thread's figures (no ``--cpu``)."""
+        self.ticks: tuple[list[int], list[int]] = ([], [])
         self.before: Snapshot = {}
         self.after: Snapshot = {}
 
     def window(self, start: float, seconds: float) -> None:
-        """Take the two snapshots; returns at the window's end."""
-        labelers: dict[int, Labeler] = {pid: functools.partial(_label, role) for pid, role in self.pids.items()}
+        """Take the two readings; returns at the window's end."""
+        pids = self.pids or {}
+        labelers: dict[int, Labeler] = {pid: functools.partial(_label, role) for pid, role in pids.items()}
         time.sleep(max(0.0, start - time.time()))
-        self.before = snapshot(labelers)
+        first = cpu_ticks()
+        self.before = snapshot(labelers) if labelers else {}
         time.sleep(max(0.0, start + seconds - time.time()))
-        self.after = snapshot(labelers)
+        self.ticks = first, cpu_ticks()
+        self.after = snapshot(labelers) if labelers else {}
+
+    def steal(self) -> float | None:
+        """The host's CPU steal during the window (%), or None where /proc/stat cannot say."""
+        return steal_percent(*self.ticks)
 
     def per_call(self, calls: int) -> dict[str, dict[str, float]]:
         rows = tabulate(self.before, self.after, max(1, calls))
@@ -289,7 +301,8 @@ def window_in_processes(
             child.stdin.write(f"{start!r}\n")
             child.stdin.flush()
         if watch is not None:
-            watch.pids.update(dict.fromkeys((child.pid for child in children), "client"))
+            if watch.pids is not None:
+                watch.pids.update(dict.fromkeys((child.pid for child in children), "client"))
             watch.window(start, seconds)
         time.sleep(max(0.0, start + seconds - time.time()))
         for child in children:
@@ -304,25 +317,23 @@ def window_in_processes(
     return total
 
 
-def figure(
-    call: str, workers: int, sweep: Sweep, window: Callable[[Watch | None], int], roles: Roles, system: str
-) -> Point:
+def figure(call: str, workers: int, sweep: Sweep, window: Callable[[Watch], int], roles: Roles, system: str) -> Point:
     """``sweep.repeat`` windows of ``call`` on ``workers`` workers (``window`` measures one, looked at by the
     watch it is given), each with the host's CPU steal during it; with ``--cpu``, the last window's CPU time
     and wake-ups per call by thread role.
 
-    With ``--max-steal``, a window during which the host stole more is measured again (up to ``retakes`` in
-    all for the figure; then it counts as it is): the steal says how much of the machine the hypervisor
-    left, not how fast the pool is, so which windows count does not depend on their outcome."""
+    With ``--max-steal``, a window during which the host stole more is measured again (up to ``retakes``
+    times here, that is per figure and pass; then it counts as it is): the steal says how much of the
+    machine the hypervisor left, not how fast the pool is, so which windows count does not depend on their
+    outcome."""
     runs: list[float] = []
     steal: list[float | None] = []
     retaken: list[list[float]] = []
-    watch, counted = None, 0
+    watch, counted = Watch(None), 0
     while len(runs) < sweep.repeat:
-        watch = Watch(roles()) if sweep.cpu else None
-        ticks = cpu_ticks()
+        watch = Watch(roles() if sweep.cpu else None)
         counted = window(watch)
-        rate, stolen = counted / sweep.seconds, steal_percent(ticks, cpu_ticks())
+        rate, stolen = counted / sweep.seconds, watch.steal()
         shown = "" if stolen is None else f" (steal {stolen:.1f} %)"
         limit = sweep.max_steal
         if limit is not None and stolen is not None and stolen > limit and len(retaken) < sweep.retakes:
@@ -336,7 +347,7 @@ def figure(
     ideal = slots * 1000 / SLEEP_MS if call == "sleep_ms" else None
     median = statistics.median(runs)
     point = Point(call, workers, runs, median, ideal=ideal, system=system, steal=steal, retaken=retaken)
-    if watch is not None:
+    if sweep.cpu:
         point.cpu = watch.per_call(counted)
     return point
 
@@ -349,7 +360,7 @@ def measure(workers: int, sweep: Sweep) -> list[Point]:
         if len(pool.worker_pids("demo")) != workers:
             raise RuntimeError(f"the pool has {len(pool.worker_pids('demo'))} demo workers, not {workers}")
 
-        def window(call: str, watch: Watch | None) -> int:
+        def window(call: str, watch: Watch) -> int:
             if sweep.processes == 1:
                 return drive(dllpool_caller(client, call), sweep.threads, time.time() + WARMUP, sweep.seconds, watch)
             return window_in_processes(pool.address, call, sweep.threads, sweep.processes, sweep.seconds, watch)
@@ -358,7 +369,7 @@ def measure(workers: int, sweep: Sweep) -> list[Point]:
         return [figure(call, workers, sweep, functools.partial(window, call), roles, "dllpool") for call in sweep.calls]
 
 
-def bare_window(caller: Caller, threads: int, seconds: float, watch: Watch | None) -> int:
+def bare_window(caller: Caller, threads: int, seconds: float, watch: Watch) -> int:
     return drive(caller, threads, time.time() + WARMUP, seconds, watch)
 
 
@@ -461,7 +472,7 @@ def table(points: list[Point]) -> str:
         ideal = "" if p.ideal is None else f"{p.ideal:,.0f}"
         share = "" if p.ideal is None else f"{100 * p.calls_per_s / p.ideal:.0f} %"
         runs = ", ".join(f"{r:,.0f}" for r in p.runs)
-        steal = ", ".join("?" if s is None else f"{s:.0f}" for s in p.steal)
+        steal = ", ".join("?" if s is None else f"{s:.1f}" for s in p.steal)
         lines.append(
             f"| {p.system} | {p.call} | {p.workers} | {p.calls_per_s:,.0f} | {speedup} | {ideal} | {share} | {runs} "
             f"| {steal} | {len(p.retaken)} |"
@@ -480,6 +491,7 @@ def plot(points: list[Point], title: str, path: Path) -> None:
     fig, axes = plt.subplots(1, len(calls), figsize=(5.5 * len(calls), 4.5), squeeze=False)
     for ax, call in zip(axes[0], calls):
         mine = [p for p in points if p.call == call]
+        top = max(max(p.runs, default=p.calls_per_s) for p in mine)
         for system in dict.fromkeys(p.system for p in mine):
             line = [p for p in mine if p.system == system]
             x = [p.workers for p in line]
@@ -487,12 +499,13 @@ def plot(points: list[Point], title: str, path: Path) -> None:
             spread = [[v - min(p.runs) for v, p in zip(y, line)], [max(p.runs) - v for v, p in zip(y, line)]]
             ax.errorbar(x, y, yerr=spread, fmt="o-", capsize=3, label=SYSTEMS[system])
             for p in line:
+                offset = _label_offset(p, mine, top)
                 ax.annotate(
                     f"{p.speedup:.1f}x",
                     (p.workers, p.calls_per_s),
                     textcoords="offset points",
-                    xytext=(0, -13 if _lower(p, mine) else 7),
-                    ha="center",
+                    xytext=offset,
+                    ha="left" if offset[0] else "center",
                     fontsize=8,
                 )
         x = sorted({p.workers for p in mine})
@@ -514,17 +527,24 @@ def plot(points: list[Point], title: str, path: Path) -> None:
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         ax.legend(loc="upper left", fontsize=8)
-    lines = [line for part in title.splitlines() for line in textwrap.wrap(part, 75 * len(calls))]
+    lines = [line for part in title.splitlines() for line in textwrap.wrap(part, 65 * len(calls))]
     fig.suptitle("\n".join(lines), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def _lower(point: Point, points: list[Point]) -> bool:
-    """Whether another line's point at the same worker count is above ``point``: its label then goes under it,
-    so the two lines' labels do not overlap."""
-    return any(p.workers == point.workers and p.calls_per_s > point.calls_per_s for p in points)
+def _label_offset(point: Point, points: list[Point], top: float) -> tuple[int, int]:
+    """Where ``point``'s label goes (points from the point): above it, or, when another line's point at the
+    same worker count is as high (the first line wins a tie), under it, so the two labels do not overlap; to
+    its right instead near the foot of the panel (``top``: its highest value), where under it is the axis."""
+    rivals = [p for p in points if p.workers == point.workers and p.system != point.system]
+    first = points[0].system
+    if not any(
+        p.calls_per_s > point.calls_per_s or (p.calls_per_s == point.calls_per_s and p.system == first) for p in rivals
+    ):
+        return 0, 7
+    return (14, -3) if point.calls_per_s < 0.1 * top else (0, -13)
 
 
 def parse_workers(text: str) -> list[int]:
@@ -546,6 +566,7 @@ def parse_calls(text: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=parse_workers, default=list(WORKERS), help="worker counts (1,2,4,...)")
     parser.add_argument("--calls", type=parse_calls, default=list(CALLS), help="calls to sweep (sleep_ms,add)")
@@ -583,10 +604,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PERCENT",
         type=float,
         help="measure a window again when the host's CPU steal during it was above PERCENT (a shared VM lent "
-        "part of its cores away), up to --retakes times per figure",
+        "part of its cores away), up to --retakes times per figure and pass",
     )
     parser.add_argument(
-        "--retakes", type=int, default=10, help="with --max-steal: windows measured again per figure, at most"
+        "--retakes",
+        type=int,
+        help=f"with --max-steal: windows measured again per figure and pass, at most (default {RETAKES})",
     )
     parser.add_argument("--json", metavar="FILE", type=Path, help="also write every figure to FILE as JSON")
     parser.add_argument("--png", metavar="FILE", type=Path, help="plot calls/s against workers to FILE")
@@ -605,10 +628,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not 1 <= options.processes <= options.threads:
         parser.error("--processes must be between 1 and --threads")
+    if options.repeat < 1 or options.passes < 1 or options.seconds <= 0:
+        parser.error("--repeat and --passes must be 1 or more, and --seconds above 0")
     if options.max_steal is not None and not 0 <= options.max_steal < 100:
         parser.error("--max-steal is a percentage, 0 to below 100")
-    if options.retakes < 0:
-        parser.error("--retakes must be 0 or more")
+    if options.retakes is not None and (options.max_steal is None or options.retakes < 0):
+        parser.error("--retakes takes a count of 0 or more, and goes with --max-steal")
+    if options.max_steal is not None and not cpu_ticks():
+        log.warning("this machine's /proc/stat cannot be read: --max-steal has no steal to go by")
     sweep = Sweep(
         options.calls,
         options.threads,
@@ -620,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
         options.cpu,
         options.system,
         options.max_steal,
-        options.retakes,
+        RETAKES if options.retakes is None else options.retakes,
     )
     if sweep.system == "bare" and (sweep.processes > 1 or sweep.worker_threads > 1):
         parser.error("--system bare runs its threads in this process, one call per worker at a time")
@@ -651,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
         clients = f"{options.threads} calling threads ({spread}), broker={options.broker}{per_worker}"
     setup = f"{clients}, {options.seconds:g} s windows, median of {options.repeat * options.passes}"
     if options.max_steal is not None:
-        setup += f" (windows above {options.max_steal:g} % CPU steal measured again, at most {options.retakes} times)"
+        setup += f" (windows above {options.max_steal:g} % CPU steal measured again, {sweep.retakes} times at most)"
     print(table(points))
     if options.cpu:
         print("\nCPU time and wake-ups (times scheduled in) per call, last window of each figure:\n")
