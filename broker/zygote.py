@@ -218,11 +218,13 @@ class _Zygote:
 
     def late_answer(self) -> int | None:
         """The pid of the worker forked for a request that went unanswered in time, once the answer is here;
-        None while it is not. ZygoteFailed when none will come (it failed the request, or is gone)."""
+        None while it is not; 0 when none will come (it refused the request, or is gone)."""
         try:
             return self._receive(0.0, "spawned")
         except ZygoteSilent:
             return None
+        except ZygoteFailed:
+            return 0
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -441,10 +443,7 @@ class Spawner:
         late: list[LateWorker] = []
         now = time.monotonic()
         for silent in list(self._silent):
-            try:
-                pid = silent.zygote.late_answer()
-            except ZygoteFailed:  # it refused the request after all, or is gone: no worker came of it
-                pid = 0
+            pid = silent.zygote.late_answer()
             if pid is None and now < silent.until and silent.zygote.alive():
                 continue
             self._silent.remove(silent)
@@ -528,10 +527,7 @@ class Spawner:
                 zygote.kill()  # still importing: it would hear its channel close only once done
         self._zygotes.clear()
         for silent in self._silent:  # a last look for a late worker: the workers are being stopped, so it goes too
-            try:
-                pid = silent.zygote.late_answer()
-            except ZygoteFailed:
-                pid = None
+            pid = silent.zygote.late_answer()
             silent.zygote.kill()
             if pid:
                 late = ForkedWorker(pid, None, silent.args)
